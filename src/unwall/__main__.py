@@ -1,0 +1,3 @@
+from unwall.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,484 @@
+"""Matchmaking between client offers and polling volunteers, as a plain object.
+
+No sockets, no tasks, no clock of its own (the aioquic shape): every method takes the inputs
+and ``now``; decisions come out as events that the caller pulls with :meth:`next_event`; the
+caller asks :meth:`get_timer` when to call :meth:`handle_timer` next.
+
+The rules are those of docs/protocol.md, "Matchmaking":
+
+- client offers wait in FIFO order;
+- an offer goes to the open poll whose volunteer has the lowest load, ``(clients + handed) /
+  capacity`` where ``handed`` counts offers handed to it since its last report; ties go to
+  the poll that has waited longest;
+- a volunteer whose ``clients + handed`` reaches its capacity is never handed an offer;
+- a poll ends idle after ``poll_timeout``; an offer nobody answered expires after
+  ``answer_timeout``; a volunteer with no open poll for ``volunteer_ttl`` is forgotten.
+
+A volunteer keeps one poll open at a time: a new poll from the same volunteer releases the
+older one (idle). Offer ids are secrets: an answer is accepted only from the volunteer the
+offer was handed to.
+
+State lives behind :class:`MatchStore` as immutable records, so that a shared store (Redis)
+can replace :class:`InMemoryMatchStore` without touching the rules. Timers are kept here, in
+memory: they belong to the requests this process is holding open.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
+
+from unwall.wire.broker import ClientOffer, VolunteerAnswer, VolunteerKind, VolunteerPoll
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MatchmakerConfig:
+    """Timeouts, in seconds, with the protocol's defaults."""
+
+    poll_timeout: float = 20.0
+    answer_timeout: float = 10.0
+    volunteer_ttl: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("poll_timeout", "answer_timeout", "volunteer_ttl"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OfferAssigned:
+    """Send this offer as the response to poll ``poll_id``.
+
+    If that poll's request is gone, call :meth:`Matchmaker.abandon_poll` and the offer goes
+    back to the queue.
+    """
+
+    poll_id: int
+    volunteer_id: str
+    offer_id: str
+    sdp: str
+
+
+@dataclass(frozen=True)
+class PollReleased:
+    """Answer poll ``poll_id`` idle: it timed out, or the volunteer opened a newer poll."""
+
+    poll_id: int
+    reason: Literal["timeout", "superseded"]
+
+
+@dataclass(frozen=True)
+class OfferAnswered:
+    """Send this answer as the response to the client's offer ``offer_id``."""
+
+    offer_id: str
+    volunteer_id: str
+    sdp: str
+
+
+@dataclass(frozen=True)
+class OfferExpired:
+    """No answer for offer ``offer_id`` within answer_timeout: tell the client no_volunteer.
+
+    ``handed`` says whether a volunteer got the offer (and did not answer) or none was free.
+    """
+
+    offer_id: str
+    handed: bool
+
+
+@dataclass(frozen=True)
+class VolunteerForgotten:
+    """A volunteer has not polled for volunteer_ttl and no longer counts."""
+
+    volunteer_id: str
+
+
+Event = OfferAssigned | PollReleased | OfferAnswered | OfferExpired | VolunteerForgotten
+
+
+# -- records and their store ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VolunteerRecord:
+    volunteer_id: str
+    kind: VolunteerKind
+    capacity: int
+    clients: int
+    handed: int  # offers handed to it since its last report
+    report: int  # how many reports (polls) it has made; tags offers handed under each
+    last_seen: float
+    poll_id: int | None  # its open poll
+
+    @property
+    def is_full(self) -> bool:
+        return self.clients + self.handed >= self.capacity
+
+    @property
+    def load(self) -> float:
+        return (self.clients + self.handed) / self.capacity
+
+
+@dataclass(frozen=True)
+class PollRecord:
+    poll_id: int
+    volunteer_id: str
+    opened: float
+    deadline: float
+
+
+@dataclass(frozen=True)
+class OfferRecord:
+    offer_id: str
+    sdp: str
+    seq: int  # FIFO position; kept when an offer is given back to the queue
+    deadline: float
+    poll_id: int | None = None  # the poll it was handed to; None while queued
+    volunteer_id: str | None = None
+    report: int = 0  # the volunteer's report it was handed under
+
+
+class MatchStore(Protocol):
+    """Where matchmaking state lives. Records are immutable: change one by putting anew."""
+
+    def get_volunteer(self, volunteer_id: str) -> VolunteerRecord | None: ...
+    def put_volunteer(self, record: VolunteerRecord) -> None: ...
+    def delete_volunteer(self, volunteer_id: str) -> None: ...
+    def count_volunteers(self) -> int: ...
+
+    def get_poll(self, poll_id: int) -> PollRecord | None: ...
+    def put_poll(self, record: PollRecord) -> None: ...
+    def delete_poll(self, poll_id: int) -> None: ...
+    def open_polls(self) -> Iterable[PollRecord]: ...
+    def count_polls(self) -> int: ...
+
+    def get_offer(self, offer_id: str) -> OfferRecord | None: ...
+    def put_offer(self, record: OfferRecord) -> None:
+        """Store an offer; it is queued exactly while ``record.poll_id`` is None."""
+
+    def delete_offer(self, offer_id: str) -> None: ...
+    def offer_handed_to(self, poll_id: int) -> OfferRecord | None: ...
+    def queued_offers(self) -> Iterable[OfferRecord]:
+        """Queued offers, oldest (lowest ``seq``) first."""
+
+    def count_queued(self) -> int: ...
+
+
+class InMemoryMatchStore:
+    """A :class:`MatchStore` in dictionaries, for a single broker process."""
+
+    def __init__(self) -> None:
+        self._volunteers: dict[str, VolunteerRecord] = {}
+        self._polls: dict[int, PollRecord] = {}
+        self._offers: dict[str, OfferRecord] = {}
+        self._queue: list[tuple[int, str]] = []  # (seq, offer_id), sorted
+        self._handed: dict[int, str] = {}  # poll id -> offer id
+
+    def get_volunteer(self, volunteer_id: str) -> VolunteerRecord | None:
+        return self._volunteers.get(volunteer_id)
+
+    def put_volunteer(self, record: VolunteerRecord) -> None:
+        self._volunteers[record.volunteer_id] = record
+
+    def delete_volunteer(self, volunteer_id: str) -> None:
+        self._volunteers.pop(volunteer_id, None)
+
+    def count_volunteers(self) -> int:
+        return len(self._volunteers)
+
+    def get_poll(self, poll_id: int) -> PollRecord | None:
+        return self._polls.get(poll_id)
+
+    def put_poll(self, record: PollRecord) -> None:
+        self._polls[record.poll_id] = record
+
+    def delete_poll(self, poll_id: int) -> None:
+        self._polls.pop(poll_id, None)
+
+    def open_polls(self) -> Iterator[PollRecord]:
+        return iter(list(self._polls.values()))
+
+    def count_polls(self) -> int:
+        return len(self._polls)
+
+    def get_offer(self, offer_id: str) -> OfferRecord | None:
+        return self._offers.get(offer_id)
+
+    def put_offer(self, record: OfferRecord) -> None:
+        self._unindex(record.offer_id)
+        self._offers[record.offer_id] = record
+        if record.poll_id is None:
+            bisect.insort(self._queue, (record.seq, record.offer_id))
+        else:
+            self._handed[record.poll_id] = record.offer_id
+
+    def delete_offer(self, offer_id: str) -> None:
+        self._unindex(offer_id)
+        self._offers.pop(offer_id, None)
+
+    def offer_handed_to(self, poll_id: int) -> OfferRecord | None:
+        offer_id = self._handed.get(poll_id)
+        return None if offer_id is None else self._offers.get(offer_id)
+
+    def queued_offers(self) -> Iterator[OfferRecord]:
+        return iter([self._offers[offer_id] for _, offer_id in self._queue])
+
+    def count_queued(self) -> int:
+        return len(self._queue)
+
+    def _unindex(self, offer_id: str) -> None:
+        old = self._offers.get(offer_id)
+        if old is None:
+            return
+        if old.poll_id is None:
+            key = (old.seq, old.offer_id)
+            i = bisect.bisect_left(self._queue, key)
+            if i < len(self._queue) and self._queue[i] == key:
+                del self._queue[i]
+        else:
+            self._handed.pop(old.poll_id, None)
+
+
+# -- the matchmaker -------------------------------------------------------------------------
+
+_TimerKind = Literal["poll", "offer", "volunteer"]
+
+
+def random_offer_id() -> str:
+    """128 random bits, base64url: an offer id nobody can guess."""
+    return secrets.token_urlsafe(16)
+
+
+class Matchmaker:
+    """Pairs client offers with polling volunteers; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        config: MatchmakerConfig | None = None,
+        *,
+        store: MatchStore | None = None,
+        new_offer_id: Callable[[], str] = random_offer_id,
+    ) -> None:
+        self.config = config or MatchmakerConfig()
+        self._store: MatchStore = store if store is not None else InMemoryMatchStore()
+        self._new_offer_id = new_offer_id
+        self._events: deque[Event] = deque()
+        self._timers: list[tuple[float, int, _TimerKind, str]] = []
+        self._next_poll_id = 1
+        self._next_seq = 1
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def receive_poll(self, poll: VolunteerPoll, now: float) -> int:
+        """A volunteer polls and reports its load; returns the new poll's id."""
+        store = self._store
+        poll_id = self._next_poll_id
+        self._next_poll_id += 1
+        old = store.get_volunteer(poll.volunteer_id)
+        if old is not None and old.poll_id is not None:
+            store.delete_poll(old.poll_id)
+            self._events.append(PollReleased(old.poll_id, "superseded"))
+        store.put_volunteer(
+            VolunteerRecord(
+                volunteer_id=poll.volunteer_id,
+                kind=poll.kind,
+                capacity=poll.capacity,
+                clients=poll.clients,
+                handed=0,
+                report=(old.report + 1) if old is not None else 1,
+                last_seen=now,
+                poll_id=poll_id,
+            )
+        )
+        deadline = now + self.config.poll_timeout
+        store.put_poll(PollRecord(poll_id, poll.volunteer_id, now, deadline))
+        self._add_timer(deadline, "poll", str(poll_id))
+        self._match(now)
+        return poll_id
+
+    def receive_offer(self, offer: ClientOffer, now: float) -> str:
+        """A client offers; returns the offer's id. The offer waits in the queue if need be."""
+        offer_id = self._new_offer_id()
+        while self._store.get_offer(offer_id) is not None:
+            offer_id = self._new_offer_id()
+        deadline = now + self.config.answer_timeout
+        self._store.put_offer(OfferRecord(offer_id, offer.sdp, self._next_seq, deadline))
+        self._next_seq += 1
+        self._add_timer(deadline, "offer", offer_id)
+        self._match(now)
+        return offer_id
+
+    def receive_answer(self, answer: VolunteerAnswer, now: float) -> bool:
+        """A volunteer answers an offer; False if it names no offer handed to it."""
+        offer = self._store.get_offer(answer.offer_id)
+        if offer is None or offer.volunteer_id != answer.volunteer_id:
+            return False
+        self._store.delete_offer(offer.offer_id)
+        volunteer = self._store.get_volunteer(answer.volunteer_id)
+        if volunteer is not None and volunteer.poll_id is None:
+            self._touch(volunteer, now)
+        self._events.append(OfferAnswered(offer.offer_id, answer.volunteer_id, answer.sdp))
+        return True
+
+    def abandon_poll(self, poll_id: int, now: float) -> None:
+        """The poll's request is gone (the volunteer hung up, or sending it failed).
+
+        An open poll is closed. An offer handed to it that has not been answered goes back to
+        its place in the queue and is matched again. Calling this twice does no harm.
+        """
+        store = self._store
+        poll = store.get_poll(poll_id)
+        if poll is not None:
+            store.delete_poll(poll_id)
+            volunteer = store.get_volunteer(poll.volunteer_id)
+            if volunteer is not None and volunteer.poll_id == poll_id:
+                self._touch(replace(volunteer, poll_id=None), now)
+            return
+        offer = store.offer_handed_to(poll_id)
+        if offer is None:
+            return
+        assert offer.volunteer_id is not None
+        volunteer = store.get_volunteer(offer.volunteer_id)
+        if volunteer is not None and volunteer.report == offer.report and volunteer.handed > 0:
+            store.put_volunteer(replace(volunteer, handed=volunteer.handed - 1))
+        store.put_offer(replace(offer, poll_id=None, volunteer_id=None, report=0))
+        self._match(now)
+
+    def abandon_offer(self, offer_id: str, now: float) -> None:
+        """The client gave up on its offer: drop it (a later answer gets unknown_offer)."""
+        self._store.delete_offer(offer_id)
+
+    def handle_timer(self, now: float) -> None:
+        """Expire polls, offers and volunteers whose time has come."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, key = heapq.heappop(timers)
+            if kind == "poll":
+                self._expire_poll(int(key), now)
+            elif kind == "offer":
+                self._expire_offer(key, now)
+            else:
+                self._expire_volunteer(key, now)
+
+    # -- outputs --------------------------------------------------------------------------
+
+    def next_event(self) -> Event | None:
+        """The next decision to carry out, or None."""
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` should next be called, or None if nothing is pending."""
+        timers = self._timers
+        while timers and not self._timer_is_live(timers[0]):
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    @property
+    def volunteer_count(self) -> int:
+        """Volunteers seen within volunteer_ttl."""
+        return self._store.count_volunteers()
+
+    @property
+    def open_poll_count(self) -> int:
+        return self._store.count_polls()
+
+    @property
+    def waiting_offer_count(self) -> int:
+        """Offers queued for a volunteer (not counting those handed out, awaiting answers)."""
+        return self._store.count_queued()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _match(self, now: float) -> None:
+        store = self._store
+        for offer in store.queued_offers():
+            best: tuple[float, float, int] | None = None
+            chosen: VolunteerRecord | None = None
+            for poll in store.open_polls():
+                volunteer = store.get_volunteer(poll.volunteer_id)
+                if volunteer is None or volunteer.is_full:
+                    continue
+                rank = (volunteer.load, poll.opened, poll.poll_id)
+                if best is None or rank < best:
+                    best, chosen = rank, volunteer
+            if best is None or chosen is None:
+                return
+            self._hand(offer, chosen, best[2], now)
+
+    def _hand(
+        self, offer: OfferRecord, volunteer: VolunteerRecord, poll_id: int, now: float
+    ) -> None:
+        store = self._store
+        store.delete_poll(poll_id)
+        volunteer = replace(volunteer, handed=volunteer.handed + 1, poll_id=None)
+        self._touch(volunteer, now)
+        store.put_offer(
+            replace(
+                offer,
+                poll_id=poll_id,
+                volunteer_id=volunteer.volunteer_id,
+                report=volunteer.report,
+            )
+        )
+        self._events.append(
+            OfferAssigned(poll_id, volunteer.volunteer_id, offer.offer_id, offer.sdp)
+        )
+
+    def _touch(self, volunteer: VolunteerRecord, now: float) -> None:
+        """Save a volunteer with no open poll, seen now, and start its ttl."""
+        volunteer = replace(volunteer, last_seen=max(volunteer.last_seen, now))
+        self._store.put_volunteer(volunteer)
+        self._add_timer(
+            volunteer.last_seen + self.config.volunteer_ttl, "volunteer", volunteer.volunteer_id
+        )
+
+    def _expire_poll(self, poll_id: int, now: float) -> None:
+        poll = self._store.get_poll(poll_id)
+        if poll is None or poll.deadline > now:
+            return
+        self.abandon_poll(poll_id, now)
+        self._events.append(PollReleased(poll_id, "timeout"))
+
+    def _expire_offer(self, offer_id: str, now: float) -> None:
+        offer = self._store.get_offer(offer_id)
+        if offer is None or offer.deadline > now:
+            return
+        self._store.delete_offer(offer_id)
+        self._events.append(OfferExpired(offer_id, handed=offer.poll_id is not None))
+
+    def _expire_volunteer(self, volunteer_id: str, now: float) -> None:
+        volunteer = self._store.get_volunteer(volunteer_id)
+        if volunteer is None or volunteer.poll_id is not None:
+            return
+        if volunteer.last_seen + self.config.volunteer_ttl > now:
+            return
+        self._store.delete_volunteer(volunteer_id)
+        self._events.append(VolunteerForgotten(volunteer_id))
+
+    def _add_timer(self, deadline: float, kind: _TimerKind, key: str) -> None:
+        heapq.heappush(self._timers, (deadline, self._next_seq, kind, key))
+        self._next_seq += 1
+
+    def _timer_is_live(self, timer: tuple[float, int, _TimerKind, str]) -> bool:
+        deadline, _, kind, key = timer
+        if kind == "poll":
+            return self._store.get_poll(int(key)) is not None
+        if kind == "offer":
+            return self._store.get_offer(key) is not None
+        volunteer = self._store.get_volunteer(key)
+        return (
+            volunteer is not None
+            and volunteer.poll_id is None
+            and volunteer.last_seen + self.config.volunteer_ttl == deadline
+        )

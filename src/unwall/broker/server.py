@@ -1,0 +1,407 @@
+"""The broker's HTTP shell: aiohttp around the sans-IO :class:`Matchmaker`.
+
+It reads and checks bodies, feeds the matchmaker with the event loop's clock, carries out
+its events (resolving the futures the long-polls and offers wait on), and arms one timer for
+the matchmaker's next deadline. The API is docs/protocol.md section 1.
+
+A request whose peer has gone away is cleaned up: the handler is cancelled when the server
+runs with ``handler_cancellation=True`` (as :func:`run_broker` does), and under any runner a
+sweep every :data:`DISCONNECT_CHECK_INTERVAL` seconds notices closed connections. An offer
+given to a poll whose volunteer is gone before the offer was written goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import generate_latest
+
+from unwall.broker.matchmaker import (
+    Matchmaker,
+    MatchmakerConfig,
+    OfferAnswered,
+    OfferAssigned,
+    OfferExpired,
+    PollReleased,
+    VolunteerForgotten,
+)
+from unwall.wire.broker import (
+    BAD_REQUEST,
+    MAX_BODY,
+    NO_VOLUNTEER,
+    PROTOCOL_VERSION,
+    TOO_LARGE,
+    UNKNOWN_OFFER,
+    AnswerAccepted,
+    BrokerError,
+    ClientAnswer,
+    Message,
+    MessageError,
+    PollIdle,
+    PollOffer,
+    decode_client_offer,
+    decode_volunteer_answer,
+    decode_volunteer_poll,
+    encode,
+)
+
+log = logging.getLogger("unwall.broker")
+
+DISCONNECT_CHECK_INTERVAL: Final = 1.0
+
+
+@dataclass
+class BrokerConfig:
+    """Broker timeouts in seconds; ``volunteer_ttl`` None means 3 x ``poll_timeout``."""
+
+    poll_timeout: float = 20.0
+    answer_timeout: float = 10.0
+    volunteer_ttl: float | None = None
+
+    def matchmaker_config(self) -> MatchmakerConfig:
+        ttl = self.volunteer_ttl if self.volunteer_ttl is not None else 3 * self.poll_timeout
+        return MatchmakerConfig(self.poll_timeout, self.answer_timeout, ttl)
+
+
+class _Gone(enum.Enum):
+    """A waiting request's peer closed its connection."""
+
+    GONE = enum.auto()
+
+
+_GONE: Final = _Gone.GONE
+_T = TypeVar("_T")
+
+
+@dataclass
+class _Waiter(Generic[_T]):
+    request: web.BaseRequest
+    future: asyncio.Future[_T | _Gone]
+
+
+def _peer_gone(request: web.BaseRequest) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _mark_gone(waiters: Iterable[_Waiter[_T]]) -> None:
+    for waiter in waiters:
+        if not waiter.future.done() and _peer_gone(waiter.request):
+            waiter.future.set_result(_GONE)
+
+
+def _reply(msg: Message) -> web.Response:
+    status = msg.status if isinstance(msg, BrokerError) else 200
+    return web.Response(status=status, body=encode(msg), content_type="application/json")
+
+
+class _Metrics:
+    def __init__(self, matchmaker: Matchmaker) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        prefix = "unwall_broker_"
+        self.offers = Counter(prefix + "offers", "Client offers received.", registry=self.registry)
+        self.answers = Counter(
+            prefix + "answers", "Volunteer answers passed on to clients.", registry=self.registry
+        )
+        self.no_volunteer = Counter(
+            prefix + "no_volunteer",
+            "Client offers answered 503 no_volunteer.",
+            registry=self.registry,
+        )
+        volunteers = Gauge(
+            prefix + "volunteers",
+            "Volunteers that polled within volunteer_ttl.",
+            registry=self.registry,
+        )
+        volunteers.set_function(lambda: matchmaker.volunteer_count)
+        polls = Gauge(
+            prefix + "open_polls", "Volunteer long-polls being held.", registry=self.registry
+        )
+        polls.set_function(lambda: matchmaker.open_poll_count)
+        waiting = Gauge(
+            prefix + "waiting_offers",
+            "Client offers queued for a volunteer.",
+            registry=self.registry,
+        )
+        waiting.set_function(lambda: matchmaker.waiting_offer_count)
+
+
+class Broker:
+    """The state of one broker application: matchmaker, waiting requests, timer, metrics."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.matchmaker = Matchmaker(config.matchmaker_config())
+        self.metrics = _Metrics(self.matchmaker)
+        self._polls: dict[int, _Waiter[PollOffer | PollIdle]] = {}
+        self._offers: dict[str, _Waiter[ClientAnswer | BrokerError]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    # -- handlers -------------------------------------------------------------------------
+
+    async def volunteer_poll(self, request: web.Request) -> web.StreamResponse:
+        poll = decode_volunteer_poll(await _read_body(request))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PollOffer | PollIdle | _Gone] = loop.create_future()
+        poll_id = self.matchmaker.receive_poll(poll, loop.time())
+        self._polls[poll_id] = _Waiter(request, future)
+        self._process_events()
+        try:
+            reply = await future
+        except asyncio.CancelledError:
+            self._give_back_poll(poll_id)
+            raise
+        if isinstance(reply, _Gone):
+            log.debug("volunteer %s hung up while polling", poll.volunteer_id)
+            self._give_back_poll(poll_id)
+            return _reply(PollIdle())
+        response = _reply(reply)
+        if isinstance(reply, PollIdle):
+            return response
+        # Write the offer here rather than after returning, so that a failed write can put
+        # the offer back in the queue for another volunteer.
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            log.debug("volunteer %s hung up before its offer was sent", poll.volunteer_id)
+            self._give_back_poll(poll_id)
+        except asyncio.CancelledError:
+            self._give_back_poll(poll_id)
+            raise
+        else:
+            log.debug("offer %s sent to volunteer %s", reply.offer_id, poll.volunteer_id)
+        return response
+
+    async def volunteer_answer(self, request: web.Request) -> web.StreamResponse:
+        answer = decode_volunteer_answer(await _read_body(request))
+        accepted = self.matchmaker.receive_answer(answer, asyncio.get_running_loop().time())
+        self._process_events()
+        if not accepted:
+            raise MessageError(
+                UNKNOWN_OFFER,
+                "that offer does not exist: the client gave up, it was answered already, "
+                "or it was not given to this volunteer; poll again",
+            )
+        self.metrics.answers.inc()
+        return _reply(AnswerAccepted())
+
+    async def client_offer(self, request: web.Request) -> web.StreamResponse:
+        offer = decode_client_offer(await _read_body(request))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ClientAnswer | BrokerError | _Gone] = loop.create_future()
+        offer_id = self.matchmaker.receive_offer(offer, loop.time())
+        self.metrics.offers.inc()
+        self._offers[offer_id] = _Waiter(request, future)
+        self._process_events()
+        try:
+            reply = await future
+        except asyncio.CancelledError:
+            self._drop_offer(offer_id)
+            raise
+        if isinstance(reply, _Gone):
+            log.debug("client hung up while waiting for offer %s", offer_id)
+            self._drop_offer(offer_id)
+            return _reply(BrokerError(BAD_REQUEST, "the client closed its connection"))
+        if isinstance(reply, BrokerError):
+            self.metrics.no_volunteer.inc()
+        return _reply(reply)
+
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {
+                "version": PROTOCOL_VERSION,
+                "status": "ok",
+                "volunteers": self.matchmaker.volunteer_count,
+                "waiting_offers": self.matchmaker.waiting_offer_count,
+            }
+        )
+
+    async def metrics_text(self, request: web.Request) -> web.StreamResponse:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # -- carrying out matchmaker decisions ------------------------------------------------
+
+    def _process_events(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (event := self.matchmaker.next_event()) is not None:
+            match event:
+                case OfferAssigned():
+                    self._deliver_offer(event, loop.time())
+                case PollReleased():
+                    self._settle_poll(event.poll_id, PollIdle())
+                case OfferAnswered():
+                    self._settle_offer(event.offer_id, ClientAnswer(event.sdp))
+                case OfferExpired():
+                    log.debug("offer %s expired (handed out: %s)", event.offer_id, event.handed)
+                    self._settle_offer(event.offer_id, self._no_volunteer())
+                case VolunteerForgotten():
+                    log.debug("volunteer %s forgotten", event.volunteer_id)
+        self._arm_timer(loop)
+        self._arm_sweeper(loop)
+
+    def _deliver_offer(self, event: OfferAssigned, now: float) -> None:
+        waiter = self._polls.pop(event.poll_id, None)
+        if waiter is None or waiter.future.done() or _peer_gone(waiter.request):
+            # Back to the queue; the matchmaker may hand it on at once (more events).
+            self.matchmaker.abandon_poll(event.poll_id, now)
+            return
+        waiter.future.set_result(PollOffer(event.offer_id, event.sdp))
+
+    def _settle_poll(self, poll_id: int, reply: PollOffer | PollIdle) -> None:
+        waiter = self._polls.pop(poll_id, None)
+        if waiter is not None and not waiter.future.done():
+            waiter.future.set_result(reply)
+
+    def _settle_offer(self, offer_id: str, reply: ClientAnswer | BrokerError) -> None:
+        waiter = self._offers.pop(offer_id, None)
+        if waiter is not None and not waiter.future.done():
+            waiter.future.set_result(reply)
+
+    def _no_volunteer(self) -> BrokerError:
+        return BrokerError(
+            NO_VOLUNTEER,
+            f"no volunteer with free capacity answered within {self.config.answer_timeout:g} s;"
+            " try again later",
+        )
+
+    def _give_back_poll(self, poll_id: int) -> None:
+        self._polls.pop(poll_id, None)
+        self.matchmaker.abandon_poll(poll_id, asyncio.get_running_loop().time())
+        self._process_events()
+
+    def _drop_offer(self, offer_id: str) -> None:
+        self._offers.pop(offer_id, None)
+        self.matchmaker.abandon_offer(offer_id, asyncio.get_running_loop().time())
+        self._process_events()
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _arm_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        when = None if self._closing else self.matchmaker.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        # The loop may run a timer a hair early; it is due all the same.
+        now = max(loop.time(), self._timer_at or 0.0)
+        self._timer = None
+        self._timer_at = None
+        self.matchmaker.handle_timer(now)
+        self._process_events()
+
+    def _arm_sweeper(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._sweeper is None and not self._closing and (self._polls or self._offers):
+            self._sweeper = loop.call_later(DISCONNECT_CHECK_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        """Settle the waits of requests whose peers closed their connections."""
+        self._sweeper = None
+        _mark_gone(self._polls.values())
+        _mark_gone(self._offers.values())
+        self._arm_sweeper(asyncio.get_running_loop())
+
+    async def close(self) -> None:
+        """Release every waiting request (polls idle, offers 503) and stop the timers."""
+        self._closing = True
+        for handle in (self._timer, self._sweeper):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._sweeper = None
+        self._timer_at = None
+        for poll_id in list(self._polls):
+            self._settle_poll(poll_id, PollIdle())
+        for offer_id in list(self._offers):
+            self._settle_offer(
+                offer_id, BrokerError(NO_VOLUNTEER, "the broker is shutting down; try again")
+            )
+
+
+async def _read_body(request: web.BaseRequest) -> bytes:
+    """The request body, refused with too_large as soon as it passes MAX_BODY."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
+        raise MessageError(TOO_LARGE, f"the body is {length} bytes; the limit is {MAX_BODY}")
+    body = bytearray()
+    try:
+        while chunk := await request.content.readany():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise MessageError(TOO_LARGE, f"the body exceeds the limit of {MAX_BODY} bytes")
+    except (ConnectionError, HttpProcessingError) as exc:
+        raise MessageError(BAD_REQUEST, f"the request body could not be read ({exc})") from None
+    return bytes(body)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn a client's mistake into its JSON error response: one log line, no traceback."""
+    try:
+        return await handler(request)
+    except MessageError as exc:
+        log.info("%s %s: %s: %s", request.method, request.path, exc.code, exc.message)
+        return _reply(exc.to_broker_error())
+
+
+BROKER_KEY: Final = web.AppKey("unwall_broker", Broker)
+
+
+def create_app(config: BrokerConfig) -> web.Application:
+    """The broker as an aiohttp application; ``app[BROKER_KEY]`` is its :class:`Broker`."""
+    broker = Broker(config)
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+    app[BROKER_KEY] = broker
+    app.router.add_post("/v1/volunteer/poll", broker.volunteer_poll)
+    app.router.add_post("/v1/volunteer/answer", broker.volunteer_answer)
+    app.router.add_post("/v1/client/offer", broker.client_offer)
+    app.router.add_get("/v1/health", broker.health)
+    app.router.add_get("/metrics", broker.metrics_text)
+
+    async def on_shutdown(app: web.Application) -> None:
+        await broker.close()
+
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+async def run_broker(config: BrokerConfig, host: str, port: int) -> None:
+    """Serve the broker on host:port until cancelled."""
+    runner = web.AppRunner(
+        create_app(config),
+        handler_cancellation=True,
+        access_log=None,  # client addresses are nobody's business
+        shutdown_timeout=5.0,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_port = runner.addresses[0][1] if runner.addresses else port
+        shown_host = f"[{host}]" if ":" in host else host
+        log.info("broker listening on http://%s:%s", shown_host, bound_port)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+__all__ = ["BROKER_KEY", "Broker", "BrokerConfig", "create_app", "run_broker"]

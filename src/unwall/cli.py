@@ -1,0 +1,324 @@
+"""`unwall`: one subcommand per role, plus `demo` and `bench`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from unwall import __version__
+from unwall.config import (
+    ConfigError,
+    Option,
+    add_options,
+    host_port,
+    positive_float,
+    positive_int,
+    resolve,
+    url,
+)
+from unwall.logs import setup_logging
+
+log = logging.getLogger("unwall")
+
+ICE_OPTIONS = [
+    Option(
+        "--ice-server",
+        "ICE server URL (stun:HOST:PORT or turn:...); repeatable. Default: none, host "
+        "candidates only (no public STUN server is ever contacted unless named here)",
+        default=[],
+        repeat=True,
+    ),
+    Option(
+        "--host-address",
+        "offer only this address as an ICE host candidate (repeatable); 127.0.0.1 keeps "
+        "everything on this machine",
+        default=[],
+        repeat=True,
+    ),
+]
+
+BROKER_OPTIONS = [
+    Option("--listen", "address to listen on", ("127.0.0.1", 8080), host_port),
+    Option("--poll-timeout", "seconds a volunteer's poll is held", 20.0, positive_float),
+    Option("--answer-timeout", "seconds a client waits for a volunteer", 10.0, positive_float),
+]
+
+EGRESS_OPTIONS = [
+    Option("--listen", "address to listen on", ("127.0.0.1", 7000), host_port),
+    Option("--key-dir", "directory of the egress key and certificate", Path("egress-keys"), Path),
+    Option(
+        "--allow",
+        "allow this network although the default policy refuses it (CIDR; repeatable)",
+        default=[],
+        repeat=True,
+    ),
+    Option("--ports", "destination ports allowed, e.g. 80,443,8000-8100 (default: all)"),
+    Option("--connect-timeout", "seconds to connect to a destination", 10.0, positive_float),
+    Option("--max-sessions", "most client sessions at once", 1000, positive_int),
+]
+
+VOLUNTEER_OPTIONS = [
+    Option("--broker", "broker URL", None, url),
+    Option("--egress", "egress relay URL, e.g. ws://HOST:7000/v1/relay", None, url),
+    Option("--capacity", "most clients served at once", 8, positive_int),
+    *ICE_OPTIONS,
+]
+
+CLIENT_OPTIONS = [
+    Option("--bridge", "bridge line from `unwall egress keygen` (gives --broker and --pin)"),
+    Option("--broker", "broker URL", None, url),
+    Option("--pin", "egress key pin, sha256:..."),
+    Option("--socks", "SOCKS5 listen address", ("127.0.0.1", 1080), host_port),
+    Option("--http", "HTTP proxy listen address", ("127.0.0.1", 8118), host_port),
+    Option(
+        "--stream-wait",
+        "seconds a new connection waits for the tunnel before it is refused",
+        30.0,
+        positive_float,
+    ),
+    *ICE_OPTIONS,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unwall",
+        description="A censorship-circumvention bridge: a local SOCKS5/HTTP proxy whose "
+        "traffic travels as end-to-end encrypted QUIC through volunteers' WebRTC to an egress.",
+    )
+    parser.add_argument("--version", action="version", version=f"unwall {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    roles = parser.add_subparsers(dest="role", metavar="ROLE", required=True)
+
+    broker = roles.add_parser("broker", help="pair clients with volunteers (HTTP JSON API)")
+    add_options(broker, BROKER_OPTIONS)
+
+    egress = roles.add_parser("egress", help="terminate clients' QUIC sessions, dial out")
+    add_options(egress, EGRESS_OPTIONS)
+    egress_sub = egress.add_subparsers(dest="egress_command", metavar="COMMAND")
+    keygen = egress_sub.add_parser(
+        "keygen", help="create the egress key; print pin and bridge line"
+    )
+    keygen.add_argument("--key-dir", type=Path, default=Path("egress-keys"))
+    keygen.add_argument(
+        "--broker",
+        type=url,
+        default="http://127.0.0.1:8080/",
+        help="broker URL for the bridge line",
+    )
+    keygen.add_argument("--force", action="store_true", help="replace an existing key")
+
+    volunteer = roles.add_parser("volunteer", help="relay clients to the egress (headless)")
+    add_options(volunteer, VOLUNTEER_OPTIONS)
+
+    client = roles.add_parser("client", help="local SOCKS5 and HTTP proxy through unwall")
+    add_options(client, CLIENT_OPTIONS)
+
+    demo = roles.add_parser(
+        "demo", help="run broker, egress, volunteer and client here; fetch a page through them"
+    )
+    demo.add_argument("--socks", type=host_port, default=("127.0.0.1", 1080))
+    demo.add_argument("--http", type=host_port, default=("127.0.0.1", 8118))
+    demo.add_argument(
+        "--check", action="store_true", help="fetch the test page, exit 0 on success, 1 on failure"
+    )
+
+    bench = roles.add_parser("bench", help="measure throughput, latency and CPU on this machine")
+    bench.add_argument("--json", type=Path, help="also write the figures to this file")
+    bench.add_argument("--size-mb", type=positive_int, default=50, help="download size")
+    bench.add_argument("--profile", type=Path, help="py-spy each role into this directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    try:
+        if args.role == "broker":
+            return _run(_broker(resolve(args, BROKER_OPTIONS, "broker")))
+        if args.role == "egress":
+            if args.egress_command == "keygen":
+                return _keygen(args)
+            return _run(_egress(resolve(args, EGRESS_OPTIONS, "egress")))
+        if args.role == "volunteer":
+            return _run(_volunteer(resolve(args, VOLUNTEER_OPTIONS, "volunteer")))
+        if args.role == "client":
+            return _run(_client(resolve(args, CLIENT_OPTIONS, "client")))
+        if args.role == "demo":
+            from unwall.local import demo
+
+            return _run(demo(args.socks, args.http, check=args.check))
+        if args.role == "bench":
+            from unwall.bench import bench
+
+            return _run(bench(args.size_mb, args.json, args.profile))
+    except ConfigError as exc:
+        print(f"unwall {args.role}: {exc}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown role {args.role}")
+    return 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _run(coro: Coroutine[Any, Any, int | None]) -> int:
+    """Run a role until it ends, Ctrl-C or SIGTERM; shut down cleanly either way."""
+
+    async def runner() -> int | None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        return await coro
+
+    try:
+        result = asyncio.run(runner())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log.info("stopped")
+        return 0
+    except (UsageError, ConfigError) as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    return result or 0
+
+
+def _apply_host_addresses(options: dict[str, Any]) -> None:
+    if options["host_address"]:
+        from unwall.transport import rtc
+
+        rtc.set_host_addresses(options["host_address"])
+
+
+async def _broker(options: dict[str, Any]) -> None:
+    from unwall.broker.server import BrokerConfig, run_broker
+
+    host, port = options["listen"]
+    config = BrokerConfig(
+        poll_timeout=options["poll_timeout"], answer_timeout=options["answer_timeout"]
+    )
+    await run_broker(config, host, port)
+
+
+async def _egress(options: dict[str, Any]) -> None:
+    from unwall.egress.identity import IdentityError, load_identity
+    from unwall.egress.policy import EgressPolicy
+    from unwall.egress.server import EgressConfig, run_egress
+
+    try:
+        identity = load_identity(options["key_dir"])
+        policy = EgressPolicy.from_strings(options["allow"], options["ports"])
+    except (IdentityError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    for network in policy.allow_networks:
+        log.warning("egress policy: %s is allowed although it is not a public network", network)
+    host, port = options["listen"]
+    config = EgressConfig(
+        host=host,
+        port=port,
+        key_dir=options["key_dir"],
+        policy=policy,
+        connect_timeout=options["connect_timeout"],
+        max_sessions=options["max_sessions"],
+    )
+    await run_egress(config, identity)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from unwall.egress.identity import IdentityError, generate_identity, save_identity
+    from unwall.wire.bridgeline import BridgeLine
+
+    identity = generate_identity()
+    try:
+        save_identity(identity, args.key_dir, overwrite=args.force)
+    except IdentityError as exc:
+        print(f"unwall egress keygen: {exc}", file=sys.stderr)
+        return 1
+    print(f"key and certificate written to {args.key_dir}/")
+    print(f"pin: {identity.pin}")
+    print("bridge line:")
+    print(BridgeLine(broker=args.broker, pin=identity.pin).format())
+    return 0
+
+
+async def _volunteer(options: dict[str, Any]) -> None:
+    from unwall.volunteer.headless import Volunteer, VolunteerConfig
+
+    if not options["broker"] or not options["egress"]:
+        raise UsageError("unwall volunteer needs --broker URL and --egress URL")
+    _apply_host_addresses(options)
+    volunteer = Volunteer(
+        VolunteerConfig(
+            broker_url=options["broker"],
+            egress_url=options["egress"],
+            capacity=options["capacity"],
+            ice_servers=options["ice_server"],
+        )
+    )
+    log.info(
+        "volunteer serving up to %d clients (broker %s, egress %s)",
+        options["capacity"],
+        options["broker"],
+        options["egress"],
+    )
+    await volunteer.run()
+
+
+async def _client(options: dict[str, Any]) -> None:
+    from unwall.client.proxy import LocalProxies
+    from unwall.client.tunnel import Tunnel, TunnelConfig
+    from unwall.wire.bridgeline import BridgeLine, BridgeLineError
+
+    broker, pin = options["broker"], options["pin"]
+    if options["bridge"]:
+        try:
+            line = BridgeLine.parse(options["bridge"])
+        except BridgeLineError as exc:
+            raise UsageError(str(exc)) from None
+        broker, pin = broker or line.broker, pin or line.pin
+    if not broker or not pin:
+        raise UsageError(
+            "unwall client needs a bridge line (--bridge 'unwall1 ...') or --broker and --pin"
+        )
+    _apply_host_addresses(options)
+    try:
+        tunnel = Tunnel(
+            TunnelConfig(
+                broker_url=broker,
+                pin=pin,
+                ice_servers=options["ice_server"],
+                stream_wait=options["stream_wait"],
+            )
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    proxies = LocalProxies(tunnel)
+    socks_host, socks_port = options["socks"]
+    http_host, http_port = options["http"]
+    try:
+        await proxies.start_socks(socks_host, socks_port)
+        await proxies.start_http(http_host, http_port)
+        log.info(
+            "SOCKS5 proxy on %s:%d, HTTP proxy on %s:%d",
+            socks_host,
+            socks_port,
+            http_host,
+            http_port,
+        )
+        await tunnel.run()
+    finally:
+        await proxies.close()

@@ -1,0 +1,133 @@
+"""The one configuration loader: defaults, then a TOML file, then command-line flags.
+
+Each role reads its own table of the TOML file (`[client]`, `[egress]`, ...), with keys
+named like the long flags (`socks = "127.0.0.1:1080"`, `ice_server = ["stun:..."]`).
+A flag given on the command line wins over the file; the file wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str  # "--socks"
+    help: str
+    default: Any = None
+    type: Callable[[str], Any] = str
+    repeat: bool = False  # may be given several times; a list in TOML
+    is_switch: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def add_options(parser: argparse.ArgumentParser, options: list[Option]) -> None:
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML file with a table for this role"
+    )
+    for option in options:
+        shown = f" (default: {option.default})" if option.default not in (None, [], False) else ""
+        if option.is_switch:
+            parser.add_argument(
+                option.flag, action="store_true", default=None, help=option.help + shown
+            )
+        elif option.repeat:
+            parser.add_argument(
+                option.flag, action="append", type=option.type, default=None, help=option.help
+            )
+        else:
+            parser.add_argument(
+                option.flag, type=option.type, default=None, help=option.help + shown
+            )
+
+
+def resolve(args: argparse.Namespace, options: list[Option], section: str) -> dict[str, Any]:
+    """Merge defaults, the config file's `[section]` and the flags into one dict."""
+    table: dict[str, Any] = {}
+    if getattr(args, "config", None) is not None:
+        path: Path = args.config
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raw = document.get(section, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[{section}] in {path} must be a table")
+        known = {option.key for option in options}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) in [{section}] of {path}: {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        table = raw
+    merged: dict[str, Any] = {}
+    for option in options:
+        value = getattr(args, option.key, None)
+        if value is None and option.key in table:
+            value = _from_toml(option, table[option.key], section)
+        if value is None:
+            value = list(option.default) if isinstance(option.default, list) else option.default
+        merged[option.key] = value
+    return merged
+
+
+def _from_toml(option: Option, value: Any, section: str) -> Any:
+    where = f"[{section}] {option.key}"
+    try:
+        if option.is_switch:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} must be true or false")
+            return value
+        if option.repeat:
+            items = value if isinstance(value, list) else [value]
+            return [option.type(str(item)) for item in items]
+        return option.type(str(value))
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """Parse HOST:PORT (IPv6 as [::1]:PORT) for a listening address."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    host = host.strip("[]") or "127.0.0.1"
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} is out of range")
+    return host, number
+
+
+def url(text: str) -> str:
+    if not text.startswith(("http://", "https://", "ws://", "wss://")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s):// or ws(s):// URL")
+    return text
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value

@@ -1,0 +1,103 @@
+"""The egress's long-term identity: an ECDSA P-256 key and a self-signed certificate.
+
+Clients do not trust certificate authorities here: they pin the key (see
+`unwall.transport.quic.spki_pin`), so the certificate is only a container for the key and
+can be re-issued without changing the pin.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from unwall.transport.quic import spki_pin
+
+KEY_FILE = "egress-key.pem"
+CERT_FILE = "egress-cert.pem"
+
+
+class IdentityError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class EgressIdentity:
+    certificate: x509.Certificate
+    private_key: ec.EllipticCurvePrivateKey
+
+    @property
+    def pin(self) -> str:
+        return spki_pin(self.certificate)
+
+
+def generate_identity() -> EgressIdentity:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "unwall-egress")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("unwall-egress")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return EgressIdentity(certificate, key)
+
+
+def save_identity(identity: EgressIdentity, directory: Path, *, overwrite: bool = False) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
+    if not overwrite and (key_path.exists() or cert_path.exists()):
+        raise IdentityError(
+            f"{key_path} already exists; pass --force to replace it "
+            "(clients pinned to the old key will stop working)"
+        )
+    key_pem = identity.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key_pem)
+    cert_path.write_bytes(identity.certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def load_identity(directory: Path) -> EgressIdentity:
+    key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except FileNotFoundError as exc:
+        raise IdentityError(
+            f"no egress key in {directory} ({exc.filename} is missing); "
+            f"create one with: unwall egress keygen --key-dir {directory}"
+        ) from exc
+    except ValueError as exc:
+        raise IdentityError(f"cannot read the egress key in {directory}: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise IdentityError(f"{key_path} is not an EC private key")
+    if spki_pin(certificate) != _key_pin(key):
+        raise IdentityError(f"{cert_path} does not belong to the key in {key_path}")
+    return EgressIdentity(certificate, key)
+
+
+def _key_pin(key: ec.EllipticCurvePrivateKey) -> str:
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    digest = hashlib.sha256(spki).digest()
+    return "sha256:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

@@ -1,0 +1,274 @@
+"""The egress: volunteers' WebSockets in, clients' QUIC sessions terminated, TCP out.
+
+Each WebSocket is a *path* that carries datagrams of any number of sessions; the
+`SessionRouter` assigns datagrams to sessions by connection ID. Each client stream names
+its destination in a small header; the egress checks its policy after resolving the name,
+dials, answers with a status, and then copies bytes both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+
+from unwall.egress.identity import EgressIdentity
+from unwall.egress.policy import EgressPolicy, NameNotResolved, PolicyDenied
+from unwall.egress.router import NewSession, SessionRouter
+from unwall.transport import quic
+from unwall.transport.droptail import DropTailQueue
+from unwall.transport.pipe import pipe
+from unwall.transport.quic import FlowControlledConnection, QuicSession, QuicStream
+from unwall.wire.streamheader import (
+    HeaderError,
+    StreamReply,
+    StreamStatus,
+    StreamTarget,
+    StreamTargetDecoder,
+)
+
+log = logging.getLogger("unwall.egress")
+
+#: A relay's queue toward its volunteer; above this, datagrams are dropped (QUIC recovers).
+PATH_QUEUE_BYTES = 1 << 20
+HEADER_TIMEOUT = 10.0
+
+
+@dataclass
+class EgressConfig:
+    host: str = "127.0.0.1"
+    port: int = 7000
+    key_dir: Path = Path("egress-keys")
+    policy: EgressPolicy = field(default_factory=EgressPolicy)
+    connect_timeout: float = 10.0
+    max_sessions: int = 1000
+
+
+class RelayPath:
+    """One volunteer's WebSocket, as a place to send datagrams without blocking."""
+
+    def __init__(self, ws: web.WebSocketResponse, name: str) -> None:
+        self.name = name
+        self._queue = DropTailQueue(ws.send_bytes, PATH_QUEUE_BYTES)
+
+    def send(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    async def close(self) -> None:
+        await self._queue.close()
+
+
+class Egress:
+    def __init__(self, config: EgressConfig, identity: EgressIdentity) -> None:
+        self.config = config
+        self.identity = identity
+        self.router = SessionRouter(self._new_session, max_sessions=config.max_sessions)
+        self._stream_tasks: set[asyncio.Task[None]] = set()
+        self._paths: set[RelayPath] = set()
+        self._path_count = 0
+        self._session_count = 0
+        self.app = web.Application()
+        self.app.router.add_get("/v1/relay", self._relay)
+        self.app.router.add_get("/v1/health", self._health)
+        self.app.on_shutdown.append(self._on_shutdown)
+
+    # sessions
+    def _new_session(self, new: NewSession) -> QuicSession:
+        self._session_count += 1
+        name = f"session-{self._session_count}"
+        configuration = quic.server_configuration(
+            self.identity.certificate, self.identity.private_key, new.datagram_size
+        )
+        connection = FlowControlledConnection(
+            configuration=configuration,
+            original_destination_connection_id=new.original_destination_cid,
+        )
+        session = QuicSession(
+            connection,
+            name=name,
+            on_stream=lambda stream: self._spawn(self._serve_stream(session, stream)),
+            on_event=lambda event: self.router.on_event(session, event),
+        )
+        session.closed.add_done_callback(lambda fut: log.info("%s closed: %s", name, fut.result()))
+        log.info("%s opened (datagrams up to %d bytes)", name, configuration.max_datagram_size)
+        return session
+
+    def _spawn(self, coro: asyncio.Future[None] | object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._stream_tasks.add(task)
+        task.add_done_callback(self._stream_tasks.discard)
+
+    def datagram_received(self, data: bytes, path: RelayPath) -> None:
+        session = self.router.route(data)
+        if session is None:
+            return
+        # Answer on the path we last heard this session on.
+        if session._sender != path.send:
+            if session.has_path:
+                log.info("%s moved to %s", session.name, path.name)
+            session.set_sender(path.send)
+        session.datagram_received(data)
+
+    # streams
+    async def _serve_stream(self, session: QuicSession, stream: QuicStream) -> None:
+        try:
+            target = await asyncio.wait_for(self._read_target(stream), HEADER_TIMEOUT)
+        except (HeaderError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.info("%s stream %d: bad header: %s", session.name, stream.stream_id, exc)
+            await self._refuse(stream, StreamStatus.BAD_HEADER, str(exc) or "no header")
+            session.stream_finished(stream)
+            return
+        except (quic.StreamReset, quic.SessionClosed):
+            session.stream_finished(stream)
+            return
+        status, reason, connection = await self._dial(target)
+        if connection is None:
+            log.info(
+                "%s stream %d: %s:%d refused: %s",
+                session.name,
+                stream.stream_id,
+                target.host,
+                target.port,
+                reason,
+            )
+            await self._refuse(stream, status, reason)
+            session.stream_finished(stream)
+            return
+        reader, writer = connection
+        try:
+            await stream.write(StreamReply(StreamStatus.OK).encode())
+        except (quic.StreamReset, quic.SessionClosed):
+            writer.transport.abort()
+            session.stream_finished(stream)
+            return
+        result = await pipe(reader, writer, stream)
+        log.debug(
+            "%s stream %d to %s:%d done: %d B up, %d B down%s",
+            session.name,
+            stream.stream_id,
+            target.host,
+            target.port,
+            result.bytes_up,
+            result.bytes_down,
+            f" ({result.error})" if result.error else "",
+        )
+
+    async def _read_target(self, stream: QuicStream) -> StreamTarget:
+        decoder = StreamTargetDecoder()
+        while True:
+            data = await stream.read()
+            if not data:
+                raise HeaderError("stream ended before its header")
+            decoder.receive_data(data)
+            target = decoder.next_event()
+            if target is not None:
+                stream.unread(decoder.trailing_data)
+                return target
+
+    async def _refuse(self, stream: QuicStream, status: StreamStatus, reason: str) -> None:
+        with contextlib.suppress(quic.StreamReset, quic.SessionClosed):
+            await stream.write(StreamReply(status, reason).encode())
+            stream.write_eof()
+
+    async def _dial(
+        self, target: StreamTarget
+    ) -> tuple[StreamStatus, str, tuple[asyncio.StreamReader, asyncio.StreamWriter] | None]:
+        try:
+            addresses = await self.config.policy.resolve(target.host, target.port)
+        except PolicyDenied as exc:
+            return StreamStatus.NOT_ALLOWED, exc.reason, None
+        except NameNotResolved as exc:
+            return StreamStatus.HOST_UNREACHABLE, str(exc), None
+        status, reason = StreamStatus.GENERAL_FAILURE, "no address to connect to"
+        for address in addresses:
+            try:
+                connection = await asyncio.wait_for(
+                    asyncio.open_connection(address, target.port, limit=256 * 1024),
+                    self.config.connect_timeout,
+                )
+                return StreamStatus.OK, "", connection
+            except TimeoutError:
+                status = StreamStatus.TIMED_OUT
+                reason = f"connecting to {address}:{target.port} timed out"
+            except OSError as exc:
+                status, reason = _status_for_os_error(exc, address, target.port)
+        return status, reason, None
+
+    # the relay endpoint
+    async def _relay(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("v", "1") != "1":
+            raise web.HTTPBadRequest(text="unsupported relay version; this egress speaks v=1\n")
+        ws = web.WebSocketResponse(
+            max_msg_size=quic.MAX_DATAGRAM_SIZE + 1024, compress=False, heartbeat=30.0
+        )
+        await ws.prepare(request)
+        self._path_count += 1
+        path = RelayPath(ws, f"path-{self._path_count} ({request.remote})")
+        self._paths.add(path)
+        log.info("%s: volunteer relay connected", path.name)
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.BINARY:
+                    self.datagram_received(message.data, path)
+                elif message.type == WSMsgType.TEXT:
+                    await ws.close(code=1003, message=b"binary messages only")
+                    break
+        finally:
+            self._paths.discard(path)
+            await path.close()
+            for session in self.router.sessions:
+                if session._sender == path.send:
+                    session.set_sender(None)
+            log.info("%s: volunteer relay closed", path.name)
+        return ws
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "version": 1,
+                "status": "ok",
+                "sessions": len(self.router.sessions),
+                "paths": len(self._paths),
+            }
+        )
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        for session in self.router.sessions:
+            session.close(quic.ERROR_SHUTDOWN, "egress shutting down")
+        for task in list(self._stream_tasks):
+            task.cancel()
+        await asyncio.gather(*self._stream_tasks, return_exceptions=True)
+
+
+def _status_for_os_error(exc: OSError, address: str, port: int) -> tuple[StreamStatus, str]:
+    where = f"{address}:{port}"
+    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+        return StreamStatus.CONNECTION_REFUSED, f"{where} refused the connection"
+    if exc.errno == errno.ENETUNREACH:
+        return StreamStatus.NETWORK_UNREACHABLE, f"network of {where} is unreachable"
+    if exc.errno in (errno.EHOSTUNREACH, errno.EHOSTDOWN):
+        return StreamStatus.HOST_UNREACHABLE, f"{where} is unreachable"
+    if exc.errno == errno.ETIMEDOUT:
+        return StreamStatus.TIMED_OUT, f"connecting to {where} timed out"
+    return StreamStatus.GENERAL_FAILURE, f"connecting to {where} failed: {exc.strerror or exc}"
+
+
+async def run_egress(config: EgressConfig, identity: EgressIdentity) -> None:
+    """Serve until cancelled."""
+    egress = Egress(config, identity)
+    runner = web.AppRunner(egress.app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    log.info(
+        "egress listening on ws://%s:%d/v1/relay (pin %s)", config.host, config.port, identity.pin
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

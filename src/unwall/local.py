@@ -1,0 +1,447 @@
+"""The whole system on one machine: each role in its own process, on loopback.
+
+`unwall demo`, `unwall bench` and the integration tests all use this, so what they run is
+exactly what a deployment runs: `python -m unwall ROLE ...` processes talking over sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from unwall.egress.identity import generate_identity, save_identity
+
+log = logging.getLogger("unwall.local")
+
+LOOPBACK = "127.0.0.1"
+TEST_PAGE = (
+    b"<!doctype html><html><head><title>unwall test page</title></head>"
+    b"<body><h1>It works.</h1><p>This page came through unwall.</p></body></html>\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+class RoleFailed(Exception):
+    pass
+
+
+@dataclass
+class RoleProcess:
+    name: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                await self.process.wait()
+        return self.process.returncode if self.process.returncode is not None else -1
+
+
+@dataclass
+class LocalBridge:
+    """Broker, egress, volunteers and a client as separate processes on loopback."""
+
+    workdir: Path
+    broker_port: int = field(default_factory=free_port)
+    egress_port: int = field(default_factory=free_port)
+    socks_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    broker_answer_timeout: float = 10.0
+    roles: list[RoleProcess] = field(default_factory=list)
+    pin: str = ""
+    _counter: int = 0
+
+    @property
+    def broker_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.broker_port}"
+
+    @property
+    def egress_url(self) -> str:
+        return f"ws://{LOOPBACK}:{self.egress_port}/v1/relay"
+
+    @property
+    def key_dir(self) -> Path:
+        return self.workdir / "egress-keys"
+
+    def make_key(self) -> str:
+        if not (self.key_dir / "egress-key.pem").exists():
+            save_identity(generate_identity(), self.key_dir)
+        from unwall.egress.identity import load_identity
+
+        self.pin = load_identity(self.key_dir).pin
+        return self.pin
+
+    async def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> RoleProcess:
+        self._counter += 1
+        log_path = self.workdir / f"{self._counter:02d}-{name}.log"
+        handle = log_path.open("wb")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "unwall",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=handle,
+            stderr=handle,
+            env={**os.environ, **(env or {})},
+        )
+        handle.close()
+        role = RoleProcess(name, process, log_path)
+        self.roles.append(role)
+        return role
+
+    async def start_broker(self) -> RoleProcess:
+        role = await self.spawn(
+            "broker",
+            "broker",
+            "--listen",
+            f"{LOOPBACK}:{self.broker_port}",
+            "--answer-timeout",
+            str(self.broker_answer_timeout),
+        )
+        await self._wait_http(role, f"{self.broker_url}/v1/health")
+        return role
+
+    async def start_egress(self, allow: tuple[str, ...] = ("127.0.0.0/8",)) -> RoleProcess:
+        self.make_key()
+        args = ["egress", "--listen", f"{LOOPBACK}:{self.egress_port}"]
+        args += ["--key-dir", str(self.key_dir)]
+        for network in allow:
+            args += ["--allow", network]
+        role = await self.spawn("egress", *args)
+        await self._wait_http(role, f"http://{LOOPBACK}:{self.egress_port}/v1/health")
+        return role
+
+    async def start_volunteer(self, capacity: int = 8) -> RoleProcess:
+        return await self.spawn(
+            "volunteer",
+            "volunteer",
+            "--broker",
+            self.broker_url,
+            "--egress",
+            self.egress_url,
+            "--capacity",
+            str(capacity),
+            "--host-address",
+            LOOPBACK,
+        )
+
+    async def start_client(self, pin: str | None = None, wait_ready: bool = True) -> RoleProcess:
+        role = await self.spawn(
+            "client",
+            "client",
+            "--broker",
+            self.broker_url,
+            "--pin",
+            pin or self.pin,
+            "--socks",
+            f"{LOOPBACK}:{self.socks_port}",
+            "--http",
+            f"{LOOPBACK}:{self.http_port}",
+            "--host-address",
+            LOOPBACK,
+        )
+        await self._wait_port(role, self.socks_port)
+        if wait_ready:
+            await self.wait_log(role, "tunnel ready", timeout=60)
+        return role
+
+    async def wait_log(self, role: RoleProcess, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in role.log_path.read_text(errors="replace"):
+                return
+            if role.process.returncode is not None:
+                raise RoleFailed(f"{role.name} exited:\n{role.log_tail()}")
+            await asyncio.sleep(0.05)
+        raise RoleFailed(f"{role.name} did not log {text!r} in {timeout} s:\n{role.log_tail()}")
+
+    async def _wait_port(self, role: RoleProcess, port: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if role.process.returncode is not None:
+                raise RoleFailed(f"{role.name} exited:\n{role.log_tail()}")
+            try:
+                _, writer = await asyncio.open_connection(LOOPBACK, port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
+        raise RoleFailed(f"{role.name} did not listen on {port} in {timeout} s:\n{role.log_tail()}")
+
+    async def _wait_http(self, role: RoleProcess, url: str, timeout: float = 30.0) -> None:
+        import aiohttp
+
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if role.process.returncode is not None:
+                    raise RoleFailed(f"{role.name} exited:\n{role.log_tail()}")
+                try:
+                    async with http.get(url) as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise RoleFailed(f"{role.name} did not answer {url} in {timeout} s:\n{role.log_tail()}")
+
+    async def start_all(self, volunteers: int = 1) -> None:
+        await self.start_broker()
+        await self.start_egress()
+        for _ in range(volunteers):
+            await self.start_volunteer()
+        await self.start_client()
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(role.stop() for role in reversed(self.roles)))
+
+
+@contextlib.asynccontextmanager
+async def local_bridge(workdir: Path | None = None, **kwargs: object) -> AsyncIterator[LocalBridge]:
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="unwall-")))
+        bridge = LocalBridge(workdir=workdir, **kwargs)  # type: ignore[arg-type]
+        try:
+            yield bridge
+        finally:
+            await bridge.stop_all()
+
+
+# -- a web site to fetch -------------------------------------------------------------------
+
+
+class TestSite:
+    """A local HTTP server: a page, deterministic blobs, and an upload sink."""
+
+    def __init__(self, blob_dir: Path) -> None:
+        self.blob_dir = blob_dir
+        self.uploads: list[tuple[int, str]] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    def blob(self, size: int) -> tuple[Path, str]:
+        """A file of `size` pseudo-random bytes and its sha256."""
+        path = self.blob_dir / f"blob-{size}"
+        if not path.exists():
+            digest = hashlib.sha256()
+            with path.open("wb") as handle:
+                seed = hashlib.sha256(str(size).encode()).digest()
+                block = b"".join(hashlib.sha512(seed + bytes([i])).digest() for i in range(256))
+                written = 0
+                counter = 0
+                while written < size:
+                    chunk = bytes(b ^ (counter & 0xFF) for b in block[:64]) + block[64:]
+                    chunk = chunk[: size - written]
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    written += len(chunk)
+                    counter += 1
+            (self.blob_dir / f"blob-{size}.sha256").write_text(digest.hexdigest())
+        return path, (self.blob_dir / f"blob-{size}.sha256").read_text()
+
+    async def start(self) -> int:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_get("/", self._page)
+        app.router.add_get("/blob/{size}", self._blob)
+        app.router.add_post("/upload", self._upload)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, LOOPBACK, self.port).start()
+        return self.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _page(self, request: web.Request) -> web.Response:
+        return web.Response(body=TEST_PAGE, content_type="text/html")
+
+    async def _blob(self, request: web.Request) -> web.StreamResponse:
+        size = int(request.match_info["size"])
+        if not 0 < size <= 1 << 30:
+            raise web.HTTPBadRequest(text="size out of range\n")
+        path, _ = self.blob(size)
+        return web.FileResponse(path)
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.content.iter_chunked(1 << 16):
+            digest.update(chunk)
+            size += len(chunk)
+        self.uploads.append((size, digest.hexdigest()))
+        return web.json_response({"size": size, "sha256": digest.hexdigest()})
+
+
+# -- fetching through the proxies ----------------------------------------------------------
+
+
+async def socks5_open(
+    proxy_port: int, host: str, port: int, proxy_host: str = LOOPBACK
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A minimal SOCKS5 client (remote name resolution). Raises ConnectionError with the code."""
+    reader, writer = await asyncio.open_connection(proxy_host, proxy_port)
+    writer.write(b"\x05\x01\x00")
+    if await reader.readexactly(2) != b"\x05\x00":
+        writer.close()
+        raise ConnectionError("SOCKS5 proxy refused no-auth")
+    name = host.encode("idna")
+    writer.write(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big"))
+    head = await reader.readexactly(4)
+    if head[1] != 0:
+        writer.close()
+        raise ConnectionError(f"SOCKS5 reply {head[1]:#04x}")
+    skip = {1: 4, 4: 16}.get(head[3])
+    if skip is None:
+        skip = (await reader.readexactly(1))[0]
+    await reader.readexactly(skip + 2)
+    return reader, writer
+
+
+async def fetch_via_socks(proxy_port: int, url: str) -> tuple[int, bytes, float]:
+    """GET an http:// URL through the SOCKS5 proxy: (status, body, seconds to first byte)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 80
+    started = time.monotonic()
+    reader, writer = await socks5_open(proxy_port, host, port)
+    path = parts.path or "/"
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n".encode()
+    )
+    first = await reader.read(1)
+    ttfb = time.monotonic() - started
+    rest = await reader.read()
+    writer.close()
+    response = first + rest
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return status, body, ttfb
+
+
+# -- unwall demo ---------------------------------------------------------------------------
+
+
+async def demo(socks: tuple[str, int], http: tuple[str, int], *, check: bool) -> int:
+    print("unwall demo: starting broker, egress, volunteer and client on this machine ...")
+    with tempfile.TemporaryDirectory(prefix="unwall-demo-") as tmp:
+        workdir = Path(tmp)
+        bridge = LocalBridge(workdir=workdir, socks_port=socks[1], http_port=http[1])
+        site = TestSite(workdir)
+        try:
+            for port, what in ((socks[1], "SOCKS5"), (http[1], "HTTP proxy")):
+                if not _port_free(port):
+                    print(
+                        f"unwall demo: port {port} ({what}) is in use; pick another with "
+                        f"--{'socks' if what == 'SOCKS5' else 'http'} 127.0.0.1:PORT",
+                        file=sys.stderr,
+                    )
+                    return 1
+            await site.start()
+            log.warning(
+                "demo mode: the egress may reach loopback destinations (127.0.0.0/8); "
+                "a real egress refuses them"
+            )
+            await bridge.start_all()
+            status, body, ttfb = await fetch_via_socks(bridge.socks_port, site.url + "/")
+            ok = status == 200 and body == TEST_PAGE
+            if not ok:
+                print(f"unwall demo: FAILED: fetched status {status}, {len(body)} bytes")
+                return 1
+            print(
+                f"fetched {site.url}/ through the bridge: HTTP {status}, {len(body)} bytes, "
+                f"first byte after {ttfb * 1000:.0f} ms"
+            )
+            if check:
+                print("unwall demo --check: OK")
+                return 0
+            _print_usage(bridge, site)
+            await asyncio.Event().wait()
+            return 0
+        except RoleFailed as exc:
+            print(f"unwall demo: FAILED: {exc}", file=sys.stderr)
+            return 1
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            print(f"unwall demo: FAILED: fetching the test page: {exc}", file=sys.stderr)
+            for role in bridge.roles:
+                print(f"--- {role.name} log ---\n{role.log_tail()}", file=sys.stderr)
+            return 1
+        finally:
+            print("unwall demo: shutting down ...")
+            await bridge.stop_all()
+            await site.stop()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def _print_usage(bridge: LocalBridge, site: TestSite) -> None:
+    print(
+        f"""
+unwall is running on this machine:
+  SOCKS5 proxy  127.0.0.1:{bridge.socks_port}   (names are resolved at the egress)
+  HTTP proxy    127.0.0.1:{bridge.http_port}
+  broker        {bridge.broker_url}
+  egress        {bridge.egress_url}  (pin {bridge.pin})
+
+Try it:
+  curl --socks5-hostname 127.0.0.1:{bridge.socks_port} {site.url}/
+  curl --proxy http://127.0.0.1:{bridge.http_port} {site.url}/
+A browser: set its SOCKS5 proxy to 127.0.0.1 port {bridge.socks_port} with "proxy DNS" on,
+or its HTTP/HTTPS proxy to 127.0.0.1 port {bridge.http_port}.
+In this demo the egress only reaches this machine; a real egress reaches the internet.
+
+Press Ctrl-C to stop.""",
+        flush=True,
+    )

@@ -1,0 +1,96 @@
+"""The HTTP side of talking to the broker, shared by the client and the volunteer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import aiohttp
+
+from unwall.wire import broker as messages
+
+log = logging.getLogger("unwall.broker_client")
+T = TypeVar("T")
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached or answered with something unexpected."""
+
+
+class NoVolunteer(Exception):
+    """The broker had no volunteer for us within its answer timeout."""
+
+
+class OfferGone(Exception):
+    """The client behind an offer gave up before our answer arrived."""
+
+
+class BrokerClient:
+    def __init__(self, http: aiohttp.ClientSession, base_url: str) -> None:
+        self._http = http
+        self.base_url = base_url.rstrip("/")
+
+    async def _post(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+        url = self.base_url + path
+        try:
+            async with self._http.post(
+                url,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                data = await response.content.read(messages.MAX_RESPONSE_BODY + 1)
+                return response.status, data
+        except TimeoutError as exc:
+            raise BrokerUnavailable(f"broker at {self.base_url} did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise BrokerUnavailable(f"cannot reach the broker at {self.base_url}: {exc}") from exc
+
+    def _error(self, status: int, body: bytes) -> BrokerUnavailable:
+        try:
+            error = messages.decode_error(body)
+            return BrokerUnavailable(f"broker said {error.code}: {error.message}")
+        except messages.MessageError:
+            return BrokerUnavailable(f"broker answered HTTP {status} with an unexpected body")
+
+    async def offer(self, sdp: str, timeout: float = 30.0) -> str:
+        """Post a client's offer; return the volunteer's answer SDP."""
+        status, body = await self._post(
+            "/v1/client/offer", messages.encode(messages.ClientOffer(sdp)), timeout
+        )
+        if status == 200:
+            return self._decode(messages.decode_client_answer, body).sdp
+        if status == 503:
+            raise NoVolunteer(f"no volunteer available at {self.base_url}")
+        raise self._error(status, body)
+
+    async def poll(
+        self, volunteer_id: str, capacity: int, clients: int, kind: messages.VolunteerKind
+    ) -> messages.PollOffer | messages.PollIdle:
+        status, body = await self._post(
+            "/v1/volunteer/poll",
+            messages.encode(messages.VolunteerPoll(volunteer_id, capacity, clients, kind)),
+            timeout=120.0,
+        )
+        if status == 200:
+            return self._decode(messages.decode_poll_response, body)
+        raise self._error(status, body)
+
+    async def answer(self, volunteer_id: str, offer_id: str, sdp: str) -> None:
+        status, body = await self._post(
+            "/v1/volunteer/answer",
+            messages.encode(messages.VolunteerAnswer(volunteer_id, offer_id, sdp)),
+            timeout=30.0,
+        )
+        if status == 200:
+            return
+        if status == 404:
+            raise OfferGone("the client gave up before our answer arrived")
+        raise self._error(status, body)
+
+    def _decode(self, decode: Callable[[bytes], T], body: bytes) -> T:
+        try:
+            return decode(body)
+        except messages.MessageError as exc:
+            raise BrokerUnavailable(f"broker sent a malformed message: {exc.message}") from exc

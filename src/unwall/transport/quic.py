@@ -1,0 +1,554 @@
+"""QUIC sessions carried over message paths instead of UDP sockets.
+
+unwall runs one QUIC connection (aioquic, sans-IO) end to end between client and egress.
+Its datagrams travel as DataChannel messages (client side) and WebSocket messages (egress
+side); neither end owns a socket, so this module is the small asyncio shell that aioquic's
+own `QuicConnectionProtocol` would be, with three differences that matter to us:
+
+- the *path* a datagram is sent on can change at any time (`QuicSession.set_sender`), which
+  is how a session moves from one volunteer to another;
+- streams have real backpressure both ways: a writer waits while too much of its data is
+  unacknowledged, and the receive window only opens as the application consumes data
+  (aioquic alone opens it as data arrives, so a slow reader would buffer without bound);
+- the client checks the egress key pin before it opens any stream.
+
+Every aioquic configuration in the project is built here (one place).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.stream import QuicStream as AioquicStream
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+log = logging.getLogger("unwall.quic")
+
+ALPN = "unwall/1"
+#: Upper bound of a QUIC datagram (one DataChannel/WebSocket message). Large datagrams are
+#: what makes aiortc's pure-Python SCTP fast enough (see DESIGN.md's measurements).
+MAX_DATAGRAM_SIZE = 16384
+#: QUIC's own minimum (RFC 9000, section 14).
+MIN_DATAGRAM_SIZE = 1200
+#: Receive credit per stream beyond what the application has consumed.
+STREAM_WINDOW = 1 << 20
+#: Receive credit per connection beyond what the application has consumed.
+CONNECTION_WINDOW = 8 << 20
+#: A writer waits while more than this many of its bytes are unacknowledged.
+SEND_HIGH_WATER = 1 << 20
+#: ... and resumes once the backlog is below this.
+SEND_LOW_WATER = 256 << 10
+#: Most concurrent streams a peer may open (each is one proxied TCP connection).
+MAX_STREAMS = 256
+IDLE_TIMEOUT = 60.0
+
+#: Application error codes (QUIC CONNECTION_CLOSE / RESET_STREAM).
+ERROR_NONE = 0x0
+ERROR_STREAM_ABORTED = 0x1
+ERROR_PIN_MISMATCH = 0x101
+ERROR_SHUTDOWN = 0x102
+ERROR_PATH_LOST = 0x103
+
+#: aioquic tracks the peer by "network address"; our datagrams have none, and the session
+#: must not notice when its path changes, so every datagram claims this one address.
+PATH_ADDRESS = ("unwall-path", 0)
+
+
+class PinMismatch(Exception):
+    """The egress presented a key other than the pinned one."""
+
+
+class SessionClosed(ConnectionError):
+    """The QUIC session ended; the stream cannot continue."""
+
+
+class StreamReset(ConnectionError):
+    """The peer reset the stream."""
+
+    def __init__(self, error_code: int) -> None:
+        super().__init__(f"stream reset by peer (code {error_code:#x})")
+        self.error_code = error_code
+
+
+# -- keys and configurations ---------------------------------------------------------------
+
+
+def spki_pin(certificate: x509.Certificate) -> str:
+    """The pin of a certificate's key: `sha256:` + unpadded base64url of the SPKI digest."""
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    digest = hashlib.sha256(spki).digest()
+    return "sha256:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def normalize_pin(pin: str) -> str:
+    """Check a pin's form and return it canonical; raise ValueError with a useful message."""
+    pin = pin.strip()
+    prefix, _, value = pin.partition(":")
+    if prefix != "sha256" or not value:
+        raise ValueError(f"egress pin {pin!r} must look like 'sha256:<base64url>'")
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except ValueError as exc:
+        raise ValueError(f"egress pin {pin!r} is not valid base64url") from exc
+    if len(raw) != 32:
+        raise ValueError(f"egress pin {pin!r} must hold a 32-byte SHA-256 digest")
+    return "sha256:" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def clamp_datagram_size(size: int) -> int:
+    return max(MIN_DATAGRAM_SIZE, min(MAX_DATAGRAM_SIZE, size))
+
+
+def client_configuration(max_datagram_size: int) -> QuicConfiguration:
+    # Certificate validation is replaced by the key pin (checked in QuicSession), so the
+    # chain is not verified here; without a pin the client never sends stream data.
+    return QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[ALPN],
+        verify_mode=ssl.CERT_NONE,
+        server_name="unwall-egress",
+        max_datagram_size=clamp_datagram_size(max_datagram_size),
+        max_data=CONNECTION_WINDOW,
+        max_stream_data=STREAM_WINDOW,
+        idle_timeout=IDLE_TIMEOUT,
+    )
+
+
+def server_configuration(
+    certificate: x509.Certificate,
+    private_key: CertificateIssuerPrivateKeyTypes,
+    max_datagram_size: int,
+) -> QuicConfiguration:
+    configuration = QuicConfiguration(
+        is_client=False,
+        alpn_protocols=[ALPN],
+        max_datagram_size=clamp_datagram_size(max_datagram_size),
+        max_data=CONNECTION_WINDOW,
+        max_stream_data=STREAM_WINDOW,
+        idle_timeout=IDLE_TIMEOUT,
+    )
+    configuration.certificate = certificate
+    configuration.private_key = private_key
+    return configuration
+
+
+# -- flow control that follows consumption -------------------------------------------------
+
+
+class FlowControlledConnection(QuicConnection):
+    """A QuicConnection whose receive windows open as the application consumes data.
+
+    aioquic doubles a window whenever the peer has used half of it, whatever the
+    application did with the data; a destination slower than the tunnel would then make
+    us buffer without bound. Here credit is `consumed + window`. The two overrides reuse
+    aioquic's frame writing and only hide the "used" counters it would double on.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._consumed: dict[int, int] = {}
+        #: bytes delivered to the application and not yet read by it
+        self._app_buffered = 0
+        self._local_max_streams_bidi.value = MAX_STREAMS
+        self._local_max_streams_bidi.sent = MAX_STREAMS
+
+    def data_delivered(self, nbytes: int) -> None:
+        self._app_buffered += nbytes
+
+    def stream_consumed(self, stream_id: int, nbytes: int) -> bool:
+        """Record consumed bytes; True when enough credit is due to be worth a packet."""
+        consumed = self._consumed.get(stream_id, 0) + nbytes
+        self._consumed[stream_id] = consumed
+        self._app_buffered -= nbytes
+        stream = self._streams.get(stream_id)
+        if (
+            stream is not None
+            and stream.max_stream_data_local
+            and consumed + STREAM_WINDOW - stream.max_stream_data_local >= STREAM_WINDOW // 4
+        ):
+            return True
+        return self._connection_credit() - self._local_max_data.value >= CONNECTION_WINDOW // 4
+
+    def stream_dropped(self, stream_id: int, unread: int) -> None:
+        """The application gave up a stream with `unread` bytes never read."""
+        self._consumed.pop(stream_id, None)
+        self._app_buffered -= unread
+
+    def _connection_credit(self) -> int:
+        return self._local_max_data.used - self._app_buffered + CONNECTION_WINDOW
+
+    def send_backlog(self, stream_id: int) -> int:
+        """Bytes written to a stream and not yet acknowledged by the peer."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return 0
+        return len(stream.sender._buffer)
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
+        max_data = self._local_max_data
+        target = self._connection_credit()
+        if target - max_data.value >= CONNECTION_WINDOW // 4:
+            max_data.value = target
+        used, max_data.used = max_data.used, 0
+        try:
+            super()._write_connection_limits(builder, space)
+        finally:
+            max_data.used = used
+
+    def _write_stream_limits(
+        self, builder: QuicPacketBuilder, space: Any, stream: AioquicStream
+    ) -> None:
+        if stream.max_stream_data_local:
+            target = self._consumed.get(stream.stream_id, 0) + STREAM_WINDOW  # type: ignore[arg-type]
+            if target - stream.max_stream_data_local >= STREAM_WINDOW // 4:
+                stream.max_stream_data_local = target
+        receiver = stream.receiver
+        highest, receiver.highest_offset = receiver.highest_offset, 0
+        try:
+            super()._write_stream_limits(builder, space, stream)
+        finally:
+            receiver.highest_offset = highest
+
+
+# -- the asyncio shell ---------------------------------------------------------------------
+
+
+Sender = Callable[[bytes], None]
+
+
+class QuicStream:
+    """One bidirectional QUIC stream as the application sees it."""
+
+    def __init__(self, session: QuicSession, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self._session = session
+        self._chunks: deque[bytes] = deque()
+        self._eof = False
+        self._error: BaseException | None = None
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._write_closed = False
+
+    # receiving
+    def _feed(self, data: bytes, end_stream: bool) -> None:
+        if data:
+            self._chunks.append(data)
+            self._session._conn.data_delivered(len(data))
+        if end_stream:
+            self._eof = True
+        self._readable.set()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._readable.set()
+        self._writable.set()
+
+    async def read(self) -> bytes:
+        """The next chunk of data; b"" at end of stream. Raises StreamReset/SessionClosed."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        data = self._chunks.popleft()
+        self._session._consumed(self.stream_id, len(data))
+        return data
+
+    async def readexactly(self, n: int) -> bytes:
+        """Read exactly n bytes (for headers); leftovers stay readable."""
+        parts: list[bytes] = []
+        have = 0
+        while have < n:
+            chunk = await self.read()
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"".join(parts), n)
+            parts.append(chunk)
+            have += len(chunk)
+        data = b"".join(parts)
+        if have > n:
+            self.unread(data[n:])
+        return data[:n]
+
+    def unread(self, data: bytes) -> None:
+        """Put bytes back at the front; they count as unread again."""
+        if data:
+            self._session._conn.stream_consumed(self.stream_id, -len(data))
+            self._chunks.appendleft(data)
+            self._readable.set()
+
+    # sending
+    async def write(self, data: bytes) -> None:
+        """Queue data; waits while the unacknowledged backlog is above the high-water mark."""
+        if self._error is not None:
+            raise self._error
+        if self._write_closed:
+            raise SessionClosed("stream already closed for writing")
+        self._session._send(self.stream_id, data, end_stream=False)
+        if self._session._backlog(self.stream_id) > SEND_HIGH_WATER:
+            self._writable.clear()
+            self._session._blocked_writers.add(self)
+            await self._writable.wait()
+            if self._error is not None:
+                raise self._error
+
+    def write_eof(self) -> None:
+        if self._write_closed or self._error is not None:
+            return
+        self._write_closed = True
+        self._session._send(self.stream_id, b"", end_stream=True)
+
+    def reset(self, error_code: int = ERROR_STREAM_ABORTED) -> None:
+        """Abort both directions."""
+        if self._error is None:
+            self._session._reset(self.stream_id, error_code)
+            self._fail(StreamReset(error_code))
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof and not self._chunks
+
+
+class QuicSession:
+    """Drive one aioquic connection: feed datagrams in, send datagrams out, run timers."""
+
+    def __init__(
+        self,
+        connection: FlowControlledConnection,
+        *,
+        name: str,
+        pin: str | None = None,
+        on_stream: Callable[[QuicStream], None] | None = None,
+        on_event: Callable[[events.QuicEvent], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._conn = connection
+        self._pin = pin
+        self._on_stream = on_stream
+        self._on_event = on_event
+        self._loop = asyncio.get_running_loop()
+        self._sender: Sender | None = None
+        self._streams: dict[int, QuicStream] = {}
+        self._blocked_writers: set[QuicStream] = set()
+        #: streams the application finished while aioquic still tracks them
+        self._retired: set[int] = set()
+        self._transmit_handle: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.ready: asyncio.Future[None] = self._loop.create_future()
+        self.closed: asyncio.Future[str] = self._loop.create_future()
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self.last_heard = self._loop.time()
+
+    # paths
+    def set_sender(self, sender: Sender | None) -> None:
+        """Send from now on through `sender` (None: no path; datagrams are dropped)."""
+        self._sender = sender
+        if sender is not None:
+            self._schedule_transmit()
+
+    @property
+    def has_path(self) -> bool:
+        return self._sender is not None
+
+    # lifecycle
+    def connect(self) -> None:
+        self._conn.connect(PATH_ADDRESS, now=self._loop.time())
+        self._schedule_transmit()
+
+    def close(self, error_code: int = ERROR_NONE, reason: str = "") -> None:
+        if self.closed.done():
+            return
+        if self._conn._state not in (
+            QuicConnectionState.CLOSING,
+            QuicConnectionState.DRAINING,
+            QuicConnectionState.TERMINATED,
+        ):
+            self._conn.close(error_code=error_code, reason_phrase=reason)
+            self._transmit()
+        self._terminate(reason or "closed locally")
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closed.done()
+
+    def open_stream(self) -> QuicStream:
+        if self.closed.done():
+            raise SessionClosed(f"session closed: {self.closed.result()}")
+        stream_id = self._conn.get_next_available_stream_id()
+        stream = QuicStream(self, stream_id)
+        self._streams[stream_id] = stream
+        return stream
+
+    # input
+    def datagram_received(self, data: bytes) -> None:
+        if self.closed.done():
+            return
+        self.datagrams_in += 1
+        self.last_heard = self._loop.time()
+        self._conn.receive_datagram(data, PATH_ADDRESS, now=self.last_heard)
+        self._process_events()
+        if self._blocked_writers:
+            self._wake_writers()
+        self._schedule_transmit()
+
+    # internals used by QuicStream
+    def _send(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        self._conn.send_stream_data(stream_id, data, end_stream=end_stream)
+        self._schedule_transmit()
+
+    def _backlog(self, stream_id: int) -> int:
+        return self._conn.send_backlog(stream_id)
+
+    def _consumed(self, stream_id: int, nbytes: int) -> None:
+        if self._conn.stream_consumed(stream_id, nbytes):
+            self._schedule_transmit()
+
+    def _reset(self, stream_id: int, error_code: int) -> None:
+        with contextlib.suppress(Exception):  # the stream may be finished on one side
+            self._conn.reset_stream(stream_id, error_code)
+        with contextlib.suppress(Exception):
+            self._conn.stop_stream(stream_id, error_code)
+        self._schedule_transmit()
+
+    def _wake_writers(self) -> None:
+        for stream in list(self._blocked_writers):
+            if self._backlog(stream.stream_id) <= SEND_LOW_WATER:
+                self._blocked_writers.discard(stream)
+                stream._writable.set()
+
+    def _schedule_transmit(self) -> None:
+        # Coalesce: many writes and datagrams in one loop turn produce one flush, so acks
+        # and data share packets (each packet costs a DataChannel message downstream).
+        if self._transmit_handle is None and not self.closed.done():
+            self._transmit_handle = self._loop.call_soon(self._transmit)
+
+    def _transmit(self) -> None:
+        self._transmit_handle = None
+        now = self._loop.time()
+        sender = self._sender
+        for data, _addr in self._conn.datagrams_to_send(now=now):
+            self.datagrams_out += 1
+            if sender is not None:
+                sender(data)
+        timer_at = self._conn.get_timer()
+        if timer_at != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._timer_at = timer_at
+            if timer_at is not None:
+                self._timer = self._loop.call_at(timer_at, self._on_timer)
+        if self._conn._state == QuicConnectionState.TERMINATED:
+            self._process_events()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._conn.handle_timer(now=self._loop.time())
+        self._process_events()
+        self._transmit()
+
+    def _process_events(self) -> None:
+        while (event := self._conn.next_event()) is not None:
+            if isinstance(event, events.StreamDataReceived):
+                stream = self._streams.get(event.stream_id)
+                if stream is None:
+                    if event.stream_id in self._retired:
+                        continue  # late data for a stream the application already closed
+                    stream = QuicStream(self, event.stream_id)
+                    self._streams[event.stream_id] = stream
+                    if self._on_stream is not None:
+                        self._on_stream(stream)
+                    else:
+                        stream.reset()
+                        continue
+                stream._feed(event.data, event.end_stream)
+            elif isinstance(event, events.StreamReset):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream._fail(StreamReset(event.error_code))
+            elif isinstance(event, events.StopSendingReceived):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream.reset(event.error_code)
+            elif isinstance(event, events.HandshakeCompleted):
+                self._handshake_completed()
+            elif isinstance(event, events.ConnectionTerminated):
+                reason = event.reason_phrase or f"error code {event.error_code:#x}"
+                if event.error_code == ERROR_PIN_MISMATCH and not self.ready.done():
+                    self.ready.set_exception(PinMismatch(reason))
+                self._terminate(reason)
+            if self._on_event is not None:
+                self._on_event(event)
+
+    def _handshake_completed(self) -> None:
+        if self._pin is not None:
+            certificate = self._conn.tls._peer_certificate
+            got = spki_pin(certificate) if certificate is not None else "none"
+            if got != self._pin:
+                message = (
+                    f"the egress key does not match the pin: expected {self._pin}, got {got}; "
+                    "check the bridge line, or someone is in the middle"
+                )
+                self._conn.close(error_code=ERROR_PIN_MISMATCH, reason_phrase="pin mismatch")
+                self._transmit()
+                if not self.ready.done():
+                    self.ready.set_exception(PinMismatch(message))
+                self._terminate(message)
+                return
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _terminate(self, reason: str) -> None:
+        if self.closed.done():
+            return
+        self.closed.set_result(reason)
+        if not self.ready.done():
+            self.ready.set_exception(SessionClosed(reason))
+            self.ready.exception()  # mark retrieved: nobody may be waiting
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transmit_handle is not None:
+            self._transmit_handle.cancel()
+            self._transmit_handle = None
+        error = SessionClosed(f"session closed: {reason}")
+        for stream in self._streams.values():
+            stream._fail(error)
+        self._streams.clear()
+        self._blocked_writers.clear()
+
+    def stream_finished(self, stream: QuicStream) -> None:
+        """The application is done with a stream: drop our bookkeeping."""
+        if self._streams.pop(stream.stream_id, None) is None:
+            return
+        self._blocked_writers.discard(stream)
+        unread = sum(len(chunk) for chunk in stream._chunks)
+        stream._chunks.clear()
+        self._conn.stream_dropped(stream.stream_id, unread)
+        live = self._conn._streams
+        if stream.stream_id in live:
+            self._retired.add(stream.stream_id)
+        if len(self._retired) > 64:
+            self._retired = {sid for sid in self._retired if sid in live}

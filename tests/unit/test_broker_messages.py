@@ -1,0 +1,281 @@
+"""Broker messages: round trips and every validation error (docs/protocol.md section 1)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from unwall.wire.broker import (
+    ERROR_STATUS,
+    MAX_BODY,
+    MAX_SDP,
+    PROTOCOL_VERSION,
+    AnswerAccepted,
+    BrokerError,
+    ClientAnswer,
+    ClientOffer,
+    Message,
+    MessageError,
+    PollIdle,
+    PollOffer,
+    VolunteerAnswer,
+    VolunteerPoll,
+    decode_answer_accepted,
+    decode_client_answer,
+    decode_client_offer,
+    decode_error,
+    decode_poll_response,
+    decode_volunteer_answer,
+    decode_volunteer_poll,
+    encode,
+)
+
+SDP = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+VID = "k3Jf9abc_-XY"
+
+Decoder = Callable[[bytes], Any]
+
+
+def body(**fields: Any) -> bytes:
+    return json.dumps({"version": 1, **fields}, ensure_ascii=False).encode()
+
+
+def poll_fields(**changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "volunteer_id": VID,
+        "capacity": 8,
+        "clients": 2,
+        "kind": "headless",
+    }
+    fields.update(changes)
+    return fields
+
+
+def answer_fields(**changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {"volunteer_id": VID, "offer_id": "b64url_-0", "sdp": SDP}
+    fields.update(changes)
+    return fields
+
+
+ROUND_TRIPS: list[tuple[Message, Decoder]] = [
+    (VolunteerPoll(VID, 8, 2, "headless"), decode_volunteer_poll),
+    (VolunteerPoll("a" * 64, 1000, 0, "browser"), decode_volunteer_poll),
+    (VolunteerPoll("12345678", 1, 5000, "headless"), decode_volunteer_poll),
+    (PollOffer("b64url_-0", SDP), decode_poll_response),
+    (PollIdle(), decode_poll_response),
+    (VolunteerAnswer(VID, "x", SDP), decode_volunteer_answer),
+    (AnswerAccepted(), decode_answer_accepted),
+    (ClientOffer(SDP), decode_client_offer),
+    (ClientOffer("v=0 é ü \u2603"), decode_client_offer),
+    (ClientOffer("s" * MAX_SDP), decode_client_offer),
+    (ClientAnswer(SDP), decode_client_answer),
+    (BrokerError("no_volunteer", "try again later"), decode_error),
+    (BrokerError("unsupported_version", "use version 1", (1,)), decode_error),
+    (BrokerError("a_future_code", ""), decode_error),
+]
+
+
+@pytest.mark.parametrize(("msg", "decode"), ROUND_TRIPS, ids=lambda v: type(v).__name__)
+def test_round_trip(msg: Message, decode: Decoder) -> None:
+    data = encode(msg)
+    assert json.loads(data)["version"] == PROTOCOL_VERSION
+    assert decode(data) == msg
+
+
+@pytest.mark.parametrize(
+    ("msg", "expected"),
+    [
+        (
+            VolunteerPoll(VID, 8, 2, "headless"),
+            {"volunteer_id": VID, "capacity": 8, "clients": 2, "kind": "headless"},
+        ),
+        (PollOffer("o1", "v=0"), {"status": "offer", "offer_id": "o1", "sdp": "v=0"}),
+        (PollIdle(), {"status": "idle"}),
+        (VolunteerAnswer(VID, "o1", "v=0"), {"volunteer_id": VID, "offer_id": "o1", "sdp": "v=0"}),
+        (AnswerAccepted(), {"status": "ok"}),
+        (ClientOffer("v=0"), {"sdp": "v=0"}),
+        (ClientAnswer("v=0"), {"status": "answer", "sdp": "v=0"}),
+        (BrokerError("too_large", "smaller"), {"error": "too_large", "message": "smaller"}),
+        (
+            BrokerError("unsupported_version", "v1", (1,)),
+            {"error": "unsupported_version", "message": "v1", "supported": [1]},
+        ),
+    ],
+)
+def test_encode_matches_protocol_md(msg: Message, expected: dict[str, Any]) -> None:
+    assert json.loads(encode(msg)) == {"version": 1, **expected}
+
+
+def test_encode_refuses_other_objects() -> None:
+    with pytest.raises(TypeError):
+        encode("hello")  # type: ignore[arg-type]
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert decode_client_offer(body(sdp=SDP, future_field=[1, 2])) == ClientOffer(SDP)
+
+
+def test_decoders_accept_bytearray_and_memoryview() -> None:
+    data = encode(ClientOffer(SDP))
+    assert decode_client_offer(bytearray(data)) == ClientOffer(SDP)  # type: ignore[arg-type]
+    assert decode_client_offer(memoryview(data)) == ClientOffer(SDP)  # type: ignore[arg-type]
+
+
+BAD = "bad_request"
+UNSUPPORTED = "unsupported_version"
+TOO_LARGE = "too_large"
+
+# (decoder, body, expected code, a phrase the message must contain)
+INVALID: list[tuple[Decoder, bytes, str, str]] = [
+    # -- the envelope, the same for every decoder
+    (decode_client_offer, b"", BAD, "not JSON"),
+    (decode_client_offer, b"{", BAD, "not JSON"),
+    (decode_client_offer, b"sdp=v%3D0", BAD, "not JSON"),
+    (decode_client_offer, b'{"version": 1, "sdp": "x"} trailing', BAD, "not JSON"),
+    (decode_client_offer, b'{"version": NaN, "sdp": "x"}', BAD, "NaN"),
+    (decode_client_offer, b'{"version": 1, "sdp": "\xff"}', BAD, "not UTF-8"),
+    (decode_client_offer, b"[" * 100_000 + b"]" * 100_000, TOO_LARGE, "limit"),
+    (decode_client_offer, b"[" * 30_000 + b"]" * 30_000, BAD, "not JSON"),
+    (decode_client_offer, b'{"version": 1, "sdp": 1' + b"0" * 5000 + b"}", BAD, "not JSON"),
+    (decode_client_offer, b"[]", BAD, "JSON object, not an array"),
+    (decode_client_offer, b'"v=0"', BAD, "JSON object, not a string"),
+    (decode_client_offer, b"null", BAD, "JSON object, not null"),
+    (decode_client_offer, b'{"sdp": "v=0"}', BAD, "'version' is missing"),
+    (decode_client_offer, body(version="1", sdp="v=0"), BAD, "'version' must be an integer"),
+    (decode_client_offer, body(version=1.0, sdp="v=0"), BAD, "'version' must be an integer"),
+    (decode_client_offer, body(version=True, sdp="v=0"), BAD, "'version' must be an integer"),
+    (decode_client_offer, body(version=None, sdp="v=0"), BAD, "'version' must be an integer"),
+    (decode_client_offer, body(version=2, sdp="v=0"), UNSUPPORTED, "version 2"),
+    (decode_client_offer, body(version=0), UNSUPPORTED, "use version 1"),
+    (decode_volunteer_poll, body(version=2), UNSUPPORTED, "version 2"),
+    (decode_poll_response, body(version=-1), UNSUPPORTED, "version -1"),
+    (decode_error, body(version=2, error="x", message="y"), UNSUPPORTED, "version 2"),
+    # -- sdp
+    (decode_client_offer, body(), BAD, "'sdp' is missing"),
+    (decode_client_offer, body(sdp=None), BAD, "'sdp' must be a string, not null"),
+    (decode_client_offer, body(sdp=5), BAD, "'sdp' must be a string, not a number"),
+    (decode_client_offer, body(sdp=["v=0"]), BAD, "not an array"),
+    (decode_client_offer, body(sdp={"type": "offer"}), BAD, "not an object"),
+    (decode_client_offer, body(sdp=""), BAD, "'sdp' must not be empty"),
+    (decode_client_offer, body(sdp="s" * (MAX_SDP + 1)), BAD, "limit is 32768"),
+    (decode_client_offer, body(sdp="\u00e9" * (MAX_SDP // 2 + 1)), BAD, "limit is 32768"),
+    (decode_client_offer, b'{"version": 1, "sdp": "\\ud800"}', BAD, "surrogate"),
+    # -- volunteer poll
+    (decode_volunteer_poll, body(**poll_fields(volunteer_id=None)), BAD, "'volunteer_id'"),
+    (decode_volunteer_poll, body(**poll_fields(volunteer_id="short")), BAD, "8 to 64"),
+    (decode_volunteer_poll, body(**poll_fields(volunteer_id="a" * 65)), BAD, "8 to 64"),
+    (decode_volunteer_poll, body(**poll_fields(volunteer_id="abc.defgh")), BAD, "8 to 64"),
+    (decode_volunteer_poll, body(**poll_fields(volunteer_id="abcdefgh\n")), BAD, "8 to 64"),
+    (decode_volunteer_poll, body(**poll_fields(volunteer_id="abcdéfgh")), BAD, "8 to 64"),
+    (decode_volunteer_poll, body(**poll_fields(volunteer_id="abcd efgh")), BAD, "8 to 64"),
+    (decode_volunteer_poll, body(**poll_fields(capacity=0)), BAD, "'capacity' must be 1 to 1000"),
+    (decode_volunteer_poll, body(**poll_fields(capacity=1001)), BAD, "1 to 1000"),
+    (decode_volunteer_poll, body(**poll_fields(capacity=-3)), BAD, "1 to 1000"),
+    (decode_volunteer_poll, body(**poll_fields(capacity=8.0)), BAD, "must be an integer"),
+    (decode_volunteer_poll, body(**poll_fields(capacity="8")), BAD, "must be an integer"),
+    (decode_volunteer_poll, body(**poll_fields(capacity=True)), BAD, "must be an integer"),
+    (decode_volunteer_poll, body(**poll_fields(clients=-1)), BAD, "'clients' must be at least 0"),
+    (decode_volunteer_poll, body(**poll_fields(clients=None)), BAD, "'clients' must be an int"),
+    (decode_volunteer_poll, body(**poll_fields(kind="phone")), BAD, "'headless' or 'browser'"),
+    (decode_volunteer_poll, body(**poll_fields(kind="Headless")), BAD, "'kind'"),
+    (decode_volunteer_poll, body(**poll_fields(kind=1)), BAD, "'kind' must be a string"),
+    *[
+        (
+            decode_volunteer_poll,
+            body(**{k: v for k, v in poll_fields().items() if k != name}),
+            BAD,
+            f"'{name}' is missing",
+        )
+        for name in ("volunteer_id", "capacity", "clients", "kind")
+    ],
+    # -- volunteer answer
+    (decode_volunteer_answer, body(**answer_fields(offer_id="")), BAD, "'offer_id' must be 1 to"),
+    (decode_volunteer_answer, body(**answer_fields(offer_id="a/b")), BAD, "'offer_id'"),
+    (decode_volunteer_answer, body(**answer_fields(offer_id="a" * 129)), BAD, "'offer_id'"),
+    (decode_volunteer_answer, body(**answer_fields(offer_id=7)), BAD, "'offer_id' must be a str"),
+    (decode_volunteer_answer, body(**answer_fields(volunteer_id="x")), BAD, "'volunteer_id'"),
+    (decode_volunteer_answer, body(**answer_fields(sdp="")), BAD, "'sdp' must not be empty"),
+    *[
+        (
+            decode_volunteer_answer,
+            body(**{k: v for k, v in answer_fields().items() if k != name}),
+            BAD,
+            f"'{name}' is missing",
+        )
+        for name in ("volunteer_id", "offer_id", "sdp")
+    ],
+    # -- responses
+    (decode_poll_response, body(), BAD, "'status' is missing"),
+    (decode_poll_response, body(status="answer", sdp="v=0"), BAD, "'offer' or 'idle'"),
+    (decode_poll_response, body(status="offer", sdp="v=0"), BAD, "'offer_id' is missing"),
+    (decode_poll_response, body(status="offer", offer_id="o1"), BAD, "'sdp' is missing"),
+    (decode_answer_accepted, body(status="idle"), BAD, "'ok'"),
+    (decode_client_answer, body(status="ok"), BAD, "'answer'"),
+    (decode_client_answer, body(status="answer"), BAD, "'sdp' is missing"),
+    (decode_client_answer, body(status="answer", sdp=""), BAD, "must not be empty"),
+    (decode_error, body(message="m"), BAD, "'error' is missing"),
+    (decode_error, body(error="", message="m"), BAD, "'error' must not be empty"),
+    (decode_error, body(error="x"), BAD, "'message' is missing"),
+    (decode_error, body(error="x", message="m", supported=1), BAD, "'supported'"),
+    (decode_error, body(error="x", message="m", supported=["1"]), BAD, "'supported'"),
+    (decode_error, body(error="x", message="m", supported=[True]), BAD, "'supported'"),
+]
+
+
+@pytest.mark.parametrize(("decode", "data", "code", "phrase"), INVALID)
+def test_invalid(decode: Decoder, data: bytes, code: str, phrase: str) -> None:
+    with pytest.raises(MessageError) as info:
+        decode(data)
+    assert info.value.code == code
+    assert phrase in info.value.message
+    assert str(info.value) == info.value.message
+
+
+@pytest.mark.parametrize(
+    "decode", [decode_volunteer_poll, decode_volunteer_answer, decode_client_offer]
+)
+def test_request_body_limit(decode: Decoder) -> None:
+    """64 KiB is accepted; one byte more is too_large."""
+    data = body(**{**poll_fields(), **answer_fields()})
+    at_limit = data[:-1] + b" " * (MAX_BODY - len(data)) + b"}"
+    assert len(at_limit) == MAX_BODY
+    decode(at_limit)  # no error
+    with pytest.raises(MessageError) as info:
+        decode(at_limit[:-1] + b" }")
+    assert info.value.code == "too_large"
+    assert str(MAX_BODY) in info.value.message
+
+
+def test_responses_may_exceed_the_request_limit() -> None:
+    """The broker wraps an SDP from a request that was within the limit in more fields."""
+    escaped = "\x01" * (MAX_SDP // 3)  # each becomes \u0001 in JSON: six bytes
+    data = encode(PollOffer("a" * 22, escaped))
+    assert len(data) > MAX_BODY
+    assert decode_poll_response(data) == PollOffer("a" * 22, escaped)
+
+
+def test_error_status_table() -> None:
+    assert ERROR_STATUS == {
+        "bad_request": 400,
+        "too_large": 413,
+        "unsupported_version": 422,
+        "unknown_offer": 404,
+        "no_volunteer": 503,
+    }
+    assert BrokerError("no_volunteer", "").status == 503
+    assert BrokerError("from_the_future", "").status == 500
+
+
+def test_message_error_to_broker_error() -> None:
+    with pytest.raises(MessageError) as info:
+        decode_client_offer(body(version=7, sdp="v=0"))
+    error = info.value.to_broker_error()
+    assert error == BrokerError("unsupported_version", info.value.message, (1,))
+    assert json.loads(encode(error))["supported"] == [1]
+    bad = MessageError("bad_request", "field 'sdp' is missing").to_broker_error()
+    assert bad.supported == ()
+    assert "supported" not in json.loads(encode(bad))
+    assert repr(MessageError("bad_request", "x")) == "MessageError('bad_request', 'x')"

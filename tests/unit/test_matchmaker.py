@@ -1,0 +1,377 @@
+"""The sans-IO matchmaker, driven with a fake clock."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from unwall.broker.matchmaker import (
+    Event,
+    InMemoryMatchStore,
+    Matchmaker,
+    MatchmakerConfig,
+    OfferAnswered,
+    OfferAssigned,
+    OfferExpired,
+    PollReleased,
+    VolunteerForgotten,
+)
+from unwall.wire.broker import ClientOffer, VolunteerAnswer, VolunteerPoll
+
+CONFIG = MatchmakerConfig(poll_timeout=20.0, answer_timeout=10.0, volunteer_ttl=60.0)
+
+
+def make_matchmaker(config: MatchmakerConfig = CONFIG) -> Matchmaker:
+    counter = itertools.count(1)
+    return Matchmaker(config, new_offer_id=lambda: f"offer{next(counter)}")
+
+
+def vpoll(name: str, capacity: int = 8, clients: int = 0) -> VolunteerPoll:
+    return VolunteerPoll(f"volunteer-{name}", capacity, clients, "headless")
+
+
+def answer(name: str, offer_id: str, sdp: str = "v=0 answer") -> VolunteerAnswer:
+    return VolunteerAnswer(f"volunteer-{name}", offer_id, sdp)
+
+
+def drain(mm: Matchmaker) -> list[Event]:
+    events = []
+    while (event := mm.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+def assigned(mm: Matchmaker) -> list[tuple[int, str, str]]:
+    """(poll id, volunteer id, offer id) of every OfferAssigned event pending."""
+    return [
+        (e.poll_id, e.volunteer_id, e.offer_id) for e in drain(mm) if isinstance(e, OfferAssigned)
+    ]
+
+
+def test_offer_waits_for_a_poll() -> None:
+    mm = make_matchmaker()
+    offer_id = mm.receive_offer(ClientOffer("v=0 offer"), now=0.0)
+    assert drain(mm) == []
+    assert mm.waiting_offer_count == 1
+    poll_id = mm.receive_poll(vpoll("a"), now=1.0)
+    assert drain(mm) == [OfferAssigned(poll_id, "volunteer-a", offer_id, "v=0 offer")]
+    assert mm.waiting_offer_count == 0
+    assert mm.open_poll_count == 0
+
+
+def test_poll_waits_for_an_offer_then_answer_round_trip() -> None:
+    mm = make_matchmaker()
+    poll_id = mm.receive_poll(vpoll("a"), now=0.0)
+    assert drain(mm) == []
+    assert mm.open_poll_count == 1
+    offer_id = mm.receive_offer(ClientOffer("v=0 offer"), now=1.0)
+    assert drain(mm) == [OfferAssigned(poll_id, "volunteer-a", offer_id, "v=0 offer")]
+    assert mm.receive_answer(answer("a", offer_id), now=1.5)
+    assert drain(mm) == [OfferAnswered(offer_id, "volunteer-a", "v=0 answer")]
+    # Answered once: the offer no longer exists.
+    assert not mm.receive_answer(answer("a", offer_id), now=1.6)
+    assert drain(mm) == []
+
+
+@pytest.mark.parametrize(
+    ("loads", "winner"),
+    [
+        # (capacity, clients) per volunteer a, b, c in poll order; lowest load wins
+        ([(8, 2), (8, 1), (2, 1)], "b"),
+        ([(8, 4), (100, 10), (3, 1)], "b"),
+        ([(1, 0), (8, 0), (2, 0)], "a"),  # all idle: tie, the longest waiting
+        ([(8, 4), (2, 1), (4, 2)], "a"),  # all half-full: tie, the longest waiting
+        ([(8, 8), (2, 2), (4, 3)], "c"),  # full ones never; c is the only one with room
+        ([(1, 0), (1000, 999), (10, 9)], "a"),
+    ],
+)
+def test_least_loaded_first_ties_to_longest_waiting(
+    loads: list[tuple[int, int]], winner: str
+) -> None:
+    mm = make_matchmaker()
+    for i, (name, (capacity, clients)) in enumerate(zip("abc", loads, strict=True)):
+        mm.receive_poll(vpoll(name, capacity, clients), now=float(i))
+    mm.receive_offer(ClientOffer("v=0"), now=5.0)
+    [(_, volunteer_id, _)] = assigned(mm)
+    assert volunteer_id == f"volunteer-{winner}"
+
+
+def test_full_volunteer_is_never_offered() -> None:
+    mm = make_matchmaker()
+    poll_id = mm.receive_poll(vpoll("full", capacity=2, clients=2), now=0.0)
+    offer_id = mm.receive_offer(ClientOffer("v=0"), now=0.0)
+    assert drain(mm) == []
+    mm.handle_timer(10.0)
+    assert drain(mm) == [OfferExpired(offer_id, handed=False)]
+    mm.handle_timer(20.0)
+    assert drain(mm) == [PollReleased(poll_id, "timeout")]
+
+
+def test_offers_are_served_fifo() -> None:
+    mm = make_matchmaker()
+    offers = [mm.receive_offer(ClientOffer(f"v=0 {i}"), now=float(i)) for i in range(4)]
+    got = []
+    for i, name in enumerate("abcd"):
+        mm.receive_poll(vpoll(name), now=5.0 + i)
+        got.extend(offer_id for _, _, offer_id in assigned(mm))
+    assert got == offers
+
+
+def test_capacity_is_never_exceeded() -> None:
+    """A randomised run: volunteers answer every offer and report their true load."""
+    rng = random.Random(7)
+    mm = make_matchmaker()
+    capacity = {name: rng.randint(1, 4) for name in "abcdef"}
+    clients = dict.fromkeys(capacity, 0)
+    owner: dict[int, str] = {}
+    now = 0.0
+
+    def poll(name: str) -> None:
+        owner[mm.receive_poll(vpoll(name, capacity[name], clients[name]), now)] = name
+
+    def react(event: Event) -> None:
+        nonlocal handed
+        if isinstance(event, OfferAssigned):
+            name = owner[event.poll_id]
+            clients[name] += 1
+            handed += 1
+            assert clients[name] <= capacity[name]
+            assert mm.receive_answer(answer(name, event.offer_id), now)
+            poll(name)
+        elif isinstance(event, PollReleased):
+            poll(owner[event.poll_id])
+
+    for name in capacity:
+        poll(name)
+    handed = 0
+    for _ in range(500):
+        now += 0.1
+        if rng.random() < 0.5:
+            mm.receive_offer(ClientOffer("v=0"), now)
+        else:  # a client leaves somewhere
+            name = rng.choice(list(capacity))
+            clients[name] = max(0, clients[name] - 1)
+        mm.handle_timer(now)
+        while events := drain(mm):
+            for event in events:
+                react(event)
+    assert handed > 50
+
+
+def _unused() -> None:
+    for event in []:
+            if isinstance(event, OfferAssigned):
+                name = owner[event.poll_id]
+                clients[name] += 1
+                handed += 1
+                assert clients[name] <= capacity[name]
+                assert mm.receive_answer(answer(name, event.offer_id), now)
+                poll(name)
+            elif isinstance(event, PollReleased):
+                poll(owner[event.poll_id])
+    assert handed > 50
+
+
+def test_each_poll_reports_the_load_afresh() -> None:
+    mm = make_matchmaker()
+    mm.receive_poll(vpoll("a", capacity=1, clients=0), now=0.0)
+    mm.receive_offer(ClientOffer("v=0"), now=0.0)
+    assert [v for _, v, _ in assigned(mm)] == ["volunteer-a"]
+    # Now full: its next poll is never given an offer.
+    mm.receive_poll(vpoll("a", capacity=1, clients=1), now=1.0)
+    mm.receive_offer(ClientOffer("v=0"), now=1.0)
+    assert drain(mm) == []
+    # The connection failed after all; the next report frees the slot.
+    mm.receive_poll(vpoll("a", capacity=1, clients=0), now=2.0)
+    assert [type(e) for e in drain(mm)] == [PollReleased, OfferAssigned]
+
+
+def test_new_poll_supersedes_the_old_one() -> None:
+    mm = make_matchmaker()
+    first = mm.receive_poll(vpoll("a"), now=0.0)
+    second = mm.receive_poll(vpoll("a"), now=1.0)
+    assert drain(mm) == [PollReleased(first, "superseded")]
+    assert mm.open_poll_count == 1
+    assert mm.volunteer_count == 1
+    offer_id = mm.receive_offer(ClientOffer("v=0"), now=2.0)
+    assert assigned(mm) == [(second, "volunteer-a", offer_id)]
+
+
+def test_poll_times_out_idle() -> None:
+    mm = make_matchmaker()
+    poll_id = mm.receive_poll(vpoll("a"), now=100.0)
+    assert mm.get_timer() == 120.0
+    mm.handle_timer(119.9)
+    assert drain(mm) == []
+    mm.handle_timer(120.0)
+    assert drain(mm) == [PollReleased(poll_id, "timeout")]
+    assert mm.open_poll_count == 0
+    assert mm.volunteer_count == 1  # still known: seen just now
+
+
+def test_offer_times_out_unanswered() -> None:
+    mm = make_matchmaker()
+    poll_id = mm.receive_poll(vpoll("a"), now=0.0)
+    offer_id = mm.receive_offer(ClientOffer("v=0"), now=3.0)
+    assert assigned(mm) == [(poll_id, "volunteer-a", offer_id)]
+    assert mm.get_timer() == 13.0
+    mm.handle_timer(12.999)
+    assert drain(mm) == []
+    mm.handle_timer(13.0)
+    assert drain(mm) == [OfferExpired(offer_id, handed=True)]
+    assert not mm.receive_answer(answer("a", offer_id), now=13.5)
+    assert drain(mm) == []
+
+
+def test_answer_must_come_from_the_volunteer_given_the_offer() -> None:
+    mm = make_matchmaker()
+    mm.receive_poll(vpoll("a"), now=0.0)
+    queued = mm.receive_offer(ClientOffer("v=0"), now=0.0)
+    assert not mm.receive_answer(answer("b", queued), now=0.5)
+    assert mm.receive_answer(answer("a", queued), now=0.5)
+    # An offer still in the queue was given to nobody.
+    waiting = mm.receive_offer(ClientOffer("v=0"), now=1.0)
+    assert not mm.receive_answer(answer("a", waiting), now=1.0)
+    assert not mm.receive_answer(answer("a", "no-such-offer"), now=1.0)
+    assert mm.waiting_offer_count == 1
+
+
+def test_silent_volunteers_are_forgotten() -> None:
+    mm = make_matchmaker()
+    mm.receive_poll(vpoll("a"), now=0.0)
+    mm.receive_poll(vpoll("b"), now=30.0)
+    mm.handle_timer(20.0)  # a's poll ends; its ttl starts
+    mm.handle_timer(50.0)  # b's poll ends ...
+    mm.receive_poll(vpoll("b"), now=50.0)  # ... and b polls again; a stays silent
+    assert [type(e) for e in drain(mm)] == [PollReleased, PollReleased]
+    assert mm.volunteer_count == 2
+    assert mm.get_timer() == 70.0  # b's poll
+    mm.handle_timer(70.0)
+    mm.receive_poll(vpoll("b"), now=70.0)
+    drain(mm)
+    mm.handle_timer(79.9)
+    assert drain(mm) == []
+    mm.handle_timer(80.0)
+    assert drain(mm) == [VolunteerForgotten("volunteer-a")]
+    assert mm.volunteer_count == 1
+
+
+def test_a_volunteer_with_an_open_poll_is_not_forgotten() -> None:
+    mm = make_matchmaker(
+        MatchmakerConfig(poll_timeout=20.0, answer_timeout=10.0, volunteer_ttl=5.0)
+    )
+    mm.receive_poll(vpoll("a"), now=0.0)
+    mm.handle_timer(19.0)
+    assert drain(mm) == []
+    assert mm.volunteer_count == 1
+    mm.handle_timer(20.0)
+    drain(mm)
+    assert mm.get_timer() == 25.0
+    mm.handle_timer(25.0)
+    assert drain(mm) == [VolunteerForgotten("volunteer-a")]
+    assert mm.get_timer() is None
+
+
+def test_answering_keeps_a_volunteer_known() -> None:
+    mm = make_matchmaker()
+    mm.receive_poll(vpoll("a"), now=0.0)
+    offer_id = mm.receive_offer(ClientOffer("v=0"), now=1.0)
+    drain(mm)
+    mm.receive_answer(answer("a", offer_id), now=9.0)
+    mm.handle_timer(61.0)
+    assert drain(mm) == []
+    mm.handle_timer(69.0)
+    assert drain(mm) == [VolunteerForgotten("volunteer-a")]
+
+
+def test_cancelled_poll_puts_its_offer_back_at_the_head_of_the_queue() -> None:
+    mm = make_matchmaker()
+    dead = mm.receive_poll(vpoll("a"), now=0.0)
+    first = mm.receive_offer(ClientOffer("v=0 first"), now=1.0)
+    assert assigned(mm) == [(dead, "volunteer-a", first)]
+    second = mm.receive_offer(ClientOffer("v=0 second"), now=2.0)
+    # The shell could not deliver `first` to the dead poll: it goes back, ahead of `second`.
+    mm.abandon_poll(dead, now=2.5)
+    assert drain(mm) == []
+    assert mm.waiting_offer_count == 2
+    live = mm.receive_poll(vpoll("b"), now=3.0)
+    assert assigned(mm) == [(live, "volunteer-b", first)]
+    assert not mm.receive_answer(answer("a", first), now=3.5)  # no longer a's
+    assert mm.receive_answer(answer("b", first), now=3.5)
+    mm.abandon_poll(dead, now=4.0)  # twice does no harm
+    assert mm.waiting_offer_count == 1
+    assert [e for e in drain(mm) if isinstance(e, OfferAnswered)] == [
+        OfferAnswered(first, "volunteer-b", "v=0 answer")
+    ]
+    assert second  # still queued
+    # Its deadline is unchanged by the detour.
+    mm.handle_timer(11.0)
+    assert drain(mm) == []  # `first` was answered
+    mm.handle_timer(12.0)
+    assert drain(mm) == [OfferExpired(second, handed=False)]
+
+
+def test_cancelled_poll_offer_goes_straight_to_another_open_poll() -> None:
+    mm = make_matchmaker()
+    dead = mm.receive_poll(vpoll("a", clients=0), now=0.0)
+    other = mm.receive_poll(vpoll("b", clients=1), now=0.5)
+    offer_id = mm.receive_offer(ClientOffer("v=0"), now=1.0)
+    assert assigned(mm) == [(dead, "volunteer-a", offer_id)]
+    mm.abandon_poll(dead, now=1.1)
+    assert assigned(mm) == [(other, "volunteer-b", offer_id)]
+
+
+def test_abandoned_open_poll_gets_no_offer() -> None:
+    mm = make_matchmaker()
+    poll_id = mm.receive_poll(vpoll("a"), now=0.0)
+    mm.abandon_poll(poll_id, now=1.0)
+    assert mm.open_poll_count == 0
+    mm.receive_offer(ClientOffer("v=0"), now=2.0)
+    assert drain(mm) == []
+    assert mm.waiting_offer_count == 1
+    mm.handle_timer(20.0)
+    assert drain(mm) == []  # no PollReleased for a poll already given up
+
+
+def test_abandoned_offer_is_dropped() -> None:
+    mm = make_matchmaker()
+    queued = mm.receive_offer(ClientOffer("v=0"), now=0.0)
+    mm.abandon_offer(queued, now=1.0)
+    assert mm.waiting_offer_count == 0
+    mm.receive_poll(vpoll("a"), now=2.0)
+    assert drain(mm) == []
+    handed = mm.receive_offer(ClientOffer("v=0"), now=3.0)
+    drain(mm)
+    mm.abandon_offer(handed, now=4.0)
+    assert not mm.receive_answer(answer("a", handed), now=4.5)
+    mm.handle_timer(13.0)
+    assert drain(mm) == []  # nothing left to expire
+
+
+def test_get_timer_skips_settled_deadlines() -> None:
+    mm = make_matchmaker()
+    assert mm.get_timer() is None
+    mm.receive_poll(vpoll("a"), now=0.0)
+    offer_id = mm.receive_offer(ClientOffer("v=0"), now=1.0)
+    drain(mm)
+    mm.receive_answer(answer("a", offer_id), now=2.0)
+    # The poll (20 s) and the offer (11 s) are settled; only a's ttl (2 + 60) is left.
+    assert mm.get_timer() == 62.0
+
+
+def test_offer_ids_are_unique_and_unguessable_by_default() -> None:
+    mm = Matchmaker(CONFIG, store=InMemoryMatchStore())
+    ids = {mm.receive_offer(ClientOffer("v=0"), now=0.0) for _ in range(100)}
+    assert len(ids) == 100
+    assert all(len(i) == 22 for i in ids)
+    duplicate = Matchmaker(CONFIG, new_offer_id=iter(["x", "x", "y"]).__next__)
+    assert duplicate.receive_offer(ClientOffer("v=0"), 0.0) == "x"
+    assert duplicate.receive_offer(ClientOffer("v=0"), 0.0) == "y"
+
+
+@pytest.mark.parametrize("field", ["poll_timeout", "answer_timeout", "volunteer_ttl"])
+def test_config_refuses_non_positive_timeouts(field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        MatchmakerConfig(**{field: 0.0})
