@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import os
 import signal
@@ -162,7 +163,9 @@ class LocalBridge:
             LOOPBACK,
         )
 
-    async def start_client(self, pin: str | None = None, wait_ready: bool = True) -> RoleProcess:
+    async def start_client(
+        self, pin: str | None = None, wait_ready: bool = True, extra: tuple[str, ...] = ()
+    ) -> RoleProcess:
         role = await self.spawn(
             "client",
             "client",
@@ -176,6 +179,7 @@ class LocalBridge:
             f"{LOOPBACK}:{self.http_port}",
             "--host-address",
             LOOPBACK,
+            *extra,
         )
         await self._wait_port(role, self.socks_port)
         if wait_ready:
@@ -249,7 +253,7 @@ async def local_bridge(workdir: Path | None = None, **kwargs: object) -> AsyncIt
 # -- a web site to fetch -------------------------------------------------------------------
 
 
-class TestSite:
+class DemoSite:
     """A local HTTP server: a page, deterministic blobs, and an upload sink."""
 
     def __init__(self, blob_dir: Path) -> None:
@@ -329,8 +333,13 @@ async def socks5_open(
     if await reader.readexactly(2) != b"\x05\x00":
         writer.close()
         raise ConnectionError("SOCKS5 proxy refused no-auth")
-    name = host.encode("idna")
-    writer.write(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big"))
+    try:
+        ip = ipaddress.ip_address(host)
+        address = bytes([1 if ip.version == 4 else 4]) + ip.packed
+    except ValueError:
+        name = host.encode("idna")
+        address = b"\x03" + bytes([len(name)]) + name
+    writer.write(b"\x05\x01\x00" + address + port.to_bytes(2, "big"))
     head = await reader.readexactly(4)
     if head[1] != 0:
         writer.close()
@@ -372,7 +381,7 @@ async def demo(socks: tuple[str, int], http: tuple[str, int], *, check: bool) ->
     with tempfile.TemporaryDirectory(prefix="unwall-demo-") as tmp:
         workdir = Path(tmp)
         bridge = LocalBridge(workdir=workdir, socks_port=socks[1], http_port=http[1])
-        site = TestSite(workdir)
+        site = DemoSite(workdir)
         try:
             for port, what in ((socks[1], "SOCKS5"), (http[1], "HTTP proxy")):
                 if not _port_free(port):
@@ -426,7 +435,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _print_usage(bridge: LocalBridge, site: TestSite) -> None:
+def _print_usage(bridge: LocalBridge, site: DemoSite) -> None:
     print(
         f"""
 unwall is running on this machine:

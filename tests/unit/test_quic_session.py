@@ -70,7 +70,7 @@ async def _echo(stream: QuicStream) -> None:
 
 async def test_echo_and_pin_ok() -> None:
     tasks: list[asyncio.Task[None]] = []
-    client, server = _pair(IDENTITY.pin, lambda s: tasks.append(asyncio.create_task(_echo(s))))
+    client, _server = _pair(IDENTITY.pin, lambda s: tasks.append(asyncio.create_task(_echo(s))))
     client.connect()
     await asyncio.wait_for(client.ready, 5)
     stream = client.open_stream()

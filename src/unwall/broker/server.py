@@ -79,6 +79,7 @@ class _Gone(enum.Enum):
 
 
 _GONE: Final = _Gone.GONE
+_SHUTTING_DOWN: Final = BrokerError(NO_VOLUNTEER, "the broker is shutting down; try again")
 _T = TypeVar("_T")
 
 
@@ -153,6 +154,8 @@ class Broker:
 
     async def volunteer_poll(self, request: web.Request) -> web.StreamResponse:
         poll = decode_volunteer_poll(await _read_body(request))
+        if self._closing:
+            return _reply(PollIdle())
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PollOffer | PollIdle | _Gone] = loop.create_future()
         poll_id = self.matchmaker.receive_poll(poll, loop.time())
@@ -200,6 +203,8 @@ class Broker:
 
     async def client_offer(self, request: web.Request) -> web.StreamResponse:
         offer = decode_client_offer(await _read_body(request))
+        if self._closing:
+            return _reply(_SHUTTING_DOWN)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ClientAnswer | BrokerError | _Gone] = loop.create_future()
         offer_id = self.matchmaker.receive_offer(offer, loop.time())
@@ -256,6 +261,8 @@ class Broker:
     def _deliver_offer(self, event: OfferAssigned, now: float) -> None:
         waiter = self._polls.pop(event.poll_id, None)
         if waiter is None or waiter.future.done() or _peer_gone(waiter.request):
+            if waiter is not None and not waiter.future.done():
+                waiter.future.set_result(_GONE)
             # Back to the queue; the matchmaker may hand it on at once (more events).
             self.matchmaker.abandon_poll(event.poll_id, now)
             return
@@ -332,9 +339,7 @@ class Broker:
         for poll_id in list(self._polls):
             self._settle_poll(poll_id, PollIdle())
         for offer_id in list(self._offers):
-            self._settle_offer(
-                offer_id, BrokerError(NO_VOLUNTEER, "the broker is shutting down; try again")
-            )
+            self._settle_offer(offer_id, _SHUTTING_DOWN)
 
 
 async def _read_body(request: web.BaseRequest) -> bytes:

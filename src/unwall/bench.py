@@ -1,0 +1,167 @@
+"""`unwall bench`: the whole system on this machine, measured.
+
+Figures (all from one run, so ratios are fair on a noisy machine):
+- bridge_MBps / direct_MBps: one download of --size-mb through the bridge (curl over the
+  client's SOCKS5) and the same download straight from the web server;
+- client_start_to_first_byte_s: from starting `unwall client` to the first byte of a page;
+- stream_ttfb_s: time to first byte of a new stream on an established session (median);
+- cpu_s_per_MB: CPU seconds each role process spent per MB during the bridged download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from unwall.local import DemoSite, LocalBridge, RoleProcess, fetch_via_socks
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+async def curl_download(url: str, *proxy: str) -> tuple[float, int]:
+    """Seconds and bytes for one download with curl (the same client for both paths)."""
+    process = await asyncio.create_subprocess_exec(
+        "curl",
+        "--silent",
+        "--show-error",
+        "--output",
+        "/dev/null",
+        "--write-out",
+        "%{time_total} %{size_download}",
+        *proxy,
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"curl failed: {err.decode(errors='replace').strip()}")
+    seconds, size = out.decode().split()
+    return float(seconds), int(size)
+
+
+async def _profile(roles: list[RoleProcess], directory: Path) -> list[asyncio.subprocess.Process]:
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    directory.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for role in roles:
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                pyspy,
+                "record",
+                "--pid",
+                str(role.pid),
+                "--rate",
+                "200",
+                "--format",
+                "speedscope",
+                "--output",
+                str(directory / f"{role.name}.speedscope.json"),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        )
+    await asyncio.sleep(0.5)
+    return procs
+
+
+async def bench(size_mb: int, json_path: Path | None, profile_dir: Path | None) -> int:
+    if shutil.which("curl") is None:
+        print("unwall bench: needs curl (apt-get install curl)", file=sys.stderr)
+        return 1
+    size = size_mb * 1_000_000
+    results: dict[str, Any] = {"size_MB": size_mb, "machine_cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="unwall-bench-") as tmp:
+        workdir = Path(tmp)
+        site = DemoSite(workdir)
+        bridge = LocalBridge(workdir=workdir)
+        try:
+            await site.start()
+            site.blob(size)
+            blob_url = f"{site.url}/blob/{size}"
+            await bridge.start_broker()
+            await bridge.start_egress()
+            await bridge.start_volunteer()
+
+            # client start to first byte
+            started = time.monotonic()
+            client = await bridge.start_client(wait_ready=False)
+            while True:
+                try:
+                    status, _, _ = await fetch_via_socks(bridge.socks_port, site.url + "/")
+                    if status == 200:
+                        break
+                except (ConnectionError, OSError, asyncio.IncompleteReadError):
+                    pass
+                await asyncio.sleep(0.05)
+            results["client_start_to_first_byte_s"] = round(time.monotonic() - started, 3)
+
+            # new-stream time to first byte on the established session
+            ttfbs = []
+            for _ in range(20):
+                _, _, ttfb = await fetch_via_socks(bridge.socks_port, site.url + "/")
+                ttfbs.append(ttfb)
+            results["stream_ttfb_s"] = round(statistics.median(ttfbs), 4)
+            results["stream_ttfb_max_s"] = round(max(ttfbs), 4)
+
+            # direct, then bridged
+            seconds, got = await curl_download(blob_url)
+            results["direct_MBps"] = round(got / seconds / 1e6, 2)
+
+            roles = [r for r in bridge.roles if r.process.returncode is None]
+            profilers = await _profile(roles, profile_dir) if profile_dir else []
+            cpu_before = {role.name: cpu_seconds(role.pid) for role in roles}
+            seconds, got = await curl_download(
+                blob_url, "--socks5-hostname", f"127.0.0.1:{bridge.socks_port}"
+            )
+            cpu_after = {role.name: cpu_seconds(role.pid) for role in roles}
+            for profiler in profilers:
+                profiler.send_signal(2)
+                await profiler.wait()
+            if got != size:
+                raise RuntimeError(f"bridged download returned {got} of {size} bytes")
+            results["bridge_MBps"] = round(got / seconds / 1e6, 2)
+            results["bridge_vs_direct"] = round(results["bridge_MBps"] / results["direct_MBps"], 4)
+            per_role = {
+                name: round((cpu_after[name] - cpu_before[name]) / (got / 1e6), 4)
+                for name in cpu_before
+            }
+            results["cpu_s_per_MB"] = {**per_role, "total": round(sum(per_role.values()), 4)}
+            del client
+        finally:
+            await bridge.stop_all()
+            await site.stop()
+    _report(results)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"figures written to {json_path}")
+    if profile_dir is not None:
+        print(f"profiles (speedscope format) written to {profile_dir}/")
+    return 0
+
+
+def _report(results: dict[str, Any]) -> None:
+    print(f"unwall bench ({results['size_MB']} MB download, {results['machine_cpus']} CPUs)")
+    print(f"  direct_MBps                   {results['direct_MBps']:10.2f}")
+    print(f"  bridge_MBps                   {results['bridge_MBps']:10.2f}")
+    print(f"  bridge / direct               {results['bridge_vs_direct']:10.4f}")
+    print(f"  client_start_to_first_byte_s  {results['client_start_to_first_byte_s']:10.3f}")
+    print(f"  stream_ttfb_s (median of 20)  {results['stream_ttfb_s']:10.4f}")
+    for name, value in results["cpu_s_per_MB"].items():
+        print(f"  cpu_s_per_MB {name:<16} {value:10.4f}")

@@ -1,0 +1,393 @@
+"""The broker over real HTTP on 127.0.0.1 (docs/protocol.md section 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from unwall.broker import server
+from unwall.broker.server import BROKER_KEY, BrokerConfig, create_app, run_broker
+from unwall.wire.broker import (
+    MAX_BODY,
+    AnswerAccepted,
+    ClientAnswer,
+    ClientOffer,
+    PollIdle,
+    PollOffer,
+    VolunteerAnswer,
+    VolunteerPoll,
+    decode_answer_accepted,
+    decode_client_answer,
+    decode_error,
+    decode_poll_response,
+    encode,
+)
+
+OFFER_SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=offer\r\n"
+ANSWER_SDP = "v=0\r\no=- 3 4 IN IP4 127.0.0.1\r\ns=answer\r\n"
+JSON = {"Content-Type": "application/json"}
+
+
+@dataclass
+class Broker:
+    url: str
+    app: web.Application
+    http: aiohttp.ClientSession
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        async with self.http.post(self.url + path, data=body, headers=JSON) as resp:
+            return resp.status, await resp.read()
+
+    async def poll(self, name: str, capacity: int = 8, clients: int = 0) -> PollOffer | PollIdle:
+        msg = VolunteerPoll(f"volunteer-{name}", capacity, clients, "headless")
+        status, body = await self.post("/v1/volunteer/poll", encode(msg))
+        assert status == 200, body
+        return decode_poll_response(body)
+
+    async def answer(self, name: str, offer_id: str) -> tuple[int, bytes]:
+        msg = VolunteerAnswer(f"volunteer-{name}", offer_id, ANSWER_SDP)
+        return await self.post("/v1/volunteer/answer", encode(msg))
+
+    async def offer(self) -> tuple[int, bytes]:
+        return await self.post("/v1/client/offer", encode(ClientOffer(OFFER_SDP)))
+
+    async def health(self) -> dict[str, Any]:
+        async with self.http.get(self.url + "/v1/health") as resp:
+            assert resp.status == 200
+            result: dict[str, Any] = await resp.json()
+            return result
+
+    async def until(self, key: str, value: int) -> None:
+        """Wait (briefly) until /v1/health shows ``key == value``."""
+        for _ in range(100):
+            if (await self.health())[key] == value:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{key} never became {value}: {await self.health()}")
+
+    def open_polls(self) -> int:
+        return self.app[BROKER_KEY].matchmaker.open_poll_count
+
+
+async def start(
+    config: BrokerConfig, *, handler_cancellation: bool = False
+) -> tuple[web.AppRunner, str]:
+    app = create_app(config)
+    runner = web.AppRunner(app, handler_cancellation=handler_cancellation, shutdown_timeout=2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
+@asynccontextmanager
+async def serving(config: BrokerConfig, *, handler_cancellation: bool) -> AsyncIterator[Broker]:
+    runner, url = await start(config, handler_cancellation=handler_cancellation)
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Broker(url, runner.app, http)
+    finally:
+        started = time.monotonic()
+        await runner.cleanup()
+    # A handler left waiting on a future nobody settles would hold shutdown up for seconds.
+    assert time.monotonic() - started < 1.0, "a request handler was left hanging"
+
+
+CONFIG = BrokerConfig(poll_timeout=0.5, answer_timeout=0.5)
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[Broker]:
+    """A broker under aiohttp's default runner, which does not cancel handlers."""
+    async with serving(CONFIG, handler_cancellation=False) as broker:
+        yield broker
+
+
+@pytest.fixture(params=[False, True], ids=["sweep", "handler-cancellation"])
+async def any_broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    """A broker that learns of hang-ups from its sweep, or from handler cancellation."""
+    async with serving(CONFIG, handler_cancellation=request.param) as broker:
+        yield broker
+
+
+@pytest.fixture(autouse=True)
+def quick_disconnect_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "DISCONNECT_CHECK_INTERVAL", 0.05)
+
+
+async def test_volunteer_poll_client_offer_answer_round_trip(broker: Broker) -> None:
+    polling = asyncio.create_task(broker.poll("alpha"))
+    await broker.until("volunteers", 1)
+    client = asyncio.create_task(broker.offer())
+    offer = await polling
+    assert isinstance(offer, PollOffer)
+    assert offer.sdp == OFFER_SDP
+    status, body = await broker.answer("alpha", offer.offer_id)
+    assert status == 200
+    assert decode_answer_accepted(body) == AnswerAccepted()
+    status, body = await client
+    assert status == 200
+    assert decode_client_answer(body) == ClientAnswer(ANSWER_SDP)
+    # The offer is gone once answered.
+    status, body = await broker.answer("alpha", offer.offer_id)
+    assert status == 404
+    assert decode_error(body).code == "unknown_offer"
+
+
+async def test_offer_waits_for_a_volunteer_that_polls_later(broker: Broker) -> None:
+    client = asyncio.create_task(broker.offer())
+    await broker.until("waiting_offers", 1)
+    offer = await broker.poll("late-comer")
+    assert isinstance(offer, PollOffer)
+    assert (await broker.answer("late-comer", offer.offer_id))[0] == 200
+    assert (await client)[0] == 200
+
+
+async def test_no_volunteer_is_503_after_answer_timeout(broker: Broker) -> None:
+    started = time.monotonic()
+    status, body = await broker.offer()
+    elapsed = time.monotonic() - started
+    assert status == 503
+    error = decode_error(body)
+    assert error.code == "no_volunteer"
+    assert "try again" in error.message
+    assert 0.45 <= elapsed < 1.5
+    assert (await broker.health())["waiting_offers"] == 0
+
+
+async def test_full_volunteer_gets_no_offer(broker: Broker) -> None:
+    polling = asyncio.create_task(broker.poll("full-one", capacity=2, clients=2))
+    status, _ = await broker.offer()
+    assert status == 503
+    assert await polling == PollIdle()
+
+
+async def test_poll_is_answered_idle_after_poll_timeout(broker: Broker) -> None:
+    started = time.monotonic()
+    assert await broker.poll("patient") == PollIdle()
+    assert 0.45 <= time.monotonic() - started < 1.5
+    assert (await broker.health())["volunteers"] == 1
+
+
+async def hang_up(broker: Broker, request: Callable[[Broker], Coroutine[Any, Any, object]]) -> None:
+    """Make a request from a connection of its own, then drop the connection."""
+    async with aiohttp.ClientSession() as doomed_http:
+        task = asyncio.create_task(request(Broker(broker.url, broker.app, doomed_http)))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_volunteer_hanging_up_mid_poll_loses_no_offer(any_broker: Broker) -> None:
+    broker = any_broker
+    await hang_up(broker, lambda b: b.poll("doomed", clients=0))
+    # The doomed volunteer is the least loaded, so only its departure lets this one win.
+    polling = asyncio.create_task(broker.poll("survivor", clients=4))
+    await broker.until("volunteers", 2)
+    for _ in range(100):
+        if broker.open_polls() == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert broker.open_polls() == 1
+    client = asyncio.create_task(broker.offer())
+    offer = await polling
+    assert isinstance(offer, PollOffer)
+    assert (await broker.answer("survivor", offer.offer_id))[0] == 200
+    assert (await client)[0] == 200
+
+
+async def test_offer_handed_to_a_dead_poll_goes_to_another_volunteer(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even before anything notices the hang-up, the offer is not given to a dead poll."""
+    monkeypatch.setattr(server, "DISCONNECT_CHECK_INTERVAL", 60.0)
+    await hang_up(broker, lambda b: b.poll("doomed", clients=0))
+    polling = asyncio.create_task(broker.poll("survivor", clients=4))
+    for _ in range(100):
+        if broker.open_polls() == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert broker.open_polls() == 2  # the doomed poll is still open
+    client = asyncio.create_task(broker.offer())
+    offer = await polling
+    assert isinstance(offer, PollOffer)
+    assert (await broker.answer("survivor", offer.offer_id))[0] == 200
+    assert (await client)[0] == 200
+
+
+async def test_client_hanging_up_drops_its_offer(any_broker: Broker) -> None:
+    broker = any_broker
+    await hang_up(broker, lambda b: b.offer())
+    await broker.until("waiting_offers", 0)
+    # A volunteer polling now is not handed the dead client's offer.
+    assert await broker.poll("after") == PollIdle()
+
+
+async def test_malformed_json_is_400_with_a_message(broker: Broker) -> None:
+    for path in ("/v1/client/offer", "/v1/volunteer/poll", "/v1/volunteer/answer"):
+        status, body = await broker.post(path, b'{"version": 1, "sdp": ')
+        assert status == 400
+        error = decode_error(body)
+        assert error.code == "bad_request"
+        assert "not JSON" in error.message
+
+
+@pytest.mark.parametrize(
+    ("body", "phrase"),
+    [
+        (b"[1]", "JSON object"),
+        (b'{"version": 1}', "'sdp' is missing"),
+        (b'{"version": 1, "sdp": 3}', "must be a string"),
+        (b"", "not JSON"),
+    ],
+)
+async def test_bad_request(broker: Broker, body: bytes, phrase: str) -> None:
+    status, data = await broker.post("/v1/client/offer", body)
+    assert status == 400
+    assert phrase in decode_error(data).message
+
+
+async def test_bad_poll_fields_are_400(broker: Broker) -> None:
+    body = json.dumps(
+        {"version": 1, "volunteer_id": "abc", "capacity": 8, "clients": 0, "kind": "headless"}
+    )
+    status, data = await broker.post("/v1/volunteer/poll", body.encode())
+    assert status == 400
+    assert "volunteer_id" in decode_error(data).message
+
+
+async def test_body_over_64_kib_is_413(broker: Broker) -> None:
+    big = encode(ClientOffer("x" * (70 * 1024)))
+    status, body = await broker.post("/v1/client/offer", big)
+    assert status == 413
+    assert decode_error(body).code == "too_large"
+
+
+async def test_chunked_body_over_64_kib_is_413(broker: Broker) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"version": 1, "sdp": "'
+        for _ in range(70):
+            yield b"x" * 1024
+        yield b'"}'
+
+    async with broker.http.post(
+        broker.url + "/v1/client/offer", data=chunks(), headers=JSON
+    ) as resp:
+        assert resp.status == 413
+        assert decode_error(await resp.read()).code == "too_large"
+
+
+async def test_version_2_is_422_with_supported_versions(broker: Broker) -> None:
+    status, body = await broker.post("/v1/client/offer", b'{"version": 2, "sdp": "v=0"}')
+    assert status == 422
+    error = decode_error(body)
+    assert error.code == "unsupported_version"
+    assert error.supported == (1,)
+    assert json.loads(body)["supported"] == [1]
+
+
+async def test_answer_to_unknown_offer_is_404(broker: Broker) -> None:
+    status, body = await broker.answer("stranger", "no-such-offer")
+    assert status == 404
+    error = decode_error(body)
+    assert error.code == "unknown_offer"
+    assert error.message
+
+
+async def test_health(broker: Broker) -> None:
+    assert await broker.health() == {
+        "version": 1,
+        "status": "ok",
+        "volunteers": 0,
+        "waiting_offers": 0,
+    }
+    polling = asyncio.create_task(broker.poll("healthy"))
+    await broker.until("volunteers", 1)
+    await polling
+
+
+async def test_metrics(broker: Broker) -> None:
+    polling = asyncio.create_task(broker.poll("counted"))
+    await broker.until("volunteers", 1)
+    client = asyncio.create_task(broker.offer())
+    offer = await polling
+    assert isinstance(offer, PollOffer)
+    await broker.answer("counted", offer.offer_id)
+    await client
+    assert (await broker.offer())[0] == 503
+    async with broker.http.get(broker.url + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/plain"
+        text = await resp.text()
+    lines = set(text.splitlines())
+    assert "unwall_broker_offers_total 2.0" in lines
+    assert "unwall_broker_answers_total 1.0" in lines
+    assert "unwall_broker_no_volunteer_total 1.0" in lines
+    assert "unwall_broker_volunteers 1.0" in lines
+    assert "unwall_broker_waiting_offers 0.0" in lines
+
+
+async def test_errors_are_logged_without_traceback(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        await broker.post("/v1/client/offer", b"nonsense")
+        await broker.post("/v1/client/offer", b'{"version": 9}')
+        await broker.answer("stranger", "no-such-offer")
+        await broker.post("/v1/client/offer", b"{" + b" " * MAX_BODY + b"}")
+    assert caplog.records
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING]
+
+
+async def test_two_apps_in_one_process_have_their_own_metrics() -> None:
+    config = BrokerConfig(answer_timeout=0.05)
+    async with (
+        serving(config, handler_cancellation=False) as first,
+        serving(config, handler_cancellation=False) as second,
+    ):
+        assert (await first.offer())[0] == 503
+        for broker, expected in ((first, "1.0"), (second, "0.0")):
+            async with broker.http.get(broker.url + "/metrics") as resp:
+                assert f"unwall_broker_offers_total {expected}" in await resp.text()
+
+
+async def test_shutdown_releases_waiting_requests() -> None:
+    runner, url = await start(BrokerConfig(poll_timeout=30, answer_timeout=30))
+    async with aiohttp.ClientSession() as http:
+        broker = Broker(url, runner.app, http)
+        polling = asyncio.create_task(broker.poll("shutdown"))
+        await broker.until("volunteers", 1)
+        started = time.monotonic()
+        await runner.cleanup()
+        assert await polling == PollIdle()
+        assert time.monotonic() - started < 1.5
+
+
+async def test_run_broker_serves_until_cancelled(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="unwall.broker"):
+        task = asyncio.create_task(run_broker(BrokerConfig(), "127.0.0.1", 0))
+        for _ in range(200):
+            if any("broker listening on" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+    [line] = [r.getMessage() for r in caplog.records if "listening" in r.getMessage()]
+    url = line.removeprefix("broker listening on ")
+    assert url.startswith("http://127.0.0.1:")
+    assert not url.endswith(":0")
+    async with aiohttp.ClientSession() as http, http.get(url + "/v1/health") as resp:
+        assert resp.status == 200
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
