@@ -190,3 +190,29 @@ async def test_clean_shutdown_no_tracebacks(bridge: LocalBridge, site: DemoSite)
         assert await role.stop() in (0, -15), role.log_tail()
         text = role.log_path.read_text()
         assert "Traceback" not in text, f"{role.name}:\n{text}"
+
+
+async def test_volunteer_stops_and_another_takes_over(bridge: LocalBridge, site: DemoSite) -> None:
+    """A volunteer that goes away: one log line, and the session moves to another one."""
+    await bridge.start_broker()
+    egress = await bridge.start_egress()
+    first = await bridge.start_volunteer()
+    client = await bridge.start_client()
+    assert await _socks_reply(bridge, "127.0.0.1", site.port) == 0x00
+    await bridge.start_volunteer()
+    await first.stop()
+    await bridge.wait_log(client, "tunnel moved to a new volunteer", timeout=30)
+    text = client.log_path.read_text()
+    assert text.count("volunteer path lost") == 1
+    assert "Traceback" not in text
+    # The same QUIC session carries on: the egress saw one session, on a second path.
+    _, digest = site.blob(2_000_000)
+    code, body, err = await curl(
+        "--socks5-hostname", f"127.0.0.1:{bridge.socks_port}", f"{site.url}/blob/2000000"
+    )
+    assert code == 0, err
+    assert sha256(body) == digest
+    egress_log = egress.log_path.read_text()
+    assert egress_log.count("opened (datagrams") == 1
+    assert "session-1 moved to path-2" in egress_log
+    assert "Traceback" not in first.log_path.read_text()

@@ -24,6 +24,8 @@ from unwall.transport.quic import FlowControlledConnection, PinMismatch, QuicSes
 log = logging.getLogger("unwall.client")
 
 PATH_SETUP_TIMEOUT = 20.0
+#: An idle session pings this often, well inside the QUIC idle timeout.
+KEEPALIVE_INTERVAL = 15.0
 HANDSHAKE_TIMEOUT = 10.0
 #: Bound on what waits in a DataChannel's send buffer; above it datagrams are dropped.
 CHANNEL_BUFFER_BYTES = 1 << 20
@@ -159,8 +161,10 @@ class Tunnel:
                 self.first_ready_at = asyncio.get_running_loop().time()
             self._ready.set()
             dead: asyncio.Future[Any] = asyncio.ensure_future(path.dead.wait())
+            keepalive = asyncio.ensure_future(_keepalive(session))
             await asyncio.wait({dead, session.closed}, return_when=asyncio.FIRST_COMPLETED)
             dead.cancel()
+            keepalive.cancel()
             if session.is_closed:
                 log.warning("session with the egress ended: %s", session.closed.result())
                 self.session = None
@@ -212,3 +216,9 @@ class Tunnel:
                     await pc.close()
         log.info("connected to a volunteer")
         return path
+
+
+async def _keepalive(session: QuicSession) -> None:
+    while not session.is_closed:
+        await asyncio.sleep(KEEPALIVE_INTERVAL)
+        session.ping()

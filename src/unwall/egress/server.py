@@ -109,7 +109,7 @@ class Egress:
             return
         # Answer on the path we last heard this session on.
         if session._sender != path.send:
-            if session.has_path:
+            if session.datagrams_in:
                 log.info("%s moved to %s", session.name, path.name)
             session.set_sender(path.send)
         session.datagram_received(data)

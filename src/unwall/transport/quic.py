@@ -392,6 +392,12 @@ class QuicSession:
     def is_closed(self) -> bool:
         return self.closed.done()
 
+    def ping(self) -> None:
+        """Send a PING (keeps the session and the path alive while idle)."""
+        if not self.closed.done():
+            self._conn.send_ping(0)
+            self._schedule_transmit()
+
     def open_stream(self) -> QuicStream:
         if self.closed.done():
             raise SessionClosed(f"session closed: {self.closed.result()}")
