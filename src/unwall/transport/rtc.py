@@ -123,4 +123,4 @@ def _flush_sack(self: Any) -> None:
 _sack_tasks: set[asyncio.Future[None]] = set()
 
 if os.environ.get("UNWALL_SCTP_SACK_EVERY_PACKET") != "1":
-    RTCSctpTransport._send_sack = _delayed_send_sack
+    RTCSctpTransport._send_sack = _delayed_send_sack  # type: ignore[method-assign]
