@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from unwall.egress.identity import generate_identity, save_identity
@@ -373,6 +374,16 @@ async def fetch_via_socks(proxy_port: int, url: str) -> tuple[int, bytes, float]
     return status, body, ttfb
 
 
+async def fetch_via_http_proxy(proxy_port: int, url: str) -> tuple[int, bytes]:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(url, proxy=f"http://{LOOPBACK}:{proxy_port}") as response,
+    ):
+        return response.status, await response.read()
+
+
 # -- unwall demo ---------------------------------------------------------------------------
 
 
@@ -403,9 +414,16 @@ async def demo(socks: tuple[str, int], http: tuple[str, int], *, check: bool) ->
                 print(f"unwall demo: FAILED: fetched status {status}, {len(body)} bytes")
                 return 1
             print(
-                f"fetched {site.url}/ through the bridge: HTTP {status}, {len(body)} bytes, "
-                f"first byte after {ttfb * 1000:.0f} ms"
+                f"fetched {site.url}/ through the bridge (SOCKS5): HTTP {status}, "
+                f"{len(body)} bytes, first byte after {ttfb * 1000:.0f} ms"
             )
+            status, body = await fetch_via_http_proxy(bridge.http_port, site.url + "/")
+            if status != 200 or body != TEST_PAGE:
+                print(
+                    f"unwall demo: FAILED: via the HTTP proxy: status {status}, {len(body)} bytes"
+                )
+                return 1
+            print(f"fetched {site.url}/ through the bridge (HTTP proxy): HTTP {status}")
             if check:
                 print("unwall demo --check: OK")
                 return 0
@@ -415,7 +433,7 @@ async def demo(socks: tuple[str, int], http: tuple[str, int], *, check: bool) ->
         except RoleFailed as exc:
             print(f"unwall demo: FAILED: {exc}", file=sys.stderr)
             return 1
-        except (OSError, asyncio.IncompleteReadError) as exc:
+        except (OSError, asyncio.IncompleteReadError, aiohttp.ClientError) as exc:
             print(f"unwall demo: FAILED: fetching the test page: {exc}", file=sys.stderr)
             for role in bridge.roles:
                 print(f"--- {role.name} log ---\n{role.log_tail()}", file=sys.stderr)
@@ -428,6 +446,8 @@ async def demo(socks: tuple[str, int], http: tuple[str, int], *, check: bool) ->
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As the proxies' own listeners do: a port in TIME_WAIT is free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((LOOPBACK, port))
         except OSError:

@@ -33,8 +33,28 @@ from unwall.wire.broker import (
     encode,
 )
 
-OFFER_SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=offer\r\n"
-ANSWER_SDP = "v=0\r\no=- 3 4 IN IP4 127.0.0.1\r\ns=answer\r\n"
+OFFER_SDP = (
+    "v=0\r\n"
+    "o=- 1 2 IN IP4 127.0.0.1\r\n"
+    "s=-\r\n"
+    "t=0 0\r\n"
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+    "c=IN IP4 0.0.0.0\r\n"
+    "a=setup:actpass\r\n"
+    "a=sctp-port:5000\r\n"
+    "a=max-message-size:65536\r\n"
+)
+ANSWER_SDP = (
+    "v=0\r\n"
+    "o=- 3 4 IN IP4 127.0.0.1\r\n"
+    "s=-\r\n"
+    "t=0 0\r\n"
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+    "c=IN IP4 0.0.0.0\r\n"
+    "a=setup:active\r\n"
+    "a=sctp-port:5000\r\n"
+    "a=max-message-size:65536\r\n"
+)
 JSON = {"Content-Type": "application/json"}
 
 
@@ -259,6 +279,43 @@ async def test_bad_request(broker: Broker, body: bytes, phrase: str) -> None:
     assert phrase in decode_error(data).message
 
 
+NOT_SESSION = "field 'sdp' is not a session description (it must start with 'v=0')"
+NO_DATA_CHANNEL = "field 'sdp' has no data channel section (m=application ... webrtc-datachannel)"
+DATA_M_LINE = "m=application 9 UDP/DTLS/SCTP webrtc-datachannel"
+
+
+@pytest.mark.parametrize("path", ["/v1/client/offer", "/v1/volunteer/answer"])
+@pytest.mark.parametrize(
+    ("sdp", "message"),
+    [
+        pytest.param("hello", NOT_SESSION, id="not-sdp"),
+        pytest.param(OFFER_SDP.removeprefix("v=0\r\n"), NOT_SESSION, id="no-v-line"),
+        pytest.param(OFFER_SDP.split("m=")[0], NO_DATA_CHANNEL, id="no-m-line"),
+        pytest.param(
+            OFFER_SDP.replace(DATA_M_LINE, "m=audio 9 UDP/TLS/RTP/SAVPF 111"),
+            NO_DATA_CHANNEL,
+            id="audio-only",
+        ),
+        pytest.param(
+            OFFER_SDP.replace(DATA_M_LINE, "m=application 9 UDP/BFCP *"),
+            NO_DATA_CHANNEL,
+            id="application-not-datachannel",
+        ),
+    ],
+)
+async def test_sdp_without_a_data_channel_is_400(
+    broker: Broker, path: str, sdp: str, message: str
+) -> None:
+    fields = {"volunteer_id": "volunteer-bad-sdp", "offer_id": "o1", "sdp": sdp}
+    status, data = await broker.post(path, json.dumps({"version": 1, **fields}).encode())
+    assert status == 400
+    error = decode_error(data)
+    assert error.code == "bad_request"
+    assert error.message == message
+    # Turned away before it reached the matchmaker: nothing waits for a volunteer.
+    assert (await broker.health())["waiting_offers"] == 0
+
+
 async def test_bad_poll_fields_are_400(broker: Broker) -> None:
     body = json.dumps(
         {"version": 1, "volunteer_id": "abc", "capacity": 8, "clients": 0, "kind": "headless"}
@@ -269,7 +326,7 @@ async def test_bad_poll_fields_are_400(broker: Broker) -> None:
 
 
 async def test_body_over_64_kib_is_413(broker: Broker) -> None:
-    big = encode(ClientOffer("x" * (70 * 1024)))
+    big = encode(ClientOffer(OFFER_SDP + "a=x-pad:" + "x" * (70 * 1024) + "\r\n"))
     status, body = await broker.post("/v1/client/offer", big)
     assert status == 413
     assert decode_error(body).code == "too_large"
@@ -277,7 +334,7 @@ async def test_body_over_64_kib_is_413(broker: Broker) -> None:
 
 async def test_chunked_body_over_64_kib_is_413(broker: Broker) -> None:
     async def chunks() -> AsyncIterator[bytes]:
-        yield b'{"version": 1, "sdp": "'
+        yield b'{"version": 1, "sdp": ' + json.dumps(OFFER_SDP + "a=x-pad:").encode()[:-1]
         for _ in range(70):
             yield b"x" * 1024
         yield b'"}'
@@ -290,7 +347,8 @@ async def test_chunked_body_over_64_kib_is_413(broker: Broker) -> None:
 
 
 async def test_version_2_is_422_with_supported_versions(broker: Broker) -> None:
-    status, body = await broker.post("/v1/client/offer", b'{"version": 2, "sdp": "v=0"}')
+    request = json.dumps({"version": 2, "sdp": OFFER_SDP}).encode()
+    status, body = await broker.post("/v1/client/offer", request)
     assert status == 422
     error = decode_error(body)
     assert error.code == "unsupported_version"

@@ -33,7 +33,40 @@ from unwall.wire.broker import (
     encode,
 )
 
-SDP = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+# A minimal data-channel offer: what the decoders must accept.
+SDP = (
+    "v=0\r\n"
+    "o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n"
+    "s=-\r\n"
+    "t=0 0\r\n"
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+    "c=IN IP4 0.0.0.0\r\n"
+    "a=sctp-port:5000\r\n"
+    "a=max-message-size:65536\r\n"
+)
+# The shape a browser sends: ICE and DTLS attributes, and an audio section before the data one.
+BROWSER_SDP = (
+    "v=0\r\n"
+    "o=- 8126415938021559734 2 IN IP4 127.0.0.1\r\n"
+    "s=-\r\n"
+    "t=0 0\r\n"
+    "a=group:BUNDLE 0 1\r\n"
+    "a=msid-semantic: WMS\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+    "c=IN IP4 0.0.0.0\r\n"
+    "a=mid:0\r\n"
+    "a=rtpmap:111 opus/48000/2\r\n"
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+    "c=IN IP4 0.0.0.0\r\n"
+    "a=ice-ufrag:Xk2p\r\n"
+    "a=ice-pwd:q7Zl0h3yT5mB9vW1cR8sN4eD\r\n"
+    "a=fingerprint:sha-256 "
+    "4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF:3E:5D:49:6B:19:E5:7C:AB:4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF\r\n"
+    "a=setup:actpass\r\n"
+    "a=mid:1\r\n"
+    "a=sctp-port:5000\r\n"
+    "a=max-message-size:262144\r\n"
+)
 VID = "k3Jf9abc_-XY"
 
 Decoder = Callable[[bytes], Any]
@@ -41,6 +74,16 @@ Decoder = Callable[[bytes], Any]
 
 def body(**fields: Any) -> bytes:
     return json.dumps({"version": 1, **fields}, ensure_ascii=False).encode()
+
+
+def sized_sdp(size: int, fill: str = "x") -> str:
+    """:data:`SDP` with an attribute line padded so the whole is exactly ``size`` UTF-8 bytes."""
+    head, tail = SDP + "a=x-pad:", "\r\n"
+    room = size - len((head + tail).encode())
+    count, rest = divmod(room, len(fill.encode()))
+    sdp = head + fill * count + "x" * rest + tail
+    assert len(sdp.encode()) == size
+    return sdp
 
 
 def poll_fields(**changes: Any) -> dict[str, Any]:
@@ -69,8 +112,10 @@ ROUND_TRIPS: list[tuple[Message, Decoder]] = [
     (VolunteerAnswer(VID, "x", SDP), decode_volunteer_answer),
     (AnswerAccepted(), decode_answer_accepted),
     (ClientOffer(SDP), decode_client_offer),
-    (ClientOffer("v=0 é ü \u2603"), decode_client_offer),
-    (ClientOffer("s" * MAX_SDP), decode_client_offer),
+    (ClientOffer(BROWSER_SDP), decode_client_offer),
+    (ClientOffer(SDP.replace("s=-", "s=é ü \u2603")), decode_client_offer),
+    (ClientOffer(sized_sdp(MAX_SDP)), decode_client_offer),
+    (ClientOffer(sized_sdp(MAX_SDP, fill="\u00e9")), decode_client_offer),
     (ClientAnswer(SDP), decode_client_answer),
     (BrokerError("no_volunteer", "try again later"), decode_error),
     (BrokerError("unsupported_version", "use version 1", (1,)), decode_error),
@@ -144,11 +189,11 @@ INVALID: list[tuple[Decoder, bytes, str, str]] = [
     (decode_client_offer, b'"v=0"', BAD, "JSON object, not a string"),
     (decode_client_offer, b"null", BAD, "JSON object, not null"),
     (decode_client_offer, b'{"sdp": "v=0"}', BAD, "'version' is missing"),
-    (decode_client_offer, body(version="1", sdp="v=0"), BAD, "'version' must be an integer"),
-    (decode_client_offer, body(version=1.0, sdp="v=0"), BAD, "'version' must be an integer"),
-    (decode_client_offer, body(version=True, sdp="v=0"), BAD, "'version' must be an integer"),
-    (decode_client_offer, body(version=None, sdp="v=0"), BAD, "'version' must be an integer"),
-    (decode_client_offer, body(version=2, sdp="v=0"), UNSUPPORTED, "version 2"),
+    (decode_client_offer, body(version="1", sdp=SDP), BAD, "'version' must be an integer"),
+    (decode_client_offer, body(version=1.0, sdp=SDP), BAD, "'version' must be an integer"),
+    (decode_client_offer, body(version=True, sdp=SDP), BAD, "'version' must be an integer"),
+    (decode_client_offer, body(version=None, sdp=SDP), BAD, "'version' must be an integer"),
+    (decode_client_offer, body(version=2, sdp=SDP), UNSUPPORTED, "version 2"),
     (decode_client_offer, body(version=0), UNSUPPORTED, "use version 1"),
     (decode_volunteer_poll, body(version=2), UNSUPPORTED, "version 2"),
     (decode_poll_response, body(version=-1), UNSUPPORTED, "version -1"),
@@ -160,8 +205,9 @@ INVALID: list[tuple[Decoder, bytes, str, str]] = [
     (decode_client_offer, body(sdp=["v=0"]), BAD, "not an array"),
     (decode_client_offer, body(sdp={"type": "offer"}), BAD, "not an object"),
     (decode_client_offer, body(sdp=""), BAD, "'sdp' must not be empty"),
-    (decode_client_offer, body(sdp="s" * (MAX_SDP + 1)), BAD, "limit is 32768"),
-    (decode_client_offer, body(sdp="\u00e9" * (MAX_SDP // 2 + 1)), BAD, "limit is 32768"),
+    (decode_client_offer, body(sdp=sized_sdp(MAX_SDP + 1)), BAD, "is 32769 bytes; the limit"),
+    # Bytes, not characters: far fewer than MAX_SDP characters, but one byte too many.
+    (decode_client_offer, body(sdp=sized_sdp(MAX_SDP + 1, "\u00e9")), BAD, "limit is 32768"),
     (decode_client_offer, b'{"version": 1, "sdp": "\\ud800"}', BAD, "surrogate"),
     # -- volunteer poll
     (decode_volunteer_poll, body(**poll_fields(volunteer_id=None)), BAD, "'volunteer_id'"),
@@ -209,8 +255,8 @@ INVALID: list[tuple[Decoder, bytes, str, str]] = [
     ],
     # -- responses
     (decode_poll_response, body(), BAD, "'status' is missing"),
-    (decode_poll_response, body(status="answer", sdp="v=0"), BAD, "'offer' or 'idle'"),
-    (decode_poll_response, body(status="offer", sdp="v=0"), BAD, "'offer_id' is missing"),
+    (decode_poll_response, body(status="answer", sdp=SDP), BAD, "'offer' or 'idle'"),
+    (decode_poll_response, body(status="offer", sdp=SDP), BAD, "'offer_id' is missing"),
     (decode_poll_response, body(status="offer", offer_id="o1"), BAD, "'sdp' is missing"),
     (decode_answer_accepted, body(status="idle"), BAD, "'ok'"),
     (decode_client_answer, body(status="ok"), BAD, "'answer'"),
@@ -234,6 +280,80 @@ def test_invalid(decode: Decoder, data: bytes, code: str, phrase: str) -> None:
     assert str(info.value) == info.value.message
 
 
+# Every message that carries an SDP, as (decoder, a body around a given SDP).
+SDP_CARRIERS = [
+    pytest.param(decode_client_offer, lambda sdp: body(sdp=sdp), id="client_offer"),
+    pytest.param(
+        decode_volunteer_answer, lambda sdp: body(**answer_fields(sdp=sdp)), id="volunteer_answer"
+    ),
+    pytest.param(
+        decode_poll_response,
+        lambda sdp: body(status="offer", offer_id="o1", sdp=sdp),
+        id="poll_response",
+    ),
+    pytest.param(
+        decode_client_answer, lambda sdp: body(status="answer", sdp=sdp), id="client_answer"
+    ),
+]
+
+NOT_SESSION = "is not a session description (it must start with 'v=0')"
+NO_DATA_CHANNEL = "has no data channel section (m=application ... webrtc-datachannel)"
+DATA_M_LINE = "m=application 9 UDP/DTLS/SCTP webrtc-datachannel"
+
+# (a malformed SDP, what the message must say is wrong with it)
+BAD_SDP = [
+    # -- does not start with v=0
+    pytest.param("hello", NOT_SESSION, id="not-sdp"),
+    pytest.param(SDP.removeprefix("v=0\r\n"), NOT_SESSION, id="no-v-line"),
+    pytest.param("v=1" + SDP.removeprefix("v=0"), NOT_SESSION, id="v=1"),
+    pytest.param("V" + SDP.removeprefix("v"), NOT_SESSION, id="upper-case-V"),
+    pytest.param(" " + SDP, NOT_SESSION, id="leading-space"),
+    pytest.param("\r\n" + SDP, NOT_SESSION, id="leading-blank-line"),
+    pytest.param(
+        json.dumps({"type": "offer", "sdp": SDP}), NOT_SESSION, id="RTCSessionDescription-json"
+    ),
+    # -- no m=application line
+    pytest.param(SDP.split("m=")[0], NO_DATA_CHANNEL, id="session-part-only"),
+    pytest.param(
+        SDP.replace(DATA_M_LINE, "m=audio 9 UDP/TLS/RTP/SAVPF 111"), NO_DATA_CHANNEL, id="audio"
+    ),
+    pytest.param(
+        SDP.replace(DATA_M_LINE, "m=video 9 UDP/DTLS/SCTP webrtc-datachannel"),
+        NO_DATA_CHANNEL,
+        id="datachannel-on-video",
+    ),
+    # -- an m=application line, but not for a WebRTC data channel
+    pytest.param(
+        SDP.replace(DATA_M_LINE, "m=application 9 UDP/DTLS/SCTP"), NO_DATA_CHANNEL, id="no-fmt"
+    ),
+    pytest.param(
+        SDP.replace(DATA_M_LINE, "m=application 9 UDP/BFCP *"), NO_DATA_CHANNEL, id="bfcp"
+    ),
+    pytest.param(
+        SDP.replace(DATA_M_LINE, "m=application 9 TCP/MSRP *"), NO_DATA_CHANNEL, id="msrp"
+    ),
+]
+
+
+@pytest.mark.parametrize(("decode", "wrap"), SDP_CARRIERS)
+@pytest.mark.parametrize("sdp", [SDP, BROWSER_SDP], ids=["minimal", "browser"])
+def test_data_channel_sdp_is_accepted(
+    decode: Decoder, wrap: Callable[[str], bytes], sdp: str
+) -> None:
+    assert decode(wrap(sdp)).sdp == sdp
+
+
+@pytest.mark.parametrize(("decode", "wrap"), SDP_CARRIERS)
+@pytest.mark.parametrize(("sdp", "problem"), BAD_SDP)
+def test_sdp_that_is_no_data_channel_offer_is_bad_request(
+    decode: Decoder, wrap: Callable[[str], bytes], sdp: str, problem: str
+) -> None:
+    with pytest.raises(MessageError) as info:
+        decode(wrap(sdp))
+    assert info.value.code == BAD
+    assert info.value.message == f"field 'sdp' {problem}"
+
+
 @pytest.mark.parametrize(
     "decode", [decode_volunteer_poll, decode_volunteer_answer, decode_client_offer]
 )
@@ -251,7 +371,9 @@ def test_request_body_limit(decode: Decoder) -> None:
 
 def test_responses_may_exceed_the_request_limit() -> None:
     """The broker wraps an SDP from a request that was within the limit in more fields."""
-    escaped = "\x01" * (MAX_SDP // 3)  # each becomes \u0001 in JSON: six bytes
+    # Each \x01 becomes \u0001 in JSON: six bytes.
+    escaped = SDP + "a=x-pad:" + "\x01" * (MAX_SDP // 3) + "\r\n"
+    assert len(escaped.encode()) <= MAX_SDP
     data = encode(PollOffer("a" * 22, escaped))
     assert len(data) > MAX_BODY
     assert decode_poll_response(data) == PollOffer("a" * 22, escaped)
@@ -271,7 +393,7 @@ def test_error_status_table() -> None:
 
 def test_message_error_to_broker_error() -> None:
     with pytest.raises(MessageError) as info:
-        decode_client_offer(body(version=7, sdp="v=0"))
+        decode_client_offer(body(version=7, sdp=SDP))
     error = info.value.to_broker_error()
     assert error == BrokerError("unsupported_version", info.value.message, (1,))
     assert json.loads(encode(error))["supported"] == [1]

@@ -197,7 +197,10 @@ class Tunnel:
         try:
             await pc.setLocalDescription(await pc.createOffer())
             answer = await broker.offer(pc.localDescription.sdp)
-            await pc.setRemoteDescription(rtc.answer_description(answer))
+            try:
+                await pc.setRemoteDescription(rtc.answer_description(answer))
+            except Exception as exc:  # aiortc raises many kinds on hostile SDP
+                raise ValueError(f"{type(exc).__name__}: {exc}") from exc
             dead: asyncio.Future[Any] = asyncio.ensure_future(path.dead.wait())
             try:
                 done, _ = await asyncio.wait(

@@ -112,8 +112,13 @@ class Volunteer:
 
         self.stats.clients_now += 1
         try:
-            await pc.setRemoteDescription(rtc.offer_description(offer.sdp))
-            await pc.setLocalDescription(await pc.createAnswer())
+            try:
+                await pc.setRemoteDescription(rtc.offer_description(offer.sdp))
+                if pc.sctp is None:
+                    raise ValueError("the offer has no data channel")
+                await pc.setLocalDescription(await pc.createAnswer())
+            except Exception as exc:  # aiortc raises many kinds on hostile SDP
+                raise ValueError(f"{type(exc).__name__}: {exc}") from exc
             await broker.answer(self.config.volunteer_id, offer.offer_id, pc.localDescription.sdp)
             channel = await asyncio.wait_for(channel_ready, CHANNEL_OPEN_TIMEOUT)
             self.stats.clients_total += 1
@@ -125,7 +130,7 @@ class Volunteer:
             log.info("a client never opened its data channel; dropped it")
         except BrokerUnavailable as exc:
             log.warning("could not answer a client: %s", exc)
-        except ValueError as exc:  # aiortc rejects malformed SDP with ValueError
+        except ValueError as exc:
             log.warning("rejected a malformed offer: %s", exc)
         finally:
             self.stats.clients_now -= 1

@@ -357,6 +357,12 @@ def _sdp(obj: dict[str, Any]) -> str:
     size = len(value.encode("utf-8"))
     if size > MAX_SDP:
         raise _bad(f"field 'sdp' is {size} bytes; the limit is {MAX_SDP}")
+    # Not a full SDP parser (aiortc parses it at the peers); enough to turn away what can
+    # never become an unwall data channel before it ties up a volunteer.
+    if not value.startswith("v=0"):
+        raise _bad("field 'sdp' is not a session description (it must start with 'v=0')")
+    if "m=application " not in value or "webrtc-datachannel" not in value:
+        raise _bad("field 'sdp' has no data channel section (m=application ... webrtc-datachannel)")
     return value
 
 
