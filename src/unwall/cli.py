@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen = egress_sub.add_parser(
         "keygen", help="create the egress key; print pin and bridge line"
     )
-    keygen.add_argument("--key-dir", type=Path, default=Path("egress-keys"))
+    keygen.add_argument("--key-dir", type=Path, default=argparse.SUPPRESS)
     keygen.add_argument(
         "--broker",
         type=url,
@@ -242,6 +242,10 @@ def _keygen(args: argparse.Namespace) -> int:
     from unwall.egress.identity import IdentityError, generate_identity, save_identity
     from unwall.wire.bridgeline import BridgeLine
 
+    key_dir = getattr(args, "key_dir", None)
+    if key_dir is None and args.config is not None:
+        key_dir = resolve(args, EGRESS_OPTIONS, "egress")["key_dir"]
+    args.key_dir = key_dir or Path("egress-keys")
     identity = generate_identity()
     try:
         save_identity(identity, args.key_dir, overwrite=args.force)

@@ -64,6 +64,8 @@ def resolve(args: argparse.Namespace, options: list[Option], section: str) -> di
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
         raw = document.get(section, {})
         if not isinstance(raw, dict):
             raise ConfigError(f"[{section}] in {path} must be a table")
@@ -96,6 +98,8 @@ def _from_toml(option: Option, value: Any, section: str) -> Any:
         if option.repeat:
             items = value if isinstance(value, list) else [value]
             return [option.type(str(item)) for item in items]
+        if isinstance(value, list | dict):
+            raise ConfigError(f"{where} must be a single value, not a list or table")
         return option.type(str(value))
     except (ValueError, argparse.ArgumentTypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -106,7 +110,11 @@ def host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    host = host.strip("[]") or "127.0.0.1"
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"{text!r}: write an IPv6 address as [ADDRESS]:PORT")
+    host = host or "127.0.0.1"
     number = int(port)
     if not 0 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"port {number} is out of range")

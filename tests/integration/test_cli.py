@@ -148,10 +148,6 @@ def test_keygen_bad_broker_url(tmp_path: Path) -> None:
     assert not (tmp_path / KEY_FILE).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keygen's own --key-dir default (egress-keys) overrides `unwall egress --key-dir`",
-)
 def test_keygen_honours_egress_key_dir(tmp_path: Path) -> None:
     wanted = tmp_path / "wanted"
     result = unwall("egress", "--key-dir", str(wanted), "keygen", cwd=tmp_path)
@@ -298,10 +294,8 @@ def test_config_bridge_from_file(tmp_path: Path) -> None:
 
 def test_demo_check() -> None:
     socks, http = free_port(), free_port()
-    result = unwall(
-        "demo", "--check", "--socks", f"127.0.0.1:{socks}", "--http", f"127.0.0.1:{http}",
-        timeout=120,
-    )  # fmt: skip
+    argv = ["demo", "--check", "--socks", f"127.0.0.1:{socks}", "--http", f"127.0.0.1:{http}"]
+    result = unwall(*argv, timeout=120)
     assert result.returncode == 0, describe(result)
     assert "OK" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
@@ -331,9 +325,9 @@ def alive(pid: int, args: str) -> bool:
 
 def test_demo_ctrl_c() -> None:
     socks, http = free_port(), free_port()
+    argv = ["demo", "--socks", f"127.0.0.1:{socks}", "--http", f"127.0.0.1:{http}"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "unwall", "demo"]
-        + ["--socks", f"127.0.0.1:{socks}", "--http", f"127.0.0.1:{http}"],
+        [sys.executable, "-m", "unwall", *argv],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -119,11 +119,6 @@ def test_key_file_mode_is_0600(identity: EgressIdentity, tmp_path: Path) -> None
     assert mode(tmp_path / "keys" / KEY_FILE) == 0o600
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="save_identity(overwrite=True) reuses an existing key file with its old mode "
-    "(os.open's mode only applies on creation)",
-)
 def test_overwritten_key_file_mode_is_0600(
     identity: EgressIdentity, other: EgressIdentity, tmp_path: Path
 ) -> None:
@@ -247,10 +242,6 @@ def test_non_ec_key(identity: EgressIdentity, tmp_path: Path) -> None:
         load_identity(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_identity lets cryptography's TypeError for an encrypted key escape",
-)
 def test_encrypted_key_is_refused(identity: EgressIdentity, tmp_path: Path) -> None:
     save_identity(identity, tmp_path)
     (tmp_path / KEY_FILE).write_bytes(

@@ -71,6 +71,7 @@ def save_identity(identity: EgressIdentity, directory: Path, *, overwrite: bool 
         serialization.NoEncryption(),
     )
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when replacing a file that had looser permissions
     with os.fdopen(fd, "wb") as handle:
         handle.write(key_pem)
     cert_path.write_bytes(identity.certificate.public_bytes(serialization.Encoding.PEM))
@@ -86,7 +87,7 @@ def load_identity(directory: Path) -> EgressIdentity:
             f"no egress key in {directory} ({exc.filename} is missing); "
             f"create one with: unwall egress keygen --key-dir {directory}"
         ) from exc
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: the key is password-protected
         raise IdentityError(f"cannot read the egress key in {directory}: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise IdentityError(f"{key_path} is not an EC private key")

@@ -22,6 +22,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import re
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -102,6 +103,8 @@ def normalize_pin(pin: str) -> str:
     prefix, _, value = pin.partition(":")
     if prefix != "sha256" or not value:
         raise ValueError(f"egress pin {pin!r} must look like 'sha256:<base64url>'")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+={0,2}", value):
+        raise ValueError(f"egress pin {pin!r} is not valid base64url")
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except ValueError as exc:

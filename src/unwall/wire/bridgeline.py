@@ -20,7 +20,7 @@ class BridgeLine:
     pin: str
 
     def format(self) -> str:
-        return f"{PREFIX} broker={quote(self.broker, safe=':/?&=@[]%')} pin={self.pin}"
+        return f"{PREFIX} broker={quote(self.broker, safe=':/?&=@[]')} pin={self.pin}"
 
     @classmethod
     def parse(cls, line: str) -> BridgeLine:
