@@ -62,12 +62,26 @@ EGRESS_OPTIONS = [
     Option("--ports", "destination ports allowed, e.g. 80,443,8000-8100 (default: all)"),
     Option("--connect-timeout", "seconds to connect to a destination", 10.0, positive_float),
     Option("--max-sessions", "most client sessions at once", 1000, positive_int),
+    Option(
+        "--grace",
+        "seconds a session may have no volunteer before it is closed",
+        60.0,
+        positive_float,
+    ),
 ]
 
 VOLUNTEER_OPTIONS = [
     Option("--broker", "broker URL", None, url),
     Option("--egress", "egress relay URL, e.g. ws://HOST:7000/v1/relay", None, url),
     Option("--capacity", "most clients served at once", 8, positive_int),
+    Option(
+        "--max-rate",
+        "bandwidth cap in bytes per second, both directions together (e.g. 2000000); "
+        "default: no cap",
+        None,
+        positive_int,
+    ),
+    Option("--stats-interval", "seconds between statistics lines", 60.0, positive_float),
     *ICE_OPTIONS,
 ]
 
@@ -80,7 +94,16 @@ CLIENT_OPTIONS = [
     Option(
         "--stream-wait",
         "seconds a new connection waits for the tunnel before it is refused",
-        30.0,
+        10.0,
+        positive_float,
+    ),
+    Option(
+        "--paths", "volunteer paths kept open (one carries, the rest stand by)", 2, positive_int
+    ),
+    Option(
+        "--grace",
+        "seconds open connections wait when no volunteer is reachable, before they fail",
+        60.0,
         positive_float,
     ),
     *ICE_OPTIONS,
@@ -234,6 +257,7 @@ async def _egress(options: dict[str, Any]) -> None:
         policy=policy,
         connect_timeout=options["connect_timeout"],
         max_sessions=options["max_sessions"],
+        grace=options["grace"],
     )
     await run_egress(config, identity)
 
@@ -271,6 +295,8 @@ async def _volunteer(options: dict[str, Any]) -> None:
             egress_url=options["egress"],
             capacity=options["capacity"],
             ice_servers=options["ice_server"],
+            max_rate=options["max_rate"],
+            stats_interval=options["stats_interval"],
         )
     )
     log.info(
@@ -306,6 +332,8 @@ async def _client(options: dict[str, Any]) -> None:
                 pin=pin,
                 ice_servers=options["ice_server"],
                 stream_wait=options["stream_wait"],
+                paths=options["paths"],
+                grace=options["grace"],
             )
         )
     except ValueError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import shutil
 
 import pytest
@@ -203,7 +204,7 @@ async def test_volunteer_stops_and_another_takes_over(bridge: LocalBridge, site:
     await first.stop()
     await bridge.wait_log(client, "tunnel moved to a new volunteer", timeout=30)
     text = client.log_path.read_text()
-    assert text.count("volunteer path lost") == 1
+    assert text.count("; switching") == 1
     assert "Traceback" not in text
     # The same QUIC session carries on: the egress saw one session, on a second path.
     _, digest = site.blob(2_000_000)
@@ -214,5 +215,5 @@ async def test_volunteer_stops_and_another_takes_over(bridge: LocalBridge, site:
     assert sha256(body) == digest
     egress_log = egress.log_path.read_text()
     assert egress_log.count("opened (datagrams") == 1
-    assert "session-1 moved to path-2" in egress_log
+    assert re.search(r"session-1 moved to path-\d", egress_log)
     assert "Traceback" not in first.log_path.read_text()

@@ -105,6 +105,10 @@ class LocalProxies:
             self._tasks.add(task)
             try:
                 await handler(reader, writer)
+            except asyncio.CancelledError:
+                # Shutting down. End normally: Python 3.11's start_server callback calls
+                # task.exception() on a cancelled task and logs a spurious traceback.
+                writer.transport.abort()
             except Exception:  # a bug must not kill the listener; say so once
                 log.exception("proxy connection failed unexpectedly")
                 writer.transport.abort()

@@ -1,9 +1,14 @@
-"""The client's tunnel: one QUIC session to the egress, carried through a volunteer.
+"""The client's tunnel: one QUIC session to the egress, carried through volunteers.
 
-The tunnel asks the broker for a volunteer, opens a WebRTC DataChannel to it, and runs the
-QUIC session over that channel, one QUIC datagram per message. When the channel dies the
-session stays: the tunnel finds another volunteer and points the session at it (the egress
-finds the session by connection ID, whichever volunteer carries it).
+Volunteers are browser tabs: they vanish without warning. The tunnel keeps a small pool of
+volunteer paths (WebRTC DataChannels found through the broker): one carries the session,
+the others stand by, warm. When the carrying path dies (its channel closes, ICE fails, or
+the egress stops answering while something is owed), the session moves to a warm path at
+once and everything in flight is resent through it; the egress finds the session by its
+connection ID whichever volunteer carries it. The pool refills in the background.
+
+With no path at all, the session waits out a grace period (its streams wait with it), and
+new connections are refused with a clear reason rather than left hanging.
 """
 
 from __future__ import annotations
@@ -24,11 +29,17 @@ from unwall.transport.quic import FlowControlledConnection, PinMismatch, QuicSes
 log = logging.getLogger("unwall.client")
 
 PATH_SETUP_TIMEOUT = 20.0
+HANDSHAKE_TIMEOUT = 10.0
 #: An idle session pings this often, well inside the QUIC idle timeout.
 KEEPALIVE_INTERVAL = 15.0
-HANDSHAKE_TIMEOUT = 10.0
 #: Bound on what waits in a DataChannel's send buffer; above it datagrams are dropped.
 CHANNEL_BUFFER_BYTES = 1 << 20
+#: A path is declared dead after this much silence while the egress owes us something
+#: (scaled up with the round-trip time, see `_silence_limit`).
+MIN_SILENCE = 0.5
+MAX_SILENCE = 3.0
+WATCH_INTERVAL = 0.05
+MAX_BACKOFF = 30.0
 
 
 class TunnelUnavailable(Exception):
@@ -41,32 +52,43 @@ class TunnelConfig:
     pin: str
     ice_servers: list[str] = field(default_factory=list)
     #: how long a new proxied connection waits for the tunnel before it is refused
-    stream_wait: float = 30.0
+    stream_wait: float = 10.0
+    #: volunteer paths kept open: one carries traffic, the rest stand by
+    paths: int = 2
+    #: how long a session with no volunteer at all waits before its streams fail
+    grace: float = 60.0
 
 
 class VolunteerPath:
     """One DataChannel to one volunteer."""
 
-    def __init__(self, pc: RTCPeerConnection, channel: RTCDataChannel) -> None:
+    def __init__(self, pc: RTCPeerConnection, channel: RTCDataChannel, name: str) -> None:
         self.pc = pc
         self.channel = channel
+        self.name = name
         self.dead = asyncio.Event()
+        self.why_dead = ""
         self.dropped = 0
-        self.session: QuicSession | None = None
+        self.on_datagram: Any = None
 
         @channel.on("message")
         def on_message(message: bytes | str) -> None:
-            if isinstance(message, bytes) and self.session is not None:
-                self.session.datagram_received(message)
+            if isinstance(message, bytes) and self.on_datagram is not None:
+                self.on_datagram(message)
 
         @channel.on("close")
         def on_close() -> None:
-            self.dead.set()
+            self.kill("its data channel closed")
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
-                self.dead.set()
+                self.kill(f"WebRTC connection {pc.connectionState}")
+
+    def kill(self, why: str) -> None:
+        if not self.dead.is_set():
+            self.why_dead = why
+            self.dead.set()
 
     @property
     def max_message_size(self) -> int:
@@ -81,8 +103,9 @@ class VolunteerPath:
         self.channel.send(data)
 
     async def close(self) -> None:
-        self.dead.set()
-        await self.pc.close()
+        self.kill("closed")
+        with contextlib.suppress(Exception):
+            await self.pc.close()
 
 
 class Tunnel:
@@ -90,12 +113,18 @@ class Tunnel:
         self.config = config
         self.pin = quic.normalize_pin(config.pin)
         self.session: QuicSession | None = None
-        self.path: VolunteerPath | None = None
+        self.active: VolunteerPath | None = None
+        self._pool: list[VolunteerPath] = []
+        self._pool_changed = asyncio.Event()
         self._ready = asyncio.Event()
+        self._path_count = 0
+        self._closing: set[asyncio.Task[None]] = set()
         self.last_error = "the tunnel is starting"
         self.first_ready_at: float | None = None
+        self.switches = 0
 
-    # what the proxies call
+    # -- what the proxies call --------------------------------------------------------------
+
     async def open_stream(self) -> QuicStream:
         """A new stream to the egress; waits up to `stream_wait` for the tunnel."""
         try:
@@ -109,78 +138,199 @@ class Tunnel:
     def ready(self) -> bool:
         return self._ready.is_set()
 
-    # the loop that keeps a session and a path
+    # -- the main loop --------------------------------------------------------------------
+
     async def run(self) -> None:
         async with aiohttp.ClientSession() as http:
             broker = BrokerClient(http, self.config.broker_url)
-            backoff = 1.0
+            filler = asyncio.create_task(self._fill_pool(broker))
             try:
-                while True:
-                    try:
-                        await self._connect_once(broker)
-                        backoff = 1.0
-                    except (NoVolunteer, BrokerUnavailable, TunnelUnavailable, PinMismatch) as exc:
-                        self.last_error = str(exc)
-                        log.warning("%s; retrying in %.0f s", exc, backoff)
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 30.0)
+                await self._drive()
             finally:
+                filler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await filler
                 self._ready.clear()
                 if self.session is not None:
                     self.session.close(quic.ERROR_SHUTDOWN, "client shutting down")
-                if self.path is not None:
-                    await self.path.close()
+                await asyncio.gather(
+                    *(path.close() for path in self._pool), *self._closing, return_exceptions=True
+                )
 
-    async def _connect_once(self, broker: BrokerClient) -> None:
-        path = await self._open_path(broker)
-        self.path = path
-        try:
+    async def _drive(self) -> None:
+        backoff = 1.0
+        while True:
+            path = await self._next_path()
             session = self.session
             if session is None or session.is_closed:
-                session = self._new_session(path.max_message_size)
-                path.session = session
-                session.set_sender(path.send)
-                session.connect()
                 try:
-                    await asyncio.wait_for(asyncio.shield(session.ready), HANDSHAKE_TIMEOUT)
-                except TimeoutError:
-                    session.close(quic.ERROR_PATH_LOST, "handshake timed out")
-                    raise TunnelUnavailable(
-                        "the QUIC handshake with the egress timed out "
-                        "(is the volunteer's egress reachable?)"
-                    ) from None
-                except quic.SessionClosed as exc:
-                    raise TunnelUnavailable(f"the egress closed the session: {exc}") from None
+                    session = await self._handshake(path)
+                except (TunnelUnavailable, PinMismatch) as exc:
+                    self.last_error = str(exc)
+                    log.warning("%s; retrying in %.0f s", exc, backoff)
+                    self._discard(path)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    continue
+                backoff = 1.0
                 self.session = session
+                self._start_keepalive(session)
                 log.info("tunnel ready: session with the egress established, pin verified")
             else:
-                path.session = session
-                session.set_sender(path.send)
-                log.info("tunnel moved to a new volunteer")
+                session.switch_path(path.send)
+                session.ping()
+                self.switches += 1
+                log.info("tunnel moved to a new volunteer (%s)", path.name)
+            self.active = path
             if self.first_ready_at is None:
                 self.first_ready_at = asyncio.get_running_loop().time()
             self._ready.set()
-            dead: asyncio.Future[Any] = asyncio.ensure_future(path.dead.wait())
-            keepalive = asyncio.ensure_future(_keepalive(session))
-            await asyncio.wait({dead, session.closed}, return_when=asyncio.FIRST_COMPLETED)
-            dead.cancel()
-            keepalive.cancel()
-            if session.is_closed:
-                log.warning("session with the egress ended: %s", session.closed.result())
-                self.session = None
-            else:
-                log.warning("volunteer path lost; looking for another volunteer")
-                session.set_sender(None)
-        finally:
+            why = await self._watch(session, path)
             self._ready.clear()
-            self.path = None
-            await path.close()
+            self.active = None
+            if session.is_closed:
+                self.last_error = f"the session with the egress ended: {session.closed.result()}"
+                log.warning("%s", self.last_error)
+                self.session = None
+                self._discard(path)
+                continue
+            log.warning("volunteer %s lost (%s); switching", path.name, why)
+            self._discard(path)
+            if not self._live_paths():
+                await self._wait_out_grace(session)
 
-    def _new_session(self, datagram_size: int) -> QuicSession:
-        configuration = quic.client_configuration(min(datagram_size, quic.MAX_DATAGRAM_SIZE))
-        return QuicSession(
+    async def _next_path(self) -> VolunteerPath:
+        while True:
+            live = self._live_paths()
+            if live:
+                return live[0]
+            self._pool_changed.clear()
+            await self._pool_changed.wait()
+
+    def _live_paths(self) -> list[VolunteerPath]:
+        for path in [p for p in self._pool if p.dead.is_set()]:
+            self._discard(path)
+        return list(self._pool)
+
+    def _discard(self, path: VolunteerPath) -> None:
+        if path in self._pool:
+            self._pool.remove(path)
+            self._pool_changed.set()
+        path.kill("discarded")
+        self._spawn(path.close())
+
+    async def _handshake(self, path: VolunteerPath) -> QuicSession:
+        configuration = quic.client_configuration(
+            min(path.max_message_size, quic.MAX_DATAGRAM_SIZE)
+        )
+        session = QuicSession(
             FlowControlledConnection(configuration=configuration), name="tunnel", pin=self.pin
         )
+        self.session = session
+        session.set_sender(path.send)
+        session.connect()
+        try:
+            await asyncio.wait_for(asyncio.shield(session.ready), HANDSHAKE_TIMEOUT)
+        except TimeoutError:
+            session.close(quic.ERROR_PATH_LOST, "handshake timed out")
+            self.session = None
+            raise TunnelUnavailable(
+                "the QUIC handshake with the egress timed out "
+                "(is the volunteer's egress reachable?)"
+            ) from None
+        except quic.SessionClosed as exc:
+            self.session = None
+            raise TunnelUnavailable(f"the egress closed the session: {exc}") from None
+        except PinMismatch:
+            self.session = None
+            raise
+        return session
+
+    async def _watch(self, session: QuicSession, path: VolunteerPath) -> str:
+        """Return when the path dies (with the reason) or the session closes."""
+        loop = asyncio.get_running_loop()
+        probed_at = 0.0
+        watching_since = loop.time()
+        while True:
+            if session.is_closed:
+                return "session closed"
+            if path.dead.is_set():
+                return path.why_dead
+            now = loop.time()
+            silence = now - max(session.last_heard, watching_since)
+            limit = _silence_limit(session)
+            if session.expects_traffic() and silence > limit / 2:
+                if silence > limit:
+                    return f"no answer through it for {silence:.1f} s"
+                if now - probed_at > limit / 2:
+                    session.ping()  # an ack-eliciting probe: a live path answers at once
+                    probed_at = now
+            await asyncio.sleep(WATCH_INTERVAL)
+
+    async def _wait_out_grace(self, session: QuicSession) -> None:
+        """No volunteer left: keep the session for the grace period, then give up."""
+        session.set_sender(None)
+        self.last_error = "no volunteer is reachable right now"
+        log.warning("no volunteer left; streams wait up to %.0f s for a new one", self.config.grace)
+        try:
+            await asyncio.wait_for(self._next_path(), self.config.grace)
+        except TimeoutError:
+            self.last_error = (
+                f"no volunteer was reachable for {self.config.grace:.0f} s; "
+                "the session was closed and its connections failed"
+            )
+            log.error("%s", self.last_error)
+            session.close(quic.ERROR_PATH_LOST, "no volunteer within the grace period")
+            self.session = None
+
+    def _start_keepalive(self, session: QuicSession) -> None:
+        async def keepalive() -> None:
+            while not session.is_closed:
+                await asyncio.sleep(KEEPALIVE_INTERVAL)
+                session.ping()
+
+        task = asyncio.ensure_future(keepalive())
+        session.closed.add_done_callback(lambda _: task.cancel())
+
+    # -- the pool of volunteer paths ------------------------------------------------------
+
+    async def _fill_pool(self, broker: BrokerClient) -> None:
+        backoff = 1.0
+        while True:
+            if len(self._live_paths()) >= self.config.paths:
+                self._pool_changed.clear()
+                await self._pool_changed.wait()
+                continue
+            try:
+                path = await self._open_path(broker)
+            except (NoVolunteer, BrokerUnavailable, TunnelUnavailable) as exc:
+                if not self._ready.is_set():
+                    self.last_error = str(exc)
+                log.warning("%s; retrying in %.0f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            backoff = 1.0
+            path.on_datagram = self._datagram_in
+            self._pool.append(path)
+            self._pool_changed.set()
+            self._spawn(self._notice_death(path))
+
+    def _datagram_in(self, data: bytes) -> None:
+        # Any path may deliver: the egress answers on the one it last heard from.
+        if self.session is not None:
+            self.session.datagram_received(data)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _notice_death(self, path: VolunteerPath) -> None:
+        await path.dead.wait()
+        if path in self._pool and path is not self.active:
+            log.info("standby volunteer %s lost (%s)", path.name, path.why_dead)
+            self._discard(path)
 
     async def _open_path(self, broker: BrokerClient) -> VolunteerPath:
         pc = rtc.new_peer_connection(self.config.ice_servers)
@@ -192,7 +342,8 @@ class Tunnel:
             if not opened.done():
                 opened.set_result(None)
 
-        path = VolunteerPath(pc, channel)
+        self._path_count += 1
+        path = VolunteerPath(pc, channel, f"path-{self._path_count}")
         connected = False
         try:
             await pc.setLocalDescription(await pc.createOffer())
@@ -217,11 +368,9 @@ class Tunnel:
             if not connected:
                 with contextlib.suppress(Exception):
                     await pc.close()
-        log.info("connected to a volunteer")
+        log.info("connected to a volunteer (%s)", path.name)
         return path
 
 
-async def _keepalive(session: QuicSession) -> None:
-    while not session.is_closed:
-        await asyncio.sleep(KEEPALIVE_INTERVAL)
-        session.ping()
+def _silence_limit(session: QuicSession) -> float:
+    return min(MAX_SILENCE, max(MIN_SILENCE, 4 * session.smoothed_rtt))

@@ -47,6 +47,8 @@ class EgressConfig:
     policy: EgressPolicy = field(default_factory=EgressPolicy)
     connect_timeout: float = 10.0
     max_sessions: int = 1000
+    #: a session with no volunteer path for this long is closed and its streams reset
+    grace: float = 60.0
 
 
 class RelayPath:
@@ -54,6 +56,7 @@ class RelayPath:
 
     def __init__(self, ws: web.WebSocketResponse, name: str) -> None:
         self.name = name
+        self.ws = ws
         self._queue = DropTailQueue(ws.send_bytes, PATH_QUEUE_BYTES)
 
     def send(self, data: bytes) -> None:
@@ -72,9 +75,13 @@ class Egress:
         self._paths: set[RelayPath] = set()
         self._path_count = 0
         self._session_count = 0
+        #: sessions without a path, and since when
+        self._pathless: dict[QuicSession, float] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self.app = web.Application()
         self.app.router.add_get("/v1/relay", self._relay)
         self.app.router.add_get("/v1/health", self._health)
+        self.app.on_startup.append(self._on_startup)
         self.app.on_shutdown.append(self._on_shutdown)
 
     # sessions
@@ -109,9 +116,12 @@ class Egress:
             return
         # Answer on the path we last heard this session on.
         if session._sender != path.send:
+            self._pathless.pop(session, None)
             if session.datagrams_in:
                 log.info("%s moved to %s", session.name, path.name)
-            session.set_sender(path.send)
+                session.switch_path(path.send)
+            else:
+                session.set_sender(path.send)
         session.datagram_received(data)
 
     # streams
@@ -221,9 +231,11 @@ class Egress:
         finally:
             self._paths.discard(path)
             await path.close()
+            now = asyncio.get_running_loop().time()
             for session in self.router.sessions:
                 if session._sender == path.send:
                     session.set_sender(None)
+                    self._pathless[session] = now
             log.info("%s: volunteer relay closed", path.name)
         return ws
 
@@ -237,9 +249,35 @@ class Egress:
             }
         )
 
+    async def _on_startup(self, app: web.Application) -> None:
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close sessions that have had no path for longer than the grace period."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.config.grace / 4))
+            now = loop.time()
+            for session, since in list(self._pathless.items()):
+                if session.is_closed:
+                    del self._pathless[session]
+                elif now - since > self.config.grace:
+                    del self._pathless[session]
+                    log.info(
+                        "%s had no volunteer for %.0f s; closing it", session.name, now - since
+                    )
+                    session.close(quic.ERROR_PATH_LOST, "no volunteer within the grace period")
+                    self.router.forget(session)
+
     async def _on_shutdown(self, app: web.Application) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for session in self.router.sessions:
             session.close(quic.ERROR_SHUTDOWN, "egress shutting down")
+        await asyncio.gather(
+            *(path.ws.close(code=1001, message=b"egress shutting down") for path in self._paths),
+            return_exceptions=True,
+        )
         for task in list(self._stream_tasks):
             task.cancel()
         await asyncio.gather(*self._stream_tasks, return_exceptions=True)
@@ -261,7 +299,7 @@ def _status_for_os_error(exc: OSError, address: str, port: int) -> tuple[StreamS
 async def run_egress(config: EgressConfig, identity: EgressIdentity) -> None:
     """Serve until cancelled."""
     egress = Egress(config, identity)
-    runner = web.AppRunner(egress.app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(egress.app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

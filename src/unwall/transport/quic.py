@@ -55,7 +55,9 @@ SEND_HIGH_WATER = 1 << 20
 SEND_LOW_WATER = 256 << 10
 #: Most concurrent streams a peer may open (each is one proxied TCP connection).
 MAX_STREAMS = 256
-IDLE_TIMEOUT = 60.0
+#: Longer than the grace periods (60 s by default) that both ends allow a session without
+#: any volunteer; an idle session is kept alive by the client's PINGs.
+IDLE_TIMEOUT = 120.0
 
 #: Application error codes (QUIC CONNECTION_CLOSE / RESET_STREAM).
 ERROR_NONE = 0x0
@@ -192,6 +194,34 @@ class FlowControlledConnection(QuicConnection):
         """The application gave up a stream with `unread` bytes never read."""
         self._consumed.pop(stream_id, None)
         self._app_buffered -= unread
+
+    def path_changed(self, now: float) -> None:
+        """What is in flight left through a path that is gone: send it again now.
+
+        Waiting for loss detection would cost a probe timeout, doubled for every probe
+        the dead path swallowed; instead every unacknowledged packet is declared lost
+        (not as a congestion event: the network did not get worse, it changed) and a
+        probe is sent at once.
+        """
+        loss = self._loss
+        loss._pto_count = 0
+        for space in loss.spaces:
+            if space.sent_packets:
+                loss._on_packets_lost(
+                    congestion_event=False,
+                    now=now,
+                    packets=tuple(space.sent_packets.values()),
+                    space=space,
+                )
+        loss._send_probe()
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return self._loss.bytes_in_flight
+
+    @property
+    def smoothed_rtt(self) -> float:
+        return self._loss._rtt_smoothed
 
     def _connection_credit(self) -> int:
         return self._local_max_data.used - self._app_buffered + CONNECTION_WINDOW
@@ -362,6 +392,7 @@ class QuicSession:
         self.datagrams_in = 0
         self.datagrams_out = 0
         self.last_heard = self._loop.time()
+        self.last_stream_data = 0.0
 
     # paths
     def set_sender(self, sender: Sender | None) -> None:
@@ -370,9 +401,27 @@ class QuicSession:
         if sender is not None:
             self._schedule_transmit()
 
+    def switch_path(self, sender: Sender) -> None:
+        """Move to another path: resend what is in flight through it, now."""
+        self._sender = sender
+        if not self.closed.done():
+            self._conn.path_changed(self._loop.time())
+            self._schedule_transmit()
+
     @property
     def has_path(self) -> bool:
         return self._sender is not None
+
+    def expects_traffic(self, recent: float = 2.0) -> bool:
+        """Is something owed to us? Data of ours is unacknowledged, or a stream was
+        receiving data a moment ago (a download that stops is a symptom)."""
+        if self._conn.bytes_in_flight > 0:
+            return True
+        return bool(self._streams) and self._loop.time() - self.last_stream_data < recent
+
+    @property
+    def smoothed_rtt(self) -> float:
+        return self._conn.smoothed_rtt
 
     # lifecycle
     def connect(self) -> None:
@@ -493,6 +542,7 @@ class QuicSession:
                         stream.reset()
                         continue
                 stream._feed(event.data, event.end_stream)
+                self.last_stream_data = self.last_heard
             elif isinstance(event, events.StreamReset):
                 stream = self._streams.get(event.stream_id)
                 if stream is not None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ from unwall.transport import rtc
 from unwall.transport.broker_client import BrokerClient, BrokerUnavailable, OfferGone
 from unwall.transport.droptail import DropTailQueue
 from unwall.transport.quic import MAX_DATAGRAM_SIZE
+from unwall.transport.ratelimit import TokenBucket
 from unwall.wire import broker as messages
 
 log = logging.getLogger("unwall.volunteer")
@@ -28,6 +30,7 @@ log = logging.getLogger("unwall.volunteer")
 #: Bound of each direction's queue; above it messages are dropped and QUIC recovers.
 QUEUE_BYTES = 1 << 20
 CHANNEL_OPEN_TIMEOUT = 20.0
+MAX_BACKOFF = 30.0
 
 
 @dataclass
@@ -37,6 +40,9 @@ class VolunteerConfig:
     capacity: int = 8
     ice_servers: list[str] = field(default_factory=list)
     volunteer_id: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    #: bytes per second over both directions together; None: no cap
+    max_rate: int | None = None
+    stats_interval: float = 60.0
 
 
 @dataclass
@@ -48,7 +54,14 @@ class VolunteerStats:
     dropped: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (
+            f"clients now {self.clients_now}, total {self.clients_total}; "
+            f"relayed {self.bytes_to_egress / 1e6:.1f} MB to the egress, "
+            f"{self.bytes_to_clients / 1e6:.1f} MB to clients; {self.dropped} messages dropped"
+        )
 
 
 class Volunteer:
@@ -57,41 +70,61 @@ class Volunteer:
         self.stats = VolunteerStats()
         self._relays: set[asyncio.Task[None]] = set()
         self._peer_connections: set[RTCPeerConnection] = set()
+        self._bucket = TokenBucket(config.max_rate) if config.max_rate else None
+        self._capacity_freed = asyncio.Event()
+
+    def stats_json(self) -> str:
+        """The statistics as JSON, for whatever embeds the volunteer."""
+        return json.dumps(self.stats.as_dict())
 
     async def run(self) -> None:
-        """Poll the broker for clients until cancelled."""
-        async with aiohttp.ClientSession() as http:
-            broker = BrokerClient(http, self.config.broker_url)
-            backoff = 1.0
+        """Poll the broker for clients until cancelled; then stop every relay."""
+        reporter = asyncio.create_task(self._report_stats())
+        try:
+            async with aiohttp.ClientSession() as http:
+                await self._poll_loop(http)
+        finally:
+            reporter.cancel()
+            await self.stop()
+            log.info("volunteer stopped: %s", self.stats.summary())
+
+    async def _poll_loop(self, http: aiohttp.ClientSession) -> None:
+        broker = BrokerClient(http, self.config.broker_url)
+        backoff = 1.0
+        while True:
+            if self.stats.clients_now >= self.config.capacity:
+                self._capacity_freed.clear()
+                await self._capacity_freed.wait()
+                continue
             try:
-                while True:
-                    if self.stats.clients_now >= self.config.capacity:
-                        await asyncio.sleep(0.5)
-                        continue
-                    try:
-                        reply = await broker.poll(
-                            self.config.volunteer_id,
-                            self.config.capacity,
-                            self.stats.clients_now,
-                            "headless",
-                        )
-                    except BrokerUnavailable as exc:
-                        log.warning("%s; retrying in %.0f s", exc, backoff)
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 30.0)
-                        continue
-                    backoff = 1.0
-                    if isinstance(reply, messages.PollOffer):
-                        self._spawn(self._serve(http, broker, reply))
-            finally:
-                await self.stop()
+                reply = await broker.poll(
+                    self.config.volunteer_id,
+                    self.config.capacity,
+                    self.stats.clients_now,
+                    "headless",
+                )
+            except BrokerUnavailable as exc:
+                log.warning("%s; retrying in %.0f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            backoff = 1.0
+            if isinstance(reply, messages.PollOffer):
+                self._spawn(self._serve(http, broker, reply))
+
+    async def _report_stats(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.stats_interval)
+            log.info("stats: %s", self.stats.summary())
 
     async def stop(self) -> None:
+        """Close every client at once."""
         for task in list(self._relays):
             task.cancel()
         await asyncio.gather(*self._relays, return_exceptions=True)
-        for pc in list(self._peer_connections):
-            await pc.close()
+        await asyncio.gather(
+            *(pc.close() for pc in list(self._peer_connections)), return_exceptions=True
+        )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -103,12 +136,14 @@ class Volunteer:
     ) -> None:
         pc = rtc.new_peer_connection(self.config.ice_servers)
         self._peer_connections.add(pc)
-        channel_ready: asyncio.Future[RTCDataChannel] = asyncio.get_running_loop().create_future()
+        relay_ready: asyncio.Future[ClientRelay] = asyncio.get_running_loop().create_future()
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
-            if not channel_ready.done():
-                channel_ready.set_result(channel)
+            # Listen at once: the client sends as soon as the channel is open, before the
+            # WebSocket to the egress exists; those messages wait in the relay's queue.
+            if not relay_ready.done():
+                relay_ready.set_result(ClientRelay(self, pc, channel))
 
         self.stats.clients_now += 1
         try:
@@ -120,10 +155,10 @@ class Volunteer:
             except Exception as exc:  # aiortc raises many kinds on hostile SDP
                 raise ValueError(f"{type(exc).__name__}: {exc}") from exc
             await broker.answer(self.config.volunteer_id, offer.offer_id, pc.localDescription.sdp)
-            channel = await asyncio.wait_for(channel_ready, CHANNEL_OPEN_TIMEOUT)
+            relay = await asyncio.wait_for(relay_ready, CHANNEL_OPEN_TIMEOUT)
             self.stats.clients_total += 1
             log.info("client connected (%d now)", self.stats.clients_now)
-            await self._relay(http, pc, channel)
+            await relay.run(http)
         except OfferGone:
             log.info("a client gave up before our answer reached it")
         except TimeoutError:
@@ -134,69 +169,92 @@ class Volunteer:
             log.warning("rejected a malformed offer: %s", exc)
         finally:
             self.stats.clients_now -= 1
+            self._capacity_freed.set()
             self._peer_connections.discard(pc)
             await pc.close()
 
-    async def _relay(
-        self, http: aiohttp.ClientSession, pc: RTCPeerConnection, channel: RTCDataChannel
-    ) -> None:
-        try:
-            ws = await http.ws_connect(
-                self.config.egress_url,
-                max_msg_size=MAX_DATAGRAM_SIZE + 1024,
-                compress=0,
-                heartbeat=30.0,
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            log.warning("cannot reach the egress at %s: %s", self.config.egress_url, exc)
-            return
-        closed = asyncio.Event()
-        to_egress = DropTailQueue(ws.send_bytes, QUEUE_BYTES)
-        stats = self.stats
+
+class ClientRelay:
+    """One client's DataChannel, copied to and from one WebSocket to the egress."""
+
+    def __init__(self, volunteer: Volunteer, pc: RTCPeerConnection, channel: RTCDataChannel):
+        self.volunteer = volunteer
+        self.pc = pc
+        self.channel = channel
+        self.closed = asyncio.Event()
+        self._ws: asyncio.Future[aiohttp.ClientWebSocketResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.to_egress = DropTailQueue(self._send_to_egress, QUEUE_BYTES)
+        self.moved = [0, 0]  # this client's bytes: to the egress, to the client
+        stats = volunteer.stats
 
         @channel.on("message")
         def on_message(message: bytes | str) -> None:
             if isinstance(message, bytes):
-                stats.bytes_to_egress += len(message)
-                if not to_egress.put(message):
+                if self.to_egress.put(message):
+                    stats.bytes_to_egress += len(message)
+                    self.moved[0] += len(message)
+                else:
                     stats.dropped += 1
 
         @channel.on("close")
         def on_close() -> None:
-            closed.set()
+            self.closed.set()
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
-                closed.set()
+                self.closed.set()
 
-        async def egress_to_client() -> None:
-            async for message in ws:
-                if message.type != aiohttp.WSMsgType.BINARY:
-                    break
-                if channel.readyState != "open":
-                    break
-                if channel.bufferedAmount > QUEUE_BYTES:
-                    stats.dropped += 1
-                    continue
-                channel.send(message.data)
-                stats.bytes_to_clients += len(message.data)
+    async def _send_to_egress(self, data: bytes) -> None:
+        ws = await self._ws
+        bucket = self.volunteer._bucket
+        if bucket is not None:
+            await bucket.take(len(data))
+        await ws.send_bytes(data)
 
-        downstream = asyncio.create_task(egress_to_client())
-        closed_wait = asyncio.create_task(closed.wait())
+    async def run(self, http: aiohttp.ClientSession) -> None:
+        url = self.volunteer.config.egress_url
+        try:
+            ws = await http.ws_connect(
+                url, max_msg_size=MAX_DATAGRAM_SIZE + 1024, compress=0, heartbeat=30.0
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            log.warning("cannot reach the egress at %s: %s", url, exc)
+            await self.to_egress.close()
+            return
+        self._ws.set_result(ws)
+        downstream = asyncio.create_task(self._egress_to_client(ws))
+        closed_wait = asyncio.create_task(self.closed.wait())
         try:
             await asyncio.wait(
-                {downstream, closed_wait, to_egress.done}, return_when=asyncio.FIRST_COMPLETED
+                {downstream, closed_wait, self.to_egress.done},
+                return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             log.info(
-                "client left (%d B to egress, %d B to client)",
-                stats.bytes_to_egress,
-                stats.bytes_to_clients,
+                "client left (%.1f MB to the egress, %.1f MB to the client)",
+                self.moved[0] / 1e6,
+                self.moved[1] / 1e6,
             )
             downstream.cancel()
             closed_wait.cancel()
-            await to_egress.close()
+            await self.to_egress.close()
             await ws.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await downstream
+
+    async def _egress_to_client(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        channel, stats, bucket = self.channel, self.volunteer.stats, self.volunteer._bucket
+        async for message in ws:
+            if message.type != aiohttp.WSMsgType.BINARY or channel.readyState != "open":
+                break
+            if channel.bufferedAmount > QUEUE_BYTES:
+                stats.dropped += 1
+                continue
+            if bucket is not None:
+                await bucket.take(len(message.data))
+            channel.send(message.data)
+            stats.bytes_to_clients += len(message.data)
+            self.moved[1] += len(message.data)
