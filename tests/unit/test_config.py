@@ -555,11 +555,14 @@ stream_wait = 1
         "ports": "443",
         "connect_timeout": 3.0,
         "max_sessions": 10,
+        "grace": 60.0,
     }
     assert real(["volunteer", *config], VOLUNTEER_OPTIONS, "volunteer") == {
         "broker": "https://broker.example/",
         "egress": "wss://egress.example/v1/relay",
         "capacity": 2,
+        "max_rate": None,
+        "stats_interval": 60.0,
         "ice_server": ["stun:stun.example.org:3478"],
         "host_address": ["127.0.0.1"],
     }
