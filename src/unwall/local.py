@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import SplitResult
 
 import aiohttp
 from aiohttp import web
@@ -39,6 +40,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RoleFailed(Exception):
@@ -150,7 +161,17 @@ class LocalBridge:
         await self._wait_http(role, f"http://{LOOPBACK}:{self.egress_port}/v1/health")
         return role
 
-    async def start_volunteer(self, capacity: int = 8) -> RoleProcess:
+    def volunteers(self) -> list[RoleProcess]:
+        return [r for r in self.roles if r.name == "volunteer" and r.process.returncode is None]
+
+    async def busiest_volunteer(self, sample: float = 0.3) -> RoleProcess:
+        """The running volunteer using the most CPU: the one carrying the traffic."""
+        candidates = self.volunteers()
+        before = {role.pid: cpu_seconds(role.pid) for role in candidates}
+        await asyncio.sleep(sample)
+        return max(candidates, key=lambda role: cpu_seconds(role.pid) - before[role.pid])
+
+    async def start_volunteer(self, capacity: int = 8, extra: tuple[str, ...] = ()) -> RoleProcess:
         return await self.spawn(
             "volunteer",
             "volunteer",
@@ -162,11 +183,19 @@ class LocalBridge:
             str(capacity),
             "--host-address",
             LOOPBACK,
+            *extra,
         )
 
     async def start_client(
-        self, pin: str | None = None, wait_ready: bool = True, extra: tuple[str, ...] = ()
+        self,
+        pin: str | None = None,
+        wait_ready: bool = True,
+        extra: tuple[str, ...] = (),
+        socks_port: int | None = None,
+        http_port: int | None = None,
     ) -> RoleProcess:
+        socks_port = socks_port or self.socks_port
+        http_port = http_port or self.http_port
         role = await self.spawn(
             "client",
             "client",
@@ -175,14 +204,14 @@ class LocalBridge:
             "--pin",
             pin or self.pin,
             "--socks",
-            f"{LOOPBACK}:{self.socks_port}",
+            f"{LOOPBACK}:{socks_port}",
             "--http",
-            f"{LOOPBACK}:{self.http_port}",
+            f"{LOOPBACK}:{http_port}",
             "--host-address",
             LOOPBACK,
             *extra,
         )
-        await self._wait_port(role, self.socks_port)
+        await self._wait_port(role, socks_port)
         if wait_ready:
             await self.wait_log(role, "tunnel ready", timeout=60)
         return role
@@ -310,7 +339,24 @@ class DemoSite:
         if not 0 < size <= 1 << 30:
             raise web.HTTPBadRequest(text="size out of range\n")
         path, _ = self.blob(size)
-        return web.FileResponse(path)
+        rate = int(request.query.get("rate", "0"))
+        if rate <= 0:
+            return web.FileResponse(path)
+        # Paced: `rate` bytes per second, for transfers that must last a while.
+        response = web.StreamResponse(headers={"Content-Length": str(size)})
+        await response.prepare(request)
+        step = max(1024, rate // 20)
+        started = time.monotonic()
+        sent = 0
+        with path.open("rb") as handle:
+            while chunk := handle.read(step):
+                await response.write(chunk)
+                sent += len(chunk)
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await response.write_eof()
+        return response
 
     async def _upload(self, request: web.Request) -> web.Response:
         digest = hashlib.sha256()
@@ -352,6 +398,60 @@ async def socks5_open(
     return reader, writer
 
 
+@dataclass
+class Download:
+    """A download through the SOCKS5 proxy, watched chunk by chunk."""
+
+    status: int = 0
+    size: int = 0
+    sha256: str = ""
+    #: (monotonic time, total bytes so far) for every chunk read
+    progress: list[tuple[float, int]] = field(default_factory=list)
+
+    def gaps_around(self, moments: list[float]) -> list[float]:
+        """For each moment, the time from the last byte before it to the first after."""
+        times = [t for t, _ in self.progress]
+        gaps = []
+        for moment in moments:
+            before = [t for t in times if t <= moment]
+            after = [t for t in times if t > moment]
+            if before and after:
+                gaps.append(after[0] - before[-1])
+        return gaps
+
+
+def _target(parts: SplitResult) -> str:
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+async def download_via_socks(
+    proxy_port: int, url: str, watch: Download | None = None, timeout: float = 300.0
+) -> Download:
+    """GET an http:// URL through SOCKS5, hashing the body and noting when each chunk came."""
+    from urllib.parse import urlsplit
+
+    result = watch or Download()
+    parts = urlsplit(url)
+    reader, writer = await socks5_open(proxy_port, parts.hostname or "", parts.port or 80)
+    try:
+        async with asyncio.timeout(timeout):
+            writer.write(
+                f"GET {_target(parts)} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            result.status = int(head.split(b" ", 2)[1])
+            digest = hashlib.sha256()
+            while chunk := await reader.read(1 << 16):
+                digest.update(chunk)
+                result.size += len(chunk)
+                result.progress.append((time.monotonic(), result.size))
+            result.sha256 = digest.hexdigest()
+    finally:
+        writer.close()
+    return result
+
+
 async def fetch_via_socks(proxy_port: int, url: str) -> tuple[int, bytes, float]:
     """GET an http:// URL through the SOCKS5 proxy: (status, body, seconds to first byte)."""
     from urllib.parse import urlsplit
@@ -360,9 +460,9 @@ async def fetch_via_socks(proxy_port: int, url: str) -> tuple[int, bytes, float]
     host, port = parts.hostname or "", parts.port or 80
     started = time.monotonic()
     reader, writer = await socks5_open(proxy_port, host, port)
-    path = parts.path or "/"
     writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n".encode()
+        f"GET {_target(parts)} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        "Connection: close\r\n\r\n".encode()
     )
     first = await reader.read(1)
     ttfb = time.monotonic() - started

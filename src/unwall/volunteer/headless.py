@@ -69,7 +69,6 @@ class Volunteer:
         self.config = config
         self.stats = VolunteerStats()
         self._relays: set[asyncio.Task[None]] = set()
-        self._peer_connections: set[RTCPeerConnection] = set()
         self._bucket = TokenBucket(config.max_rate) if config.max_rate else None
         self._capacity_freed = asyncio.Event()
 
@@ -110,6 +109,8 @@ class Volunteer:
                 continue
             backoff = 1.0
             if isinstance(reply, messages.PollOffer):
+                # Count the client now, before the next poll reports our load.
+                self.stats.clients_now += 1
                 self._spawn(self._serve(http, broker, reply))
 
     async def _report_stats(self) -> None:
@@ -118,13 +119,10 @@ class Volunteer:
             log.info("stats: %s", self.stats.summary())
 
     async def stop(self) -> None:
-        """Close every client at once."""
+        """Close every client at once (each relay closes its own peer connection)."""
         for task in list(self._relays):
             task.cancel()
         await asyncio.gather(*self._relays, return_exceptions=True)
-        await asyncio.gather(
-            *(pc.close() for pc in list(self._peer_connections)), return_exceptions=True
-        )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -135,7 +133,6 @@ class Volunteer:
         self, http: aiohttp.ClientSession, broker: BrokerClient, offer: messages.PollOffer
     ) -> None:
         pc = rtc.new_peer_connection(self.config.ice_servers)
-        self._peer_connections.add(pc)
         relay_ready: asyncio.Future[ClientRelay] = asyncio.get_running_loop().create_future()
 
         @pc.on("datachannel")
@@ -145,7 +142,6 @@ class Volunteer:
             if not relay_ready.done():
                 relay_ready.set_result(ClientRelay(self, pc, channel))
 
-        self.stats.clients_now += 1
         try:
             try:
                 await pc.setRemoteDescription(rtc.offer_description(offer.sdp))
@@ -170,7 +166,6 @@ class Volunteer:
         finally:
             self.stats.clients_now -= 1
             self._capacity_freed.set()
-            self._peer_connections.discard(pc)
             await pc.close()
 
 
