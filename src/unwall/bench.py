@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -21,16 +22,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unwall.local import DemoSite, LocalBridge, RoleProcess, fetch_via_socks
+from unwall.local import (
+    DemoSite,
+    Download,
+    LocalBridge,
+    RoleProcess,
+    cpu_seconds,
+    download_via_socks,
+    fetch_via_socks,
+    free_port,
+)
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+RECOVERY_KILLS = 10
+RECOVERY_INTERVAL = 2.5
+RECOVERY_RATE = 4_000_000
 
 
 async def curl_download(url: str, *proxy: str) -> tuple[float, int]:
@@ -143,6 +148,9 @@ async def bench(size_mb: int, json_path: Path | None, profile_dir: Path | None) 
             }
             results["cpu_s_per_MB"] = {**per_role, "total": round(sum(per_role.values()), 4)}
             del client
+            results["bridge_MBps_1vol"] = results["bridge_MBps"]
+            results["bridge_MBps_2vol"] = await _two_volunteers(bridge, blob_url)
+            results["recovery_s"] = await _recovery(bridge, site)
         finally:
             await bridge.stop_all()
             await site.stop()
@@ -156,6 +164,49 @@ async def bench(size_mb: int, json_path: Path | None, profile_dir: Path | None) 
     return 0
 
 
+async def _two_volunteers(bridge: LocalBridge, blob_url: str) -> float:
+    """A fresh client whose two paths land on two volunteers (least-loaded first)."""
+    await bridge.start_volunteer()
+    socks_port = free_port()
+    client = await bridge.start_client(socks_port=socks_port, http_port=free_port())
+    seconds, got = await curl_download(blob_url, "--socks5-hostname", f"127.0.0.1:{socks_port}")
+    await client.stop()
+    bridge.roles.remove(client)
+    return round(got / seconds / 1e6, 2)
+
+
+async def _recovery(bridge: LocalBridge, site: DemoSite) -> dict[str, Any]:
+    """Kill the carrying volunteer (SIGKILL) again and again during a paced download;
+    for each kill, the longest pause in the data that followed it (last byte before the
+    outage to first byte after)."""
+    while len(bridge.volunteers()) < 3:
+        await bridge.start_volunteer()
+    duration = RECOVERY_KILLS * RECOVERY_INTERVAL + 5
+    size = RECOVERY_RATE * int(duration)
+    _, digest = site.blob(size)
+    watch = Download()
+    task = asyncio.create_task(
+        download_via_socks(bridge.socks_port, f"{site.url}/blob/{size}?rate={RECOVERY_RATE}", watch)
+    )
+    kills: list[float] = []
+    while len(kills) < RECOVERY_KILLS and not task.done():
+        await asyncio.sleep(RECOVERY_INTERVAL)
+        carrier = await bridge.busiest_volunteer(sample=0.2)
+        kills.append(time.monotonic())
+        await carrier.stop(signal.SIGKILL)
+        bridge.roles.remove(carrier)
+        await bridge.start_volunteer()
+    result = await asyncio.wait_for(task, duration * 3)
+    gaps = watch.stalls_after(kills)
+    return {
+        "kills": len(kills),
+        "median": round(statistics.median(gaps), 3) if gaps else None,
+        "max": round(max(gaps), 3) if gaps else None,
+        "all": [round(gap, 3) for gap in gaps],
+        "download_byte_exact": result.size == size and result.sha256 == digest,
+    }
+
+
 def _report(results: dict[str, Any]) -> None:
     print(f"unwall bench ({results['size_MB']} MB download, {results['machine_cpus']} CPUs)")
     print(f"  direct_MBps                   {results['direct_MBps']:10.2f}")
@@ -163,5 +214,12 @@ def _report(results: dict[str, Any]) -> None:
     print(f"  bridge / direct               {results['bridge_vs_direct']:10.4f}")
     print(f"  client_start_to_first_byte_s  {results['client_start_to_first_byte_s']:10.3f}")
     print(f"  stream_ttfb_s (median of 20)  {results['stream_ttfb_s']:10.4f}")
+    print(f"  bridge_MBps_1vol              {results['bridge_MBps_1vol']:10.2f}")
+    print(f"  bridge_MBps_2vol              {results['bridge_MBps_2vol']:10.2f}")
+    recovery = results["recovery_s"]
+    print(
+        f"  recovery_s ({recovery['kills']} kills)         median {recovery['median']} s, "
+        f"max {recovery['max']} s, byte-exact: {recovery['download_byte_exact']}"
+    )
     for name, value in results["cpu_s_per_MB"].items():
         print(f"  cpu_s_per_MB {name:<16} {value:10.4f}")

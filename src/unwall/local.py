@@ -7,6 +7,7 @@ exactly what a deployment runs: `python -m unwall ROLE ...` processes talking ov
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import ipaddress
@@ -408,16 +409,20 @@ class Download:
     #: (monotonic time, total bytes so far) for every chunk read
     progress: list[tuple[float, int]] = field(default_factory=list)
 
-    def gaps_around(self, moments: list[float]) -> list[float]:
-        """For each moment, the time from the last byte before it to the first after."""
+    def stalls_after(self, moments: list[float], window: float = 5.0) -> list[float]:
+        """For each moment (a kill), the longest pause in the data within `window` after
+        it: from the last byte before the outage to the first byte after it. (The first
+        byte after the kill itself may still come from buffers along the way.)"""
         times = [t for t, _ in self.progress]
-        gaps = []
+        stalls = []
         for moment in moments:
-            before = [t for t in times if t <= moment]
-            after = [t for t in times if t > moment]
-            if before and after:
-                gaps.append(after[0] - before[-1])
-        return gaps
+            first = bisect.bisect_right(times, moment)
+            last = bisect.bisect_right(times, moment + window)
+            if 0 < first < len(times):
+                stalls.append(
+                    max(times[j] - times[j - 1] for j in range(first, max(last, first + 1)))
+                )
+        return stalls
 
 
 def _target(parts: SplitResult) -> str:
