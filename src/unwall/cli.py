@@ -48,6 +48,18 @@ BROKER_OPTIONS = [
     Option("--listen", "address to listen on", ("127.0.0.1", 8080), host_port),
     Option("--poll-timeout", "seconds a volunteer's poll is held", 20.0, positive_float),
     Option("--answer-timeout", "seconds a client waits for a volunteer", 10.0, positive_float),
+    Option(
+        "--egress-url",
+        "egress relay URL that browser volunteers are told to use (ws(s)://HOST/v1/relay)",
+        None,
+        url,
+    ),
+    Option(
+        "--ice-server",
+        "ICE server URL browser volunteers are told to use; repeatable (default: none)",
+        default=[],
+        repeat=True,
+    ),
 ]
 
 EGRESS_OPTIONS = [
@@ -96,6 +108,11 @@ CLIENT_OPTIONS = [
         "seconds a new connection waits for the tunnel before it is refused",
         10.0,
         positive_float,
+    ),
+    Option(
+        "--dtls-role",
+        "DTLS role to insist on: auto, client or server (for interoperability tests)",
+        "auto",
     ),
     Option(
         "--paths", "volunteer paths kept open (one carries, the rest stand by)", 2, positive_int
@@ -232,7 +249,10 @@ async def _broker(options: dict[str, Any]) -> None:
 
     host, port = options["listen"]
     config = BrokerConfig(
-        poll_timeout=options["poll_timeout"], answer_timeout=options["answer_timeout"]
+        poll_timeout=options["poll_timeout"],
+        answer_timeout=options["answer_timeout"],
+        egress_url=options["egress_url"],
+        ice_servers=tuple(options["ice_server"]),
     )
     await run_broker(config, host, port)
 
@@ -325,6 +345,10 @@ async def _client(options: dict[str, Any]) -> None:
             "unwall client needs a bridge line (--bridge 'unwall1 ...') or --broker and --pin"
         )
     _apply_host_addresses(options)
+    if options["dtls_role"] not in ("auto", "client", "server"):
+        raise UsageError(
+            f"--dtls-role must be auto, client or server, not {options['dtls_role']!r}"
+        )
     try:
         tunnel = Tunnel(
             TunnelConfig(
@@ -334,6 +358,7 @@ async def _client(options: dict[str, Any]) -> None:
                 stream_wait=options["stream_wait"],
                 paths=options["paths"],
                 grace=options["grace"],
+                dtls_role=options["dtls_role"],
             )
         )
     except ValueError as exc:

@@ -97,17 +97,20 @@ class LocalBridge:
     socks_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     broker_answer_timeout: float = 10.0
+    #: where broker and egress listen, and the ICE host address of clients and volunteers
+    #: (a test-net address of a namespace's veth when a browser in that namespace takes part)
+    host: str = LOOPBACK
     roles: list[RoleProcess] = field(default_factory=list)
     pin: str = ""
     _counter: int = 0
 
     @property
     def broker_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.broker_port}"
+        return f"http://{self.host}:{self.broker_port}"
 
     @property
     def egress_url(self) -> str:
-        return f"ws://{LOOPBACK}:{self.egress_port}/v1/relay"
+        return f"ws://{self.host}:{self.egress_port}/v1/relay"
 
     @property
     def key_dir(self) -> Path:
@@ -140,26 +143,29 @@ class LocalBridge:
         self.roles.append(role)
         return role
 
-    async def start_broker(self) -> RoleProcess:
+    async def start_broker(self, extra: tuple[str, ...] = ()) -> RoleProcess:
         role = await self.spawn(
             "broker",
             "broker",
             "--listen",
-            f"{LOOPBACK}:{self.broker_port}",
+            f"{self.host}:{self.broker_port}",
             "--answer-timeout",
             str(self.broker_answer_timeout),
+            "--egress-url",
+            self.egress_url,
+            *extra,
         )
         await self._wait_http(role, f"{self.broker_url}/v1/health")
         return role
 
     async def start_egress(self, allow: tuple[str, ...] = ("127.0.0.0/8",)) -> RoleProcess:
         self.make_key()
-        args = ["egress", "--listen", f"{LOOPBACK}:{self.egress_port}"]
+        args = ["egress", "--listen", f"{self.host}:{self.egress_port}"]
         args += ["--key-dir", str(self.key_dir)]
         for network in allow:
             args += ["--allow", network]
         role = await self.spawn("egress", *args)
-        await self._wait_http(role, f"http://{LOOPBACK}:{self.egress_port}/v1/health")
+        await self._wait_http(role, f"http://{self.host}:{self.egress_port}/v1/health")
         return role
 
     def volunteers(self) -> list[RoleProcess]:
@@ -183,7 +189,7 @@ class LocalBridge:
             "--capacity",
             str(capacity),
             "--host-address",
-            LOOPBACK,
+            self.host,
             *extra,
         )
 
@@ -209,7 +215,7 @@ class LocalBridge:
             "--http",
             f"{LOOPBACK}:{http_port}",
             "--host-address",
-            LOOPBACK,
+            self.host,
             *extra,
         )
         await self._wait_port(role, socks_port)

@@ -12,6 +12,13 @@ ARTIFACTS = Path(os.environ.get("UNWALL_ARTIFACTS", Path(__file__).parents[2] / 
 
 
 @pytest.fixture
+def artifacts() -> Path:
+    """Where tests leave files worth keeping (screenshots): ./artifacts by default."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture
 async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DemoSite]:
     blob_dir = tmp_path_factory.getbasetemp() / "blobs"
     blob_dir.mkdir(exist_ok=True)

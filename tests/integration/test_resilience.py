@@ -25,7 +25,7 @@ async def _start(bridge: LocalBridge, volunteers: int, *client_args: str) -> Non
 
 async def _bytes_reached(download: Download, size: int, timeout: float = 60.0) -> None:
     async with asyncio.timeout(timeout):
-        while download.size < size:  # noqa: ASYNC110 - a counter, not an event
+        while download.size < size:
             await asyncio.sleep(0.02)
 
 

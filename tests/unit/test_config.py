@@ -547,6 +547,8 @@ stream_wait = 1
         "listen": ("::", 8080),
         "poll_timeout": 5.0,
         "answer_timeout": 2.5,
+        "egress_url": None,
+        "ice_server": [],
     }
     assert real(["egress", *config], EGRESS_OPTIONS, "egress") == {
         "listen": ("127.0.0.1", 7001),

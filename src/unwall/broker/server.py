@@ -17,6 +17,7 @@ import enum
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Generic, TypeVar
 
 from aiohttp import web
@@ -66,6 +67,10 @@ class BrokerConfig:
     poll_timeout: float = 20.0
     answer_timeout: float = 10.0
     volunteer_ttl: float | None = None
+    #: where browser volunteers open their WebSockets (told to them by /v1/volunteer/config)
+    egress_url: str | None = None
+    #: ICE servers browser volunteers use; never a default public one
+    ice_servers: tuple[str, ...] = ()
 
     def matchmaker_config(self) -> MatchmakerConfig:
         ttl = self.volunteer_ttl if self.volunteer_ttl is not None else 3 * self.poll_timeout
@@ -370,17 +375,83 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 BROKER_KEY: Final = web.AppKey("unwall_broker", Broker)
 
+STATIC_DIR: Final = Path(__file__).with_name("static")
+
+#: The volunteer API is called by the widget from whatever site embeds it.
+CORS_HEADERS: Final = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type",
+    "Access-Control-Max-Age": "600",
+}
+
+
+@web.middleware
+async def _cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/widget/"):
+        # Module scripts from another origin load only with CORS (the embedding site's).
+        response = await handler(request)
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+    if not request.path.startswith("/v1/volunteer/"):
+        return await handler(request)
+    if request.method == "OPTIONS":
+        return web.Response(status=204, headers=CORS_HEADERS)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers.update(CORS_HEADERS)
+        raise
+    response.headers.update(CORS_HEADERS)
+    return response
+
+
+def _volunteer_config(config: BrokerConfig) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if config.egress_url is None:
+            return web.json_response(
+                {
+                    "version": PROTOCOL_VERSION,
+                    "error": "no_egress",
+                    "message": "this broker has no egress for browser volunteers "
+                    "(start it with --egress-url)",
+                },
+                status=503,
+            )
+        return web.json_response(
+            {
+                "version": PROTOCOL_VERSION,
+                "egress_url": config.egress_url,
+                "ice_servers": list(config.ice_servers),
+            }
+        )
+
+    return handler
+
+
+async def _no_content(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=204)  # the CORS middleware answers preflights first
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
 
 def create_app(config: BrokerConfig) -> web.Application:
     """The broker as an aiohttp application; ``app[BROKER_KEY]`` is its :class:`Broker`."""
     broker = Broker(config)
-    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[_cors, _errors], client_max_size=MAX_BODY)
     app[BROKER_KEY] = broker
     app.router.add_post("/v1/volunteer/poll", broker.volunteer_poll)
     app.router.add_post("/v1/volunteer/answer", broker.volunteer_answer)
     app.router.add_post("/v1/client/offer", broker.client_offer)
     app.router.add_get("/v1/health", broker.health)
     app.router.add_get("/metrics", broker.metrics_text)
+    app.router.add_get("/v1/volunteer/config", _volunteer_config(config))
+    app.router.add_route("OPTIONS", "/v1/volunteer/{tail:.*}", _no_content)
+    if STATIC_DIR.is_dir():
+        app.router.add_get("/", _index)
+        app.router.add_static("/widget/", STATIC_DIR, append_version=False)
 
     async def on_shutdown(app: web.Application) -> None:
         await broker.close()

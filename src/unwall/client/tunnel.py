@@ -57,6 +57,9 @@ class TunnelConfig:
     paths: int = 2
     #: how long a session with no volunteer at all waits before its streams fail
     grace: float = 60.0
+    #: our DTLS role: "auto" lets the volunteer choose (its answer decides); "client" or
+    #: "server" insist, so that both directions can be tested against real browsers
+    dtls_role: str = "auto"
 
 
 class VolunteerPath:
@@ -347,7 +350,9 @@ class Tunnel:
         connected = False
         try:
             await pc.setLocalDescription(await pc.createOffer())
-            answer = await broker.offer(pc.localDescription.sdp)
+            answer = await broker.offer(
+                rtc.with_dtls_role(pc.localDescription.sdp, self.config.dtls_role)
+            )
             try:
                 await pc.setRemoteDescription(rtc.answer_description(answer))
             except Exception as exc:  # aiortc raises many kinds on hostile SDP

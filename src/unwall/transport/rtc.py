@@ -69,6 +69,17 @@ def remote_max_message_size(pc: RTCPeerConnection) -> int | None:
     return int(size) if size else None
 
 
+_SETUP_FOR_ROLE = {"auto": "actpass", "client": "active", "server": "passive"}
+
+
+def with_dtls_role(offer_sdp: str, role: str) -> str:
+    """The offer with its DTLS setup attribute set for `role` (RFC 8842): "client" offers
+    `active`, "server" offers `passive`; aiortc follows whatever the answer then says."""
+    if role not in _SETUP_FOR_ROLE:
+        raise ValueError(f"DTLS role must be one of {', '.join(_SETUP_FOR_ROLE)}, not {role!r}")
+    return offer_sdp.replace("a=setup:actpass", f"a=setup:{_SETUP_FOR_ROLE[role]}")
+
+
 def answer_description(sdp: str) -> RTCSessionDescription:
     return RTCSessionDescription(sdp=sdp, type="answer")
 

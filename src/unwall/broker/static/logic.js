@@ -1,0 +1,270 @@
+// Pure logic of the unwall volunteer widget: no DOM, no network, importable in node.
+//
+// Times are milliseconds on whatever clock the caller passes in (Date.now() or
+// performance.now()); nothing here reads a clock by itself.
+
+/** Bound of each relay direction's queue, and of the sinks' send buffers (1 MiB). */
+export const QUEUE_BYTES = 1 << 20;
+
+/** The kinds of error a volunteer reports in a status `{state: "error", kind}`. */
+export const ERROR_BROKER = "broker-unreachable";
+export const ERROR_WEBRTC = "webrtc-unavailable";
+export const ERROR_EGRESS = "egress-unreachable";
+
+/**
+ * A token bucket: `rate` bytes per second on average, bursts up to `burst` bytes.
+ *
+ * A sender that takes more than is available is let through and then made to wait its
+ * debt off, so a big message is never starved by small ones and the average holds (the
+ * same rule as the Python volunteer's bucket). The bucket starts full.
+ */
+export class TokenBucket {
+  constructor(rate, burst = undefined, now = undefined) {
+    if (!(rate > 0) || !Number.isFinite(rate)) throw new RangeError("rate must be a positive number");
+    this.rate = rate;
+    this.burst = burst ?? Math.max(rate / 4, 64 * 1024);
+    if (!(this.burst > 0)) throw new RangeError("burst must be a positive number");
+    this.tokens = this.burst;
+    // The clock starts at the first take() unless the caller gives it.
+    this.stamp = now ?? null;
+  }
+
+  _refill(now) {
+    if (this.stamp === null) this.stamp = now;
+    const elapsed = Math.max(0, now - this.stamp);
+    this.tokens = Math.min(this.burst, this.tokens + (elapsed * this.rate) / 1000);
+    this.stamp = Math.max(this.stamp, now);
+  }
+
+  /** Take `n` bytes at time `now` (ms); return how many ms to wait before sending (0: now). */
+  take(n, now) {
+    this._refill(now);
+    this.tokens -= n;
+    return this.tokens >= 0 ? 0 : (-this.tokens * 1000) / this.rate;
+  }
+}
+
+/** Retry delays: 1 s doubling up to 30 s, each with ±20% jitter. In milliseconds. */
+export class Backoff {
+  constructor({ initial = 1000, max = 30000, factor = 2, jitter = 0.2, random = Math.random } = {}) {
+    this.initial = initial;
+    this.max = max;
+    this.factor = factor;
+    this.jitter = jitter;
+    this.random = random;
+    this.reset();
+  }
+
+  reset() {
+    this.base = this.initial;
+  }
+
+  /** The next delay (ms), jittered; the following one doubles, up to `max`. */
+  next() {
+    const base = Math.min(this.base, this.max);
+    this.base = Math.min(base * this.factor, this.max);
+    const spread = 1 + this.jitter * (2 * this.random() - 1);
+    return Math.round(base * spread);
+  }
+}
+
+const UNITS = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+
+/** A byte count for people: SI units, three significant digits ("1.5 kB", "12.3 MB"). */
+export function formatBytes(n) {
+  let value = Number(n);
+  if (!Number.isFinite(value) || value <= 0) return "0 B";
+  if (value < 1000) return `${Math.round(value)} B`;
+  let unit = 0;
+  while (value >= 1000 && unit < UNITS.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  let text = value.toPrecision(3);
+  // 999.95 kB rounds to "1.00e+3": that is 1 MB.
+  if (Number(text) >= 1000 && unit < UNITS.length - 1) {
+    value /= 1000;
+    unit += 1;
+    text = value.toPrecision(3);
+  }
+  if (text.includes(".")) text = text.replace(/\.?0+$/, "");
+  return `${text} ${UNITS[unit]}`;
+}
+
+function retrySeconds(ms) {
+  const s = Math.ceil((Number(ms) || 0) / 1000);
+  return Math.max(1, s);
+}
+
+/**
+ * The one-line status shown to the volunteer. `state` is an object as emitted by the
+ * volunteer's `status` event (`{state: "helping", clients: 2}`, `{state: "error", kind,
+ * retryMs}`), or just the state's name.
+ */
+export function statusLine(state) {
+  const s = typeof state === "string" ? { state } : state ?? { state: "off" };
+  switch (s.state) {
+    case "off":
+      return "Off";
+    case "starting":
+      return "Starting…";
+    case "idle":
+      return "Waiting for someone to help";
+    case "helping": {
+      const n = Number(s.clients) || 0;
+      return `Helping ${n} ${n === 1 ? "person" : "people"} now`;
+    }
+    case "error":
+      switch (s.kind) {
+        case ERROR_BROKER:
+          return `Can't reach the unwall server. Retrying in ${retrySeconds(s.retryMs)} s.`;
+        case ERROR_WEBRTC:
+          return "This browser can't relay: WebRTC is unavailable.";
+        case ERROR_EGRESS:
+          return `Can't reach the unwall exit server. Retrying in ${retrySeconds(s.retryMs)} s.`;
+        default:
+          return "Something went wrong.";
+      }
+    default:
+      return "Off";
+  }
+}
+
+/**
+ * Bytes relayed per second over the last `size` seconds (a ring buffer).
+ * `samples(now)` lists them oldest first, ending with the current (partial) second;
+ * seconds with no traffic are 0.
+ */
+export class ThroughputHistory {
+  constructor(size = 60) {
+    this.size = size;
+    this.values = new Array(size).fill(0);
+    this.seconds = new Array(size).fill(null);
+  }
+
+  _slot(second) {
+    return ((second % this.size) + this.size) % this.size;
+  }
+
+  add(bytes, now) {
+    const n = Number(bytes);
+    if (!Number.isFinite(n) || n <= 0) return;
+    const second = Math.floor(now / 1000);
+    const i = this._slot(second);
+    if (this.seconds[i] === second) {
+      this.values[i] += n;
+    } else if (this.seconds[i] === null || this.seconds[i] < second) {
+      this.seconds[i] = second;
+      this.values[i] = n;
+    }
+    // else: older than the window; forget it.
+  }
+
+  samples(now) {
+    const current = Math.floor(now / 1000);
+    const out = [];
+    for (let second = current - this.size + 1; second <= current; second += 1) {
+      const i = this._slot(second);
+      out.push(this.seconds[i] === second ? this.values[i] : 0);
+    }
+    return out;
+  }
+}
+
+function num(x) {
+  // Two decimals at most, no trailing zeros, never "-0".
+  const r = Math.round(x * 100) / 100;
+  return String(r === 0 ? 0 : r);
+}
+
+/**
+ * The `points` attribute of an SVG polyline drawing `samples` across a `width` × `height`
+ * box: the largest sample touches the top, zero lies on the bottom edge. Empty input gives
+ * "", a single sample a flat line across the width.
+ */
+export function sparklinePoints(samples, width, height) {
+  const values = Array.from(samples ?? [], (v) => (Number.isFinite(Number(v)) && v > 0 ? Number(v) : 0));
+  if (values.length === 0) return "";
+  const max = Math.max(...values);
+  const y = (v) => (max > 0 ? height - (v / max) * height : height);
+  if (values.length === 1) {
+    const y0 = num(y(values[0]));
+    return `0,${y0} ${num(width)},${y0}`;
+  }
+  const step = width / (values.length - 1);
+  return values.map((v, i) => `${num(i * step)},${num(y(v))}`).join(" ");
+}
+
+export const ENABLED_KEY = "unwall.enabled";
+export const TOTAL_HELPED_KEY = "unwall.totalHelped";
+
+/**
+ * The widget's remembered state in a Storage-like object (localStorage). Storage may be
+ * missing or throw (private modes, sandboxed frames): then it lives in memory only.
+ */
+export class PersistedState {
+  constructor(storage) {
+    this.storage = storage ?? null;
+    this.memory = new Map();
+  }
+
+  _get(key) {
+    if (this.storage) {
+      try {
+        return this.storage.getItem(key);
+      } catch {
+        // fall through to memory
+      }
+    }
+    return this.memory.has(key) ? this.memory.get(key) : null;
+  }
+
+  _set(key, value) {
+    this.memory.set(key, value);
+    if (this.storage) {
+      try {
+        this.storage.setItem(key, value);
+      } catch {
+        // quota or access denied: memory only
+      }
+    }
+  }
+
+  /** Whether the switch is on; off on a first visit. */
+  get enabled() {
+    return this._get(ENABLED_KEY) === "1";
+  }
+
+  set enabled(on) {
+    this._set(ENABLED_KEY, on ? "1" : "0");
+  }
+
+  /** How many people this browser has helped, ever; anything unreadable counts as 0. */
+  get totalHelped() {
+    const raw = this._get(TOTAL_HELPED_KEY);
+    if (typeof raw !== "string" || !/^\d{1,15}$/.test(raw.trim())) return 0;
+    return Number(raw.trim());
+  }
+
+  set totalHelped(n) {
+    const v = Math.max(0, Math.floor(Number(n) || 0));
+    this._set(TOTAL_HELPED_KEY, String(v));
+  }
+
+  /** Add `n` (default 1) people to the total; returns the new total. */
+  addHelped(n = 1) {
+    const total = this.totalHelped + n;
+    this.totalHelped = total;
+    return this.totalHelped;
+  }
+}
+
+const ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/** A random volunteer id: 22 characters of [A-Za-z0-9_-] (132 bits). */
+export function randomVolunteerId(crypto = globalThis.crypto) {
+  const bytes = new Uint8Array(22);
+  crypto.getRandomValues(bytes);
+  // 256 is a multiple of 64, so the low six bits are uniform.
+  return Array.from(bytes, (b) => ID_ALPHABET[b & 63]).join("");
+}

@@ -1,0 +1,262 @@
+// The embeddable unwall volunteer widget.
+//
+//   <script type="module" src="https://BROKER/widget/unwall-widget.js"></script>
+//   <div data-unwall-widget></div>
+//
+// On load it mounts into every [data-unwall-widget] element. Options on the element:
+// data-broker (the broker's URL; default: where this script came from, minus /widget/...),
+// data-capacity (clients at once, default 4), data-max-rate (bytes per second over both
+// directions; default: no cap).
+//
+// For tests and embedders, each mounted element has `unwallVolunteer` (the running
+// BrowserVolunteer, or null while off) and keeps data-state (off|starting|idle|helping|
+// error), data-clients-now, data-clients-total (people helped in total, as shown) and
+// data-bytes-relayed (both directions, since the page loaded) current.
+// window.unwallWidgets lists the mounted widgets.
+
+import { BrowserVolunteer } from "./volunteer.js";
+import {
+  PersistedState,
+  ThroughputHistory,
+  formatBytes,
+  sparklinePoints,
+  statusLine,
+} from "./logic.js";
+
+const SCRIPT_URL = import.meta.url;
+const STYLESHEET_URL = new URL("./unwall-widget.css", SCRIPT_URL).href;
+const SVG_NS = "http://www.w3.org/2000/svg";
+const SPARK_WIDTH = 120;
+const SPARK_HEIGHT = 28;
+const TICK_MS = 1000;
+
+/** Every widget mounted on this page. */
+export const widgets = [];
+
+let idCounter = 0;
+
+/** The broker a script at `scriptUrl` belongs to: its URL minus "/widget/...". */
+export function defaultBrokerUrl(scriptUrl = SCRIPT_URL) {
+  const url = new URL(scriptUrl);
+  const at = url.pathname.lastIndexOf("/widget/");
+  const prefix = at >= 0 ? url.pathname.slice(0, at) : "";
+  return `${url.origin}${prefix}`;
+}
+
+function positiveInt(text) {
+  if (typeof text !== "string" || !/^\s*\d+\s*$/.test(text)) return null;
+  const n = Number(text);
+  return n > 0 && Number.isSafeInteger(n) ? n : null;
+}
+
+function injectStylesheet(doc) {
+  if (doc.querySelector("link[data-unwall-widget-style]")) return;
+  const link = doc.createElement("link");
+  link.rel = "stylesheet";
+  link.href = STYLESHEET_URL;
+  link.setAttribute("data-unwall-widget-style", "");
+  (doc.head ?? doc.documentElement).appendChild(link);
+}
+
+function el(doc, tag, className, text) {
+  const node = doc.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function localStorageOf(win) {
+  try {
+    return win?.localStorage ?? null;
+  } catch {
+    return null; // blocked (sandboxed frame, privacy settings)
+  }
+}
+
+/**
+ * Mount a widget into `element`. Options override the element's data attributes:
+ * {brokerUrl, capacity, maxRate, storage, volunteerOptions, createVolunteer}.
+ * Mounting an element twice returns the first widget.
+ */
+export function mount(element, options = {}) {
+  if (element.unwallWidget) return element.unwallWidget;
+  const doc = element.ownerDocument;
+  const win = doc.defaultView ?? globalThis;
+  injectStylesheet(doc);
+
+  const data = element.dataset ?? {};
+  const brokerUrl = options.brokerUrl ?? (data.broker || defaultBrokerUrl());
+  const capacity = options.capacity ?? positiveInt(data.capacity) ?? 4;
+  const maxRate = options.maxRate ?? positiveInt(data.maxRate) ?? null;
+  const state = new PersistedState(options.storage !== undefined ? options.storage : localStorageOf(win));
+  const history = new ThroughputHistory(60);
+  const now = () => win.performance?.now?.() ?? Date.now();
+
+  // ----- the DOM ---------------------------------------------------------------------
+  idCounter += 1;
+  const titleId = `unwall-widget-title-${idCounter}`;
+  element.classList.add("unwall-widget");
+  element.setAttribute("role", "region");
+  element.setAttribute("aria-labelledby", titleId);
+
+  const title = el(doc, "h2", "unwall-widget__title", "Help people get past censorship");
+  title.id = titleId;
+
+  const button = el(doc, "button", "unwall-widget__switch");
+  button.type = "button";
+  button.setAttribute("role", "switch");
+  button.setAttribute("aria-checked", "false");
+  const track = el(doc, "span", "unwall-widget__track");
+  track.setAttribute("aria-hidden", "true");
+  track.appendChild(el(doc, "span", "unwall-widget__knob"));
+  const label = el(doc, "span", "unwall-widget__label", "Be a bridge");
+  const onOff = el(doc, "span", "unwall-widget__onoff", "Off");
+  onOff.setAttribute("aria-hidden", "true");
+  button.append(track, label, onOff);
+
+  const status = el(doc, "p", "unwall-widget__status", statusLine({ state: "off" }));
+  status.setAttribute("aria-live", "polite");
+
+  const list = el(doc, "ul", "unwall-widget__stats");
+  const line = (text, value) => {
+    const item = el(doc, "li", "unwall-widget__stat");
+    const number = el(doc, "span", "unwall-widget__value", value);
+    item.append(doc.createTextNode(text), number);
+    list.appendChild(item);
+    return number;
+  };
+  const nowValue = line("People helped now: ", "0");
+  const totalValue = line("People helped in total: ", String(state.totalHelped));
+  const bytesValue = line("Data relayed: ", formatBytes(0));
+
+  const svg = doc.createElementNS(SVG_NS, "svg");
+  svg.setAttribute("class", "unwall-widget__spark");
+  svg.setAttribute("viewBox", `0 -2 ${SPARK_WIDTH} ${SPARK_HEIGHT + 4}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", "Data relayed per second over the last minute");
+  const polyline = doc.createElementNS(SVG_NS, "polyline");
+  polyline.setAttribute("fill", "none");
+  polyline.setAttribute("vector-effect", "non-scaling-stroke");
+  polyline.setAttribute("points", sparklinePoints(history.samples(now()), SPARK_WIDTH, SPARK_HEIGHT));
+  svg.appendChild(polyline);
+
+  element.replaceChildren(title, button, status, list, svg);
+
+  // ----- behaviour -------------------------------------------------------------------
+  let volunteer = null;
+  let credited = 0; // the volunteer's clientsTotal already added to the persisted total
+  let lastBytes = 0;
+  let ticker = null;
+
+  const widget = {
+    element,
+    brokerUrl,
+    capacity,
+    maxRate,
+    get enabled() {
+      return button.getAttribute("aria-checked") === "true";
+    },
+    get volunteer() {
+      return volunteer;
+    },
+    setEnabled,
+    destroy,
+  };
+
+  function renderStatus(s) {
+    status.textContent = statusLine(s);
+    status.classList.toggle("unwall-widget__status--error", s.state === "error");
+    element.setAttribute("data-state", s.state);
+  }
+
+  function renderStats(s) {
+    if (s.clientsTotal > credited) {
+      state.addHelped(s.clientsTotal - credited);
+      credited = s.clientsTotal;
+    }
+    const bytes = s.bytesToEgress + s.bytesToClients;
+    const total = state.totalHelped;
+    nowValue.textContent = String(s.clientsNow);
+    totalValue.textContent = String(total);
+    bytesValue.textContent = formatBytes(bytes);
+    element.setAttribute("data-clients-now", String(s.clientsNow));
+    element.setAttribute("data-clients-total", String(total));
+    element.setAttribute("data-bytes-relayed", String(bytes));
+  }
+
+  function drawSparkline() {
+    polyline.setAttribute("points", sparklinePoints(history.samples(now()), SPARK_WIDTH, SPARK_HEIGHT));
+  }
+
+  function tick() {
+    if (volunteer) {
+      const s = volunteer.stats();
+      const bytes = s.bytesToEgress + s.bytesToClients;
+      history.add(bytes - lastBytes, now());
+      lastBytes = bytes;
+      renderStats(s);
+    }
+    drawSparkline();
+  }
+
+  function ensureVolunteer() {
+    if (volunteer) return volunteer;
+    const settings = { brokerUrl, capacity, maxRate, ...(options.volunteerOptions ?? {}) };
+    volunteer = options.createVolunteer ? options.createVolunteer(settings) : new BrowserVolunteer(settings);
+    volunteer.addEventListener("status", (event) => {
+      if (widget.enabled) renderStatus(event.detail);
+    });
+    volunteer.addEventListener("stats", (event) => renderStats(event.detail));
+    return volunteer;
+  }
+
+  function setEnabled(on, { persist = true } = {}) {
+    on = Boolean(on);
+    if (persist) state.enabled = on;
+    button.setAttribute("aria-checked", on ? "true" : "false");
+    onOff.textContent = on ? "On" : "Off";
+    if (on) {
+      const v = ensureVolunteer();
+      element.unwallVolunteer = v;
+      if (ticker === null) ticker = win.setInterval(tick, TICK_MS);
+      v.start();
+      renderStatus(v.status);
+    } else {
+      element.unwallVolunteer = null;
+      if (volunteer) volunteer.stop(); // every peer connection and WebSocket, at once
+      if (ticker !== null) win.clearInterval(ticker);
+      ticker = null;
+      tick();
+      renderStatus({ state: "off" });
+    }
+  }
+
+  function destroy() {
+    setEnabled(false, { persist: false });
+    const i = widgets.indexOf(widget);
+    if (i >= 0) widgets.splice(i, 1);
+    delete element.unwallWidget;
+  }
+
+  button.addEventListener("click", () => setEnabled(!widget.enabled));
+
+  element.unwallWidget = widget;
+  element.unwallVolunteer = null;
+  element.setAttribute("data-state", "off");
+  renderStats({ clientsNow: 0, clientsTotal: 0, bytesToEgress: 0, bytesToClients: 0, dropped: 0 });
+  widgets.push(widget);
+
+  if (state.enabled) setEnabled(true, { persist: false });
+  return widget;
+}
+
+function mountAll() {
+  for (const element of document.querySelectorAll("[data-unwall-widget]")) mount(element);
+}
+
+if (typeof window !== "undefined") window.unwallWidgets = widgets;
+if (typeof document !== "undefined") {
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", mountAll, { once: true });
+  else mountAll();
+}

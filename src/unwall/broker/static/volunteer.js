@@ -1,0 +1,620 @@
+// The browser volunteer: answers clients' WebRTC offers through the broker and relays each
+// client's DataChannel to one WebSocket to the egress, message for message, unchanged.
+//
+// It never parses what it carries (QUIC, encrypted end to end between client and egress).
+// No DOM here: everything it touches (fetch, RTCPeerConnection, WebSocket, timers, clock)
+// can be injected, so node tests drive it with fakes. See docs/protocol.md §1–3.
+
+import {
+  Backoff,
+  ERROR_BROKER,
+  ERROR_EGRESS,
+  ERROR_WEBRTC,
+  QUEUE_BYTES,
+  TokenBucket,
+  randomVolunteerId,
+} from "./logic.js";
+
+/** How long to wait for ICE gathering before sending the answer with what there is. */
+export const ICE_GATHER_TIMEOUT_MS = 5000;
+/** How long a client has, from its offer, to open its DataChannel. */
+export const CHANNEL_OPEN_TIMEOUT_MS = 20000;
+/** A broker request that takes longer is given up (the broker holds a poll up to 20 s). */
+export const REQUEST_TIMEOUT_MS = 60000;
+/** Byte counters are reported at most this often (client counts at once). */
+export const STATS_INTERVAL_MS = 500;
+
+const EGRESS = "egress";
+const CLIENT = "client";
+
+class VolunteerEvent extends Event {
+  constructor(type, detail) {
+    super(type);
+    this.detail = detail;
+  }
+}
+
+class BrokerTrouble extends Error {}
+
+function sizeOf(data) {
+  if (data == null) return 0;
+  if (typeof data === "string") return data.length;
+  if (typeof data.byteLength === "number") return data.byteLength;
+  if (typeof data.size === "number") return data.size;
+  return 0;
+}
+
+function pick(options, name, fallback) {
+  // An explicit `undefined` counts: tests use it to take a feature away.
+  return Object.prototype.hasOwnProperty.call(options, name) ? options[name] : fallback;
+}
+
+function safely(fn) {
+  try {
+    fn();
+  } catch {
+    // closing something already closed, or gone: nothing to do
+  }
+}
+
+export class BrowserVolunteer extends EventTarget {
+  constructor(options = {}) {
+    super();
+    const g = globalThis;
+    this.brokerUrl = String(options.brokerUrl ?? "").replace(/\/+$/, "");
+    this.capacity = Math.max(1, Math.floor(Number(options.capacity ?? 4)) || 4);
+    this.maxRate = Number(options.maxRate) > 0 ? Number(options.maxRate) : null;
+    this.volunteerId = options.volunteerId ?? randomVolunteerId(options.crypto ?? g.crypto);
+
+    // Platform functions are called through wrappers so that the browser's own are never
+    // called with a `this` they reject.
+    const fetchFn = pick(options, "fetch", g.fetch);
+    this._fetch = (url, init) => (options.fetch ? fetchFn(url, init) : g.fetch(url, init));
+    this._RTCPeerConnection = pick(options, "RTCPeerConnection", g.RTCPeerConnection);
+    this._WebSocket = pick(options, "WebSocket", g.WebSocket);
+    const st = options.setTimeout;
+    const ct = options.clearTimeout;
+    this._setTimeout = st ? (f, ms) => st(f, ms) : (f, ms) => g.setTimeout(f, ms);
+    this._clearTimeout = ct ? (id) => ct(id) : (id) => g.clearTimeout(id);
+    const now = options.now;
+    this._now = now ? () => now() : () => g.performance?.now?.() ?? Date.now();
+
+    this._brokerBackoff = new Backoff({ random: options.random ?? Math.random });
+    this._egressBackoff = new Backoff({ random: options.random ?? Math.random });
+    this._bucket = this.maxRate ? new TokenBucket(this.maxRate) : null;
+
+    this._gen = 0;
+    this._running = false;
+    this._config = null;
+    this._error = null;
+    this._egressHoldUntil = 0;
+    this._egressErrorTimer = null;
+    this._statsTimer = null;
+    this._quiet = false;
+    this._clients = new Set();
+    this._sleeps = new Set();
+    this._controllers = new Set();
+    this._capacityWaiters = [];
+    this._nextClientId = 1;
+    this._stats = { clientsNow: 0, clientsTotal: 0, bytesToEgress: 0, bytesToClients: 0, dropped: 0 };
+    this.status = { state: "off" };
+  }
+
+  /** Counters since this object was made (clientsNow: clients being served now). */
+  stats() {
+    return { ...this._stats };
+  }
+
+  get running() {
+    return this._running;
+  }
+
+  /** Start answering offers. Does nothing if already started. */
+  start() {
+    if (this._running) return;
+    this._gen += 1;
+    const gen = this._gen;
+    this._error = null;
+    this._config = null;
+    this._egressHoldUntil = 0;
+    this._brokerBackoff.reset();
+    this._egressBackoff.reset();
+    if (typeof this._RTCPeerConnection !== "function" || typeof this._WebSocket !== "function") {
+      // Nothing to try again later: say so and stay stopped.
+      this._error = { kind: ERROR_WEBRTC };
+      this._updateStatus();
+      return;
+    }
+    this._running = true;
+    this._updateStatus();
+    this._run(gen).catch(() => {
+      // A bug, not a network failure: stop cleanly rather than spin.
+      if (gen === this._gen) this.stop();
+    });
+  }
+
+  /** Stop at once: abort the poll, close every peer connection and WebSocket. */
+  stop() {
+    this._gen += 1;
+    this._running = false;
+    this._quiet = true;
+    try {
+      for (const controller of this._controllers) controller.abort();
+      this._controllers.clear();
+      for (const sleep of this._sleeps) {
+        this._clearTimeout(sleep.timer);
+        sleep.resolve();
+      }
+      this._sleeps.clear();
+      this._wakeCapacityWaiters();
+      if (this._egressErrorTimer !== null) this._clearTimeout(this._egressErrorTimer);
+      this._egressErrorTimer = null;
+      for (const client of [...this._clients]) this._closeClient(client);
+    } finally {
+      this._quiet = false;
+    }
+    this._error = null;
+    this._config = null;
+    this._updateStatus();
+    this._emitStats(true);
+  }
+
+  // ----- status and stats -------------------------------------------------------------
+
+  _computeStatus() {
+    const clients = this._stats.clientsNow;
+    if (this._error && (this._running || this._error.kind === ERROR_WEBRTC)) {
+      const s = { state: "error", kind: this._error.kind, clients };
+      if (this._error.retryMs !== undefined) s.retryMs = this._error.retryMs;
+      return s;
+    }
+    if (!this._running) return { state: "off" };
+    if (!this._config) return { state: "starting" };
+    if (clients > 0) return { state: "helping", clients };
+    return { state: "idle" };
+  }
+
+  _updateStatus() {
+    if (this._quiet) return;
+    const next = this._computeStatus();
+    if (JSON.stringify(next) === JSON.stringify(this.status)) return;
+    this.status = next;
+    this.dispatchEvent(new VolunteerEvent("status", { ...next }));
+  }
+
+  _setError(kind, retryMs) {
+    this._error = retryMs === undefined ? { kind } : { kind, retryMs };
+    this._updateStatus();
+  }
+
+  _clearError(kind) {
+    if (this._error && this._error.kind === kind) {
+      this._error = null;
+      this._updateStatus();
+    }
+  }
+
+  _emitStats(immediately = false) {
+    if (this._quiet) return;
+    if (immediately) {
+      if (this._statsTimer !== null) this._clearTimeout(this._statsTimer);
+      this._statsTimer = null;
+      this.dispatchEvent(new VolunteerEvent("stats", this.stats()));
+      return;
+    }
+    if (this._statsTimer !== null) return;
+    this._statsTimer = this._setTimeout(() => {
+      this._statsTimer = null;
+      this.dispatchEvent(new VolunteerEvent("stats", this.stats()));
+    }, STATS_INTERVAL_MS);
+  }
+
+  // ----- waiting ----------------------------------------------------------------------
+
+  _sleep(ms) {
+    return new Promise((resolve) => {
+      const sleep = { resolve, timer: null };
+      sleep.timer = this._setTimeout(() => {
+        this._sleeps.delete(sleep);
+        resolve();
+      }, ms);
+      this._sleeps.add(sleep);
+    });
+  }
+
+  _capacityFreed() {
+    return new Promise((resolve) => this._capacityWaiters.push(resolve));
+  }
+
+  _wakeCapacityWaiters() {
+    const waiters = this._capacityWaiters;
+    this._capacityWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  // ----- the broker -------------------------------------------------------------------
+
+  async _request(method, path, body) {
+    const controller = new AbortController();
+    this._controllers.add(controller);
+    const timer = this._setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
+    try {
+      const init = { method, signal: controller.signal, cache: "no-store", credentials: "omit" };
+      if (body !== undefined) {
+        init.headers = { "Content-Type": "application/json" };
+        init.body = JSON.stringify(body);
+      }
+      const response = await this._fetch(`${this.brokerUrl}${path}`, init);
+      let json = null;
+      try {
+        json = await response.json();
+      } catch {
+        json = null;
+      }
+      return { status: response.status, json };
+    } finally {
+      this._clearTimeout(timer);
+      this._controllers.delete(controller);
+    }
+  }
+
+  async _getConfig() {
+    const { status, json } = await this._request("GET", "/v1/volunteer/config");
+    if (status !== 200 || !json || typeof json !== "object") {
+      throw new BrokerTrouble(`config: HTTP ${status}`);
+    }
+    if (json.version !== 1 || typeof json.egress_url !== "string") {
+      throw new BrokerTrouble("config: not a version 1 volunteer config");
+    }
+    let egress;
+    try {
+      egress = new URL(json.egress_url);
+    } catch {
+      egress = new URL(json.egress_url, this.brokerUrl);
+    }
+    if (egress.protocol === "http:") egress.protocol = "ws:";
+    if (egress.protocol === "https:") egress.protocol = "wss:";
+    const ice = Array.isArray(json.ice_servers)
+      ? json.ice_servers.filter((u) => typeof u === "string" && u.length > 0)
+      : [];
+    return { egressUrl: egress.href, iceServers: ice };
+  }
+
+  async _poll() {
+    const { status, json } = await this._request("POST", "/v1/volunteer/poll", {
+      version: 1,
+      volunteer_id: this.volunteerId,
+      capacity: this.capacity,
+      clients: this._stats.clientsNow,
+      kind: "browser",
+    });
+    if (status !== 200 || !json || typeof json !== "object") {
+      throw new BrokerTrouble(`poll: HTTP ${status}`);
+    }
+    return json;
+  }
+
+  async _brokerTrouble() {
+    const delay = this._brokerBackoff.next();
+    this._setError(ERROR_BROKER, delay);
+    await this._sleep(delay);
+  }
+
+  async _run(gen) {
+    while (gen === this._gen) {
+      try {
+        this._config = await this._getConfig();
+        break;
+      } catch {
+        if (gen !== this._gen) return;
+        await this._brokerTrouble();
+      }
+    }
+    if (gen !== this._gen) return;
+    this._brokerBackoff.reset();
+    this._clearError(ERROR_BROKER);
+    this._updateStatus();
+
+    while (gen === this._gen) {
+      if (this._stats.clientsNow >= this.capacity) {
+        await this._capacityFreed();
+        continue;
+      }
+      const hold = this._egressHoldUntil - this._now();
+      if (hold > 0) {
+        await this._sleep(hold);
+        continue;
+      }
+      let reply;
+      try {
+        reply = await this._poll();
+      } catch {
+        if (gen !== this._gen) return;
+        await this._brokerTrouble();
+        continue;
+      }
+      if (gen !== this._gen) return;
+      this._brokerBackoff.reset();
+      this._clearError(ERROR_BROKER);
+      if (reply.status === "offer" && typeof reply.offer_id === "string" && typeof reply.sdp === "string") {
+        this._accept(reply.offer_id, reply.sdp);
+      }
+    }
+  }
+
+  // ----- one client -------------------------------------------------------------------
+
+  _accept(offerId, sdp) {
+    // Counted from now on, so that the next poll reports it.
+    this._stats.clientsNow += 1;
+    const client = {
+      id: this._nextClientId++,
+      offerId,
+      pc: null,
+      channel: null,
+      ws: null,
+      wsOpen: false,
+      opened: false,
+      closed: false,
+      openTimer: null,
+      gatherDone: null,
+      queues: {
+        [EGRESS]: { items: [], bytes: 0, timer: null, paid: false },
+        [CLIENT]: { items: [], bytes: 0, timer: null, paid: false },
+      },
+    };
+    this._clients.add(client);
+    this._emitStats(true);
+    this._updateStatus();
+    this._serve(client, sdp).catch(() => this._closeClient(client));
+  }
+
+  _iceServers() {
+    const urls = this._config.iceServers;
+    // An empty `urls` list is an error in browsers: no servers is an empty list.
+    return urls.length ? [{ urls: [...urls] }] : [];
+  }
+
+  async _serve(client, sdp) {
+    client.openTimer = this._setTimeout(() => {
+      client.openTimer = null;
+      if (!client.opened) this._closeClient(client);
+    }, CHANNEL_OPEN_TIMEOUT_MS);
+
+    const pc = new this._RTCPeerConnection({ iceServers: this._iceServers() });
+    client.pc = pc;
+    pc.ondatachannel = (event) => this._onDataChannel(client, event.channel);
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed" || pc.connectionState === "closed") this._closeClient(client);
+    };
+    pc.oniceconnectionstatechange = () => {
+      if (pc.iceConnectionState === "failed" || pc.iceConnectionState === "closed") this._closeClient(client);
+    };
+
+    await pc.setRemoteDescription({ type: "offer", sdp });
+    if (client.closed) return;
+    const answer = await pc.createAnswer();
+    if (client.closed) return;
+    await pc.setLocalDescription(answer);
+    if (client.closed) return;
+    await this._gathered(client);
+    if (client.closed) return;
+
+    const local = pc.localDescription?.sdp ?? answer.sdp;
+    const { status } = await this._request("POST", "/v1/volunteer/answer", {
+      version: 1,
+      volunteer_id: this.volunteerId,
+      offer_id: client.offerId,
+      sdp: local,
+    });
+    // 404: the client gave up before our answer reached it. Anything else but 200: the
+    // broker could not pass it on. Either way this client is gone.
+    if (status !== 200) this._closeClient(client);
+  }
+
+  _gathered(client) {
+    const pc = client.pc;
+    return new Promise((resolve) => {
+      if (pc.iceGatheringState === "complete") {
+        resolve();
+        return;
+      }
+      let finished = false;
+      let timer = null;
+      const done = () => {
+        if (finished) return;
+        finished = true;
+        if (timer !== null) this._clearTimeout(timer);
+        pc.onicegatheringstatechange = null;
+        pc.onicecandidate = null;
+        client.gatherDone = null;
+        resolve();
+      };
+      client.gatherDone = done;
+      pc.onicegatheringstatechange = () => {
+        if (pc.iceGatheringState === "complete") done();
+      };
+      pc.onicecandidate = (event) => {
+        if (!event || !event.candidate) done();
+      };
+      timer = this._setTimeout(done, ICE_GATHER_TIMEOUT_MS);
+    });
+  }
+
+  _onDataChannel(client, channel) {
+    if (client.closed || client.channel) {
+      // One channel per client; anything more is not ours to carry.
+      safely(() => channel.close());
+      return;
+    }
+    client.channel = channel;
+    channel.binaryType = "arraybuffer";
+    // Listen at once: the client sends as soon as the channel opens, before the WebSocket
+    // to the egress is up; those messages wait in the bounded queue.
+    channel.onmessage = (event) => this._fromClient(client, event.data);
+    channel.onopen = () => this._channelOpen(client);
+    channel.onclose = () => this._closeClient(client);
+    if (channel.readyState === "open") this._channelOpen(client);
+  }
+
+  _fromClient(client, data) {
+    if (client.closed) return;
+    if (typeof data === "string") {
+      // The protocol carries binary messages only; the egress would close on text.
+      this._stats.dropped += 1;
+      this._emitStats();
+      return;
+    }
+    this._enqueue(client, EGRESS, data);
+  }
+
+  _channelOpen(client) {
+    if (client.opened || client.closed) return;
+    client.opened = true;
+    if (client.openTimer !== null) this._clearTimeout(client.openTimer);
+    client.openTimer = null;
+    this._stats.clientsTotal += 1;
+    this._emitStats(true);
+
+    let ws;
+    try {
+      ws = new this._WebSocket(this._config.egressUrl);
+    } catch {
+      this._egressFailed(client);
+      return;
+    }
+    client.ws = ws;
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => {
+      if (client.closed) return;
+      client.wsOpen = true;
+      this._egressBackoff.reset();
+      this._egressHoldUntil = 0;
+      this._clearError(ERROR_EGRESS);
+      this._pump(client, EGRESS);
+    };
+    ws.onmessage = (event) => {
+      if (client.closed) return;
+      if (typeof event.data === "string") {
+        this._stats.dropped += 1;
+        this._emitStats();
+        return;
+      }
+      this._enqueue(client, CLIENT, event.data);
+    };
+    ws.onerror = () => {
+      if (!client.wsOpen) this._egressFailed(client);
+    };
+    ws.onclose = () => {
+      if (!client.wsOpen) this._egressFailed(client);
+      else this._closeClient(client);
+    };
+  }
+
+  _egressFailed(client) {
+    if (client.closed) return;
+    const delay = this._egressBackoff.next();
+    // Take no new client until then: the broker gives them to other volunteers.
+    this._egressHoldUntil = this._now() + delay;
+    if (this._egressErrorTimer !== null) this._clearTimeout(this._egressErrorTimer);
+    this._egressErrorTimer = this._setTimeout(() => {
+      this._egressErrorTimer = null;
+      this._clearError(ERROR_EGRESS);
+    }, delay);
+    this._setError(ERROR_EGRESS, delay);
+    this._closeClient(client);
+  }
+
+  // ----- relaying ---------------------------------------------------------------------
+
+  _sink(client, direction) {
+    if (direction === EGRESS) return client.wsOpen ? client.ws : null;
+    const channel = client.channel;
+    return channel && channel.readyState === "open" ? channel : null;
+  }
+
+  _drop() {
+    this._stats.dropped += 1;
+    this._emitStats();
+  }
+
+  _enqueue(client, direction, data) {
+    const queue = client.queues[direction];
+    const n = sizeOf(data);
+    if (queue.bytes + n > QUEUE_BYTES) {
+      this._drop(); // tail-drop: QUIC retransmits
+      return;
+    }
+    queue.items.push(data);
+    queue.bytes += n;
+    this._pump(client, direction);
+  }
+
+  _pump(client, direction) {
+    const queue = client.queues[direction];
+    if (queue.timer !== null || client.closed) return;
+    const sink = this._sink(client, direction);
+    if (!sink) return;
+    while (queue.items.length > 0) {
+      const data = queue.items[0];
+      const n = sizeOf(data);
+      if (!queue.paid) {
+        if (sink.bufferedAmount > QUEUE_BYTES) {
+          queue.items.shift();
+          queue.bytes -= n;
+          this._drop();
+          continue;
+        }
+        if (this._bucket) {
+          queue.paid = true;
+          const delay = this._bucket.take(n, this._now());
+          if (delay > 0) {
+            queue.timer = this._setTimeout(() => {
+              queue.timer = null;
+              this._pump(client, direction);
+            }, Math.ceil(delay));
+            return;
+          }
+        }
+      }
+      queue.items.shift();
+      queue.bytes -= n;
+      queue.paid = false;
+      if (sink.bufferedAmount > QUEUE_BYTES) {
+        this._drop();
+        continue;
+      }
+      try {
+        sink.send(data);
+      } catch {
+        this._closeClient(client);
+        return;
+      }
+      if (direction === EGRESS) this._stats.bytesToEgress += n;
+      else this._stats.bytesToClients += n;
+      this._emitStats();
+    }
+  }
+
+  _closeClient(client) {
+    if (client.closed) return;
+    client.closed = true;
+    if (client.openTimer !== null) this._clearTimeout(client.openTimer);
+    client.openTimer = null;
+    if (client.gatherDone) client.gatherDone();
+    for (const queue of Object.values(client.queues)) {
+      if (queue.timer !== null) this._clearTimeout(queue.timer);
+      queue.timer = null;
+      queue.items = [];
+      queue.bytes = 0;
+    }
+    if (client.channel) safely(() => client.channel.close());
+    if (client.ws) safely(() => client.ws.close());
+    if (client.pc) safely(() => client.pc.close());
+    this._clients.delete(client);
+    this._stats.clientsNow -= 1;
+    this._wakeCapacityWaiters();
+    this._emitStats(true);
+    this._updateStatus();
+  }
+}

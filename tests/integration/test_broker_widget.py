@@ -1,0 +1,99 @@
+"""The broker serves the widget, its demo page and the volunteer config, with CORS."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from unwall.broker.server import BrokerConfig, create_app
+from unwall.local import free_port
+
+
+@pytest.fixture
+async def broker_url() -> AsyncIterator[str]:
+    config = BrokerConfig(
+        poll_timeout=0.5, egress_url="ws://198.51.100.1:7000/v1/relay", ice_servers=("stun:x:1",)
+    )
+    runner = web.AppRunner(create_app(config))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_demo_page_and_widget_files(broker_url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(broker_url + "/") as response:
+            assert response.status == 200
+            page = await response.text()
+        assert 'src="/widget/unwall-widget.js"' in page
+        assert "data-unwall-widget" in page
+        for name, kind in (
+            ("unwall-widget.js", "javascript"),
+            ("volunteer.js", "javascript"),
+            ("logic.js", "javascript"),
+            ("unwall-widget.css", "text/css"),
+        ):
+            async with http.get(f"{broker_url}/widget/{name}") as response:
+                assert response.status == 200, name
+                assert kind in response.headers["Content-Type"], name
+                # Other sites embed it as a module script: that needs CORS.
+                assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_volunteer_config(broker_url: str) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(broker_url + "/v1/volunteer/config") as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert await response.json() == {
+            "version": 1,
+            "egress_url": "ws://198.51.100.1:7000/v1/relay",
+            "ice_servers": ["stun:x:1"],
+        }
+
+
+async def test_cors_preflight_and_errors_carry_headers(broker_url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.options(
+            broker_url + "/v1/volunteer/poll",
+            headers={
+                "Origin": "https://news.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        ) as response:
+            assert response.status == 204
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+            assert "POST" in response.headers["Access-Control-Allow-Methods"]
+            assert "Content-Type" in response.headers["Access-Control-Allow-Headers"]
+        async with http.post(broker_url + "/v1/volunteer/poll", data=b"{not json") as response:
+            assert response.status == 400
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+        # The client API is not for web pages: no CORS there.
+        async with http.post(broker_url + "/v1/client/offer", data=b"{}") as response:
+            assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_config_without_egress_is_503() -> None:
+    runner = web.AppRunner(create_app(BrokerConfig()))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/v1/volunteer/config") as response,
+        ):
+            assert response.status == 503
+            body = await response.json()
+            assert body["error"] == "no_egress"
+            assert "--egress-url" in body["message"]
+    finally:
+        await runner.cleanup()
