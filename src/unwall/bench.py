@@ -85,7 +85,9 @@ async def _profile(roles: list[RoleProcess], directory: Path) -> list[asyncio.su
     return procs
 
 
-async def bench(size_mb: int, json_path: Path | None, profile_dir: Path | None) -> int:
+async def bench(
+    size_mb: int, json_path: Path | None, profile_dir: Path | None, browser: bool = False
+) -> int:
     if shutil.which("curl") is None:
         print("unwall bench: needs curl (apt-get install curl)", file=sys.stderr)
         return 1
@@ -154,6 +156,8 @@ async def bench(size_mb: int, json_path: Path | None, profile_dir: Path | None) 
         finally:
             await bridge.stop_all()
             await site.stop()
+    if browser:
+        results["browser"] = await browser_bench(min(size_mb, 20))
     _report(results)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,6 +211,60 @@ async def _recovery(bridge: LocalBridge, site: DemoSite) -> dict[str, Any]:
     }
 
 
+async def browser_bench(size_mb: int) -> dict[str, Any]:
+    """The same download through Chromium's widget and through a headless volunteer.
+
+    Chromium runs in a namespace of its own (it offers no loopback candidates), so both
+    measurements use that topology: broker and egress on the host side of a veth pair."""
+    from unwall.browser import chromium_in, chromium_missing
+    from unwall.netns import VethNamespace, namespaces_possible
+
+    reason = namespaces_possible() or chromium_missing()
+    if reason is not None:
+        return {"skipped": reason}
+    size = size_mb * 1_000_000
+    results: dict[str, Any] = {"size_MB": size_mb}
+    with (
+        tempfile.TemporaryDirectory(prefix="unwall-bench-browser-") as tmp,
+        VethNamespace("unwall-bench", host_ip="198.51.100.253", ns_ip="198.51.100.254") as ns,
+    ):
+        workdir = Path(tmp)
+        site = DemoSite(workdir)
+        bridge = LocalBridge(workdir=workdir, host=ns.host_ip)
+        try:
+            await site.start()
+            site.blob(size)
+            blob_url = f"{site.url}/blob/{size}"
+            await bridge.start_broker()
+            await bridge.start_egress()
+            async with chromium_in(ns, workdir) as browser:
+                page = await browser.new_page()
+                await page.goto(f"{bridge.broker_url}/")
+                switch = page.locator("[data-unwall-widget] [role=switch]")
+                await switch.click()
+                client = await bridge.start_client(extra=("--paths", "1"))
+                seconds, got = await curl_download(
+                    blob_url, "--socks5-hostname", f"127.0.0.1:{bridge.socks_port}"
+                )
+                results["browser_MBps"] = round(got / seconds / 1e6, 2)
+                await switch.click()  # off: the client loses its path
+            await client.stop()
+            bridge.roles.remove(client)
+            await bridge.start_volunteer()
+            await bridge.start_client(extra=("--paths", "1"))
+            seconds, got = await curl_download(
+                blob_url, "--socks5-hostname", f"127.0.0.1:{bridge.socks_port}"
+            )
+            results["headless_MBps"] = round(got / seconds / 1e6, 2)
+            results["browser_vs_headless"] = round(
+                results["browser_MBps"] / results["headless_MBps"], 3
+            )
+        finally:
+            await bridge.stop_all()
+            await site.stop()
+    return results
+
+
 def _report(results: dict[str, Any]) -> None:
     print(f"unwall bench ({results['size_MB']} MB download, {results['machine_cpus']} CPUs)")
     print(f"  direct_MBps                   {results['direct_MBps']:10.2f}")
@@ -223,3 +281,10 @@ def _report(results: dict[str, Any]) -> None:
     )
     for name, value in results["cpu_s_per_MB"].items():
         print(f"  cpu_s_per_MB {name:<16} {value:10.4f}")
+    if "browser" in results:
+        browser = results["browser"]
+        if "skipped" in browser:
+            print(f"  browser: skipped ({browser['skipped']})")
+        else:
+            print(f"  browser_MBps (Chromium widget) {browser['browser_MBps']:9.2f}")
+            print(f"  headless_MBps (same topology)  {browser['headless_MBps']:9.2f}")

@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="also write the figures to this file")
     bench.add_argument("--size-mb", type=positive_int, default=50, help="download size")
     bench.add_argument("--profile", type=Path, help="py-spy each role into this directory")
+    bench.add_argument(
+        "--browser",
+        action="store_true",
+        help="also measure a Chromium widget volunteer against a headless one (root, chromium)",
+    )
     return parser
 
 
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.role == "bench":
             from unwall.bench import bench
 
-            return _run(bench(args.size_mb, args.json, args.profile))
+            return _run(bench(args.size_mb, args.json, args.profile, args.browser))
     except ConfigError as exc:
         print(f"unwall {args.role}: {exc}", file=sys.stderr)
         return 2
