@@ -171,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="fetch the test page, exit 0 on success, 1 on failure"
     )
 
+    lab = roles.add_parser("lab", help="the emulated monitoring box (network namespaces; root)")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="COMMAND", required=True)
+    lab_up = lab_sub.add_parser("up", help="build the lab: censored host, box, internet")
+    lab_up.add_argument("--profile", type=Path, help="censor profile (TOML); default: log only")
+    lab_sub.add_parser("down", help="remove everything the lab made (idempotent)")
+    lab_run = lab_sub.add_parser("run", help="run a command in a lab namespace")
+    lab_run.add_argument("namespace", choices=["censored", "box", "internet"])
+    lab_run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS]")
+    lab_report = lab_sub.add_parser("report", help="what the box learned, per censored host")
+    lab_report.add_argument("--json", action="store_true", help="machine-readable")
+    for hidden in ("_box", "_internet"):
+        daemon = lab_sub.add_parser(hidden)
+        daemon.add_argument("--state", type=Path, required=True)
+
     bench = roles.add_parser("bench", help="measure throughput, latency and CPU on this machine")
     bench.add_argument("--json", type=Path, help="also write the figures to this file")
     bench.add_argument("--size-mb", type=positive_int, default=50, help="download size")
@@ -202,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             from unwall.local import demo
 
             return _run(demo(args.socks, args.http, check=args.check))
+        if args.role == "lab":
+            return _lab(args)
         if args.role == "bench":
             from unwall.bench import bench
 
@@ -384,3 +400,42 @@ async def _client(options: dict[str, Any]) -> None:
         await tunnel.run()
     finally:
         await proxies.close()
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from unwall.lab import manager
+    from unwall.lab.profile import ProfileError
+    from unwall.lab.topology import LabError
+
+    try:
+        if args.lab_command == "up":
+            info = manager.up(args.profile)
+            print("lab is up")
+            for key, value in info.items():
+                print(f"  {key}: {value}")
+            return 0
+        if args.lab_command == "down":
+            manager.down()
+            return 0
+        if args.lab_command == "run":
+            command = args.command[1:] if args.command[:1] == ["--"] else args.command
+            return manager.run_in(args.namespace, command)
+        if args.lab_command == "report":
+            print(manager.report(as_json=args.json))
+            return 0
+        if args.lab_command == "_box":
+            from unwall.lab.box import run_box
+            from unwall.lab.profile import CensorProfile
+            from unwall.lab.topology import LabAddresses
+
+            profile = CensorProfile.load(args.state / "profile.toml")
+            return _run(run_box(profile, args.state / "flows.db", LabAddresses().dns))
+        if args.lab_command == "_internet":
+            from unwall.lab.internet import run_internet
+            from unwall.lab.topology import LabAddresses
+
+            return _run(run_internet(LabAddresses(), args.state))
+    except (LabError, ProfileError) as exc:
+        print(f"unwall lab: {exc}", file=sys.stderr)
+        return 1
+    return 2

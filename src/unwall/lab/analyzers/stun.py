@@ -1,0 +1,140 @@
+"""STUN over UDP (RFC 8489): the messages ICE and TURN exchange before a WebRTC call.
+
+A binding request with a USERNAME of the form "ufrag:ufrag" and an ICE-CONTROLLING or
+ICE-CONTROLLED attribute is an ICE connectivity check (RFC 8445): a WebRTC session is
+starting on this flow.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from .analyzer import FlowAnalyzer
+from .reader import ByteReader, Malformed
+
+MAGIC_COOKIE = 0x2112A442
+_COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
+HEADER_SIZE = 20
+
+CLASS_NAMES = {0: "request", 1: "indication", 2: "success-response", 3: "error-response"}
+METHOD_NAMES = {
+    0x001: "binding",
+    0x003: "allocate",
+    0x004: "refresh",
+    0x006: "send",
+    0x007: "data",
+    0x008: "create-permission",
+    0x009: "channel-bind",
+}
+
+ATTR_USERNAME = 0x0006
+ATTR_ERROR_CODE = 0x0009
+ATTR_XOR_MAPPED_ADDRESS = 0x0020
+ATTR_SOFTWARE = 0x8022
+ATTR_ICE_CONTROLLED = 0x8029
+ATTR_ICE_CONTROLLING = 0x802A
+
+
+@dataclass(frozen=True)
+class StunMessage:
+    method: int
+    message_class: int
+    transaction_id: bytes
+    attributes: tuple[tuple[int, bytes], ...]
+
+    @property
+    def kind(self) -> str:
+        """ "binding-request", "allocate-error-response", ..."""
+        method = METHOD_NAMES.get(self.method, f"method-0x{self.method:03x}")
+        return f"{method}-{CLASS_NAMES[self.message_class]}"
+
+    def attribute(self, attr_type: int) -> bytes | None:
+        return next((value for t, value in self.attributes if t == attr_type), None)
+
+
+def parse_stun(datagram: bytes) -> StunMessage:
+    """One STUN message filling the whole datagram; `Malformed` if it is not one."""
+    if len(datagram) < HEADER_SIZE or datagram[0] & 0xC0 or datagram[4:8] != _COOKIE_BYTES:
+        raise Malformed("no STUN header with the magic cookie")
+    reader = ByteReader(datagram)
+    message_type = reader.u16()
+    length = reader.u16()
+    if length % 4 or HEADER_SIZE + length != len(datagram):
+        raise Malformed("STUN length does not match the datagram")
+    reader.skip(4)
+    transaction_id = reader.take(12)
+    attributes = []
+    while not reader.at_end():
+        attr_type = reader.u16()
+        value = reader.vector(2)
+        reader.skip(-len(value) % 4)  # values are padded to 4 bytes
+        attributes.append((attr_type, value))
+    method = (
+        (message_type & 0x000F) | ((message_type & 0x00E0) >> 1) | ((message_type & 0x3E00) >> 2)
+    )
+    message_class = ((message_type >> 7) & 0x02) | ((message_type >> 4) & 0x01)
+    return StunMessage(method, message_class, transaction_id, tuple(attributes))
+
+
+def describe_stun(message: StunMessage) -> list[tuple[str, str]]:
+    pairs = [(message.kind, "magic-cookie"), ("transaction-id", message.transaction_id.hex())]
+    for attr_type, value in message.attributes:
+        if attr_type == ATTR_USERNAME:
+            pairs.append(("username", value.decode("utf-8", "backslashreplace")))
+        elif attr_type == ATTR_SOFTWARE:
+            pairs.append(("software", value.decode("utf-8", "backslashreplace")))
+        elif attr_type == ATTR_ICE_CONTROLLING:
+            pairs.append(("ice-role", "controlling"))
+        elif attr_type == ATTR_ICE_CONTROLLED:
+            pairs.append(("ice-role", "controlled"))
+        elif attr_type == ATTR_XOR_MAPPED_ADDRESS:
+            pairs.append(("mapped-address", _xor_address(value, message.transaction_id)))
+        elif attr_type == ATTR_ERROR_CODE and len(value) >= 4:
+            reason = value[4:].decode("utf-8", "backslashreplace")
+            pairs.append(("error-code", f"{(value[2] & 0x07) * 100 + value[3]} {reason}".strip()))
+    return pairs
+
+
+def _xor_address(value: bytes, transaction_id: bytes) -> str:
+    """XOR-MAPPED-ADDRESS as "198.51.100.10:54321" or "[2001:db8::1]:54321"."""
+    reader = ByteReader(value)
+    reader.skip(1)
+    family = reader.u8()
+    port = reader.u16() ^ (MAGIC_COOKIE >> 16)
+    if family == 0x01:
+        address = reader.u32() ^ MAGIC_COOKIE
+        return f"{ipaddress.IPv4Address(address)}:{port}"
+    if family == 0x02:
+        mask = int.from_bytes(_COOKIE_BYTES + transaction_id, "big")
+        address = reader.uint(16) ^ mask
+        return f"[{ipaddress.IPv6Address(address)}]:{port}"
+    raise Malformed(f"address family {family}")
+
+
+class StunAnalyzer(FlowAnalyzer):
+    """Reports STUN messages in either direction of a UDP flow.
+
+    Findings per message: its kind as the key with "magic-cookie" as the value (e.g.
+    `("binding-request", "magic-cookie")`), `transaction-id`, and from the attributes
+    `username`, `software`, `ice-role`, `mapped-address`, `error-code`. If the flow's first
+    datagram is not STUN the analyzer gives up; after that it skips the DTLS, SRTP and
+    other datagrams that share a WebRTC flow with STUN (RFC 7983).
+    """
+
+    name = "stun"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen = False
+
+    def _inspect(self, payload: bytes, from_client: bool) -> list[tuple[str, str]]:
+        try:
+            message = parse_stun(payload)
+            pairs = describe_stun(message)
+        except Malformed:
+            if not self._seen:
+                raise
+            return []
+        self._seen = True
+        return pairs

@@ -1,0 +1,163 @@
+"""The box's inspector, sans-IO: IPv4 packets in, a verdict and findings out.
+
+Only the first packets of a flow reach it (netfilter asks while the flow's conntrack mark
+is unset); once it decides, the mark carries the verdict and the kernel applies it to the
+rest of the flow without asking again.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Literal
+
+from unwall.lab.analyzers import Analyzer, Finding, analyzers_for
+from unwall.lab.profile import CensorProfile, name_matches
+
+#: conntrack marks: the verdict of a decided flow
+MARK_ALLOW = 1
+MARK_DROP = 2
+MARK_RST = 3
+
+#: a flow with nothing to object to after this many packets is allowed
+DECIDE_AFTER_PACKETS = 10
+
+
+@dataclass(frozen=True)
+class FlowKey:
+    protocol: str  # "tcp" / "udp" / "other"
+    client: str
+    client_port: int
+    server: str
+    server_port: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.protocol} {self.client}:{self.client_port} > {self.server}:{self.server_port}"
+        )
+
+
+@dataclass
+class Flow:
+    key: FlowKey
+    first_seen: float
+    packets: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    verdict: int | None = None
+    reason: str = ""
+    analyzers: list[Analyzer] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Decision:
+    flow: Flow
+    new_findings: list[Finding]
+    #: None: undecided, let this packet through and ask again for the next one
+    mark: int | None
+    new_flow: bool
+
+
+@dataclass(frozen=True)
+class ParsedPacket:
+    protocol: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    payload: bytes
+    syn_only: bool
+
+
+def parse_ipv4(packet: bytes) -> ParsedPacket | None:
+    if len(packet) < 20 or packet[0] >> 4 != 4:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    total = struct.unpack_from("!H", packet, 2)[0]
+    proto = packet[9]
+    src = ".".join(str(b) for b in packet[12:16])
+    dst = ".".join(str(b) for b in packet[16:20])
+    body = packet[ihl:total]
+    if proto == 6 and len(body) >= 20:
+        sport, dport = struct.unpack_from("!HH", body, 0)
+        offset = (body[12] >> 4) * 4
+        flags = body[13]
+        return ParsedPacket("tcp", src, sport, dst, dport, body[offset:], flags & 0x12 == 0x02)
+    if proto == 17 and len(body) >= 8:
+        sport, dport = struct.unpack_from("!HH", body, 0)
+        return ParsedPacket("udp", src, sport, dst, dport, body[8:], False)
+    return ParsedPacket("other", src, 0, dst, 0, b"", False)
+
+
+class Inspector:
+    def __init__(self, profile: CensorProfile, inside_prefix: str = "198.51.100.") -> None:
+        self.profile = profile
+        self._inside = inside_prefix
+        self._flows: dict[FlowKey, Flow] = {}
+
+    def _key(self, packet: ParsedPacket) -> tuple[FlowKey, bool]:
+        """The flow's key (client first) and whether this packet comes from the client."""
+        if packet.src.startswith(self._inside):
+            return FlowKey(
+                packet.protocol, packet.src, packet.sport, packet.dst, packet.dport
+            ), True
+        return FlowKey(packet.protocol, packet.dst, packet.dport, packet.src, packet.sport), False
+
+    def packet(self, data: bytes, now: float) -> Decision | None:
+        parsed = parse_ipv4(data)
+        if parsed is None:
+            return None
+        key, from_client = self._key(parsed)
+        flow = self._flows.get(key)
+        new_flow = flow is None
+        if flow is None:
+            flow = Flow(key, now)
+            if key.protocol in ("tcp", "udp"):
+                protocol: Literal["tcp", "udp"] = "tcp" if key.protocol == "tcp" else "udp"
+                flow.analyzers = list(analyzers_for(protocol, key.server_port, key.client_port))
+            self._flows[key] = flow
+        flow.packets += 1
+        found: list[Finding] = []
+        if parsed.payload:
+            for analyzer in flow.analyzers:
+                if not analyzer.done:
+                    found += analyzer.feed(parsed.payload, from_client=from_client)
+        flow.findings += found
+        mark = self._decide(flow, found, new_flow)
+        if mark is not None:
+            flow.verdict = mark
+            self._flows.pop(key, None)  # decided: the kernel handles the rest
+        return Decision(flow, found, mark, new_flow)
+
+    def _decide(self, flow: Flow, found: list[Finding], new_flow: bool) -> int | None:
+        profile = self.profile
+        if new_flow:
+            network = profile.ip_blocked(flow.key.server)
+            if network is not None:
+                flow.reason = f"ip {flow.key.server} in {network}"
+                return MARK_DROP
+        for finding in found:
+            if finding.key == "sni":
+                entry = name_matches(finding.value, profile.sni_block)
+                if entry is not None:
+                    flow.reason = f"sni {finding.value} matches {entry}"
+                    return _mark_for(profile.sni_action, flow)
+            if finding.analyzer == "http" and finding.key == "host":
+                entry = name_matches(finding.value, profile.host_block)
+                if entry is not None:
+                    flow.reason = f"host {finding.value} matches {entry}"
+                    return _mark_for(profile.host_action, flow)
+        analyzers_done = all(analyzer.done for analyzer in flow.analyzers)
+        if flow.packets >= DECIDE_AFTER_PACKETS or (analyzers_done and flow.packets >= 3):
+            flow.reason = "nothing to object to"
+            return MARK_ALLOW
+        return None
+
+    def expire(self, now: float, idle: float = 120.0) -> None:
+        for key, flow in list(self._flows.items()):
+            if now - flow.first_seen > idle:
+                del self._flows[key]
+
+
+def _mark_for(action: str, flow: FlowKey | Flow) -> int:
+    protocol = flow.key.protocol if isinstance(flow, Flow) else flow.protocol
+    return MARK_RST if action == "rst" and protocol == "tcp" else MARK_DROP

@@ -1,0 +1,199 @@
+"""`unwall lab up | down | run | report`: build the lab, tear it down, use it, read its log.
+
+State lives in /run/unwall-lab (UNWALL_LAB_STATE overrides): the processes started, the
+profile in force, the egress key, the lab CA, and the box's log (flows.db), which outlives
+`lab down` so the report can still be read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from unwall.lab import topology
+from unwall.lab.box import box_rules
+from unwall.lab.profile import CensorProfile
+from unwall.lab.topology import BOX, INTERNET, LabAddresses, LabError
+
+BROKER_PORT = 8080
+EGRESS_PORT = 7000
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("UNWALL_LAB_STATE", "/run/unwall-lab"))
+
+
+def _start(name: str, namespace: str, argv: list[str], state: Path) -> int:
+    log = (state / f"{name}.log").open("ab")
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", namespace, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    log.close()
+    pids_path = state / "pids.json"
+    pids = json.loads(pids_path.read_text()) if pids_path.exists() else {}
+    pids[name] = process.pid
+    pids_path.write_text(json.dumps(pids))
+    return process.pid
+
+
+def _unwall(*args: str) -> list[str]:
+    return [sys.executable, "-m", "unwall", *args]
+
+
+def _wait_for(check: Any, what: str, state: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise LabError(f"{what} did not come up in {timeout:.0f} s; see the logs in {state}")
+
+
+def _port_open(namespace: str, address: str, port: int) -> bool:
+    probe = f"import socket; socket.create_connection(('{address}', {port}), timeout=1)"
+    result = subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, "-c", probe],
+        capture_output=True,
+        timeout=10,
+    )
+    return result.returncode == 0
+
+
+def up(profile_path: Path | None = None) -> dict[str, Any]:
+    reason = topology.lab_possible()
+    if reason is not None:
+        raise LabError(reason)
+    down(quiet=True)
+    state = state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    for stale in ("flows.db", "flows.db-wal", "flows.db-shm", "pids.json", "internet.ready"):
+        (state / stale).unlink(missing_ok=True)
+    profile = CensorProfile.load(profile_path) if profile_path else CensorProfile()
+    if profile_path is not None:
+        shutil.copy(profile_path, state / "profile.toml")
+    else:
+        (state / "profile.toml").write_text("# no blocking: the box only logs\n")
+    addresses = LabAddresses()
+    topology.build(addresses)
+    for rule in box_rules():
+        topology.run(*rule, namespace=BOX)
+    _start("box", BOX, _unwall("lab", "_box", "--state", str(state)), state)
+    _start("internet", INTERNET, _unwall("lab", "_internet", "--state", str(state)), state)
+    _wait_for(lambda: (state / "internet.ready").exists(), "the lab's web sites", state)
+    from unwall.egress.identity import generate_identity, load_identity, save_identity
+
+    keys = state / "egress-keys"
+    if not (keys / "egress-key.pem").exists():
+        save_identity(generate_identity(), keys)
+    pin = load_identity(keys).pin
+    broker_url = f"http://broker.test:{BROKER_PORT}"
+    egress_url = f"ws://{addresses.egress}:{EGRESS_PORT}/v1/relay"
+    _start("egress", INTERNET, _unwall(
+        "egress", "--listen", f"{addresses.egress}:{EGRESS_PORT}", "--key-dir", str(keys),
+        "--allow", topology.INTERNET_NET,
+    ), state)  # fmt: skip
+    _start("broker", INTERNET, _unwall(
+        "broker", "--listen", f"{addresses.broker}:{BROKER_PORT}", "--egress-url", egress_url,
+    ), state)  # fmt: skip
+    _wait_for(lambda: _port_open(INTERNET, addresses.broker, BROKER_PORT), "the broker", state)
+    _wait_for(lambda: _port_open(INTERNET, addresses.egress, EGRESS_PORT), "the egress", state)
+    _start("volunteer", INTERNET, _unwall(
+        "volunteer", "--broker", f"http://{addresses.broker}:{BROKER_PORT}",
+        "--egress", egress_url, "--host-address", addresses.volunteers,
+    ), state)  # fmt: skip
+    info = {
+        "state": str(state),
+        "profile": profile.source,
+        "bridge_line": f"unwall1 broker={broker_url} pin={pin}",
+        "censored_host": topology.CENSORED_IP,
+        "lab_ca": str(state / "pki" / "lab-ca.pem"),
+    }
+    (state / "lab.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def down(quiet: bool = False) -> None:
+    """Stop what the lab started and remove its namespaces; safe to repeat, and after a crash."""
+    state = state_dir()
+    pids_path = state / "pids.json"
+    if pids_path.exists():
+        with contextlib.suppress(ValueError):
+            for pid in json.loads(pids_path.read_text()).values():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGTERM)
+        time.sleep(0.3)
+        pids_path.unlink(missing_ok=True)
+    topology.teardown()
+    for leftover in ("internet.ready", "lab.json"):
+        (state / leftover).unlink(missing_ok=True)
+    if not quiet:
+        print("lab is down (the box's log stays in", state / "flows.db", "for `unwall lab report`)")
+
+
+def info() -> dict[str, Any]:
+    path = state_dir() / "lab.json"
+    if not path.exists():
+        raise LabError("the lab is not up: run `unwall lab up` first")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def run_in(namespace: str, command: list[str]) -> int:
+    names = {"censored": topology.CENSORED, "box": topology.BOX, "internet": topology.INTERNET}
+    if namespace not in names:
+        raise LabError(f"namespace must be one of {', '.join(names)}, not {namespace!r}")
+    if names[namespace] not in topology.namespaces_up():
+        raise LabError("the lab is not up: run `unwall lab up` first")
+    if not command:
+        raise LabError("give a command after --, e.g. unwall lab run censored -- curl ...")
+    return subprocess.call(["ip", "netns", "exec", names[namespace], *command])
+
+
+def report(as_json: bool = False) -> str:
+    from unwall.lab.flowlog import report as flow_report
+
+    state = state_dir()
+    db = state / "flows.db"
+    if not db.exists():
+        raise LabError(f"no box log at {db}: run `unwall lab up` and some traffic first")
+    profile_path = state / "profile.toml"
+    profile = CensorProfile.load(profile_path) if profile_path.exists() else CensorProfile()
+    addresses = LabAddresses()
+    blocked_addresses = {
+        address for name, address in addresses.zone.items() if name in profile.blocked_names
+    } | {str(net.network_address) for net in profile.ip_block if net.prefixlen == 32}
+    data = flow_report(db, profile.blocked_names, blocked_addresses)
+    if as_json:
+        return json.dumps(data, indent=2, sort_keys=True)
+    lines = []
+    for host, entry in sorted(data["hosts"].items()):
+        lines.append(f"censored host {host}: {entry['flows']} flows, {entry['bytes']} bytes")
+        for name, record in sorted(entry["names"].items()):
+            mark = "  BLOCKED DESTINATION" if record["blocked_destination"] else ""
+            lines.append(f"  name    {name:<32} seen as {', '.join(record['seen_as'])}{mark}")
+        for address, record in sorted(entry["addresses"].items()):
+            mark = "  BLOCKED DESTINATION" if record["blocked_destination"] else ""
+            verdicts = ",".join(record["verdicts"]) or "-"
+            ports = ",".join(str(p) for p in record["ports"])
+            lines.append(
+                f"  address {address:<16} ports {ports:<12} flows {record['flows']:<4} "
+                f"verdicts {verdicts}{mark}"
+            )
+    for m in data["measurements"]:
+        lines.append(
+            f"measurement {m['scenario']} via {m['path']}: ok={m['ok']} "
+            f"ttfb={m['ttfb_s']} MBps={m['MBps']}"
+        )
+    return "\n".join(lines) or "the box saw no traffic"

@@ -1,0 +1,119 @@
+"""A censor profile: what the box blocks and how, as data (TOML), not code.
+
+```toml
+[dns]
+poison = ["news.test"]          # forged answers for these names (and their subdomains)
+answer = "203.0.113.99"         # the address the forged answers point to
+
+[ip]
+block = ["203.0.113.80/32"]     # dropped, whatever the port
+
+[sni]                           # TLS ClientHello and QUIC Initial server names
+block = ["news.test"]
+action = "rst"                  # "rst" (TCP reset) or "drop" (silent)
+
+[host]                          # HTTP Host header
+block = ["news.test"]
+action = "rst"
+
+[residual]
+seconds = 0                     # after a hit, drop the same client/server/port for N s
+```
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ACTIONS = ("rst", "drop")
+
+
+class ProfileError(ValueError):
+    pass
+
+
+def _names(values: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ProfileError(f"{where} must be a list of names")
+    return tuple(value.lower().rstrip(".") for value in values)
+
+
+def name_matches(name: str, blocked: tuple[str, ...]) -> str | None:
+    """The blocked entry that `name` is, or is a subdomain of."""
+    name = name.lower().rstrip(".")
+    for entry in blocked:
+        if name == entry or name.endswith("." + entry):
+            return entry
+    return None
+
+
+@dataclass(frozen=True)
+class CensorProfile:
+    dns_poison: tuple[str, ...] = ()
+    dns_answer: str = "203.0.113.99"
+    ip_block: tuple[ipaddress.IPv4Network, ...] = ()
+    sni_block: tuple[str, ...] = ()
+    sni_action: str = "rst"
+    host_block: tuple[str, ...] = ()
+    host_action: str = "rst"
+    residual_seconds: int = 0
+    source: str = field(default="built-in", compare=False)
+
+    @classmethod
+    def load(cls, path: Path) -> CensorProfile:
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ProfileError(f"profile {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ProfileError(f"profile {path} is not valid TOML: {exc}") from None
+        return cls.from_dict(document, source=str(path))
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any], source: str = "dict") -> CensorProfile:
+        known = {"dns", "ip", "sni", "host", "residual"}
+        unknown = set(document) - known
+        if unknown:
+            raise ProfileError(f"unknown table(s) {sorted(unknown)}; known: {sorted(known)}")
+        dns = document.get("dns", {})
+        ip = document.get("ip", {})
+        sni = document.get("sni", {})
+        host = document.get("host", {})
+        residual = document.get("residual", {})
+        try:
+            networks = tuple(ipaddress.IPv4Network(v, strict=False) for v in ip.get("block", []))
+            ipaddress.IPv4Address(dns.get("answer", "203.0.113.99"))
+        except ValueError as exc:
+            raise ProfileError(f"bad address in profile: {exc}") from None
+        for table, action in (
+            ("sni", sni.get("action", "rst")),
+            ("host", host.get("action", "rst")),
+        ):
+            if action not in ACTIONS:
+                raise ProfileError(f"[{table}] action must be one of {ACTIONS}, not {action!r}")
+        seconds = residual.get("seconds", 0)
+        if not isinstance(seconds, int) or seconds < 0:
+            raise ProfileError("[residual] seconds must be a whole number >= 0")
+        return cls(
+            dns_poison=_names(dns.get("poison", []), "[dns] poison"),
+            dns_answer=dns.get("answer", "203.0.113.99"),
+            ip_block=networks,
+            sni_block=_names(sni.get("block", []), "[sni] block"),
+            sni_action=sni.get("action", "rst"),
+            host_block=_names(host.get("block", []), "[host] block"),
+            host_action=host.get("action", "rst"),
+            residual_seconds=seconds,
+            source=source,
+        )
+
+    def ip_blocked(self, address: str) -> ipaddress.IPv4Network | None:
+        ip = ipaddress.IPv4Address(address)
+        return next((net for net in self.ip_block if ip in net), None)
+
+    @property
+    def blocked_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.dns_poison + self.sni_block + self.host_block))
