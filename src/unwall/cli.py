@@ -101,6 +101,14 @@ CLIENT_OPTIONS = [
     Option("--bridge", "bridge line from `unwall egress keygen` (gives --broker and --pin)"),
     Option("--broker", "broker URL", None, url),
     Option("--pin", "egress key pin, sha256:..."),
+    Option(
+        "--front",
+        "domain fronting: reach the broker through this https:// front (TLS names the front, "
+        "the HTTP Host header names the broker)",
+        None,
+        url,
+    ),
+    Option("--ca-file", "PEM file of extra CA certificates to trust for the broker or front"),
     Option("--socks", "SOCKS5 listen address", ("127.0.0.1", 1080), host_port),
     Option("--http", "HTTP proxy listen address", ("127.0.0.1", 8118), host_port),
     Option(
@@ -361,6 +369,7 @@ async def _client(options: dict[str, Any]) -> None:
         except BridgeLineError as exc:
             raise UsageError(str(exc)) from None
         broker, pin = broker or line.broker, pin or line.pin
+        options["front"] = options["front"] or line.front
     if not broker or not pin:
         raise UsageError(
             "unwall client needs a bridge line (--bridge 'unwall1 ...') or --broker and --pin"
@@ -380,6 +389,8 @@ async def _client(options: dict[str, Any]) -> None:
                 paths=options["paths"],
                 grace=options["grace"],
                 dtls_role=options["dtls_role"],
+                front=options["front"],
+                ca_file=options["ca_file"],
             )
         )
     except ValueError as exc:

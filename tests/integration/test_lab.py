@@ -77,16 +77,24 @@ class Lab:
         log.close()
         return result
 
-    def start_client(self) -> None:
-        argv = [sys.executable, "-m", "unwall", "client", "--bridge", self.info["bridge_line"],
+    def start_client(self, *extra: str, bridge: str = "bridge_line", wait: bool = True) -> None:
+        argv = [sys.executable, "-m", "unwall", "client", "--bridge", self.info[bridge],
                 "--host-address", topology.CENSORED_IP, "--socks", "127.0.0.1:1080",
-                "--http", "127.0.0.1:8118"]  # fmt: skip
+                "--http", "127.0.0.1:8118", *extra]  # fmt: skip
+        if self.info.get("stun"):
+            argv += ["--ice-server", self.info["stun"]]
         log = (self.state / "client.log").open("wb")
         self.client = subprocess.Popen(
             ["ip", "netns", "exec", topology.CENSORED, *argv], stdout=log, stderr=log
         )
-        deadline = time.monotonic() + 60
-        while "tunnel ready" not in (self.state / "client.log").read_text():
+        if not wait:
+            return
+        self.wait_client_log("tunnel ready")
+
+    def wait_client_log(self, text: str, timeout: float = 60) -> None:
+        assert self.client is not None
+        deadline = time.monotonic() + timeout
+        while text not in (self.state / "client.log").read_text():
             assert self.client.poll() is None, (self.state / "client.log").read_text()
             assert time.monotonic() < deadline, (self.state / "client.log").read_text()
             time.sleep(0.1)
@@ -254,3 +262,28 @@ def test_report_shows_what_the_box_saw(lab_state: Path) -> None:
     assert host["names"]["open.test"]["blocked_destination"] is False
     text = manager.report()
     assert "news.test" in text and "BLOCKED DESTINATION" in text
+
+
+def test_rendezvous_through_a_front(lab_state: Path) -> None:
+    """The broker's address and name are blocked; the client reaches it through the CDN."""
+    profile = {
+        "dns": {"poison": ["broker.test", "news.test"]},
+        "ip": {"block": ["203.0.113.20/32", NEWS_IP + "/32"]},
+        "sni": {"block": ["broker.test", "news.test"]},
+        "host": {"block": ["broker.test", "news.test"]},
+    }
+    lab = _up(lab_state, profile)
+    # Directly, the broker cannot be reached: the client says so and keeps trying.
+    lab.start_client("--stream-wait", "2", wait=False)
+    lab.wait_client_log("cannot reach the broker", timeout=60)
+    lab.stop()
+    # Fronted: DNS, TCP and TLS name cdn.test; only the Host header inside TLS names the broker.
+    lab.start_client("--ca-file", lab.info["lab_ca"], bridge="bridge_line_fronted")
+    result = lab.measure("fronted-rendezvous", "unwall", *lab.socks(), "https://news.test/")
+    lab.stop()
+    assert result.returncode == 0, result.stderr
+    assert "<h1>news.test</h1>" in result.stdout
+    report = json.loads(manager.report(as_json=True))
+    names = report["hosts"][topology.CENSORED_IP]["names"]
+    assert "cdn.test" in names
+    assert "tls sni" in names["cdn.test"]["seen_as"]

@@ -60,6 +60,10 @@ class TunnelConfig:
     #: our DTLS role: "auto" lets the volunteer choose (its answer decides); "client" or
     #: "server" insist, so that both directions can be tested against real browsers
     dtls_role: str = "auto"
+    #: domain fronting: reach the broker through this https:// front (see BrokerClient)
+    front: str | None = None
+    #: extra CA certificates (PEM file) to trust for the broker or front's TLS
+    ca_file: str | None = None
 
 
 class VolunteerPath:
@@ -145,7 +149,9 @@ class Tunnel:
 
     async def run(self) -> None:
         async with aiohttp.ClientSession() as http:
-            broker = BrokerClient(http, self.config.broker_url)
+            broker = BrokerClient(
+                http, self.config.broker_url, front=self.config.front, ca_file=self.config.ca_file
+            )
             filler = asyncio.create_task(self._fill_pool(broker))
             try:
                 await self._drive()

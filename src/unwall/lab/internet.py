@@ -120,6 +120,48 @@ def site_app(name: str) -> web.Application:
     return app
 
 
+def front_app(backends: dict[str, str]) -> web.Application:
+    """A CDN edge: terminates TLS for its own name, forwards by the Host header inside.
+
+    This is what makes domain fronting work: the censor sees a connection to the CDN's
+    address with the CDN's name in the SNI; the Host header naming the broker is encrypted.
+    """
+    import aiohttp
+
+    app = web.Application(client_max_size=1 << 20)
+
+    async def start(app: web.Application) -> None:
+        app["session"] = aiohttp.ClientSession()
+
+    async def stop(app: web.Application) -> None:
+        await app["session"].close()
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        host = request.headers.get("Host", "").split(":")[0].lower()
+        backend = backends.get(host)
+        if backend is None:
+            return web.Response(status=421, text=f"this front does not serve {host or '?'}\n")
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "content-type"}
+        async with app["session"].request(
+            request.method,
+            backend + request.rel_url.path_qs,
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=120),
+        ) as response:
+            return web.Response(
+                status=response.status,
+                body=await response.read(),
+                headers={k: v for k, v in response.headers.items() if k.lower() == "content-type"},
+            )
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
 async def run_internet(addresses: LabAddresses, state: Path) -> None:
     loop = asyncio.get_running_loop()
     await loop.create_datagram_endpoint(lambda: Zone(addresses), local_addr=(addresses.dns, 53))
@@ -137,6 +179,12 @@ async def run_internet(addresses: LabAddresses, state: Path) -> None:
         await web.TCPSite(runner, address, 80).start()
         await web.TCPSite(runner, address, 443, ssl_context=tls).start()
         runners.append(runner)
+    front = web.AppRunner(
+        front_app({"broker.test": f"http://{addresses.broker}:8080"}), access_log=None
+    )
+    await front.setup()
+    await web.TCPSite(front, addresses.front, 443, ssl_context=tls).start()
+    runners.append(front)
     (state / "internet.ready").write_text("ok\n")
     try:
         await asyncio.Event().wait()

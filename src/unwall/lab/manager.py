@@ -92,6 +92,15 @@ def up(profile_path: Path | None = None) -> dict[str, Any]:
     _start("box", BOX, _unwall("lab", "_box", "--state", str(state)), state)
     _start("internet", INTERNET, _unwall("lab", "_internet", "--state", str(state)), state)
     _wait_for(lambda: (state / "internet.ready").exists(), "the lab's web sites", state)
+    stun_url = None
+    if shutil.which("turnserver"):
+        # Debian's coturn, STUN only: clients and volunteers learn their public address.
+        _start("stun", INTERNET, [
+            "turnserver", "-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls",
+            "--listening-ip", addresses.stun, "--listening-port", "3478",
+            "--log-file", "stdout", "--simple-log",
+        ], state)  # fmt: skip
+        stun_url = f"stun:{addresses.stun}:3478"
     from unwall.egress.identity import generate_identity, load_identity, save_identity
 
     keys = state / "egress-keys"
@@ -109,16 +118,19 @@ def up(profile_path: Path | None = None) -> dict[str, Any]:
     ), state)  # fmt: skip
     _wait_for(lambda: _port_open(INTERNET, addresses.broker, BROKER_PORT), "the broker", state)
     _wait_for(lambda: _port_open(INTERNET, addresses.egress, EGRESS_PORT), "the egress", state)
+    stun_args = ["--ice-server", stun_url] if stun_url else []
     _start("volunteer", INTERNET, _unwall(
         "volunteer", "--broker", f"http://{addresses.broker}:{BROKER_PORT}",
-        "--egress", egress_url, "--host-address", addresses.volunteers,
+        "--egress", egress_url, "--host-address", addresses.volunteers, *stun_args,
     ), state)  # fmt: skip
     info = {
         "state": str(state),
         "profile": profile.source,
         "bridge_line": f"unwall1 broker={broker_url} pin={pin}",
+        "bridge_line_fronted": f"unwall1 broker={broker_url} pin={pin} front=https://cdn.test/",
         "censored_host": topology.CENSORED_IP,
         "lab_ca": str(state / "pki" / "lab-ca.pem"),
+        "stun": stun_url or "",
     }
     (state / "lab.json").write_text(json.dumps(info, indent=2))
     return info

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from typing import TypeVar
 
 import aiohttp
+from yarl import URL
 
 from unwall.wire import broker as messages
 
@@ -27,17 +29,41 @@ class OfferGone(Exception):
 
 
 class BrokerClient:
-    def __init__(self, http: aiohttp.ClientSession, base_url: str) -> None:
+    """POSTs to the broker, directly or domain-fronted.
+
+    With `front` (an https:// URL of a CDN that forwards by Host header), connections go to
+    the front (DNS, TCP and TLS SNI all name the front) and only the HTTP Host header,
+    inside TLS, names the broker; a censor that blocks the broker's name and address sees
+    a connection to the CDN.
+    """
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        base_url: str,
+        front: str | None = None,
+        ca_file: str | None = None,
+    ) -> None:
         self._http = http
         self.base_url = base_url.rstrip("/")
+        self._headers = {"Content-Type": "application/json"}
+        self._target = self.base_url
+        self._ssl: ssl.SSLContext | bool = True
+        if front is not None:
+            broker = URL(self.base_url)
+            self._target = front.rstrip("/") + broker.path.rstrip("/")
+            self._headers["Host"] = broker.host or ""
+        if ca_file is not None:
+            self._ssl = ssl.create_default_context(cafile=ca_file)
 
     async def _post(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-        url = self.base_url + path
+        url = self._target + path
         try:
             async with self._http.post(
                 url,
                 data=body,
-                headers={"Content-Type": "application/json"},
+                headers=self._headers,
+                ssl=self._ssl,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
                 data = await response.content.read(messages.MAX_RESPONSE_BODY + 1)

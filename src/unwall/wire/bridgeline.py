@@ -18,9 +18,14 @@ class BridgeLineError(ValueError):
 class BridgeLine:
     broker: str
     pin: str
+    #: domain fronting: an https:// front that forwards to the broker by Host header
+    front: str | None = None
 
     def format(self) -> str:
-        return f"{PREFIX} broker={quote(self.broker, safe=':/?&=@[]')} pin={self.pin}"
+        line = f"{PREFIX} broker={quote(self.broker, safe=':/?&=@[]')} pin={self.pin}"
+        if self.front:
+            line += f" front={quote(self.front, safe=':/?&=@[]')}"
+        return line
 
     @classmethod
     def parse(cls, line: str) -> BridgeLine:
@@ -43,4 +48,7 @@ class BridgeLine:
             pin = normalize_pin(fields["pin"])
         except ValueError as exc:
             raise BridgeLineError(str(exc)) from exc
-        return cls(broker=broker, pin=pin)
+        front = fields.get("front")
+        if front is not None and not front.startswith("https://"):
+            raise BridgeLineError(f"bridge line front {front!r} must be an https:// URL")
+        return cls(broker=broker, pin=pin, front=front)
