@@ -148,7 +148,7 @@ def report(
         address = entry["addresses"].setdefault(
             server,
             {"flows": 0, "ports": [], "blocked_destination": server in blocked_addresses,
-             "verdicts": []},
+             "verdicts": [], "protocols": []},
         )  # fmt: skip
         address["flows"] += 1
         if port not in address["ports"]:
@@ -156,6 +156,8 @@ def report(
         if verdict and verdict not in address["verdicts"]:
             address["verdicts"].append(verdict)
         for analyzer, key, value in json.loads(findings or "[]"):
+            if analyzer not in address["protocols"]:
+                address["protocols"].append(analyzer)
             if key in ("sni", "host", "query") and value:
                 _name(entry, value, f"{analyzer} {key}", blocked_names)
     for client, name, poisoned in db.execute("SELECT client, name, poisoned FROM dns"):

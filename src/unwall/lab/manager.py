@@ -140,6 +140,10 @@ def down(quiet: bool = False) -> None:
     """Stop what the lab started and remove its namespaces; safe to repeat, and after a crash."""
     state = state_dir()
     pids_path = state / "pids.json"
+    if BOX in topology.namespaces_up():
+        # End every flow now, so the box logs their byte counts before it goes.
+        topology.run("conntrack", "-F", namespace=BOX, check=False)
+        time.sleep(0.5)
     if pids_path.exists():
         with contextlib.suppress(ValueError):
             for pid in json.loads(pids_path.read_text()).values():
@@ -198,10 +202,11 @@ def report(as_json: bool = False) -> str:
         for address, record in sorted(entry["addresses"].items()):
             mark = "  BLOCKED DESTINATION" if record["blocked_destination"] else ""
             verdicts = ",".join(record["verdicts"]) or "-"
+            protocols = ",".join(record.get("protocols", [])) or "-"
             ports = ",".join(str(p) for p in record["ports"])
             lines.append(
                 f"  address {address:<16} ports {ports:<12} flows {record['flows']:<4} "
-                f"verdicts {verdicts}{mark}"
+                f"verdicts {verdicts:<6} seen {protocols}{mark}"
             )
     for m in data["measurements"]:
         lines.append(
