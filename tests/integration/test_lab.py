@@ -287,3 +287,44 @@ def test_rendezvous_through_a_front(lab_state: Path) -> None:
     names = report["hosts"][topology.CENSORED_IP]["names"]
     assert "cdn.test" in names
     assert "tls sni" in names["cdn.test"]["seen_as"]
+
+
+def test_throttled_site_is_slow_directly_and_fast_through_unwall(lab_state: Path) -> None:
+    lab = _up(lab_state, {"throttle": {"ip": ["203.0.113.81/32"], "rate": "800kbit"}})
+    size = 1_000_000
+    try:
+        direct = lab.measure(
+            "throttle", "direct", "-o", "/dev/null", f"http://open.test/blob/{size}"
+        )
+        assert direct.returncode == 0, direct.stderr
+        direct_speed = float(direct.stdout.split()[-1])
+        lab.start_client()
+        bridged = lab.measure(
+            "throttle", "unwall", *lab.socks(), "-o", "/dev/null", f"http://open.test/blob/{size}"
+        )
+        assert bridged.returncode == 0, bridged.stderr
+        bridged_speed = float(bridged.stdout.split()[-1])
+    finally:
+        lab.stop()
+    assert direct_speed < 150_000, f"800 kbit/s is 100 kB/s; got {direct_speed:.0f} B/s"
+    assert bridged_speed > 3 * direct_speed
+
+
+def test_residual_block_after_a_hit(lab_state: Path) -> None:
+    """After a Host hit, the same client, server and port stay blocked for a while,
+    whatever the next request asks for; other ports of that server still work."""
+    lab = _up(lab_state, {"host": ALL["host"], "residual": {"seconds": 4}})
+    hit = lab.curl("--resolve", f"news.test:80:{NEWS_IP}", "http://news.test/")
+    assert hit.returncode != 0
+    time.sleep(0.3)
+    # An innocent request to the same address and port is dropped during the residual...
+    innocent = lab.curl(
+        "--connect-timeout", "2", "--resolve", f"x.test:80:{NEWS_IP}", "http://x.test/", timeout=4
+    )
+    assert innocent.returncode != 0
+    # ... but the same server on another port is fine, and so is the port after it ends.
+    other_port = lab.curl("--resolve", f"x.test:443:{NEWS_IP}", "-k", "https://x.test/")
+    assert other_port.returncode == 0, other_port.stderr
+    time.sleep(4.5)
+    later = lab.curl("--resolve", f"x.test:80:{NEWS_IP}", "http://x.test/")
+    assert later.returncode == 0, later.stderr

@@ -50,6 +50,31 @@ def box_rules() -> list[list[str]]:
     ]  # fmt: skip
 
 
+def throttle_commands(profile: CensorProfile) -> list[list[str]]:
+    """tc commands (box namespace) that shape traffic with the throttled networks.
+
+    Downloads leave the box on b0 (towards the censored network), uploads on b1: each gets
+    an htb tree whose default class is unlimited and whose throttled class holds the rate.
+    """
+    commands: list[list[str]] = []
+    if not profile.throttle_ip:
+        return commands
+    for device, direction in (("b0", "src"), ("b1", "dst")):
+        commands += [
+            ["tc", "qdisc", "add", "dev", device, "root", "handle", "1:", "htb", "default", "10"],
+            ["tc", "class", "add", "dev", device, "parent", "1:", "classid", "1:10", "htb",
+             "rate", "10gbit"],
+            ["tc", "class", "add", "dev", device, "parent", "1:", "classid", "1:20", "htb",
+             "rate", profile.throttle_rate, "ceil", profile.throttle_rate],
+        ]  # fmt: skip
+        for network in profile.throttle_ip:
+            commands.append(
+                ["tc", "filter", "add", "dev", device, "parent", "1:", "protocol", "ip", "prio",
+                 "1", "u32", "match", "ip", direction, str(network), "flowid", "1:20"]
+            )  # fmt: skip
+    return commands
+
+
 class Box:
     def __init__(self, profile: CensorProfile, db_path: Path, upstream_dns: str) -> None:
         self.profile = profile

@@ -46,6 +46,10 @@ class Flow:
     verdict: int | None = None
     reason: str = ""
     analyzers: list[Analyzer] = field(default_factory=list)
+    #: TCP only, per direction (True = from the client): the next sequence number expected,
+    #: and segments that arrived ahead of it
+    next_seq: dict[bool, int] = field(default_factory=dict)
+    ahead: dict[bool, dict[int, bytes]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class ParsedPacket:
     dport: int
     payload: bytes
     syn_only: bool
+    seq: int = 0  # TCP sequence number of the first payload byte (or of the SYN)
+    syn: bool = False
 
 
 def parse_ipv4(packet: bytes) -> ParsedPacket | None:
@@ -81,7 +87,11 @@ def parse_ipv4(packet: bytes) -> ParsedPacket | None:
         sport, dport = struct.unpack_from("!HH", body, 0)
         offset = (body[12] >> 4) * 4
         flags = body[13]
-        return ParsedPacket("tcp", src, sport, dst, dport, body[offset:], flags & 0x12 == 0x02)
+        (seq,) = struct.unpack_from("!I", body, 4)
+        return ParsedPacket(
+            "tcp", src, sport, dst, dport, body[offset:], flags & 0x12 == 0x02, seq,
+            bool(flags & 0x02),
+        )  # fmt: skip
     if proto == 17 and len(body) >= 8:
         sport, dport = struct.unpack_from("!HH", body, 0)
         return ParsedPacket("udp", src, sport, dst, dport, body[8:], False)
@@ -117,18 +127,25 @@ class Inspector:
             self._flows[key] = flow
         flow.packets += 1
         found: list[Finding] = []
-        if parsed.payload:
+        gap = False
+        if key.protocol == "tcp":
+            pieces, gap = _in_order(flow, parsed, from_client)
+        else:
+            pieces = [parsed.payload] if parsed.payload else []
+        for piece in pieces:
             for analyzer in flow.analyzers:
                 if not analyzer.done:
-                    found += analyzer.feed(parsed.payload, from_client=from_client)
+                    found += analyzer.feed(piece, from_client=from_client)
         flow.findings += found
-        mark = self._decide(flow, found, new_flow)
+        mark = self._decide(flow, found, new_flow, gap)
         if mark is not None:
             flow.verdict = mark
             self._flows.pop(key, None)  # decided: the kernel handles the rest
         return Decision(flow, found, mark, new_flow)
 
-    def _decide(self, flow: Flow, found: list[Finding], new_flow: bool) -> int | None:
+    def _decide(
+        self, flow: Flow, found: list[Finding], new_flow: bool, gap: bool = False
+    ) -> int | None:
         profile = self.profile
         if new_flow:
             network = profile.ip_blocked(flow.key.server)
@@ -146,6 +163,8 @@ class Inspector:
                 if entry is not None:
                     flow.reason = f"host {finding.value} matches {entry}"
                     return _mark_for(profile.host_action, flow)
+        if gap and flow.packets < 2 * DECIDE_AFTER_PACKETS:
+            return None  # data is missing in the middle: no verdict on half a ClientHello
         analyzers_done = all(analyzer.done for analyzer in flow.analyzers)
         if flow.packets >= DECIDE_AFTER_PACKETS or (analyzers_done and flow.packets >= 3):
             flow.reason = "nothing to object to"
@@ -161,3 +180,36 @@ class Inspector:
 def _mark_for(action: str, flow: FlowKey | Flow) -> int:
     protocol = flow.key.protocol if isinstance(flow, Flow) else flow.protocol
     return MARK_RST if action == "rst" and protocol == "tcp" else MARK_DROP
+
+
+#: segments kept ahead of a gap, per direction
+MAX_AHEAD = 32
+
+
+def _in_order(flow: Flow, packet: ParsedPacket, from_client: bool) -> tuple[list[bytes], bool]:
+    """The new in-order bytes this TCP segment makes available, and whether a gap remains.
+
+    Analyzers read a byte stream: a retransmitted segment must not be fed twice and a
+    segment that arrives early must wait, or a ClientHello split over two segments could be
+    garbled into "nothing to object to"."""
+    if packet.syn:
+        flow.next_seq[from_client] = (packet.seq + 1) & 0xFFFFFFFF
+        return [], False
+    payload = packet.payload
+    expected = flow.next_seq.get(from_client)
+    if expected is None:  # joined mid-flow: start here
+        expected = packet.seq
+    ahead = flow.ahead.setdefault(from_client, {})
+    if payload:
+        offset = (expected - packet.seq) & 0xFFFFFFFF
+        if offset < len(payload):  # new bytes at or before `expected`
+            ahead[expected] = payload[offset:]
+        elif offset > 0x7FFFFFFF and len(ahead) < MAX_AHEAD:  # ahead of `expected`
+            ahead.setdefault(packet.seq, payload)
+    pieces = []
+    while expected in ahead:
+        piece = ahead.pop(expected)
+        pieces.append(piece)
+        expected = (expected + len(piece)) & 0xFFFFFFFF
+    flow.next_seq[from_client] = expected
+    return pieces, bool(ahead)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from unwall.lab import topology
-from unwall.lab.box import box_rules
+from unwall.lab.box import box_rules, throttle_commands
 from unwall.lab.profile import CensorProfile
 from unwall.lab.topology import BOX, INTERNET, LabAddresses, LabError
 
@@ -87,7 +87,7 @@ def up(profile_path: Path | None = None) -> dict[str, Any]:
         (state / "profile.toml").write_text("# no blocking: the box only logs\n")
     addresses = LabAddresses()
     topology.build(addresses)
-    for rule in box_rules():
+    for rule in box_rules() + throttle_commands(profile):
         topology.run(*rule, namespace=BOX)
     _start("box", BOX, _unwall("lab", "_box", "--state", str(state)), state)
     _start("internet", INTERNET, _unwall("lab", "_internet", "--state", str(state)), state)

@@ -18,18 +18,31 @@ action = "rst"
 
 [residual]
 seconds = 0                     # after a hit, drop the same client/server/port for N s
+
+[throttle]
+ip = ["203.0.113.81/32"]        # traffic with these networks is shaped (tc htb) ...
+rate = "1mbit"                  # ... to this rate, each direction
 ```
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ACTIONS = ("rst", "drop")
+_KEYS = {
+    "dns": {"poison", "answer"},
+    "ip": {"block"},
+    "sni": {"block", "action"},
+    "host": {"block", "action"},
+    "residual": {"seconds"},
+    "throttle": {"ip", "rate"},
+}
 
 
 class ProfileError(ValueError):
@@ -61,6 +74,8 @@ class CensorProfile:
     host_block: tuple[str, ...] = ()
     host_action: str = "rst"
     residual_seconds: int = 0
+    throttle_ip: tuple[ipaddress.IPv4Network, ...] = ()
+    throttle_rate: str = "1mbit"
     source: str = field(default="built-in", compare=False)
 
     @classmethod
@@ -75,16 +90,30 @@ class CensorProfile:
 
     @classmethod
     def from_dict(cls, document: dict[str, Any], source: str = "dict") -> CensorProfile:
-        known = {"dns", "ip", "sni", "host", "residual"}
+        known = {"dns", "ip", "sni", "host", "residual", "throttle"}
         unknown = set(document) - known
         if unknown:
             raise ProfileError(f"unknown table(s) {sorted(unknown)}; known: {sorted(known)}")
-        dns = document.get("dns", {})
-        ip = document.get("ip", {})
-        sni = document.get("sni", {})
-        host = document.get("host", {})
-        residual = document.get("residual", {})
+        tables: dict[str, dict[str, Any]] = {}
+        for table, keys in _KEYS.items():
+            section = document.get(table, {})
+            if not isinstance(section, dict):
+                raise ProfileError(f"[{table}] must be a table")
+            unknown_keys = set(section) - keys
+            if unknown_keys:
+                raise ProfileError(
+                    f"unknown key(s) {sorted(unknown_keys)} in [{table}]; known: {sorted(keys)}"
+                )
+            tables[table] = section
+        dns, ip, sni, host = tables["dns"], tables["ip"], tables["sni"], tables["host"]
+        residual, throttle = tables["residual"], tables["throttle"]
+        rate = throttle.get("rate", "1mbit")
+        if not isinstance(rate, str) or not re.fullmatch(r"\d+(\.\d+)?(bit|kbit|mbit|gbit)", rate):
+            raise ProfileError(f"[throttle] rate {rate!r} must look like 500kbit or 2mbit")
         try:
+            throttled = tuple(
+                ipaddress.IPv4Network(v, strict=False) for v in throttle.get("ip", [])
+            )
             networks = tuple(ipaddress.IPv4Network(v, strict=False) for v in ip.get("block", []))
             ipaddress.IPv4Address(dns.get("answer", "203.0.113.99"))
         except ValueError as exc:
@@ -96,7 +125,7 @@ class CensorProfile:
             if action not in ACTIONS:
                 raise ProfileError(f"[{table}] action must be one of {ACTIONS}, not {action!r}")
         seconds = residual.get("seconds", 0)
-        if not isinstance(seconds, int) or seconds < 0:
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
             raise ProfileError("[residual] seconds must be a whole number >= 0")
         return cls(
             dns_poison=_names(dns.get("poison", []), "[dns] poison"),
@@ -107,6 +136,8 @@ class CensorProfile:
             host_block=_names(host.get("block", []), "[host] block"),
             host_action=host.get("action", "rst"),
             residual_seconds=seconds,
+            throttle_ip=throttled,
+            throttle_rate=rate,
             source=source,
         )
 
