@@ -16,7 +16,7 @@ from unwall.client import httpproxy, socks5
 from unwall.client.tunnel import Tunnel, TunnelUnavailable
 from unwall.transport import quic
 from unwall.transport.pipe import pipe
-from unwall.transport.quic import QuicStream
+from unwall.transport.quic import QuicStream, read_header
 from unwall.wire.streamheader import (
     HeaderError,
     StreamReply,
@@ -69,16 +69,10 @@ async def open_target(tunnel: Tunnel, host: str, port: int, early: bytes = b"") 
 
 
 async def _read_reply(stream: QuicStream) -> StreamReply:
-    decoder = StreamReplyDecoder()
-    while True:
-        data = await stream.read()
-        if not data:
-            raise HeaderError("the egress ended the stream without a reply")
-        decoder.receive_data(data)
-        reply = decoder.next_event()
-        if reply is not None:
-            stream.unread(decoder.trailing_data)
-            return reply
+    try:
+        return await read_header(stream, StreamReplyDecoder(), "the egress's reply")
+    except EOFError as exc:
+        raise HeaderError(str(exc)) from None
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

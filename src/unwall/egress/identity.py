@@ -7,9 +7,7 @@ can be re-issued without changing the pin.
 
 from __future__ import annotations
 
-import base64
 import datetime
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from unwall.transport.quic import spki_pin
+from unwall.transport.quic import key_pin, spki_pin
 
 KEY_FILE = "egress-key.pem"
 CERT_FILE = "egress-cert.pem"
@@ -91,14 +89,6 @@ def load_identity(directory: Path) -> EgressIdentity:
         raise IdentityError(f"cannot read the egress key in {directory}: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise IdentityError(f"{key_path} is not an EC private key")
-    if spki_pin(certificate) != _key_pin(key):
+    if spki_pin(certificate) != key_pin(key.public_key()):
         raise IdentityError(f"{cert_path} does not belong to the key in {key_path}")
     return EgressIdentity(certificate, key)
-
-
-def _key_pin(key: ec.EllipticCurvePrivateKey) -> str:
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    digest = hashlib.sha256(spki).digest()
-    return "sha256:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

@@ -23,7 +23,12 @@ from unwall.egress.router import NewSession, SessionRouter
 from unwall.transport import quic
 from unwall.transport.droptail import DropTailQueue
 from unwall.transport.pipe import pipe
-from unwall.transport.quic import FlowControlledConnection, QuicSession, QuicStream
+from unwall.transport.quic import (
+    FlowControlledConnection,
+    QuicSession,
+    QuicStream,
+    read_header,
+)
 from unwall.wire.streamheader import (
     HeaderError,
     StreamReply,
@@ -169,16 +174,10 @@ class Egress:
         )
 
     async def _read_target(self, stream: QuicStream) -> StreamTarget:
-        decoder = StreamTargetDecoder()
-        while True:
-            data = await stream.read()
-            if not data:
-                raise HeaderError("stream ended before its header")
-            decoder.receive_data(data)
-            target = decoder.next_event()
-            if target is not None:
-                stream.unread(decoder.trailing_data)
-                return target
+        try:
+            return await read_header(stream, StreamTargetDecoder(), "its header")
+        except EOFError as exc:
+            raise HeaderError(str(exc)) from None
 
     async def _refuse(self, stream: QuicStream, status: StreamStatus, reason: str) -> None:
         with contextlib.suppress(quic.StreamReset, quic.SessionClosed):

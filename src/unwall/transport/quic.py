@@ -26,7 +26,7 @@ import re
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -35,9 +35,13 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.stream import QuicStream as AioquicStream
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
 
 log = logging.getLogger("unwall.quic")
+HeaderT = TypeVar("HeaderT", covariant=True)
 
 ALPN = "unwall/1"
 #: Upper bound of a QUIC datagram (one DataChannel/WebSocket message). Large datagrams are
@@ -92,7 +96,11 @@ class StreamReset(ConnectionError):
 
 def spki_pin(certificate: x509.Certificate) -> str:
     """The pin of a certificate's key: `sha256:` + unpadded base64url of the SPKI digest."""
-    spki = certificate.public_key().public_bytes(
+    return key_pin(certificate.public_key())
+
+
+def key_pin(public_key: CertificatePublicKeyTypes) -> str:
+    spki = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     digest = hashlib.sha256(spki).digest()
@@ -359,6 +367,27 @@ class QuicStream:
     @property
     def at_eof(self) -> bool:
         return self._eof and not self._chunks
+
+
+class HeaderDecoder(Protocol[HeaderT]):
+    def receive_data(self, data: bytes) -> None: ...
+    def next_event(self) -> HeaderT | None: ...
+    @property
+    def trailing_data(self) -> bytes: ...
+
+
+async def read_header(stream: QuicStream, decoder: HeaderDecoder[HeaderT], what: str) -> HeaderT:
+    """Read until `decoder` yields its message; bytes after it stay readable on the stream.
+    Raises the decoder's error on malformed input, or EOFError naming `what`."""
+    while True:
+        data = await stream.read()
+        if not data:
+            raise EOFError(f"the stream ended before {what}")
+        decoder.receive_data(data)
+        message = decoder.next_event()
+        if message is not None:
+            stream.unread(decoder.trailing_data)
+            return message
 
 
 class QuicSession:
