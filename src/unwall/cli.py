@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -135,6 +136,12 @@ CLIENT_OPTIONS = [
 ]
 
 
+NATCHECK_OPTIONS = [
+    *ICE_OPTIONS,
+    Option("--json", "print the verdict as JSON", is_switch=True),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unwall",
@@ -169,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     client = roles.add_parser("client", help="local SOCKS5 and HTTP proxy through unwall")
     add_options(client, CLIENT_OPTIONS)
+
+    natcheck = roles.add_parser(
+        "natcheck", help="which kind of NAT this network has (RFC 5780, with a STUN server)"
+    )
+    add_options(natcheck, NATCHECK_OPTIONS)
 
     demo = roles.add_parser(
         "demo", help="run broker, egress, volunteer and client here; fetch a page through them"
@@ -220,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(_volunteer(resolve(args, VOLUNTEER_OPTIONS, "volunteer")))
         if args.role == "client":
             return _run(_client(resolve(args, CLIENT_OPTIONS, "client")))
+        if args.role == "natcheck":
+            return _run(_natcheck(resolve(args, NATCHECK_OPTIONS, "natcheck")))
         if args.role == "demo":
             from unwall.local import demo
 
@@ -411,6 +425,30 @@ async def _client(options: dict[str, Any]) -> None:
         await tunnel.run()
     finally:
         await proxies.close()
+
+
+async def _natcheck(options: dict[str, Any]) -> int:
+    from unwall.transport.natcheck import discover_nat, stun_server_of
+
+    server = stun_server_of(options["ice_server"])
+    if server is None:
+        raise UsageError("unwall natcheck needs a STUN server: --ice-server stun:HOST:PORT")
+    local = options["host_address"][0] if options["host_address"] else None
+    verdict = await discover_nat(server, local)
+    if options["json"]:
+        print(
+            json.dumps(
+                {
+                    "nat": verdict.kind,
+                    "mapping": verdict.mapping,
+                    "filtering": verdict.filtering,
+                    "reason": verdict.reason,
+                }
+            )
+        )
+    else:
+        print(f"NAT: {verdict.describe()}")
+    return 0
 
 
 def _lab(args: argparse.Namespace) -> int:

@@ -51,6 +51,11 @@ def set_host_addresses(addresses: Sequence[str] | None) -> None:
     aioice.ice.get_host_addresses = _get_host_addresses
 
 
+def pinned_host_addresses() -> list[str] | None:
+    """The addresses given to `set_host_addresses`, or None if aioice chooses."""
+    return list(_pinned_addresses) if _pinned_addresses is not None else None
+
+
 def rtc_configuration(ice_servers: Sequence[str] = ()) -> RTCConfiguration:
     """A configuration with exactly these ICE servers (`stun:host:port`, `turn:...`)."""
     return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in ice_servers])

@@ -1,0 +1,135 @@
+"""Debian's coturn (`turnserver`) as a test's own STUN/TURN server, on free ports.
+
+Given two listening addresses of one family, coturn answers RFC 5780 CHANGE-REQUESTs (from
+its second address and its alternate port) and adds OTHER-ADDRESS to its answers; given
+one, it is a plain STUN server. Everything it writes (pid file, SQLite user database, log)
+stays in the test's directory, and the process is killed when the context ends, also on
+failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def require_coturn() -> str:
+    path = shutil.which("turnserver")
+    if path is None:
+        pytest.skip("coturn (turnserver) is not installed")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``host`` (coturn listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port found")
+
+
+@dataclass
+class Coturn:
+    addresses: tuple[str, ...]
+    port: int
+    alt_port: int
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def stun_url(self) -> str:
+        return f"stun:{self.addresses[0]}:{self.port}"
+
+    def turn_url(self, transport: str = "udp") -> str:
+        return f"turn:{self.addresses[0]}:{self.port}?transport={transport}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@contextlib.contextmanager
+def coturn(
+    workdir: Path,
+    addresses: Sequence[str] = ("127.0.0.1",),
+    *,
+    netns: str | None = None,
+    port: int | None = None,
+    stun_only: bool = True,
+    auth_secret: str | None = None,
+    users: Sequence[tuple[str, str]] = (),
+    realm: str = "unwall.test",
+) -> Iterator[Coturn]:
+    """Run coturn listening on ``addresses`` (in namespace ``netns`` if given)."""
+    binary = require_coturn()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if netns is None:
+        port = port or free_port(addresses[0])
+        alt_port = free_port(addresses[0])
+    else:  # a namespace of the test's own: every port is free
+        port = port or 3478
+        alt_port = port + 1
+    log = workdir / "turnserver.log"
+    argv = [
+        binary, "-n", "--no-cli", "--no-tls", "--no-dtls",
+        "--listening-port", str(port), "--alt-listening-port", str(alt_port),
+        "--pidfile", str(workdir / "turnserver.pid"), "--userdb", str(workdir / "turndb"),
+        "--log-file", str(log), "--simple-log", "--no-stdout-log",
+    ]  # fmt: skip
+    for address in addresses:
+        argv += ["--listening-ip", address]
+    if stun_only:
+        argv.append("--stun-only")
+    else:
+        argv += [
+            "--realm", realm, "--fingerprint", "--allow-loopback-peers",
+            "--relay-ip", addresses[0], "--no-multicast-peers",
+        ]  # fmt: skip
+        if auth_secret is not None:
+            argv += ["--use-auth-secret", "--static-auth-secret", auth_secret]
+        else:
+            argv.append("--lt-cred-mech")
+            for user, password in users:
+                argv += ["--user", f"{user}:{password}"]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Coturn(tuple(addresses), port, alt_port, log, process)
+    try:
+        _wait_listening(server, netns)
+        yield server
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _wait_listening(server: Coturn, netns: str | None) -> None:
+    """Until a UDP socket is bound on every listening address (coturn has no ready signal)."""
+    wanted = {f"{address}:{server.port}" for address in server.addresses}
+    command = ["ss", "-Hlun"]
+    if netns is not None:
+        command = ["ip", "netns", "exec", netns, *command]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"coturn exited early:\n{server.log_text()[-2000:]}")
+        out = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
+        local = {line.split()[3] for line in out.splitlines() if len(line.split()) > 3}
+        if wanted <= local:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"coturn did not listen on {sorted(wanted)}:\n{server.log_text()[-2000:]}")
