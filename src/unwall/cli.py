@@ -195,15 +195,31 @@ def build_parser() -> argparse.ArgumentParser:
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="COMMAND", required=True)
     lab_up = lab_sub.add_parser("up", help="build the lab: censored host, box, internet")
     lab_up.add_argument("--profile", type=Path, help="censor profile (TOML); default: log only")
+    lab_up.add_argument(
+        "--link",
+        metavar="PRESET",
+        help="emulate this path between the censored network and the world (replaces the "
+        "profile's [link]): clean, intercontinental, censored-lossy, hostile",
+    )
+    lab_link = lab_sub.add_parser("link", help="change the running lab's emulated path")
+    lab_link.add_argument("preset", help="clean, intercontinental, censored-lossy or hostile")
+    lab_link.add_argument("--stats", action="store_true", help="print the emulator's counters")
     lab_sub.add_parser("down", help="remove everything the lab made (idempotent)")
     lab_run = lab_sub.add_parser("run", help="run a command in a lab namespace")
     lab_run.add_argument("namespace", choices=["censored", "box", "internet"])
     lab_run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS]")
     lab_report = lab_sub.add_parser("report", help="what the box learned, per censored host")
     lab_report.add_argument("--json", action="store_true", help="machine-readable")
-    for hidden in ("_box", "_internet"):
+    for hidden in ("_box", "_internet", "_link"):
         daemon = lab_sub.add_parser(hidden)
         daemon.add_argument("--state", type=Path, required=True)
+    for name, help_text in (
+        ("probe", "measure the emulated path: RTT and loss per direction (UDP probes)"),
+        ("_probe", None),
+    ):
+        prober = lab_sub.add_parser(name, help=help_text) if help_text else lab_sub.add_parser(name)
+        prober.add_argument("--count", type=positive_int, default=10_000, help="probes to send")
+        prober.add_argument("--rate", type=positive_float, default=2000.0, help="probes per s")
 
     bench = roles.add_parser("bench", help="measure throughput, latency and CPU on this machine")
     bench.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -453,12 +469,15 @@ async def _natcheck(options: dict[str, Any]) -> int:
 
 def _lab(args: argparse.Namespace) -> int:
     from unwall.lab import manager
+    from unwall.lab.link import LinkError, preset
     from unwall.lab.profile import ProfileError
     from unwall.lab.topology import LabError
 
     try:
         if args.lab_command == "up":
-            info = manager.up(args.profile)
+            if args.link is not None:
+                preset(args.link)  # an unknown name fails before anything is built
+            info = manager.up(args.profile, link=args.link)
             print("lab is up")
             for key, value in info.items():
                 print(f"  {key}: {value}")
@@ -472,6 +491,26 @@ def _lab(args: argparse.Namespace) -> int:
         if args.lab_command == "report":
             print(manager.report(as_json=args.json))
             return 0
+        if args.lab_command == "link":
+            print("link is now", manager.set_link(preset(args.preset)))
+            if args.stats:
+                print(json.dumps(manager.link_stats(), indent=2))
+            return 0
+        if args.lab_command == "probe":
+            print(json.dumps(manager.probe_path(args.count, args.rate), indent=2))
+            return 0
+        if args.lab_command == "_probe":
+            from unwall.lab.probe import PROBE_PORT, probe
+            from unwall.lab.topology import LabAddresses
+
+            result = asyncio.run(probe(LabAddresses().open, PROBE_PORT, args.count, args.rate))
+            print(json.dumps(result.as_dict()))
+            return 0
+        if args.lab_command == "_link":
+            from unwall.lab.delayline import run_delay_line
+
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+            return run_delay_line(args.state)
         if args.lab_command == "_box":
             from unwall.lab.box import run_box
             from unwall.lab.profile import CensorProfile
@@ -484,7 +523,7 @@ def _lab(args: argparse.Namespace) -> int:
             from unwall.lab.topology import LabAddresses
 
             return _run(run_internet(LabAddresses(), args.state))
-    except (LabError, ProfileError) as exc:
+    except (LabError, ProfileError, LinkError) as exc:
         print(f"unwall lab: {exc}", file=sys.stderr)
         return 1
     return 2

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from dnslib import QTYPE, RR, A, DNSRecord
 
+from unwall.lab.probe import PROBE_PORT, EchoServer
 from unwall.lab.topology import LabAddresses
 
 
@@ -165,6 +166,7 @@ def front_app(backends: dict[str, str]) -> web.Application:
 async def run_internet(addresses: LabAddresses, state: Path) -> None:
     loop = asyncio.get_running_loop()
     await loop.create_datagram_endpoint(lambda: Zone(addresses), local_addr=(addresses.dns, 53))
+    await loop.create_datagram_endpoint(EchoServer, local_addr=(addresses.open, PROBE_PORT))
     _, cert, key = make_ca(state / "pki", ["news.test", "open.test", "*.canary.test", "cdn.test"])
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert, key)

@@ -20,6 +20,8 @@ from typing import Any
 
 from unwall.lab import topology
 from unwall.lab.box import box_rules, throttle_commands
+from unwall.lab.delayline import emulator_rules, read_link_state, write_link_state
+from unwall.lab.link import LinkSpec, preset
 from unwall.lab.profile import CensorProfile
 from unwall.lab.topology import BOX, INTERNET, LabAddresses, LabError
 
@@ -71,25 +73,41 @@ def _port_open(namespace: str, address: str, port: int) -> bool:
     return result.returncode == 0
 
 
-def up(profile_path: Path | None = None) -> dict[str, Any]:
+def up(profile_path: Path | None = None, link: str | None = None) -> dict[str, Any]:
+    """Build the lab. `link` names a preset that replaces the profile's `[link]`."""
     reason = topology.lab_possible()
     if reason is not None:
         raise LabError(reason)
     down(quiet=True)
     state = state_dir()
     state.mkdir(parents=True, exist_ok=True)
-    for stale in ("flows.db", "flows.db-wal", "flows.db-shm", "pids.json", "internet.ready"):
+    for stale in (
+        "flows.db",
+        "flows.db-wal",
+        "flows.db-shm",
+        "pids.json",
+        "internet.ready",
+        "link.ready",
+        "link-stats.json",
+    ):
         (state / stale).unlink(missing_ok=True)
     profile = CensorProfile.load(profile_path) if profile_path else CensorProfile()
     if profile_path is not None:
         shutil.copy(profile_path, state / "profile.toml")
     else:
         (state / "profile.toml").write_text("# no blocking: the box only logs\n")
+    link_spec = preset(link) if link is not None else profile.link
+    write_link_state(state / "link.json", link_spec)
     addresses = LabAddresses()
     topology.build(addresses)
     for rule in box_rules() + throttle_commands(profile):
         topology.run(*rule, namespace=BOX)
     _start("box", BOX, _unwall("lab", "_box", "--state", str(state)), state)
+    _start("link", BOX, _unwall("lab", "_link", "--state", str(state)), state)
+    _wait_for(lambda: (state / "link.ready").exists(), "the link emulator", state)
+    if not link_spec.is_perfect:
+        for rule in emulator_rules():
+            topology.run(*rule, namespace=BOX)
     _start("internet", INTERNET, _unwall("lab", "_internet", "--state", str(state)), state)
     _wait_for(lambda: (state / "internet.ready").exists(), "the lab's web sites", state)
     stun_url = None
@@ -131,9 +149,50 @@ def up(profile_path: Path | None = None) -> dict[str, Any]:
         "censored_host": topology.CENSORED_IP,
         "lab_ca": str(state / "pki" / "lab-ca.pem"),
         "stun": stun_url or "",
+        "link": link_spec.describe(),
     }
     (state / "lab.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def set_link(spec: LinkSpec) -> str:
+    """Change the running lab's link (held packets keep their due times)."""
+    state = state_dir()
+    if BOX not in topology.namespaces_up() or not (state / "link.ready").exists():
+        raise LabError("the lab is not up: run `unwall lab up` first")
+    old = read_link_state(state / "link.json")
+    write_link_state(state / "link.json", spec)
+    pid = int((state / "link.ready").read_text())
+    os.kill(pid, signal.SIGHUP)
+    if old.is_perfect != spec.is_perfect:
+        for rule in emulator_rules(add=not spec.is_perfect):
+            topology.run(*rule, namespace=BOX)
+    return spec.describe()
+
+
+def link_stats() -> dict[str, Any]:
+    """The emulator's counters (packets, bytes, lost, queue drops per direction)."""
+    path = state_dir() / "link-stats.json"
+    if not path.exists():
+        raise LabError("no link statistics yet: is the lab up?")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def probe_path(count: int = 10_000, rate: float = 2000.0) -> dict[str, Any]:
+    """RTT and loss per direction between the censored host and the internet, measured
+    with UDP probes to the lab's echo server (see `unwall.lab.probe`)."""
+    if topology.CENSORED not in topology.namespaces_up():
+        raise LabError("the lab is not up: run `unwall lab up` first")
+    argv = [*_unwall("lab", "_probe", "--count", str(count), "--rate", str(rate))]
+    result = subprocess.run(
+        ["ip", "netns", "exec", topology.CENSORED, *argv],
+        capture_output=True, text=True, timeout=count / rate + 60,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise LabError(f"the probe failed: {result.stderr.strip()}")
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
 
 
 def down(quiet: bool = False) -> None:
@@ -152,7 +211,7 @@ def down(quiet: bool = False) -> None:
         time.sleep(0.3)
         pids_path.unlink(missing_ok=True)
     topology.teardown()
-    for leftover in ("internet.ready", "lab.json"):
+    for leftover in ("internet.ready", "lab.json", "link.ready"):
         (state / leftover).unlink(missing_ok=True)
     if not quiet:
         print("lab is down (the box's log stays in", state / "flows.db", "for `unwall lab report`)")

@@ -22,7 +22,20 @@ seconds = 0                     # after a hit, drop the same client/server/port 
 [throttle]
 ip = ["203.0.113.81/32"]        # traffic with these networks is shaped (tc htb) ...
 rate = "1mbit"                  # ... to this rate, each direction
+
+[link]                          # the long path between the censored network and the world
+preset = "censored-lossy"       # clean, intercontinental, censored-lossy, hostile; or:
+delay_ms = 100                  # one way, each direction (RTT = up + down)
+jitter_ms = 15                  # the delay wanders within +-15 ms (packets stay in order)
+loss = 0.05                     # mean random loss ...
+burst = 3                       # ... in bursts of 3 packets on average (Gilbert-Elliott)
+rate = "20mbit"                 # bottleneck, each direction ...
+queue_ms = 100                  # ... with a tail-drop buffer of 100 ms at that rate
+seed = 1                        # optional: the same losses for the same packets
+[link.up]                       # optional overrides for one direction (censored -> world)
+loss = 0.02
 ```
+See `unwall.lab.link` for the model and its presets.
 """
 
 from __future__ import annotations
@@ -33,6 +46,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from unwall.lab.link import LinkError, LinkSpec, link_from_dict
 
 ACTIONS = ("rst", "drop")
 _KEYS = {
@@ -76,6 +91,7 @@ class CensorProfile:
     residual_seconds: int = 0
     throttle_ip: tuple[ipaddress.IPv4Network, ...] = ()
     throttle_rate: str = "1mbit"
+    link: LinkSpec = field(default_factory=LinkSpec)
     source: str = field(default="built-in", compare=False)
 
     @classmethod
@@ -90,7 +106,7 @@ class CensorProfile:
 
     @classmethod
     def from_dict(cls, document: dict[str, Any], source: str = "dict") -> CensorProfile:
-        known = {"dns", "ip", "sni", "host", "residual", "throttle"}
+        known = {"dns", "ip", "sni", "host", "residual", "throttle", "link"}
         unknown = set(document) - known
         if unknown:
             raise ProfileError(f"unknown table(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -127,6 +143,10 @@ class CensorProfile:
         seconds = residual.get("seconds", 0)
         if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
             raise ProfileError("[residual] seconds must be a whole number >= 0")
+        try:
+            link = link_from_dict(document["link"]) if "link" in document else LinkSpec()
+        except LinkError as exc:
+            raise ProfileError(str(exc)) from None
         return cls(
             dns_poison=_names(dns.get("poison", []), "[dns] poison"),
             dns_answer=dns.get("answer", "203.0.113.99"),
@@ -138,6 +158,7 @@ class CensorProfile:
             residual_seconds=seconds,
             throttle_ip=throttled,
             throttle_rate=rate,
+            link=link,
             source=source,
         )
 

@@ -97,7 +97,7 @@ def lab_possible() -> str | None:
     """None if the lab can be built here, else why not."""
     if os.geteuid() != 0:
         return "the lab needs root (network namespaces and netfilter): run it with sudo"
-    for tool in ("ip", "iptables", "conntrack"):
+    for tool in ("ip", "iptables", "conntrack", "ethtool"):
         if shutil.which(tool) is None:
             return f"the lab needs {tool}; ./bootstrap installs it (apt-get)"
     return None
@@ -146,6 +146,13 @@ def build(addresses: LabAddresses) -> None:
         raise
 
 
+def real_sized_packets(namespace: str, device: str) -> None:
+    """No segmentation or receive offloads on `device`: every packet on it is at most one
+    MTU (1500), as on a real path, so the link emulator's loss and rate act per packet and
+    the box inspects the packets a wire would carry, not 64 KiB aggregates."""
+    run("ethtool", "-K", device, "gso", "off", "tso", "off", "gro", "off", namespace=namespace)
+
+
 def _link(left: str, left_if: str, right: str, right_if: str) -> None:
     temp_left, temp_right = f"uwl{os.getpid() % 10000}a", f"uwl{os.getpid() % 10000}b"
     run("ip", "link", "add", temp_left, "type", "veth", "peer", "name", temp_right)
@@ -155,6 +162,8 @@ def _link(left: str, left_if: str, right: str, right_if: str) -> None:
     run("ip", "link", "set", temp_right, "name", right_if, namespace=right)
     run("ip", "link", "set", left_if, "up", namespace=left)
     run("ip", "link", "set", right_if, "up", namespace=right)
+    real_sized_packets(left, left_if)
+    real_sized_packets(right, right_if)
 
 
 def pids_in(namespace: str) -> list[int]:
