@@ -193,6 +193,7 @@ export function makeRTC({ gather = "auto" } = {}) {
       this.closed = false;
       this.ondatachannel = null;
       this.onconnectionstatechange = null;
+      this.oniceconnectionstatechange = null;
       this.onicegatheringstatechange = null;
       this.onicecandidate = null;
       instances.push(this);
@@ -208,6 +209,7 @@ export function makeRTC({ gather = "auto" } = {}) {
 
     async createAnswer() {
       if (this.closed) throw new DOMException("closed", "InvalidStateError");
+      if (instances.failCreateAnswer) throw new DOMException("no answer", "OperationError");
       return { type: "answer", sdp: "v=0\r\nanswer-without-candidates\r\n" };
     }
 
@@ -234,6 +236,11 @@ export function makeRTC({ gather = "auto" } = {}) {
     setConnectionState(state) {
       this.connectionState = state;
       this.onconnectionstatechange?.({ type: "connectionstatechange" });
+    }
+
+    setIceConnectionState(state) {
+      this.iceConnectionState = state;
+      this.oniceconnectionstatechange?.({ type: "iceconnectionstatechange" });
     }
 
     close() {

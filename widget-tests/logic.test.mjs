@@ -3,8 +3,11 @@ import assert from "node:assert/strict";
 
 import {
   Backoff,
+  ERROR_ANSWER,
   ERROR_BROKER,
+  ERROR_CONNECT,
   ERROR_EGRESS,
+  ERROR_OFFER,
   ERROR_WEBRTC,
   PersistedState,
   ThroughputHistory,
@@ -163,6 +166,22 @@ describe("statusLine", () => {
       { state: "error", kind: ERROR_EGRESS, retryMs: 16000 },
       "Can't reach the unwall exit server. Retrying in 16 s.",
     ],
+    [
+      { state: "error", kind: ERROR_OFFER, clients: 0 },
+      "Couldn't answer a person who needed help: this browser can't use their offer.",
+    ],
+    [
+      { state: "error", kind: ERROR_ANSWER, clients: 0 },
+      "Couldn't answer a person who needed help: the unwall server didn't take the answer.",
+    ],
+    [
+      { state: "error", kind: ERROR_CONNECT, clients: 0 },
+      "Couldn't connect to a person who needed help (their network or yours blocks it).",
+    ],
+    [
+      { state: "error", kind: ERROR_CONNECT, clients: 2 },
+      "Couldn't connect to a person who needed help (their network or yours blocks it). Helping 2 people now.",
+    ],
     [{ state: "error", kind: "something-else" }, "Something went wrong."],
     [null, "Off"],
   ];
@@ -171,10 +190,13 @@ describe("statusLine", () => {
   }
 
   test("the error kinds are the volunteer's names", () => {
-    assert.deepEqual([ERROR_BROKER, ERROR_WEBRTC, ERROR_EGRESS], [
+    assert.deepEqual([ERROR_BROKER, ERROR_WEBRTC, ERROR_EGRESS, ERROR_OFFER, ERROR_ANSWER, ERROR_CONNECT], [
       "broker-unreachable",
       "webrtc-unavailable",
       "egress-unreachable",
+      "offer-unusable",
+      "answer-undelivered",
+      "connect-failed",
     ]);
   });
 });

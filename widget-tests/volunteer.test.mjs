@@ -47,10 +47,11 @@ describe("BrowserVolunteer: signalling", () => {
     const pc = pcs[0];
     assert.deepEqual(pc.config, { iceServers: [{ urls: ["stun:stun.test:3478"] }] });
     assert.deepEqual(pc.remoteDescription, { type: "offer", sdp: OFFER_SDP });
-    assert.deepEqual(lastStatus(env), { state: "helping", clients: 1 });
-    assert.equal(volunteer.stats().clientsNow, 1);
-
-    // Counted at once: the next poll is already out and reports the client.
+    // Not helping anyone yet (nothing is connected), but counted against capacity at once:
+    // the next poll is already out and reports the client.
+    assert.deepEqual(lastStatus(env), { state: "idle" });
+    assert.equal(volunteer.stats().clientsNow, 0);
+    assert.equal(volunteer.stats().clientsConnecting, 1);
     assert.deepEqual(broker.one(POLL).body.clients, 1);
 
     // No answer until gathering completes.
@@ -144,7 +145,158 @@ describe("BrowserVolunteer: signalling", () => {
     assert.equal(env.broker.all(ANSWER).length, 0);
     assert.equal(env.volunteer.stats().clientsNow, 0);
     assert.equal(env.broker.pending(POLL).length, 1);
+    assert.deepEqual(lastStatus(env), { state: "error", kind: "offer-unusable", clients: 0 });
+    assert.equal(
+      statusLine(lastStatus(env)),
+      "Couldn't answer a person who needed help: this browser can't use their offer.",
+    );
     env.volunteer.stop();
+  });
+});
+
+describe("BrowserVolunteer: a person counts as helped once their channel opens", () => {
+  const CONNECT_FAILED = "Couldn't connect to a person who needed help (their network or yours blocks it).";
+
+  test("answered is not helped: idle until the channel opens, then helping", async () => {
+    const env = await makeEnv(BrowserVolunteer);
+    env.volunteer.start();
+    await env.clock.advance(0);
+    const { pc } = await deliverOffer(env);
+    assert.deepEqual(lastStatus(env), { state: "idle" });
+    assert.ok(!env.statuses.some((s) => s.state === "helping"), JSON.stringify(env.statuses));
+    assert.equal(env.statsEvents.at(-1).clientsNow, 0);
+    assert.equal(env.statsEvents.at(-1).clientsConnecting, 1);
+    const channel = pc.announceChannel("connecting");
+    assert.deepEqual(lastStatus(env), { state: "idle" });
+    channel.open();
+    assert.deepEqual(lastStatus(env), { state: "helping", clients: 1 });
+    assert.deepEqual(
+      [env.statsEvents.at(-1).clientsNow, env.statsEvents.at(-1).clientsConnecting],
+      [1, 0],
+    );
+    env.volunteer.stop();
+  });
+
+  test("a channel that never opens: nobody was helped, and the widget says why", async () => {
+    const env = await makeEnv(BrowserVolunteer);
+    const { broker, clock, volunteer } = env;
+    volunteer.start();
+    await clock.advance(0);
+    await deliverOffer(env);
+    await clock.advance(CHANNEL_OPEN_TIMEOUT_MS);
+    assert.deepEqual(lastStatus(env), { state: "error", kind: "connect-failed", clients: 0 });
+    assert.equal(statusLine(lastStatus(env)), CONNECT_FAILED);
+    assert.ok(!env.statuses.some((s) => s.state === "helping"), JSON.stringify(env.statuses));
+    assert.deepEqual(volunteer.stats(), {
+      clientsNow: 0,
+      clientsConnecting: 0,
+      clientsTotal: 0,
+      bytesToEgress: 0,
+      bytesToClients: 0,
+      dropped: 0,
+    });
+    // It keeps offering help (the poll out since the offer reported 1, the next one 0);
+    // the next person who does connect clears the message.
+    assert.equal(broker.one(POLL).body.clients, 1);
+    broker.one(POLL).respond(200, { version: 1, status: "idle" });
+    await clock.advance(0);
+    assert.equal(broker.one(POLL).body.clients, 0);
+    assert.equal(lastStatus(env).kind, "connect-failed", "an idle poll does not hide it");
+    await connectedClient(env, "next");
+    assert.deepEqual(lastStatus(env), { state: "helping", clients: 1 });
+    volunteer.stop();
+  });
+
+  const failures = [
+    ["the connection fails", (pc) => pc.setConnectionState("failed")],
+    ["ICE fails", (pc) => pc.setIceConnectionState("failed")],
+  ];
+  for (const [name, fail] of failures) {
+    test(`${name} before the channel opens: connect-failed at once`, async () => {
+      const env = await makeEnv(BrowserVolunteer);
+      env.volunteer.start();
+      await env.clock.advance(0);
+      const { pc } = await deliverOffer(env);
+      fail(pc);
+      await env.clock.advance(0);
+      assert.equal(pc.closeCalls, 1);
+      assert.deepEqual(lastStatus(env), { state: "error", kind: "connect-failed", clients: 0 });
+      assert.equal(env.volunteer.stats().clientsConnecting, 0);
+      assert.equal(env.broker.pending(POLL).length, 1, "keeps polling");
+      env.volunteer.stop();
+      assert.deepEqual(lastStatus(env), { state: "off" });
+    });
+  }
+
+  test("a failure beside a person being helped says both", async () => {
+    const env = await makeEnv(BrowserVolunteer);
+    await connectedClient(env, "working");
+    const { pc } = await deliverOffer(env, "blocked");
+    pc.setIceConnectionState("failed");
+    await env.clock.advance(0);
+    assert.deepEqual(lastStatus(env), { state: "error", kind: "connect-failed", clients: 1 });
+    assert.equal(statusLine(lastStatus(env)), `${CONNECT_FAILED} Helping 1 person now.`);
+    env.volunteer.stop();
+  });
+
+  test("offers being connected count against capacity", async () => {
+    const env = await makeEnv(BrowserVolunteer, { capacity: 1 });
+    env.volunteer.start();
+    await env.clock.advance(0);
+    const { pc } = await deliverOffer(env);
+    assert.equal(env.broker.pending(POLL).length, 0, "full while connecting: no poll");
+    pc.setConnectionState("failed");
+    await env.clock.advance(0);
+    assert.equal(env.broker.one(POLL).body.clients, 0);
+    env.volunteer.stop();
+  });
+
+  test("createAnswer failing: offer-unusable", async () => {
+    const env = await makeEnv(BrowserVolunteer);
+    env.volunteer.start();
+    await env.clock.advance(0);
+    env.pcs.failCreateAnswer = true;
+    await env.clock.advance(0);
+    env.broker.one(POLL).respond(200, { version: 1, status: "offer", offer_id: "o", sdp: OFFER_SDP });
+    await env.clock.advance(0);
+    assert.equal(env.pcs[0].closeCalls, 1);
+    assert.equal(lastStatus(env).kind, "offer-unusable");
+    env.volunteer.stop();
+  });
+
+  const undelivered = [
+    ["a 5xx", (answer) => answer.respond(503, { version: 1, error: "no_volunteer", message: "x" })],
+    ["a 400", (answer) => answer.respond(400, { version: 1, error: "bad_request", message: "x" })],
+    ["a network error", (answer) => answer.fail()],
+  ];
+  for (const [name, respond] of undelivered) {
+    test(`the broker answering the answer with ${name}: answer-undelivered`, async () => {
+      const env = await makeEnv(BrowserVolunteer);
+      env.volunteer.start();
+      await env.clock.advance(0);
+      env.broker.one(POLL).respond(200, { version: 1, status: "offer", offer_id: "o", sdp: OFFER_SDP });
+      await env.clock.advance(0);
+      respond(env.broker.one(ANSWER));
+      await env.clock.advance(0);
+      assert.equal(env.pcs[0].closeCalls, 1);
+      assert.deepEqual(lastStatus(env), { state: "error", kind: "answer-undelivered", clients: 0 });
+      assert.equal(
+        statusLine(lastStatus(env)),
+        "Couldn't answer a person who needed help: the unwall server didn't take the answer.",
+      );
+      env.volunteer.stop();
+    });
+  }
+
+  test("stop() while connecting is no failure", async () => {
+    const env = await makeEnv(BrowserVolunteer);
+    env.volunteer.start();
+    await env.clock.advance(0);
+    await deliverOffer(env);
+    env.volunteer.stop();
+    await env.clock.advance(CHANNEL_OPEN_TIMEOUT_MS);
+    assert.ok(!env.statuses.some((s) => s.state === "error"), JSON.stringify(env.statuses));
+    assert.deepEqual(lastStatus(env), { state: "off" });
   });
 });
 
@@ -480,7 +632,9 @@ describe("BrowserVolunteer: closing", () => {
     const b = await connectedClient(env, "b");
     await deliverOffer(env, "c"); // answered, channel not open yet
     const poll = broker.one(POLL);
-    assert.equal(volunteer.stats().clientsNow, 3);
+    assert.equal(poll.body.clients, 3);
+    assert.equal(volunteer.stats().clientsNow, 2);
+    assert.equal(volunteer.stats().clientsConnecting, 1);
 
     volunteer.stop();
     assert.equal(poll.signal.aborted, true);

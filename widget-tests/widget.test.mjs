@@ -184,6 +184,30 @@ describe("widget", () => {
     widget.destroy();
   });
 
+  test("an answered offer whose connection fails: nobody counted, and the reason shown", async () => {
+    const env = setup({ "unwall.enabled": "1" });
+    const widget = mount(env.element, { brokerUrl: "http://broker.test", volunteerOptions: env.volunteerOptions });
+    await env.clock.advance(0);
+    env.broker.one(POLL).respond(200, { version: 1, status: "offer", offer_id: "x", sdp: OFFER_SDP });
+    await env.clock.advance(0);
+    env.broker.one("/v1/volunteer/answer").respond(200, { version: 1, status: "ok" });
+    await env.clock.advance(1000);
+    const status = env.element.querySelector("[aria-live]");
+    assert.equal(status.textContent, "Waiting for someone to help");
+    assert.equal(env.element.getAttribute("data-clients-now"), "0");
+    env.pcs[0].setIceConnectionState("failed");
+    await env.clock.advance(1000);
+    assert.equal(env.element.getAttribute("data-state"), "error");
+    assert.equal(
+      status.textContent,
+      "Couldn't connect to a person who needed help (their network or yours blocks it).",
+    );
+    assert.ok(status.classList.contains("unwall-widget__status--error"));
+    assert.deepEqual(lines(env.element).slice(0, 2), ["People helped now: 0", "People helped in total: 0"]);
+    assert.equal(env.storage.getItem("unwall.totalHelped") ?? "0", "0");
+    widget.destroy();
+  });
+
   test("data-max-rate reaches the volunteer", () => {
     const env = setup({}, { "data-max-rate": "250000", "data-capacity": "nope" });
     const widget = mount(env.element, { volunteerOptions: env.volunteerOptions });

@@ -449,3 +449,55 @@ async def test_run_broker_serves_until_cancelled(caplog: pytest.LogCaptureFixtur
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+# -- CORS: the widget calls the volunteer API from pages of any origin ----------------------
+
+PAGE_ORIGIN = {"Origin": "http://news.example"}
+
+
+async def cors_request(
+    broker: Broker, method: str, path: str, body: bytes | None = None
+) -> tuple[int, str | None, bytes]:
+    """Status, Access-Control-Allow-Origin (None when absent) and body of one request."""
+    headers = {**JSON, **PAGE_ORIGIN} if body is not None else PAGE_ORIGIN
+    async with broker.http.request(method, broker.url + path, data=body, headers=headers) as resp:
+        return resp.status, resp.headers.get("Access-Control-Allow-Origin"), await resp.read()
+
+
+def poll_body(name: str) -> bytes:
+    return encode(VolunteerPoll(f"volunteer-{name}", 8, 0, "browser"))
+
+
+async def test_every_volunteer_api_response_allows_any_origin(broker: Broker) -> None:
+    """An offer-carrying poll is written before the handler returns; it needs CORS too."""
+    status, allowed, body = await cors_request(broker, "POST", "/v1/volunteer/poll", poll_body("a"))
+    assert (status, allowed, decode_poll_response(body)) == (200, "*", PollIdle())
+
+    polling = asyncio.create_task(
+        cors_request(broker, "POST", "/v1/volunteer/poll", poll_body("a"))
+    )
+    await broker.until("volunteers", 1)
+    client = asyncio.create_task(broker.offer())
+    status, allowed, body = await polling
+    offer = decode_poll_response(body)
+    assert isinstance(offer, PollOffer)
+    assert (status, allowed) == (200, "*")
+
+    answer = encode(VolunteerAnswer("volunteer-a", offer.offer_id, ANSWER_SDP))
+    assert (await cors_request(broker, "POST", "/v1/volunteer/answer", answer))[:2] == (200, "*")
+    assert (await client)[0] == 200
+    # Errors: the offer is gone (404), not JSON (400), too large (413), no egress (503), and
+    # the router's own answers (405: every path here has an OPTIONS route for preflights).
+    assert (await cors_request(broker, "POST", "/v1/volunteer/answer", answer))[:2] == (404, "*")
+    for method, path, request, wanted in (
+        ("POST", "/v1/volunteer/poll", b"{not json", 400),
+        ("POST", "/v1/volunteer/poll", b"{" + b" " * MAX_BODY + b"}", 413),
+        ("GET", "/v1/volunteer/config", None, 503),
+        ("GET", "/v1/volunteer/nothing-here", None, 405),
+        ("GET", "/v1/volunteer/poll", None, 405),
+    ):
+        status, allowed, _ = await cors_request(broker, method, path, request)
+        assert (status, allowed) == (wanted, "*"), (method, path)
+    # The client API is not for web pages: no CORS there.
+    assert (await cors_request(broker, "POST", "/v1/client/offer", b"{}"))[1] is None

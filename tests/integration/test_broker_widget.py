@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from unwall.broker.server import BrokerConfig, create_app
-from unwall.local import free_port
+from unwall.local import free_port, local_bridge
 
 
 @pytest.fixture
@@ -97,3 +99,39 @@ async def test_config_without_egress_is_503() -> None:
             assert "--egress-url" in body["message"]
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("extra", "warned"),
+    [
+        pytest.param((), True, id="browser-volunteers-without-stun"),
+        pytest.param(("--ice-server", "stun:198.51.100.9:3478"), False, id="with-stun"),
+    ],
+)
+async def test_broker_without_stun_warns_once(
+    tmp_path: Path, extra: tuple[str, ...], warned: bool
+) -> None:
+    """Browsers offer only mDNS names as host candidates: say so, and what to do, once."""
+    async with local_bridge(tmp_path) as bridge:
+        broker = await bridge.start_broker(extra=extra)
+        await bridge.wait_log(broker, "broker listening on")
+        await asyncio.sleep(0.3)
+        lines = broker.log_path.read_text().splitlines()
+    warnings = [line for line in lines if "WARNING" in line]
+    if not warned:
+        assert warnings == []
+        return
+    [line] = warnings
+    assert "no STUN server" in line
+    assert "mDNS" in line
+    assert "only clients with public addresses" in line
+    assert "--ice-server stun:HOST:PORT" in line
+
+
+async def test_broker_without_egress_does_not_warn_about_stun(tmp_path: Path) -> None:
+    """Without --egress-url there are no browser volunteers to warn about."""
+    async with local_bridge(tmp_path) as bridge:
+        broker = await bridge.spawn("broker", "broker", "--listen", f"127.0.0.1:{free_port()}")
+        await bridge.wait_log(broker, "broker listening on")
+        await asyncio.sleep(0.3)
+        assert "STUN" not in broker.log_path.read_text()

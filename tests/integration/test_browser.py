@@ -8,12 +8,14 @@ its ICE host candidate. See unwall.netns and unwall.browser.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from unwall.browser import chromium_in, chromium_missing
 from unwall.local import DemoSite, LocalBridge, RoleProcess, download_via_socks, local_bridge
@@ -138,3 +140,120 @@ async def test_widget_shows_broker_unreachable(
         text = await page.inner_text("[data-unwall-widget]")
         assert "Can't reach the unwall server" in text
         await page.screenshot(path=str(artifacts / "widget-broker-unreachable.png"))
+
+
+# -- the widget on a page of another origin, as sites embed it ------------------------------
+
+NEWS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>A news site</title>
+<script type="module" src="{broker}/widget/unwall-widget.js"></script></head>
+<body><h1>Today's news</h1><p>Help readers elsewhere get past censorship:</p>
+<div data-unwall-widget></div></body></html>
+"""
+
+
+@contextlib.asynccontextmanager
+async def embedding_site(host: str, broker_url: str) -> AsyncIterator[str]:
+    """Another origin (same address, another port) whose page embeds the widget."""
+    page = NEWS_PAGE.format(broker=broker_url)
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, 0).start()
+        yield f"http://{host}:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def _cors_complaints(messages: list[str]) -> list[str]:
+    return [m for m in messages if "CORS" in m or "Access-Control" in m]
+
+
+async def test_widget_on_another_origin_carries_a_download(
+    namespace: VethNamespace,
+    browser_bridge: LocalBridge,
+    site: DemoSite,
+    tmp_path: Path,
+    artifacts: Path,
+) -> None:
+    """Every broker answer the widget reads must allow the embedding page's origin."""
+    bridge = browser_bridge
+    size = 5_000_000
+    _, digest = site.blob(size)
+    await bridge.start_broker(extra=("--ice-server", f"stun:{HOST_IP}:9"))
+    await bridge.start_egress()
+    async with (
+        embedding_site(HOST_IP, bridge.broker_url) as news_url,
+        chromium_in(namespace, tmp_path) as browser,
+    ):
+        assert news_url.rsplit(":", 1)[1] != str(bridge.broker_port)
+        page = await browser.new_page()
+        console: list[str] = []
+        page.on("console", lambda message: console.append(message.text))
+        await page.goto(f"{news_url}/")
+        switch = page.locator("[data-unwall-widget] [role=switch]")
+        await switch.click()
+        await _wait_attr(page, "data-state", "idle")
+
+        client = await _start_client(bridge)
+        await _wait_attr(page, "data-clients-now", "1")
+        result = await download_via_socks(bridge.socks_port, f"{site.url}/blob/{size}")
+        assert result.status == 200
+        assert result.sha256 == digest
+        await asyncio.sleep(1.2)
+        assert int(await _widget_attr(page, "data-bytes-relayed")) >= size
+        assert await _widget_attr(page, "data-state") == "helping"
+        assert "Can't reach" not in await page.inner_text("[data-unwall-widget]")
+        assert not _cors_complaints(console), console
+        await page.screenshot(path=str(artifacts / "widget-on-another-origin.png"))
+        await client.stop()
+
+
+async def test_widget_says_so_when_it_cannot_connect_to_a_person(
+    namespace: VethNamespace, browser_bridge: LocalBridge, tmp_path: Path, artifacts: Path
+) -> None:
+    """A client the browser cannot reach (it offers only 127.0.0.1) is never "helped"."""
+    bridge = browser_bridge
+    await bridge.start_broker()
+    await bridge.start_egress()
+    bridge.make_key()
+    async with chromium_in(namespace, tmp_path) as browser:
+        page = await browser.new_page()
+        await page.goto(f"{bridge.broker_url}/")
+        await page.locator("[data-unwall-widget] [role=switch]").click()
+        await _wait_attr(page, "data-state", "idle")
+        client = await bridge.spawn(
+            "client",
+            "client",
+            "--broker",
+            bridge.broker_url,
+            "--pin",
+            bridge.pin,
+            "--socks",
+            f"127.0.0.1:{bridge.socks_port}",
+            "--http",
+            f"127.0.0.1:{bridge.http_port}",
+            "--host-address",
+            "127.0.0.1",
+            "--paths",
+            "1",
+        )
+        seen_now: set[str] = set()
+        async with asyncio.timeout(60):
+            while await _widget_attr(page, "data-state") != "error":
+                seen_now.add(await _widget_attr(page, "data-clients-now"))
+                await asyncio.sleep(0.1)
+        text = await page.inner_text("[data-unwall-widget]")
+        assert "Couldn't connect to a person who needed help" in text
+        assert "their network or yours blocks it" in text
+        assert seen_now == {"0"}, "counted as helped though nothing connected"
+        assert await _widget_attr(page, "data-clients-total") == "0"
+        assert "Helping" not in text
+        await page.screenshot(path=str(artifacts / "widget-cannot-connect.png"))
+        await client.stop()

@@ -386,24 +386,18 @@ CORS_HEADERS: Final = {
 }
 
 
-@web.middleware
-async def _cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/widget/"):
+async def _cors(request: web.Request, response: web.StreamResponse) -> None:
+    """Add the CORS headers as any response's headers are about to be sent.
+
+    A response hook rather than a middleware: a long-poll that carries an offer is written
+    (prepared) inside its handler, before any middleware sees it, and the router's own 404
+    and 405 never pass through a handler at all.
+    """
+    if request.path.startswith("/v1/volunteer/"):
+        response.headers.update(CORS_HEADERS)
+    elif request.path.startswith("/widget/"):
         # Module scripts from another origin load only with CORS (the embedding site's).
-        response = await handler(request)
         response.headers["Access-Control-Allow-Origin"] = "*"
-        return response
-    if not request.path.startswith("/v1/volunteer/"):
-        return await handler(request)
-    if request.method == "OPTIONS":
-        return web.Response(status=204, headers=CORS_HEADERS)
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        exc.headers.update(CORS_HEADERS)
-        raise
-    response.headers.update(CORS_HEADERS)
-    return response
 
 
 def _volunteer_config(config: BrokerConfig) -> Handler:
@@ -430,7 +424,7 @@ def _volunteer_config(config: BrokerConfig) -> Handler:
 
 
 async def _no_content(request: web.Request) -> web.StreamResponse:
-    return web.Response(status=204)  # the CORS middleware answers preflights first
+    return web.Response(status=204)  # a preflight: _cors adds the headers
 
 
 async def _index(request: web.Request) -> web.StreamResponse:
@@ -440,7 +434,8 @@ async def _index(request: web.Request) -> web.StreamResponse:
 def create_app(config: BrokerConfig) -> web.Application:
     """The broker as an aiohttp application; ``app[BROKER_KEY]`` is its :class:`Broker`."""
     broker = Broker(config)
-    app = web.Application(middlewares=[_cors, _errors], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+    app.on_response_prepare.append(_cors)
     app[BROKER_KEY] = broker
     app.router.add_post("/v1/volunteer/poll", broker.volunteer_poll)
     app.router.add_post("/v1/volunteer/answer", broker.volunteer_answer)
@@ -460,6 +455,15 @@ def create_app(config: BrokerConfig) -> web.Application:
     return app
 
 
+#: Browsers hide their host addresses behind random .local (mDNS) names, which a client
+#: across the internet cannot resolve; only a STUN server gives them a reachable candidate.
+NO_STUN_WARNING: Final = (
+    "no STUN server configured: browser volunteers will offer only mDNS (.local) host "
+    "candidates and can help only clients with public addresses; "
+    "start the broker with --ice-server stun:HOST:PORT"
+)
+
+
 async def run_broker(config: BrokerConfig, host: str, port: int) -> None:
     """Serve the broker on host:port until cancelled."""
     runner = web.AppRunner(
@@ -475,6 +479,8 @@ async def run_broker(config: BrokerConfig, host: str, port: int) -> None:
         bound_port = runner.addresses[0][1] if runner.addresses else port
         shown_host = f"[{host}]" if ":" in host else host
         log.info("broker listening on http://%s:%s", shown_host, bound_port)
+        if config.egress_url is not None and not config.ice_servers:
+            log.warning(NO_STUN_WARNING)
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()

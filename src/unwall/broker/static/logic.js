@@ -10,6 +10,12 @@ export const QUEUE_BYTES = 1 << 20;
 export const ERROR_BROKER = "broker-unreachable";
 export const ERROR_WEBRTC = "webrtc-unavailable";
 export const ERROR_EGRESS = "egress-unreachable";
+/** This browser could not take a client's offer (setRemoteDescription or createAnswer failed). */
+export const ERROR_OFFER = "offer-unusable";
+/** The broker did not take the answer to an offer (an HTTP error, or no answer at all). */
+export const ERROR_ANSWER = "answer-undelivered";
+/** The answer went out, but the client's DataChannel never opened (ICE or DTLS failed). */
+export const ERROR_CONNECT = "connect-failed";
 
 /**
  * A token bucket: `rate` bytes per second on average, bursts up to `burst` bytes.
@@ -91,6 +97,16 @@ export function formatBytes(n) {
   return `${text} ${UNITS[unit]}`;
 }
 
+function helping(n) {
+  return `Helping ${n} ${n === 1 ? "person" : "people"} now`;
+}
+
+/** After a failure with one client, the others it still carries (" Helping 2 people now."). */
+function stillHelping(s) {
+  const n = Number(s.clients) || 0;
+  return n > 0 ? ` ${helping(n)}.` : "";
+}
+
 function retrySeconds(ms) {
   const s = Math.ceil((Number(ms) || 0) / 1000);
   return Math.max(1, s);
@@ -110,10 +126,8 @@ export function statusLine(state) {
       return "Starting…";
     case "idle":
       return "Waiting for someone to help";
-    case "helping": {
-      const n = Number(s.clients) || 0;
-      return `Helping ${n} ${n === 1 ? "person" : "people"} now`;
-    }
+    case "helping":
+      return helping(Number(s.clients) || 0);
     case "error":
       switch (s.kind) {
         case ERROR_BROKER:
@@ -122,6 +136,12 @@ export function statusLine(state) {
           return "This browser can't relay: WebRTC is unavailable.";
         case ERROR_EGRESS:
           return `Can't reach the unwall exit server. Retrying in ${retrySeconds(s.retryMs)} s.`;
+        case ERROR_OFFER:
+          return "Couldn't answer a person who needed help: this browser can't use their offer." + stillHelping(s);
+        case ERROR_ANSWER:
+          return "Couldn't answer a person who needed help: the unwall server didn't take the answer." + stillHelping(s);
+        case ERROR_CONNECT:
+          return "Couldn't connect to a person who needed help (their network or yours blocks it)." + stillHelping(s);
         default:
           return "Something went wrong.";
       }

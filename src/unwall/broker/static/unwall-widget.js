@@ -10,8 +10,9 @@
 //
 // For tests and embedders, each mounted element has `unwallVolunteer` (the running
 // BrowserVolunteer, or null while off) and keeps data-state (off|starting|idle|helping|
-// error), data-clients-now, data-clients-total (people helped in total, as shown) and
-// data-bytes-relayed (both directions, since the page loaded) current.
+// error), data-clients-now (people whose data channel is open), data-clients-total (people
+// helped in total, as shown) and data-bytes-relayed (both directions, since the page
+// loaded) current.
 // window.unwallWidgets lists the mounted widgets.
 
 import { BrowserVolunteer } from "./volunteer.js";

@@ -7,8 +7,11 @@
 
 import {
   Backoff,
+  ERROR_ANSWER,
   ERROR_BROKER,
+  ERROR_CONNECT,
   ERROR_EGRESS,
+  ERROR_OFFER,
   ERROR_WEBRTC,
   QUEUE_BYTES,
   TokenBucket,
@@ -100,9 +103,13 @@ export class BrowserVolunteer extends EventTarget {
     this.status = { state: "off" };
   }
 
-  /** Counters since this object was made (clientsNow: clients being served now). */
+  /**
+   * Counters since this object was made. clientsNow: people helped now (their DataChannel
+   * is open); clientsConnecting: offers taken whose channel is not open yet; clientsTotal:
+   * people whose channel opened, ever.
+   */
   stats() {
-    return { ...this._stats };
+    return { ...this._stats, clientsConnecting: this._clients.size - this._stats.clientsNow };
   }
 
   get running() {
@@ -285,7 +292,7 @@ export class BrowserVolunteer extends EventTarget {
       version: 1,
       volunteer_id: this.volunteerId,
       capacity: this.capacity,
-      clients: this._stats.clientsNow,
+      clients: this._clients.size,
       kind: "browser",
     });
     if (status !== 200 || !json || typeof json !== "object") {
@@ -316,7 +323,7 @@ export class BrowserVolunteer extends EventTarget {
     this._updateStatus();
 
     while (gen === this._gen) {
-      if (this._stats.clientsNow >= this.capacity) {
+      if (this._clients.size >= this.capacity) {
         await this._capacityFreed();
         continue;
       }
@@ -345,8 +352,8 @@ export class BrowserVolunteer extends EventTarget {
   // ----- one client -------------------------------------------------------------------
 
   _accept(offerId, sdp) {
-    // Counted from now on, so that the next poll reports it.
-    this._stats.clientsNow += 1;
+    // Counted against capacity from now on, so that the next poll reports it; counted as
+    // helped only once its DataChannel opens.
     const client = {
       id: this._nextClientId++,
       offerId,
@@ -365,8 +372,7 @@ export class BrowserVolunteer extends EventTarget {
     };
     this._clients.add(client);
     this._emitStats(true);
-    this._updateStatus();
-    this._serve(client, sdp).catch(() => this._closeClient(client));
+    this._serve(client, sdp).catch(() => this._closeClient(client, ERROR_ANSWER));
   }
 
   _iceServers() {
@@ -378,24 +384,34 @@ export class BrowserVolunteer extends EventTarget {
   async _serve(client, sdp) {
     client.openTimer = this._setTimeout(() => {
       client.openTimer = null;
-      if (!client.opened) this._closeClient(client);
+      if (!client.opened) this._closeClient(client, ERROR_CONNECT);
     }, CHANNEL_OPEN_TIMEOUT_MS);
 
-    const pc = new this._RTCPeerConnection({ iceServers: this._iceServers() });
-    client.pc = pc;
-    pc.ondatachannel = (event) => this._onDataChannel(client, event.channel);
-    pc.onconnectionstatechange = () => {
-      if (pc.connectionState === "failed" || pc.connectionState === "closed") this._closeClient(client);
-    };
-    pc.oniceconnectionstatechange = () => {
-      if (pc.iceConnectionState === "failed" || pc.iceConnectionState === "closed") this._closeClient(client);
-    };
+    let pc;
+    let answer;
+    try {
+      pc = new this._RTCPeerConnection({ iceServers: this._iceServers() });
+      client.pc = pc;
+      pc.ondatachannel = (event) => this._onDataChannel(client, event.channel);
+      // Failing before the channel opened: this person was never helped (say so). After:
+      // the connection ended, as connections do.
+      const lost = (state) => {
+        if (state === "failed" || state === "closed") {
+          this._closeClient(client, client.opened || state === "closed" ? undefined : ERROR_CONNECT);
+        }
+      };
+      pc.onconnectionstatechange = () => lost(pc.connectionState);
+      pc.oniceconnectionstatechange = () => lost(pc.iceConnectionState);
 
-    await pc.setRemoteDescription({ type: "offer", sdp });
-    if (client.closed) return;
-    const answer = await pc.createAnswer();
-    if (client.closed) return;
-    await pc.setLocalDescription(answer);
+      await pc.setRemoteDescription({ type: "offer", sdp });
+      if (client.closed) return;
+      answer = await pc.createAnswer();
+      if (client.closed) return;
+      await pc.setLocalDescription(answer);
+    } catch {
+      this._closeClient(client, ERROR_OFFER);
+      return;
+    }
     if (client.closed) return;
     await this._gathered(client);
     if (client.closed) return;
@@ -407,9 +423,10 @@ export class BrowserVolunteer extends EventTarget {
       offer_id: client.offerId,
       sdp: local,
     });
-    // 404: the client gave up before our answer reached it. Anything else but 200: the
-    // broker could not pass it on. Either way this client is gone.
-    if (status !== 200) this._closeClient(client);
+    // 404: the client gave up before our answer reached it; nothing is wrong here. Anything
+    // else but 200: the broker could not pass it on. Either way this client is gone.
+    if (status === 404) this._closeClient(client);
+    else if (status !== 200) this._closeClient(client, ERROR_ANSWER);
   }
 
   _gathered(client) {
@@ -473,8 +490,12 @@ export class BrowserVolunteer extends EventTarget {
     client.opened = true;
     if (client.openTimer !== null) this._clearTimeout(client.openTimer);
     client.openTimer = null;
+    this._stats.clientsNow += 1;
     this._stats.clientsTotal += 1;
+    // Someone is being helped: an earlier failure to connect no longer describes things.
+    for (const kind of [ERROR_OFFER, ERROR_ANSWER, ERROR_CONNECT]) this._clearError(kind);
     this._emitStats(true);
+    this._updateStatus();
 
     let ws;
     try {
@@ -596,7 +617,8 @@ export class BrowserVolunteer extends EventTarget {
     }
   }
 
-  _closeClient(client) {
+  /** Close everything of one client; `failure`, an error kind, says why it never opened. */
+  _closeClient(client, failure = undefined) {
     if (client.closed) return;
     client.closed = true;
     if (client.openTimer !== null) this._clearTimeout(client.openTimer);
@@ -612,9 +634,11 @@ export class BrowserVolunteer extends EventTarget {
     if (client.ws) safely(() => client.ws.close());
     if (client.pc) safely(() => client.pc.close());
     this._clients.delete(client);
-    this._stats.clientsNow -= 1;
+    if (client.opened) this._stats.clientsNow -= 1;
     this._wakeCapacityWaiters();
     this._emitStats(true);
-    this._updateStatus();
+    // stop() closes quietly; a failure of a volunteer that is still on is worth saying.
+    if (failure !== undefined && this._running && !this._quiet) this._setError(failure);
+    else this._updateStatus();
   }
 }
