@@ -61,6 +61,18 @@ BROKER_OPTIONS = [
         default=[],
         repeat=True,
     ),
+    Option(
+        "--turn-secret",
+        "hand volunteers short-lived TURN credentials, derived from this secret (coturn's "
+        "--use-auth-secret --static-auth-secret); better set in the --config file than here",
+    ),
+    Option(
+        "--turn-url",
+        "TURN server the credentials are for, turn:HOST:PORT[?transport=tcp]; repeatable",
+        default=[],
+        repeat=True,
+    ),
+    Option("--turn-ttl", "seconds the TURN credentials stay valid", 86400.0, positive_float),
 ]
 
 EGRESS_OPTIONS = [
@@ -305,13 +317,19 @@ def _apply_host_addresses(options: dict[str, Any]) -> None:
 
 async def _broker(options: dict[str, Any]) -> None:
     from unwall.broker.server import BrokerConfig, run_broker
+    from unwall.broker.turn import make_issuer
 
     host, port = options["listen"]
+    try:
+        turn = make_issuer(options["turn_secret"], options["turn_url"], options["turn_ttl"])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     config = BrokerConfig(
         poll_timeout=options["poll_timeout"],
         answer_timeout=options["answer_timeout"],
         egress_url=options["egress_url"],
         ice_servers=tuple(options["ice_server"]),
+        turn=turn,
     )
     await run_broker(config, host, port)
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from unwall.broker import server
 from unwall.broker.server import BROKER_KEY, BrokerConfig, create_app, run_broker
+from unwall.broker.turn import TurnIssuer, turn_password
 from unwall.wire.broker import (
     MAX_BODY,
     AnswerAccepted,
@@ -32,6 +33,7 @@ from unwall.wire.broker import (
     decode_poll_response,
     encode,
 )
+from unwall.wire.nat import NatKind
 
 OFFER_SDP = (
     "v=0\r\n"
@@ -68,8 +70,10 @@ class Broker:
         async with self.http.post(self.url + path, data=body, headers=JSON) as resp:
             return resp.status, await resp.read()
 
-    async def poll(self, name: str, capacity: int = 8, clients: int = 0) -> PollOffer | PollIdle:
-        msg = VolunteerPoll(f"volunteer-{name}", capacity, clients, "headless")
+    async def poll(
+        self, name: str, capacity: int = 8, clients: int = 0, nat: NatKind = "unknown"
+    ) -> PollOffer | PollIdle:
+        msg = VolunteerPoll(f"volunteer-{name}", capacity, clients, "headless", nat)
         status, body = await self.post("/v1/volunteer/poll", encode(msg))
         assert status == 200, body
         return decode_poll_response(body)
@@ -78,8 +82,13 @@ class Broker:
         msg = VolunteerAnswer(f"volunteer-{name}", offer_id, ANSWER_SDP)
         return await self.post("/v1/volunteer/answer", encode(msg))
 
-    async def offer(self) -> tuple[int, bytes]:
-        return await self.post("/v1/client/offer", encode(ClientOffer(OFFER_SDP)))
+    async def offer(self, nat: NatKind = "unknown", relay: bool = False) -> tuple[int, bytes]:
+        return await self.post("/v1/client/offer", encode(ClientOffer(OFFER_SDP, nat, relay)))
+
+    async def metrics(self) -> set[str]:
+        async with self.http.get(self.url + "/metrics") as resp:
+            assert resp.status == 200
+            return set((await resp.text()).splitlines())
 
     async def health(self) -> dict[str, Any]:
         async with self.http.get(self.url + "/v1/health") as resp:
@@ -501,3 +510,101 @@ async def test_every_volunteer_api_response_allows_any_origin(broker: Broker) ->
         assert (status, allowed) == (wanted, "*"), (method, path)
     # The client API is not for web pages: no CORS there.
     assert (await cors_request(broker, "POST", "/v1/client/offer", b"{}"))[1] is None
+
+
+# -- NAT-aware matching and TURN credentials --------------------------------------------------
+
+
+async def test_no_compatible_volunteer_is_its_own_503_and_counted(broker: Broker) -> None:
+    polling = asyncio.create_task(broker.poll("sym", nat="symmetric"))
+    await broker.until("volunteers", 1)
+    status, body = await broker.offer(nat="port-restricted")
+    assert status == 503
+    error = decode_error(body)
+    assert error.code == "no_compatible_volunteer"
+    assert "port-restricted NAT" in error.message
+    assert "TURN server" in error.message
+    assert await polling == PollIdle()
+    # The same volunteer serves a client with TURN.
+    polling = asyncio.create_task(broker.poll("sym", nat="symmetric"))
+    await broker.until("waiting_offers", 0)
+    relayed = asyncio.create_task(broker.offer(nat="symmetric", relay=True))
+    offer = await polling
+    assert isinstance(offer, PollOffer)
+    assert (await broker.answer("sym", offer.offer_id))[0] == 200
+    assert (await relayed)[0] == 200
+    lines = await broker.metrics()
+    assert "unwall_broker_offers_incompatible_total 1.0" in lines
+    assert "unwall_broker_no_volunteer_total 0.0" in lines
+    assert 'unwall_broker_offers_by_nat_total{nat="port-restricted"} 1.0' in lines
+    assert 'unwall_broker_offers_by_nat_total{nat="symmetric"} 1.0' in lines
+    assert 'unwall_broker_offers_by_nat_total{nat="none"} 0.0' in lines
+    assert 'unwall_broker_volunteers_by_nat{nat="symmetric"} 1.0' in lines
+    assert 'unwall_broker_volunteers_by_nat{nat="unknown"} 0.0' in lines
+
+
+async def test_no_volunteer_at_all_stays_no_volunteer(broker: Broker) -> None:
+    status, body = await broker.offer(nat="symmetric")
+    assert (status, decode_error(body).code) == (503, "no_volunteer")
+
+
+async def test_an_open_volunteer_is_kept_for_the_client_that_needs_it(broker: Broker) -> None:
+    open_poll = asyncio.create_task(broker.poll("open", nat="full-cone"))
+    restricted_poll = asyncio.create_task(broker.poll("pr", nat="port-restricted"))
+    await broker.until("volunteers", 2)
+    easy = asyncio.create_task(broker.offer(nat="none"))
+    got = await restricted_poll
+    assert isinstance(got, PollOffer)
+    assert not open_poll.done()
+    hard = asyncio.create_task(broker.offer(nat="symmetric"))
+    got_open = await open_poll
+    assert isinstance(got_open, PollOffer)
+    for name, offer, client in (("pr", got, easy), ("open", got_open, hard)):
+        assert (await broker.answer(name, offer.offer_id))[0] == 200
+        assert (await client)[0] == 200
+
+
+TURN_SECRET = "s3cret-shared-with-coturn"
+TURN_URLS = ("turn:203.0.113.5:3478", "turn:203.0.113.5:3478?transport=tcp")
+
+
+async def test_volunteers_get_short_lived_turn_credentials() -> None:
+    config = BrokerConfig(
+        poll_timeout=0.3,
+        answer_timeout=0.5,
+        egress_url="ws://127.0.0.1:9/v1/relay",
+        turn=TurnIssuer(TURN_SECRET, TURN_URLS, ttl=600.0),
+    )
+    async with serving(config, handler_cancellation=False) as broker:
+        idle = await broker.poll("relayed")
+        polling = asyncio.create_task(broker.poll("relayed"))
+        await broker.until("volunteers", 1)
+        client = asyncio.create_task(broker.offer())
+        offer = await polling
+        assert isinstance(offer, PollOffer)
+        assert (await broker.answer("relayed", offer.offer_id))[0] == 200
+        await client
+        async with broker.http.get(broker.url + "/v1/volunteer/config") as resp:
+            assert resp.status == 200
+            widget = await resp.json()
+    assert isinstance(idle, PollIdle)
+    from_config = widget["turn"][0]
+    servers = [*idle.turn, *offer.turn]
+    assert len(servers) == 2
+    for turn in servers:
+        assert turn.urls == TURN_URLS
+        expiry, _, nonce = turn.username.partition(":")
+        assert abs(int(expiry) - (time.time() + 600)) < 5
+        assert len(nonce) >= 12
+        assert turn.credential == turn_password(TURN_SECRET, turn.username)
+    assert idle.turn[0].username != offer.turn[0].username  # fresh for every answer
+    assert from_config["urls"] == list(TURN_URLS)
+    assert from_config["credential"] == turn_password(TURN_SECRET, from_config["username"])
+
+
+async def test_without_a_turn_secret_nobody_gets_credentials(broker: Broker) -> None:
+    status, body = await broker.post(
+        "/v1/volunteer/poll", encode(VolunteerPoll("volunteer-x", 8, 0, "browser"))
+    )
+    assert status == 200
+    assert "turn" not in json.loads(body)

@@ -21,6 +21,7 @@ from unwall.wire.broker import (
     MessageError,
     PollIdle,
     PollOffer,
+    TurnServer,
     VolunteerAnswer,
     VolunteerPoll,
     decode_answer_accepted,
@@ -68,6 +69,12 @@ BROWSER_SDP = (
     "a=max-message-size:262144\r\n"
 )
 VID = "k3Jf9abc_-XY"
+TURN = TurnServer(
+    ("turn:203.0.113.5:3478", "turn:203.0.113.5:3478?transport=tcp"),
+    "1700000000:Qx9_kd",
+    "b64/+==",
+)
+TURN_JSON = {"urls": list(TURN.urls), "username": TURN.username, "credential": TURN.credential}
 
 Decoder = Callable[[bytes], Any]
 
@@ -107,12 +114,18 @@ ROUND_TRIPS: list[tuple[Message, Decoder]] = [
     (VolunteerPoll(VID, 8, 2, "headless"), decode_volunteer_poll),
     (VolunteerPoll("a" * 64, 1000, 0, "browser"), decode_volunteer_poll),
     (VolunteerPoll("12345678", 1, 5000, "headless"), decode_volunteer_poll),
+    (VolunteerPoll(VID, 8, 2, "headless", "symmetric"), decode_volunteer_poll),
+    (VolunteerPoll(VID, 8, 2, "headless", "full-cone", relay=True), decode_volunteer_poll),
     (PollOffer("b64url_-0", SDP), decode_poll_response),
+    (PollOffer("b64url_-0", SDP, (TURN, TURN)), decode_poll_response),
     (PollIdle(), decode_poll_response),
+    (PollIdle((TURN,)), decode_poll_response),
     (VolunteerAnswer(VID, "x", SDP), decode_volunteer_answer),
     (AnswerAccepted(), decode_answer_accepted),
     (ClientOffer(SDP), decode_client_offer),
     (ClientOffer(BROWSER_SDP), decode_client_offer),
+    (ClientOffer(SDP, "port-restricted"), decode_client_offer),
+    (ClientOffer(SDP, "symmetric", relay=True), decode_client_offer),
     (ClientOffer(SDP.replace("s=-", "s=é ü \u2603")), decode_client_offer),
     (ClientOffer(sized_sdp(MAX_SDP)), decode_client_offer),
     (ClientOffer(sized_sdp(MAX_SDP, fill="\u00e9")), decode_client_offer),
@@ -142,6 +155,21 @@ def test_round_trip(msg: Message, decode: Decoder) -> None:
         (VolunteerAnswer(VID, "o1", "v=0"), {"volunteer_id": VID, "offer_id": "o1", "sdp": "v=0"}),
         (AnswerAccepted(), {"status": "ok"}),
         (ClientOffer("v=0"), {"sdp": "v=0"}),
+        # Optional fields are sent only when they differ from what their absence means.
+        (ClientOffer("v=0", "unknown", relay=False), {"sdp": "v=0"}),
+        (
+            ClientOffer("v=0", "restricted", relay=True),
+            {"sdp": "v=0", "nat": "restricted", "relay": True},
+        ),
+        (
+            VolunteerPoll(VID, 8, 2, "browser", "none"),
+            {"volunteer_id": VID, "capacity": 8, "clients": 2, "kind": "browser", "nat": "none"},
+        ),
+        (PollIdle((TURN,)), {"status": "idle", "turn": [TURN_JSON]}),
+        (
+            PollOffer("o1", "v=0", (TURN,)),
+            {"status": "offer", "offer_id": "o1", "sdp": "v=0", "turn": [TURN_JSON]},
+        ),
         (ClientAnswer("v=0"), {"status": "answer", "sdp": "v=0"}),
         (BrokerError("too_large", "smaller"), {"error": "too_large", "message": "smaller"}),
         (
@@ -228,6 +256,12 @@ INVALID: list[tuple[Decoder, bytes, str, str]] = [
     (decode_volunteer_poll, body(**poll_fields(kind="phone")), BAD, "'headless' or 'browser'"),
     (decode_volunteer_poll, body(**poll_fields(kind="Headless")), BAD, "'kind'"),
     (decode_volunteer_poll, body(**poll_fields(kind=1)), BAD, "'kind' must be a string"),
+    (decode_volunteer_poll, body(**poll_fields(nat="cone")), BAD, "'nat' must be one of none,"),
+    (decode_volunteer_poll, body(**poll_fields(nat=None)), BAD, "'nat' must be a string"),
+    (decode_volunteer_poll, body(**poll_fields(relay=1)), BAD, "'relay' must be true or false"),
+    (decode_client_offer, body(sdp=SDP, nat="Symmetric"), BAD, "'nat' must be one of"),
+    (decode_client_offer, body(sdp=SDP, relay="yes"), BAD, "'relay' must be true or false"),
+    (decode_client_offer, body(sdp=SDP, relay=None), BAD, "not null"),
     *[
         (
             decode_volunteer_poll,
@@ -258,6 +292,22 @@ INVALID: list[tuple[Decoder, bytes, str, str]] = [
     (decode_poll_response, body(status="answer", sdp=SDP), BAD, "'offer' or 'idle'"),
     (decode_poll_response, body(status="offer", sdp=SDP), BAD, "'offer_id' is missing"),
     (decode_poll_response, body(status="offer", offer_id="o1"), BAD, "'sdp' is missing"),
+    (decode_poll_response, body(status="idle", turn={}), BAD, "'turn' must be a list"),
+    (decode_poll_response, body(status="idle", turn=[TURN_JSON] * 5), BAD, "at most 4"),
+    (decode_poll_response, body(status="idle", turn=["turn:x"]), BAD, "must be an object"),
+    *[
+        (decode_poll_response, body(status="idle", turn=[{**TURN_JSON, **bad}]), BAD, phrase)
+        for bad, phrase in [
+            ({"urls": "turn:x:1"}, "urls must be a list"),
+            ({"urls": []}, "urls must be a list of 1 to 8"),
+            ({"urls": ["stun:x:1"]}, "turn: or turns: URLs"),
+            ({"urls": ["turn:a b"]}, "turn: or turns: URLs"),
+            ({"urls": [7]}, "turn: or turns: URLs"),
+            ({"username": None}, "'username' must be a string"),
+            ({"credential": 5}, "'credential' must be a string"),
+            ({"credential": "x" * 513}, "longer than 512"),
+        ]
+    ],
     (decode_answer_accepted, body(status="idle"), BAD, "'ok'"),
     (decode_client_answer, body(status="ok"), BAD, "'answer'"),
     (decode_client_answer, body(status="answer"), BAD, "'sdp' is missing"),
@@ -386,6 +436,7 @@ def test_error_status_table() -> None:
         "unsupported_version": 422,
         "unknown_offer": 404,
         "no_volunteer": 503,
+        "no_compatible_volunteer": 503,
     }
     assert BrokerError("no_volunteer", "").status == 503
     assert BrokerError("from_the_future", "").status == 500
@@ -401,3 +452,13 @@ def test_message_error_to_broker_error() -> None:
     assert bad.supported == ()
     assert "supported" not in json.loads(encode(bad))
     assert repr(MessageError("bad_request", "x")) == "MessageError('bad_request', 'x')"
+
+
+def test_absent_nat_and_relay_mean_unknown_and_no_relay() -> None:
+    """What a browser volunteer or an older client sends: no nat, no relay."""
+    poll = decode_volunteer_poll(body(**poll_fields(kind="browser")))
+    assert (poll.nat, poll.relay) == ("unknown", False)
+    offer = decode_client_offer(body(sdp=SDP))
+    assert (offer.nat, offer.relay) == ("unknown", False)
+    explicit = decode_client_offer(body(sdp=SDP, nat="unknown", relay=False))
+    assert explicit == offer

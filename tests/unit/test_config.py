@@ -519,6 +519,8 @@ def test_real_every_key_from_file(tmp_path: Path) -> None:
 listen = "[::]:8080"
 poll_timeout = 5
 answer_timeout = 2.5
+turn_secret = "kept out of the process list"
+turn_url = ["turn:turn.example:3478", "turn:turn.example:3478?transport=tcp"]
 
 [egress]
 listen = ":7001"
@@ -549,6 +551,9 @@ stream_wait = 1
         "answer_timeout": 2.5,
         "egress_url": None,
         "ice_server": [],
+        "turn_secret": "kept out of the process list",
+        "turn_url": ["turn:turn.example:3478", "turn:turn.example:3478?transport=tcp"],
+        "turn_ttl": 86400.0,
     }
     assert real(["egress", *config], EGRESS_OPTIONS, "egress") == {
         "listen": ("127.0.0.1", 7001),

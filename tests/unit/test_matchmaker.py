@@ -19,6 +19,7 @@ from unwall.broker.matchmaker import (
     VolunteerForgotten,
 )
 from unwall.wire.broker import ClientOffer, VolunteerAnswer, VolunteerPoll
+from unwall.wire.nat import NAT_KINDS, NatKind, can_connect
 
 CONFIG = MatchmakerConfig(poll_timeout=20.0, answer_timeout=10.0, volunteer_ttl=60.0)
 
@@ -28,8 +29,14 @@ def make_matchmaker(config: MatchmakerConfig = CONFIG) -> Matchmaker:
     return Matchmaker(config, new_offer_id=lambda: f"offer{next(counter)}")
 
 
-def vpoll(name: str, capacity: int = 8, clients: int = 0) -> VolunteerPoll:
-    return VolunteerPoll(f"volunteer-{name}", capacity, clients, "headless")
+def vpoll(
+    name: str,
+    capacity: int = 8,
+    clients: int = 0,
+    nat: NatKind = "unknown",
+    relay: bool = False,
+) -> VolunteerPoll:
+    return VolunteerPoll(f"volunteer-{name}", capacity, clients, "headless", nat, relay)
 
 
 def answer(name: str, offer_id: str, sdp: str = "v=0 answer") -> VolunteerAnswer:
@@ -363,3 +370,128 @@ def test_offer_ids_are_unique_and_unguessable_by_default() -> None:
 def test_config_refuses_non_positive_timeouts(field: str) -> None:
     with pytest.raises(ValueError, match=field):
         MatchmakerConfig(**{field: 0.0})
+
+
+# -- NAT-aware matching -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("client", "volunteer"), [(c, v) for c in NAT_KINDS for v in NAT_KINDS], ids=str
+)
+def test_a_client_gets_only_volunteers_it_can_connect_to(
+    client: NatKind, volunteer: NatKind
+) -> None:
+    mm = make_matchmaker()
+    mm.receive_poll(vpoll("a", nat=volunteer), now=0.0)
+    offer_id = mm.receive_offer(ClientOffer("v=0", nat=client), now=1.0)
+    if can_connect(client, volunteer):
+        assert [o for _, _, o in assigned(mm)] == [offer_id]
+    else:
+        assert drain(mm) == []
+        mm.handle_timer(11.0)
+        assert drain(mm) == [OfferExpired(offer_id, handed=False, incompatible=True)]
+
+
+@pytest.mark.parametrize("kind", ["symmetric", "port-restricted"])
+def test_a_relay_on_either_side_makes_any_pair_work(kind: NatKind) -> None:
+    mm = make_matchmaker()
+    mm.receive_poll(vpoll("a", nat="symmetric"), now=0.0)
+    mm.receive_offer(ClientOffer("v=0", nat=kind, relay=True), now=1.0)
+    assert [v for _, v, _ in assigned(mm)] == ["volunteer-a"]
+    mm.receive_poll(vpoll("b", nat="symmetric", relay=True), now=2.0)
+    mm.receive_offer(ClientOffer("v=0", nat=kind), now=3.0)
+    assert [v for _, v, _ in assigned(mm)] == ["volunteer-b"]
+
+
+# (volunteers in poll order as (name, nat, clients), client NAT, the one chosen)
+PREFERENCES: list[tuple[list[tuple[str, NatKind, int]], NatKind, str]] = [
+    # the most restrictive NAT the client can use goes first; open ones are kept back
+    ([("open", "full-cone", 0), ("sym", "symmetric", 0)], "full-cone", "sym"),
+    ([("open", "none", 0), ("pr", "port-restricted", 0)], "none", "pr"),
+    (
+        [("open", "none", 0), ("r", "restricted", 0), ("pr", "port-restricted", 0)],
+        "restricted",
+        "pr",
+    ),
+    # ... even a busier one: the restriction outranks the load
+    ([("open", "full-cone", 0), ("pr", "port-restricted", 6)], "full-cone", "pr"),
+    # a symmetric client cannot use the port-restricted one; restricted beats open
+    ([("open", "none", 0), ("pr", "port-restricted", 0), ("r", "restricted", 0)], "symmetric", "r"),
+    ([("open", "none", 0), ("pr", "port-restricted", 0)], "symmetric", "open"),
+    # unknown volunteers go before the known-open ones, after every known restriction
+    ([("open", "none", 0), ("?", "unknown", 0)], "unknown", "?"),
+    ([("?", "unknown", 0), ("r", "restricted", 0)], "port-restricted", "r"),
+    # the same kind: least loaded, then longest waiting
+    ([("r1", "restricted", 3), ("r2", "restricted", 1)], "none", "r2"),
+    ([("r1", "restricted", 1), ("r2", "restricted", 1)], "none", "r1"),
+]
+
+
+@pytest.mark.parametrize(("volunteers", "client", "winner"), PREFERENCES)
+def test_restrictive_volunteers_first_open_ones_kept(
+    volunteers: list[tuple[str, NatKind, int]], client: NatKind, winner: str
+) -> None:
+    mm = make_matchmaker()
+    for i, (name, nat, clients) in enumerate(volunteers):
+        mm.receive_poll(vpoll(name, clients=clients, nat=nat), now=float(i))
+    mm.receive_offer(ClientOffer("v=0", nat=client), now=5.0)
+    [(_, volunteer_id, _)] = assigned(mm)
+    assert volunteer_id == f"volunteer-{winner}"
+
+
+def test_a_relay_volunteer_is_kept_for_last() -> None:
+    mm = make_matchmaker()
+    mm.receive_poll(vpoll("relay", nat="symmetric", relay=True), now=0.0)
+    mm.receive_poll(vpoll("open", nat="none"), now=1.0)
+    mm.receive_offer(ClientOffer("v=0", nat="none"), now=2.0)
+    assert [v for _, v, _ in assigned(mm)] == ["volunteer-open"]
+
+
+def test_keeping_open_volunteers_serves_everyone() -> None:
+    """Two clients, two volunteers: least-loaded-first alone could strand the symmetric one."""
+    mm = make_matchmaker()
+    mm.receive_poll(vpoll("open", capacity=1, nat="full-cone"), now=0.0)
+    mm.receive_poll(vpoll("pr", capacity=1, nat="port-restricted"), now=1.0)
+    easy = mm.receive_offer(ClientOffer("v=0", nat="full-cone"), now=2.0)
+    hard = mm.receive_offer(ClientOffer("v=0", nat="symmetric"), now=3.0)
+    assert {(v, o) for _, v, o in assigned(mm)} == {
+        ("volunteer-pr", easy),
+        ("volunteer-open", hard),
+    }
+
+
+def test_an_offer_nobody_can_serve_does_not_hold_up_the_queue() -> None:
+    mm = make_matchmaker()
+    stuck = mm.receive_offer(ClientOffer("v=0", nat="symmetric"), now=0.0)
+    served = mm.receive_offer(ClientOffer("v=0", nat="full-cone"), now=1.0)
+    poll_id = mm.receive_poll(vpoll("pr", nat="port-restricted"), now=2.0)
+    assert assigned(mm) == [(poll_id, "volunteer-pr", served)]
+    assert mm.waiting_offer_count == 1
+    # A volunteer it can use arrives before its deadline: it is served after all.
+    late = mm.receive_poll(vpoll("open", nat="none"), now=5.0)
+    assert assigned(mm) == [(late, "volunteer-open", stuck)]
+
+
+def test_no_volunteer_at_all_is_not_incompatible() -> None:
+    mm = make_matchmaker()
+    offer_id = mm.receive_offer(ClientOffer("v=0", nat="symmetric"), now=0.0)
+    mm.handle_timer(10.0)
+    assert drain(mm) == [OfferExpired(offer_id, handed=False, incompatible=False)]
+
+
+def test_compatible_but_full_volunteers_leave_only_incompatible_ones() -> None:
+    mm = make_matchmaker()
+    mm.receive_poll(vpoll("open", capacity=1, clients=1, nat="none"), now=0.0)
+    mm.receive_poll(vpoll("sym", nat="symmetric"), now=0.0)
+    offer_id = mm.receive_offer(ClientOffer("v=0", nat="symmetric"), now=1.0)
+    mm.handle_timer(11.0)
+    assert OfferExpired(offer_id, handed=False, incompatible=True) in drain(mm)
+
+
+def test_volunteers_by_nat() -> None:
+    mm = make_matchmaker()
+    mm.receive_poll(vpoll("a", nat="symmetric"), now=0.0)
+    mm.receive_poll(vpoll("b", nat="symmetric"), now=0.0)
+    mm.receive_poll(vpoll("c"), now=0.0)
+    counts = mm.volunteers_by_nat()
+    assert counts == {**dict.fromkeys(NAT_KINDS, 0), "symmetric": 2, "unknown": 1}

@@ -6,13 +6,19 @@ caller asks :meth:`get_timer` when to call :meth:`handle_timer` next.
 
 The rules are those of docs/protocol.md, "Matchmaking":
 
-- client offers wait in FIFO order;
-- an offer goes to the open poll whose volunteer has the lowest load, ``(clients + handed) /
-  capacity`` where ``handed`` counts offers handed to it since its last report; ties go to
-  the poll that has waited longest;
+- client offers wait in FIFO order, but one no free volunteer can serve does not hold up
+  the offers behind it;
+- an offer goes only to a volunteer it can connect to: the client or the volunteer has a
+  TURN relay, or their NAT kinds can meet directly (:func:`unwall.wire.nat.can_connect`);
+- among those it goes to the most restrictive NAT (symmetric first, open NATs and relays
+  last, so that they stay free for the clients only they can serve, as Snowflake does),
+  then to the lowest load, ``(clients + handed) / capacity`` where ``handed`` counts offers
+  handed to it since its last report; ties go to the poll that has waited longest
+  (:func:`pick_volunteer`, a pure function over the free volunteers);
 - a volunteer whose ``clients + handed`` reaches its capacity is never handed an offer;
 - a poll ends idle after ``poll_timeout``; an offer nobody answered expires after
-  ``answer_timeout``; a volunteer with no open poll for ``volunteer_ttl`` is forgotten.
+  ``answer_timeout`` (marked ``incompatible`` if free volunteers were there but none it
+  could connect to); a volunteer with no open poll for ``volunteer_ttl`` is forgotten.
 
 A volunteer keeps one poll open at a time: a new poll from the same volunteer releases the
 older one (idle). Offer ids are secrets: an answer is accepted only from the volunteer the
@@ -34,6 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from unwall.wire.broker import ClientOffer, VolunteerAnswer, VolunteerKind, VolunteerPoll
+from unwall.wire.nat import NAT_KINDS, RESTRICTIVENESS, NatKind, can_connect
 
 # -- configuration --------------------------------------------------------------------------
 
@@ -90,11 +97,14 @@ class OfferAnswered:
 class OfferExpired:
     """No answer for offer ``offer_id`` within answer_timeout: tell the client no_volunteer.
 
-    ``handed`` says whether a volunteer got the offer (and did not answer) or none was free.
+    ``handed`` says whether a volunteer got the offer (and did not answer) or none was free;
+    ``incompatible`` that, never handed, it was passed over: volunteers were free, but none
+    the client could connect to (tell it no_compatible_volunteer).
     """
 
     offer_id: str
     handed: bool
+    incompatible: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,8 @@ class VolunteerRecord:
     report: int  # how many reports (polls) it has made; tags offers handed under each
     last_seen: float
     poll_id: int | None  # its open poll
+    nat: NatKind = "unknown"
+    relay: bool = False  # it has a TURN server of its own
 
     @property
     def is_full(self) -> bool:
@@ -147,6 +159,9 @@ class OfferRecord:
     poll_id: int | None = None  # the poll it was handed to; None while queued
     volunteer_id: str | None = None
     report: int = 0  # the volunteer's report it was handed under
+    nat: NatKind = "unknown"
+    relay: bool = False  # the client has a TURN server
+    passed_over: bool = False  # free volunteers were there, none it could connect to
 
 
 class MatchStore(Protocol):
@@ -156,6 +171,7 @@ class MatchStore(Protocol):
     def put_volunteer(self, record: VolunteerRecord) -> None: ...
     def delete_volunteer(self, volunteer_id: str) -> None: ...
     def count_volunteers(self) -> int: ...
+    def count_volunteers_by_nat(self) -> dict[NatKind, int]: ...
 
     def get_poll(self, poll_id: int) -> PollRecord | None: ...
     def put_poll(self, record: PollRecord) -> None: ...
@@ -196,6 +212,12 @@ class InMemoryMatchStore:
 
     def count_volunteers(self) -> int:
         return len(self._volunteers)
+
+    def count_volunteers_by_nat(self) -> dict[NatKind, int]:
+        counts = dict.fromkeys(NAT_KINDS, 0)
+        for volunteer in self._volunteers.values():
+            counts[volunteer.nat] += 1
+        return counts
 
     def get_poll(self, poll_id: int) -> PollRecord | None:
         return self._polls.get(poll_id)
@@ -250,6 +272,34 @@ class InMemoryMatchStore:
             self._handed.pop(old.poll_id, None)
 
 
+# -- the matching rule ----------------------------------------------------------------------
+
+
+def can_serve(offer: OfferRecord, volunteer: VolunteerRecord) -> bool:
+    """Whether the offer's client can connect to this volunteer (directly or relayed)."""
+    return offer.relay or volunteer.relay or can_connect(offer.nat, volunteer.nat)
+
+
+def pick_volunteer(
+    offer: OfferRecord, free: Iterable[tuple[PollRecord, VolunteerRecord]]
+) -> tuple[PollRecord, VolunteerRecord] | None:
+    """The open poll to hand ``offer`` to, among ``free`` (polls of volunteers with room).
+
+    Only volunteers the client can connect to; of those the most restrictive NAT first (a
+    relay counts as the most open of all), then the least loaded, then the longest waiting.
+    """
+    best: tuple[int, float, float, int] | None = None
+    chosen: tuple[PollRecord, VolunteerRecord] | None = None
+    for poll, volunteer in free:
+        if not can_serve(offer, volunteer):
+            continue
+        restrictive = -1 if volunteer.relay else RESTRICTIVENESS[volunteer.nat]
+        rank = (-restrictive, volunteer.load, poll.opened, poll.poll_id)
+        if best is None or rank < best:
+            best, chosen = rank, (poll, volunteer)
+    return chosen
+
+
 # -- the matchmaker -------------------------------------------------------------------------
 
 _TimerKind = Literal["poll", "offer", "volunteer"]
@@ -299,6 +349,8 @@ class Matchmaker:
                 report=(old.report + 1) if old is not None else 1,
                 last_seen=now,
                 poll_id=poll_id,
+                nat=poll.nat,
+                relay=poll.relay,
             )
         )
         deadline = now + self.config.poll_timeout
@@ -313,7 +365,11 @@ class Matchmaker:
         while self._store.get_offer(offer_id) is not None:
             offer_id = self._new_offer_id()
         deadline = now + self.config.answer_timeout
-        self._store.put_offer(OfferRecord(offer_id, offer.sdp, self._next_seq, deadline))
+        self._store.put_offer(
+            OfferRecord(
+                offer_id, offer.sdp, self._next_seq, deadline, nat=offer.nat, relay=offer.relay
+            )
+        )
         self._next_seq += 1
         self._add_timer(deadline, "offer", offer_id)
         self._match(now)
@@ -389,6 +445,10 @@ class Matchmaker:
         """Volunteers seen within volunteer_ttl."""
         return self._store.count_volunteers()
 
+    def volunteers_by_nat(self) -> dict[NatKind, int]:
+        """Volunteers seen within volunteer_ttl, by the NAT kind they reported."""
+        return self._store.count_volunteers_by_nat()
+
     @property
     def open_poll_count(self) -> int:
         return self._store.count_polls()
@@ -403,18 +463,25 @@ class Matchmaker:
     def _match(self, now: float) -> None:
         store = self._store
         for offer in store.queued_offers():
-            best: tuple[float, float, int] | None = None
-            chosen: VolunteerRecord | None = None
-            for poll in store.open_polls():
-                volunteer = store.get_volunteer(poll.volunteer_id)
-                if volunteer is None or volunteer.is_full:
-                    continue
-                rank = (volunteer.load, poll.opened, poll.poll_id)
-                if best is None or rank < best:
-                    best, chosen = rank, volunteer
-            if best is None or chosen is None:
+            free = self._free_polls()
+            if not free:
                 return
-            self._hand(offer, chosen, best[2], now)
+            pick = pick_volunteer(offer, free)
+            if pick is None:
+                if not offer.passed_over:
+                    store.put_offer(replace(offer, passed_over=True))
+                continue
+            poll, volunteer = pick
+            self._hand(offer, volunteer, poll.poll_id, now)
+
+    def _free_polls(self) -> list[tuple[PollRecord, VolunteerRecord]]:
+        """Open polls of volunteers with room."""
+        free = []
+        for poll in self._store.open_polls():
+            volunteer = self._store.get_volunteer(poll.volunteer_id)
+            if volunteer is not None and not volunteer.is_full:
+                free.append((poll, volunteer))
+        return free
 
     def _hand(
         self, offer: OfferRecord, volunteer: VolunteerRecord, poll_id: int, now: float
@@ -455,7 +522,9 @@ class Matchmaker:
         if offer is None or offer.deadline > now:
             return
         self._store.delete_offer(offer_id)
-        self._events.append(OfferExpired(offer_id, handed=offer.poll_id is not None))
+        handed = offer.poll_id is not None
+        incompatible = not handed and offer.passed_over
+        self._events.append(OfferExpired(offer_id, handed=handed, incompatible=incompatible))
 
     def _expire_volunteer(self, volunteer_id: str, now: float) -> None:
         volunteer = self._store.get_volunteer(volunteer_id)

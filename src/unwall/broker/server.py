@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Generic, TypeVar
 
@@ -35,9 +36,11 @@ from unwall.broker.matchmaker import (
     PollReleased,
     VolunteerForgotten,
 )
+from unwall.broker.turn import TurnIssuer
 from unwall.wire.broker import (
     BAD_REQUEST,
     MAX_BODY,
+    NO_COMPATIBLE_VOLUNTEER,
     NO_VOLUNTEER,
     PROTOCOL_VERSION,
     TOO_LARGE,
@@ -53,7 +56,9 @@ from unwall.wire.broker import (
     decode_volunteer_answer,
     decode_volunteer_poll,
     encode,
+    turn_server_json,
 )
+from unwall.wire.nat import NAT_KINDS, NatKind
 
 log = logging.getLogger("unwall.broker")
 
@@ -71,6 +76,8 @@ class BrokerConfig:
     egress_url: str | None = None
     #: ICE servers browser volunteers use; never a default public one
     ice_servers: tuple[str, ...] = ()
+    #: mints TURN credentials for volunteers (poll answers and /v1/volunteer/config)
+    turn: TurnIssuer | None = None
 
     def matchmaker_config(self) -> MatchmakerConfig:
         ttl = self.volunteer_ttl if self.volunteer_ttl is not None else 3 * self.poll_timeout
@@ -92,6 +99,7 @@ _T = TypeVar("_T")
 class _Waiter(Generic[_T]):
     request: web.BaseRequest
     future: asyncio.Future[_T | _Gone]
+    nat: NatKind = field(default="unknown")  # a client offer's NAT kind, for its error
 
 
 def _peer_gone(request: web.BaseRequest) -> bool:
@@ -123,6 +131,27 @@ class _Metrics:
             "Client offers answered 503 no_volunteer.",
             registry=self.registry,
         )
+        self.offers_incompatible = Counter(
+            prefix + "offers_incompatible",
+            "Client offers answered 503 no_compatible_volunteer: volunteers were free, but "
+            "none the client's NAT can connect to.",
+            registry=self.registry,
+        )
+        self.offers_by_nat = Counter(
+            prefix + "offers_by_nat",
+            "Client offers received, by the NAT kind the client reported.",
+            ["nat"],
+            registry=self.registry,
+        )
+        self.volunteers_by_nat = Gauge(
+            prefix + "volunteers_by_nat",
+            "Volunteers that polled within volunteer_ttl, by the NAT kind they reported.",
+            ["nat"],
+            registry=self.registry,
+        )
+        for kind in NAT_KINDS:  # every series exists from the start, at zero
+            self.offers_by_nat.labels(kind)
+            self.volunteers_by_nat.labels(kind)
         volunteers = Gauge(
             prefix + "volunteers",
             "Volunteers that polled within volunteer_ttl.",
@@ -175,6 +204,8 @@ class Broker:
             log.debug("volunteer %s hung up while polling", poll.volunteer_id)
             self._give_back_poll(poll_id)
             return _reply(PollIdle())
+        if self.config.turn is not None:
+            reply = replace(reply, turn=(self.config.turn.issue(time.time()),))
         response = _reply(reply)
         if isinstance(reply, PollIdle):
             return response
@@ -214,7 +245,8 @@ class Broker:
         future: asyncio.Future[ClientAnswer | BrokerError | _Gone] = loop.create_future()
         offer_id = self.matchmaker.receive_offer(offer, loop.time())
         self.metrics.offers.inc()
-        self._offers[offer_id] = _Waiter(request, future)
+        self.metrics.offers_by_nat.labels(offer.nat).inc()
+        self._offers[offer_id] = _Waiter(request, future, offer.nat)
         self._process_events()
         try:
             reply = await future
@@ -226,7 +258,10 @@ class Broker:
             self._drop_offer(offer_id)
             return _reply(BrokerError(BAD_REQUEST, "the client closed its connection"))
         if isinstance(reply, BrokerError):
-            self.metrics.no_volunteer.inc()
+            if reply.code == NO_COMPATIBLE_VOLUNTEER:
+                self.metrics.offers_incompatible.inc()
+            else:
+                self.metrics.no_volunteer.inc()
         return _reply(reply)
 
     async def health(self, request: web.Request) -> web.StreamResponse:
@@ -240,6 +275,8 @@ class Broker:
         )
 
     async def metrics_text(self, request: web.Request) -> web.StreamResponse:
+        for kind, count in self.matchmaker.volunteers_by_nat().items():
+            self.metrics.volunteers_by_nat.labels(kind).set(count)
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -257,7 +294,10 @@ class Broker:
                     self._settle_offer(event.offer_id, ClientAnswer(event.sdp))
                 case OfferExpired():
                     log.debug("offer %s expired (handed out: %s)", event.offer_id, event.handed)
-                    self._settle_offer(event.offer_id, self._no_volunteer())
+                    if event.incompatible:
+                        self._settle_offer(event.offer_id, self._no_compatible(event.offer_id))
+                    else:
+                        self._settle_offer(event.offer_id, self._no_volunteer())
                 case VolunteerForgotten():
                     log.debug("volunteer %s forgotten", event.volunteer_id)
         self._arm_timer(loop)
@@ -288,6 +328,16 @@ class Broker:
             NO_VOLUNTEER,
             f"no volunteer with free capacity answered within {self.config.answer_timeout:g} s;"
             " try again later",
+        )
+
+    def _no_compatible(self, offer_id: str) -> BrokerError:
+        waiter = self._offers.get(offer_id)
+        nat = waiter.nat if waiter is not None else "unknown"
+        return BrokerError(
+            NO_COMPATIBLE_VOLUNTEER,
+            f"volunteers were free, but none that a client behind a {nat} NAT can "
+            f"connect to, within {self.config.answer_timeout:g} s; a TURN server would let "
+            "you connect, or try again later",
         )
 
     def _give_back_poll(self, poll_id: int) -> None:
@@ -412,13 +462,14 @@ def _volunteer_config(config: BrokerConfig) -> Handler:
                 },
                 status=503,
             )
-        return web.json_response(
-            {
-                "version": PROTOCOL_VERSION,
-                "egress_url": config.egress_url,
-                "ice_servers": list(config.ice_servers),
-            }
-        )
+        body: dict[str, object] = {
+            "version": PROTOCOL_VERSION,
+            "egress_url": config.egress_url,
+            "ice_servers": list(config.ice_servers),
+        }
+        if config.turn is not None:
+            body["turn"] = [turn_server_json(config.turn.issue(time.time()))]
+        return web.json_response(body)
 
     return handler
 

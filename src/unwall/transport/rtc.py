@@ -19,8 +19,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.rtcsctptransport import RTCSctpTransport
+
+from unwall.wire.broker import TurnServer
 
 log = logging.getLogger("unwall.rtc")
 
@@ -56,13 +64,61 @@ def pinned_host_addresses() -> list[str] | None:
     return list(_pinned_addresses) if _pinned_addresses is not None else None
 
 
-def rtc_configuration(ice_servers: Sequence[str] = ()) -> RTCConfiguration:
-    """A configuration with exactly these ICE servers (`stun:host:port`, `turn:...`)."""
-    return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in ice_servers])
+IceServer = str | TurnServer
 
 
-def new_peer_connection(ice_servers: Sequence[str] = ()) -> RTCPeerConnection:
-    return RTCPeerConnection(configuration=rtc_configuration(ice_servers))
+def is_turn_url(url: str) -> bool:
+    return url.startswith(("turn:", "turns:"))
+
+
+def ice_servers_with_credentials(
+    urls: Sequence[str], username: str | None = None, password: str | None = None
+) -> list[IceServer]:
+    """The ICE servers of `--ice-server` URLs, the `turn:` ones given `--turn-user` and
+    `--turn-password` (one pair of credentials for all of them, as a browser's RTCIceServer
+    has). ValueError when credentials come without a TURN URL or one without the other."""
+    if (username is None) != (password is None):
+        raise ValueError("--turn-user and --turn-password go together")
+    turn = [url for url in urls if is_turn_url(url)]
+    if username is None or password is None:
+        return list(urls)
+    if not turn:
+        raise ValueError("--turn-user needs a TURN server: --ice-server turn:HOST:PORT")
+    servers: list[IceServer] = [url for url in urls if not is_turn_url(url)]
+    servers.append(TurnServer(tuple(turn), username, password))
+    return servers
+
+
+def has_turn(ice_servers: Sequence[IceServer]) -> bool:
+    """Whether any of these is a TURN server (a relay the ICE agent will gather)."""
+    return any(isinstance(s, TurnServer) or is_turn_url(s) for s in ice_servers)
+
+
+def describe_ice_servers(ice_servers: Sequence[IceServer]) -> list[str]:
+    """The URLs, for a log line: credentials are never shown."""
+    return [url for s in ice_servers for url in ((s,) if isinstance(s, str) else s.urls)]
+
+
+def rtc_configuration(
+    ice_servers: Sequence[IceServer] = (), relay_only: bool = False
+) -> RTCConfiguration:
+    """A configuration with exactly these ICE servers: URLs (`stun:host:port`, `turn:...`)
+    and TURN servers with credentials. aiortc uses only the first STUN and the first TURN
+    server it is given, so the order matters. ``relay_only`` offers relay candidates only."""
+    servers = [
+        RTCIceServer(urls=s)
+        if isinstance(s, str)
+        else RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+        for s in ice_servers
+    ]
+    policy = RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL
+    return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
+
+
+def new_peer_connection(
+    ice_servers: Sequence[IceServer] = (), relay_only: bool = False
+) -> RTCPeerConnection:
+    return RTCPeerConnection(configuration=rtc_configuration(ice_servers, relay_only))
 
 
 def remote_max_message_size(pc: RTCPeerConnection) -> int | None:

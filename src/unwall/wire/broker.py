@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from unwall.wire.nat import NAT_KINDS, NatKind
+
 PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final[tuple[int, ...]] = (PROTOCOL_VERSION,)
 
@@ -27,6 +29,9 @@ MAX_SDP: Final = 32768
 MIN_CAPACITY: Final = 1
 MAX_CAPACITY: Final = 1000
 MAX_OFFER_ID: Final = 128
+MAX_TURN_SERVERS: Final = 4
+MAX_TURN_URLS: Final = 8
+MAX_TURN_STRING: Final = 512
 
 VolunteerKind = Literal["headless", "browser"]
 VOLUNTEER_KINDS: Final[tuple[VolunteerKind, ...]] = ("headless", "browser")
@@ -36,6 +41,7 @@ TOO_LARGE: Final = "too_large"
 UNSUPPORTED_VERSION: Final = "unsupported_version"
 UNKNOWN_OFFER: Final = "unknown_offer"
 NO_VOLUNTEER: Final = "no_volunteer"
+NO_COMPATIBLE_VOLUNTEER: Final = "no_compatible_volunteer"
 
 ERROR_STATUS: Final[dict[str, int]] = {
     BAD_REQUEST: 400,
@@ -43,10 +49,12 @@ ERROR_STATUS: Final[dict[str, int]] = {
     TOO_LARGE: 413,
     UNSUPPORTED_VERSION: 422,
     NO_VOLUNTEER: 503,
+    NO_COMPATIBLE_VOLUNTEER: 503,
 }
 
 _VOLUNTEER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _OFFER_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_OFFER_ID}}}")
+_TURN_URL = re.compile(r"turns?:[^\s]+")
 
 
 class MessageError(ValueError):
@@ -70,26 +78,44 @@ class MessageError(ValueError):
 
 
 @dataclass(frozen=True)
+class TurnServer:
+    """A TURN server with credentials, shaped like WebRTC's RTCIceServer dictionary."""
+
+    urls: tuple[str, ...]
+    username: str
+    credential: str
+
+
+@dataclass(frozen=True)
 class VolunteerPoll:
-    """Volunteer -> broker, POST /v1/volunteer/poll: asks for work and reports its load."""
+    """Volunteer -> broker, POST /v1/volunteer/poll: asks for work and reports its load.
+
+    ``nat`` is the volunteer's NAT kind (`unknown` when absent: browsers do not measure it
+    yet); ``relay`` says it has a TURN server it will use for every client.
+    """
 
     volunteer_id: str
     capacity: int
     clients: int
     kind: VolunteerKind
+    nat: NatKind = "unknown"
+    relay: bool = False
 
 
 @dataclass(frozen=True)
 class PollOffer:
-    """Broker -> volunteer: a client's offer to answer."""
+    """Broker -> volunteer: a client's offer to answer; ``turn``: credentials to use."""
 
     offer_id: str
     sdp: str
+    turn: tuple[TurnServer, ...] = ()
 
 
 @dataclass(frozen=True)
 class PollIdle:
-    """Broker -> volunteer: no work this time; poll again."""
+    """Broker -> volunteer: no work this time; poll again. ``turn``: credentials to use."""
+
+    turn: tuple[TurnServer, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,9 +134,15 @@ class AnswerAccepted:
 
 @dataclass(frozen=True)
 class ClientOffer:
-    """Client -> broker, POST /v1/client/offer."""
+    """Client -> broker, POST /v1/client/offer.
+
+    ``nat`` is the client's NAT kind (`unknown` when absent); ``relay`` says the client has
+    a TURN server, so any volunteer will do.
+    """
 
     sdp: str
+    nat: NatKind = "unknown"
+    relay: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,16 +192,20 @@ def encode(msg: Message) -> bytes:
                 clients=msg.clients,
                 kind=msg.kind,
             )
+            _put_nat(obj, msg.nat, msg.relay)
         case PollOffer():
             obj.update(status="offer", offer_id=msg.offer_id, sdp=msg.sdp)
+            _put_turn(obj, msg.turn)
         case PollIdle():
             obj.update(status="idle")
+            _put_turn(obj, msg.turn)
         case VolunteerAnswer():
             obj.update(volunteer_id=msg.volunteer_id, offer_id=msg.offer_id, sdp=msg.sdp)
         case AnswerAccepted():
             obj.update(status="ok")
         case ClientOffer():
             obj.update(sdp=msg.sdp)
+            _put_nat(obj, msg.nat, msg.relay)
         case ClientAnswer():
             obj.update(status="answer", sdp=msg.sdp)
         case BrokerError():
@@ -179,6 +215,24 @@ def encode(msg: Message) -> bytes:
         case _:
             raise TypeError(f"not a broker message: {msg!r}")
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _put_nat(obj: dict[str, Any], nat: NatKind, relay: bool) -> None:
+    # Optional fields are sent only when they say something: absent means the default.
+    if nat != "unknown":
+        obj["nat"] = nat
+    if relay:
+        obj["relay"] = True
+
+
+def _put_turn(obj: dict[str, Any], turn: tuple[TurnServer, ...]) -> None:
+    if turn:
+        obj["turn"] = [turn_server_json(server) for server in turn]
+
+
+def turn_server_json(server: TurnServer) -> dict[str, Any]:
+    """A TURN server as JSON, the shape of WebRTC's RTCIceServer (for browsers as is)."""
+    return {"urls": list(server.urls), "username": server.username, "credential": server.credential}
 
 
 # -- decoding: requests ---------------------------------------------------------------------
@@ -192,6 +246,8 @@ def decode_volunteer_poll(body: bytes) -> VolunteerPoll:
         capacity=_int(obj, "capacity", MIN_CAPACITY, MAX_CAPACITY),
         clients=_int(obj, "clients", 0, None),
         kind=_kind(obj),
+        nat=_nat(obj),
+        relay=_flag(obj, "relay"),
     )
 
 
@@ -204,7 +260,7 @@ def decode_volunteer_answer(body: bytes) -> VolunteerAnswer:
 def decode_client_offer(body: bytes) -> ClientOffer:
     """Decode the body of POST /v1/client/offer."""
     obj = _load(body, MAX_BODY)
-    return ClientOffer(sdp=_sdp(obj))
+    return ClientOffer(sdp=_sdp(obj), nat=_nat(obj), relay=_flag(obj, "relay"))
 
 
 # -- decoding: responses --------------------------------------------------------------------
@@ -215,8 +271,8 @@ def decode_poll_response(body: bytes) -> PollOffer | PollIdle:
     obj = _load(body, MAX_RESPONSE_BODY)
     status = _status(obj, ("offer", "idle"))
     if status == "idle":
-        return PollIdle()
-    return PollOffer(offer_id=_offer_id(obj), sdp=_sdp(obj))
+        return PollIdle(turn=_turn(obj))
+    return PollOffer(offer_id=_offer_id(obj), sdp=_sdp(obj), turn=_turn(obj))
 
 
 def decode_answer_accepted(body: bytes) -> AnswerAccepted:
@@ -372,6 +428,51 @@ def _kind(obj: dict[str, Any]) -> VolunteerKind:
         if value == kind:
             return kind
     raise _bad(f"field 'kind' must be 'headless' or 'browser', not {value[:32]!r}")
+
+
+def _nat(obj: dict[str, Any]) -> NatKind:
+    if "nat" not in obj:
+        return "unknown"
+    value = _str(obj, "nat")
+    for kind in NAT_KINDS:
+        if value == kind:
+            return kind
+    raise _bad(f"field 'nat' must be one of {', '.join(NAT_KINDS)}, not {value[:32]!r}")
+
+
+def _flag(obj: dict[str, Any], name: str) -> bool:
+    if name not in obj:
+        return False
+    value = obj[name]
+    if not isinstance(value, bool):
+        raise _bad(f"field '{name}' must be true or false, not {_json_type(value)}")
+    return value
+
+
+def _turn(obj: dict[str, Any]) -> tuple[TurnServer, ...]:
+    if "turn" not in obj:
+        return ()
+    raw = obj["turn"]
+    if not isinstance(raw, list) or len(raw) > MAX_TURN_SERVERS:
+        raise _bad(f"field 'turn' must be a list of at most {MAX_TURN_SERVERS} TURN servers")
+    return tuple(_turn_server(entry) for entry in raw)
+
+
+def _turn_server(entry: object) -> TurnServer:
+    if not isinstance(entry, dict):
+        raise _bad(f"each entry of 'turn' must be an object, not {_json_type(entry)}")
+    urls = entry.get("urls")
+    if (
+        not isinstance(urls, list)
+        or not 1 <= len(urls) <= MAX_TURN_URLS
+        or not all(isinstance(u, str) and _TURN_URL.fullmatch(u[:MAX_TURN_STRING]) for u in urls)
+    ):
+        raise _bad(f"'turn' urls must be a list of 1 to {MAX_TURN_URLS} turn: or turns: URLs")
+    username, credential = _str(entry, "username"), _str(entry, "credential")
+    for value in (*urls, username, credential):
+        if len(value) > MAX_TURN_STRING:
+            raise _bad(f"a 'turn' string is longer than {MAX_TURN_STRING} characters")
+    return TurnServer(tuple(urls), username, credential)
 
 
 def _status(obj: dict[str, Any], allowed: tuple[str, ...]) -> str:

@@ -32,14 +32,15 @@ NAT_KINDS: Final[tuple[NatKind, ...]] = (
 OPEN_KINDS: Final[frozenset[NatKind]] = frozenset({"none", "full-cone"})
 
 #: How hard a kind is to reach, for preferring the volunteers that fewer clients can use.
-#: Higher is more restrictive; an unknown kind counts as open, as `can_connect` treats it.
+#: Higher is more restrictive. `unknown` (which `can_connect` treats as open) ranks just
+#: above the known-open kinds: those are the surest for the clients that need them.
 RESTRICTIVENESS: Final[dict[NatKind, int]] = {
     "none": 0,
     "full-cone": 0,
-    "unknown": 0,
-    "restricted": 1,
-    "port-restricted": 2,
-    "symmetric": 3,
+    "unknown": 1,
+    "restricted": 2,
+    "port-restricted": 3,
+    "symmetric": 4,
 }
 
 #: What the kinds mean, in words for a log line.

@@ -1,0 +1,51 @@
+"""Broker-minted TURN credentials (coturn's REST API scheme) and their configuration."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+import pytest
+
+from unwall.broker.turn import TurnIssuer, make_issuer, turn_password
+
+URLS = ("turn:203.0.113.5:3478",)
+
+
+def test_password_is_base64_hmac_sha1_of_the_username() -> None:
+    username = "1700000000:abc"
+    expected = base64.b64encode(hmac.new(b"key", username.encode(), hashlib.sha1).digest())
+    assert turn_password("key", username) == expected.decode()
+    assert len(turn_password("key", username)) == 28  # 20 bytes of SHA-1
+
+
+def test_username_is_expiry_then_a_random_id() -> None:
+    issuer = TurnIssuer("key", URLS, ttl=600)
+    first, second = issuer.issue(1_700_000_000.7), issuer.issue(1_700_000_000.7)
+    assert first.username.startswith("1700000600:")
+    assert first.username != second.username
+    assert first.credential == turn_password("key", first.username)
+    assert first.urls == URLS
+
+
+@pytest.mark.parametrize(
+    ("secret", "urls", "ttl", "phrase"),
+    [
+        (None, URLS, 60.0, "--turn-url needs --turn-secret"),
+        ("", URLS, 60.0, "must not be empty"),
+        ("key", (), 60.0, "at least one TURN URL"),
+        ("key", ("stun:203.0.113.5:3478",), 60.0, "not a turn: or turns: URL"),
+        ("key", URLS, 0.0, "lifetime must be positive"),
+    ],
+)
+def test_make_issuer_refuses(
+    secret: str | None, urls: tuple[str, ...], ttl: float, phrase: str
+) -> None:
+    with pytest.raises(ValueError, match=phrase):
+        make_issuer(secret, urls, ttl)
+
+
+def test_no_secret_no_issuer() -> None:
+    assert make_issuer(None, ()) is None
+    assert make_issuer("key", URLS) == TurnIssuer("key", URLS)
