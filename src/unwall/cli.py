@@ -25,6 +25,7 @@ from unwall.config import (
     url,
 )
 from unwall.logs import setup_logging
+from unwall.wire.nat import NatKind, parse_nat_kind
 
 log = logging.getLogger("unwall")
 
@@ -42,6 +43,32 @@ ICE_OPTIONS = [
         "everything on this machine",
         default=[],
         repeat=True,
+    ),
+]
+
+
+def nat_kind(text: str) -> NatKind:
+    try:
+        return parse_nat_kind(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: What a WebRTC peer (client or headless volunteer) takes besides its ICE servers.
+PEER_OPTIONS = [
+    *ICE_OPTIONS,
+    Option("--turn-user", "username for the turn: servers among --ice-server"),
+    Option(
+        "--turn-password",
+        "password for the turn: servers among --ice-server (better set in the --config file)",
+    ),
+    Option(
+        "--nat",
+        "this network's NAT kind, reported to the broker instead of measuring it: none, "
+        "full-cone, restricted, port-restricted, symmetric or unknown (default: measured with "
+        "the first stun: server, RFC 5780; unknown without one)",
+        None,
+        nat_kind,
     ),
 ]
 
@@ -107,7 +134,7 @@ VOLUNTEER_OPTIONS = [
         positive_int,
     ),
     Option("--stats-interval", "seconds between statistics lines", 60.0, positive_float),
-    *ICE_OPTIONS,
+    *PEER_OPTIONS,
 ]
 
 CLIENT_OPTIONS = [
@@ -144,7 +171,7 @@ CLIENT_OPTIONS = [
         60.0,
         positive_float,
     ),
-    *ICE_OPTIONS,
+    *PEER_OPTIONS,
 ]
 
 
@@ -331,6 +358,12 @@ async def _broker(options: dict[str, Any]) -> None:
         ice_servers=tuple(options["ice_server"]),
         turn=turn,
     )
+    if turn is not None:
+        log.info(
+            "handing volunteers TURN credentials for %s, valid %.0f s",
+            ", ".join(turn.urls),
+            turn.ttl,
+        )
     await run_broker(config, host, port)
 
 
@@ -386,16 +419,22 @@ async def _volunteer(options: dict[str, Any]) -> None:
     if not options["broker"] or not options["egress"]:
         raise UsageError("unwall volunteer needs --broker URL and --egress URL")
     _apply_host_addresses(options)
-    volunteer = Volunteer(
-        VolunteerConfig(
-            broker_url=options["broker"],
-            egress_url=options["egress"],
-            capacity=options["capacity"],
-            ice_servers=options["ice_server"],
-            max_rate=options["max_rate"],
-            stats_interval=options["stats_interval"],
+    try:
+        volunteer = Volunteer(
+            VolunteerConfig(
+                broker_url=options["broker"],
+                egress_url=options["egress"],
+                capacity=options["capacity"],
+                ice_servers=options["ice_server"],
+                max_rate=options["max_rate"],
+                stats_interval=options["stats_interval"],
+                turn_user=options["turn_user"],
+                turn_password=options["turn_password"],
+                nat=options["nat"],
+            )
         )
-    )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     log.info(
         "volunteer serving up to %d clients (broker %s, egress %s)",
         options["capacity"],
@@ -439,6 +478,9 @@ async def _client(options: dict[str, Any]) -> None:
                 dtls_role=options["dtls_role"],
                 front=options["front"],
                 ca_file=options["ca_file"],
+                turn_user=options["turn_user"],
+                turn_password=options["turn_password"],
+                nat=options["nat"],
             )
         )
     except ValueError as exc:

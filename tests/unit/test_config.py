@@ -536,6 +536,7 @@ egress = "wss://egress.example/v1/relay"
 capacity = 2
 ice_server = "stun:stun.example.org:3478"
 host_address = ["127.0.0.1"]
+nat = "symmetric"
 
 [client]
 broker = "http://127.0.0.1:8080/"
@@ -572,6 +573,9 @@ stream_wait = 1
         "stats_interval": 60.0,
         "ice_server": ["stun:stun.example.org:3478"],
         "host_address": ["127.0.0.1"],
+        "turn_user": None,
+        "turn_password": None,
+        "nat": "symmetric",
     }
     client = real(["client", *config], CLIENT_OPTIONS, "client")
     assert client["broker"] == "http://127.0.0.1:8080/"

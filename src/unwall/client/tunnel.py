@@ -23,8 +23,15 @@ import aiohttp
 from aiortc import RTCDataChannel, RTCPeerConnection
 
 from unwall.transport import quic, rtc
-from unwall.transport.broker_client import BrokerClient, BrokerUnavailable, NoVolunteer
+from unwall.transport.broker_client import (
+    BrokerClient,
+    BrokerUnavailable,
+    NoCompatibleVolunteer,
+    NoVolunteer,
+)
+from unwall.transport.natcheck import learn_nat_kind
 from unwall.transport.quic import FlowControlledConnection, PinMismatch, QuicSession, QuicStream
+from unwall.wire.nat import NatKind
 
 log = logging.getLogger("unwall.client")
 
@@ -40,6 +47,7 @@ MIN_SILENCE = 0.5
 MAX_SILENCE = 3.0
 WATCH_INTERVAL = 0.05
 MAX_BACKOFF = 30.0
+TURN_HINT = "--ice-server turn:HOST:PORT with --turn-user and --turn-password"
 
 
 class TunnelUnavailable(Exception):
@@ -64,6 +72,11 @@ class TunnelConfig:
     front: str | None = None
     #: extra CA certificates (PEM file) to trust for the broker or front's TLS
     ca_file: str | None = None
+    #: credentials for the `turn:` URLs among ice_servers
+    turn_user: str | None = None
+    turn_password: str | None = None
+    #: our NAT kind as told by --nat; None: measure it with the first stun: server
+    nat: NatKind | None = None
 
 
 class VolunteerPath:
@@ -92,6 +105,12 @@ class VolunteerPath:
             if pc.connectionState in ("failed", "closed"):
                 self.kill(f"WebRTC connection {pc.connectionState}")
 
+        @pc.on("iceconnectionstatechange")
+        def on_ice_state() -> None:
+            # ICE may give up before the connection as a whole says so: no need to wait.
+            if pc.iceConnectionState == "failed":
+                self.kill("ICE failed: no candidate pair got through")
+
     def kill(self, why: str) -> None:
         if not self.dead.is_set():
             self.why_dead = why
@@ -119,6 +138,11 @@ class Tunnel:
     def __init__(self, config: TunnelConfig) -> None:
         self.config = config
         self.pin = quic.normalize_pin(config.pin)
+        self.ice_servers = rtc.ice_servers_with_credentials(
+            config.ice_servers, config.turn_user, config.turn_password
+        )
+        self.relay = rtc.has_turn(self.ice_servers)
+        self.nat: NatKind = config.nat or "unknown"
         self.session: QuicSession | None = None
         self.active: VolunteerPath | None = None
         self._pool: list[VolunteerPath] = []
@@ -148,6 +172,11 @@ class Tunnel:
     # -- the main loop --------------------------------------------------------------------
 
     async def run(self) -> None:
+        self.nat = await learn_nat_kind(
+            self.config.ice_servers, rtc.pinned_host_addresses(), self.config.nat
+        )
+        if self.relay:
+            log.info("TURN relay configured: volunteers behind any NAT can be reached")
         async with aiohttp.ClientSession() as http:
             broker = BrokerClient(
                 http, self.config.broker_url, front=self.config.front, ca_file=self.config.ca_file
@@ -313,9 +342,10 @@ class Tunnel:
             try:
                 path = await self._open_path(broker)
             except (NoVolunteer, BrokerUnavailable, TunnelUnavailable) as exc:
+                reason = self._no_compatible() if isinstance(exc, NoCompatibleVolunteer) else exc
                 if not self._ready.is_set():
-                    self.last_error = str(exc)
-                log.warning("%s; retrying in %.0f s", exc, backoff)
+                    self.last_error = str(reason)
+                log.warning("%s; retrying in %.0f s", reason, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
@@ -324,6 +354,22 @@ class Tunnel:
             self._pool.append(path)
             self._pool_changed.set()
             self._spawn(self._notice_death(path))
+
+    def _no_compatible(self) -> str:
+        return (
+            f"your network's NAT is {self.nat} and no volunteer that can accept it is free "
+            f"right now; a TURN server ({TURN_HINT}) would let you connect"
+        )
+
+    def _webrtc_failed(self, how: str) -> str:
+        if self.relay:
+            servers = ", ".join(
+                u for u in rtc.describe_ice_servers(self.ice_servers) if "turn" in u
+            )
+            turn = f"the TURN relay ({servers}) did not get through either"
+        else:
+            turn = f"no TURN server is configured ({TURN_HINT} relays around NATs that block it)"
+        return f"could not connect to the volunteer (WebRTC {how}; your NAT: {self.nat}; {turn})"
 
     def _datagram_in(self, data: bytes) -> None:
         # Any path may deliver: the egress answers on the one it last heard from.
@@ -342,7 +388,7 @@ class Tunnel:
             self._discard(path)
 
     async def _open_path(self, broker: BrokerClient) -> VolunteerPath:
-        pc = rtc.new_peer_connection(self.config.ice_servers)
+        pc = rtc.new_peer_connection(self.ice_servers)
         channel = pc.createDataChannel(rtc.DATA_CHANNEL_LABEL, ordered=True)
         opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -357,13 +403,17 @@ class Tunnel:
         try:
             await pc.setLocalDescription(await pc.createOffer())
             answer = await broker.offer(
-                rtc.with_dtls_role(pc.localDescription.sdp, self.config.dtls_role)
+                rtc.with_dtls_role(pc.localDescription.sdp, self.config.dtls_role),
+                nat=self.nat,
+                relay=self.relay,
             )
             try:
                 await pc.setRemoteDescription(rtc.answer_description(answer))
             except Exception as exc:  # aiortc raises many kinds on hostile SDP
                 raise ValueError(f"{type(exc).__name__}: {exc}") from exc
             dead: asyncio.Future[Any] = asyncio.ensure_future(path.dead.wait())
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             try:
                 done, _ = await asyncio.wait(
                     {opened, dead}, timeout=PATH_SETUP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
@@ -371,7 +421,13 @@ class Tunnel:
             finally:
                 dead.cancel()
             if opened not in done:
-                raise TunnelUnavailable("could not connect to the volunteer (WebRTC failed)")
+                elapsed = loop.time() - started
+                how = (
+                    f"failed after {elapsed:.1f} s: {path.why_dead}"
+                    if path.dead.is_set()
+                    else f"timed out after {PATH_SETUP_TIMEOUT:.0f} s"
+                )
+                raise TunnelUnavailable(self._webrtc_failed(how))
             connected = True
         except ValueError as exc:  # aiortc's verdict on a malformed answer
             raise TunnelUnavailable(f"the volunteer's answer was malformed: {exc}") from exc

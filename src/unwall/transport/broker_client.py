@@ -11,6 +11,7 @@ import aiohttp
 from yarl import URL
 
 from unwall.wire import broker as messages
+from unwall.wire.nat import NatKind
 
 log = logging.getLogger("unwall.broker_client")
 T = TypeVar("T")
@@ -22,6 +23,10 @@ class BrokerUnavailable(Exception):
 
 class NoVolunteer(Exception):
     """The broker had no volunteer for us within its answer timeout."""
+
+
+class NoCompatibleVolunteer(NoVolunteer):
+    """Volunteers were free, but none our NAT can connect to (and we have no TURN relay)."""
 
 
 class OfferGone(Exception):
@@ -80,25 +85,38 @@ class BrokerClient:
         except messages.MessageError:
             return BrokerUnavailable(f"broker answered HTTP {status} with an unexpected body")
 
-    async def offer(self, sdp: str, timeout: float = 30.0) -> str:
+    async def offer(
+        self, sdp: str, nat: NatKind = "unknown", relay: bool = False, timeout: float = 30.0
+    ) -> str:
         """Post a client's offer; return the volunteer's answer SDP."""
         status, body = await self._post(
-            "/v1/client/offer", messages.encode(messages.ClientOffer(sdp)), timeout
+            "/v1/client/offer", messages.encode(messages.ClientOffer(sdp, nat, relay)), timeout
         )
         if status == 200:
             return self._decode(messages.decode_client_answer, body).sdp
         if status == 503:
+            try:
+                code = messages.decode_error(body).code
+            except messages.MessageError:
+                code = messages.NO_VOLUNTEER
+            if code == messages.NO_COMPATIBLE_VOLUNTEER:
+                raise NoCompatibleVolunteer(
+                    f"no volunteer free at {self.base_url} can accept a {nat} NAT"
+                )
             raise NoVolunteer(f"no volunteer available at {self.base_url}")
         raise self._error(status, body)
 
     async def poll(
-        self, volunteer_id: str, capacity: int, clients: int, kind: messages.VolunteerKind
+        self,
+        volunteer_id: str,
+        capacity: int,
+        clients: int,
+        kind: messages.VolunteerKind,
+        nat: NatKind = "unknown",
+        relay: bool = False,
     ) -> messages.PollOffer | messages.PollIdle:
-        status, body = await self._post(
-            "/v1/volunteer/poll",
-            messages.encode(messages.VolunteerPoll(volunteer_id, capacity, clients, kind)),
-            timeout=120.0,
-        )
+        poll = messages.VolunteerPoll(volunteer_id, capacity, clients, kind, nat, relay)
+        status, body = await self._post("/v1/volunteer/poll", messages.encode(poll), timeout=120.0)
         if status == 200:
             return self._decode(messages.decode_poll_response, body)
         raise self._error(status, body)

@@ -21,9 +21,11 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from unwall.transport import rtc
 from unwall.transport.broker_client import BrokerClient, BrokerUnavailable, OfferGone
 from unwall.transport.droptail import DropTailQueue
+from unwall.transport.natcheck import learn_nat_kind
 from unwall.transport.quic import MAX_DATAGRAM_SIZE
 from unwall.transport.ratelimit import TokenBucket
 from unwall.wire import broker as messages
+from unwall.wire.nat import NatKind
 
 log = logging.getLogger("unwall.volunteer")
 
@@ -43,6 +45,11 @@ class VolunteerConfig:
     #: bytes per second over both directions together; None: no cap
     max_rate: int | None = None
     stats_interval: float = 60.0
+    #: credentials for the `turn:` URLs among ice_servers
+    turn_user: str | None = None
+    turn_password: str | None = None
+    #: our NAT kind as told by --nat; None: measure it with the first stun: server
+    nat: NatKind | None = None
 
 
 @dataclass
@@ -71,6 +78,17 @@ class Volunteer:
         self._relays: set[asyncio.Task[None]] = set()
         self._bucket = TokenBucket(config.max_rate) if config.max_rate else None
         self._capacity_freed = asyncio.Event()
+        self.ice_servers = rtc.ice_servers_with_credentials(
+            config.ice_servers, config.turn_user, config.turn_password
+        )
+        self.nat: NatKind = config.nat or "unknown"
+        #: TURN credentials the broker handed us with its last answer (used after our own)
+        self.broker_turn: tuple[messages.TurnServer, ...] = ()
+
+    @property
+    def relay(self) -> bool:
+        """Whether we gather a relay candidate for every client (our TURN or the broker's)."""
+        return rtc.has_turn(self.ice_servers) or bool(self.broker_turn)
 
     def stats_json(self) -> str:
         """The statistics as JSON, for whatever embeds the volunteer."""
@@ -78,6 +96,9 @@ class Volunteer:
 
     async def run(self) -> None:
         """Poll the broker for clients until cancelled; then stop every relay."""
+        self.nat = await learn_nat_kind(
+            self.config.ice_servers, rtc.pinned_host_addresses(), self.config.nat
+        )
         reporter = asyncio.create_task(self._report_stats())
         try:
             async with aiohttp.ClientSession() as http:
@@ -101,6 +122,8 @@ class Volunteer:
                     self.config.capacity,
                     self.stats.clients_now,
                     "headless",
+                    self.nat,
+                    self.relay,
                 )
             except BrokerUnavailable as exc:
                 log.warning("%s; retrying in %.0f s", exc, backoff)
@@ -108,6 +131,14 @@ class Volunteer:
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             backoff = 1.0
+            if bool(reply.turn) != bool(self.broker_turn):
+                log.info(
+                    "the broker %s TURN credentials",
+                    f"gives us ({', '.join(reply.turn[0].urls)})"
+                    if reply.turn
+                    else "stopped giving",
+                )
+            self.broker_turn = reply.turn
             if isinstance(reply, messages.PollOffer):
                 # Count the client now, before the next poll reports our load.
                 self.stats.clients_now += 1
@@ -132,7 +163,8 @@ class Volunteer:
     async def _serve(
         self, http: aiohttp.ClientSession, broker: BrokerClient, offer: messages.PollOffer
     ) -> None:
-        pc = rtc.new_peer_connection(self.config.ice_servers)
+        # Our own servers first: aiortc uses only the first TURN server it is given.
+        pc = rtc.new_peer_connection([*self.ice_servers, *offer.turn])
         relay_ready: asyncio.Future[ClientRelay] = asyncio.get_running_loop().create_future()
 
         @pc.on("datachannel")
