@@ -272,3 +272,32 @@ async def test_volunteer_uses_the_brokers_turn_credentials(tmp_path: Path) -> No
 def relay_reported(matchmaker: object, volunteer_id: str) -> bool:
     record = matchmaker._store.get_volunteer(volunteer_id)  # type: ignore[attr-defined]
     return record is not None and bool(record.relay)
+
+
+async def test_client_with_its_own_turn_server_gets_any_volunteer(tmp_path: Path) -> None:
+    """--turn-user/--turn-password with a turn: URL (coturn's long-term credentials): the
+    client offers a relay candidate and says relay: true, so the broker pairs it with a
+    volunteer whose NAT (symmetric, like its own) it could not reach directly."""
+    users = [("alice", "correct horse")]
+    with coturn(tmp_path, ("127.0.0.1",), stun_only=False, users=users) as turn_server:
+        async with broker(BrokerConfig(poll_timeout=0.5, answer_timeout=10.0)) as (url, _):
+            async with running(volunteer(url, "symmetric").run()):
+                config = TunnelConfig(
+                    broker_url=url,
+                    pin=PIN,
+                    nat="symmetric",
+                    ice_servers=[turn_server.turn_url("tcp")],
+                    turn_user="alice",
+                    turn_password="correct horse",
+                )
+                tunnel = Tunnel(config)
+                assert tunnel.relay
+                async with aiohttp.ClientSession() as http:
+                    path = await tunnel._open_path(BrokerClient(http, url))
+                    try:
+                        offer = path.pc.localDescription.sdp
+                    finally:
+                        await path.close()
+            lines = await metrics(url)
+    assert " typ relay " in offer, offer
+    assert "unwall_broker_offers_incompatible_total 0.0" in lines

@@ -1,4 +1,4 @@
-"""Broker-minted TURN credentials (coturn's REST API scheme) and their configuration."""
+"""TURN credentials: minted by the broker (coturn's REST API scheme), or given to a peer."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import hmac
 import pytest
 
 from unwall.broker.turn import TurnIssuer, make_issuer, turn_password
+from unwall.transport import rtc
+from unwall.wire.broker import TurnServer
 
 URLS = ("turn:203.0.113.5:3478",)
 
@@ -49,3 +51,44 @@ def test_make_issuer_refuses(
 def test_no_secret_no_issuer() -> None:
     assert make_issuer(None, ()) is None
     assert make_issuer("key", URLS) == TurnIssuer("key", URLS)
+
+
+# -- the client's and volunteer's own TURN servers (rtc) --------------------------------------
+
+
+def test_turn_credentials_go_with_every_turn_url() -> None:
+    urls = ["stun:203.0.113.5:3478", "turn:203.0.113.5:3478", "turns:203.0.113.5:5349"]
+    servers = rtc.ice_servers_with_credentials(urls, "alice", "pw")
+    assert servers == [
+        "stun:203.0.113.5:3478",
+        TurnServer(("turn:203.0.113.5:3478", "turns:203.0.113.5:5349"), "alice", "pw"),
+    ]
+    assert rtc.has_turn(servers)
+    assert rtc.describe_ice_servers(servers) == urls  # never the password
+    config = rtc.rtc_configuration(servers)
+    assert [(s.urls, s.username, s.credential) for s in config.iceServers] == [
+        ("stun:203.0.113.5:3478", None, None),
+        (["turn:203.0.113.5:3478", "turns:203.0.113.5:5349"], "alice", "pw"),
+    ]
+
+
+def test_without_credentials_the_urls_stay_as_they_are() -> None:
+    urls = ["stun:203.0.113.5:3478"]
+    assert rtc.ice_servers_with_credentials(urls) == urls
+    assert not rtc.has_turn(urls)
+    assert rtc.has_turn(["turn:203.0.113.5:3478"])
+
+
+@pytest.mark.parametrize(
+    ("urls", "user", "password", "phrase"),
+    [
+        (["turn:203.0.113.5:3478"], "alice", None, "go together"),
+        (["turn:203.0.113.5:3478"], None, "pw", "go together"),
+        (["stun:203.0.113.5:3478"], "alice", "pw", "needs a TURN server"),
+    ],
+)
+def test_turn_credentials_refused(
+    urls: list[str], user: str | None, password: str | None, phrase: str
+) -> None:
+    with pytest.raises(ValueError, match=phrase):
+        rtc.ice_servers_with_credentials(urls, user, password)
