@@ -7,7 +7,12 @@ Two rules hold everywhere:
 - The host addresses ICE offers can be pinned (`set_host_addresses`). aioice skips
   loopback when it gathers host candidates, and would otherwise offer this machine's
   external interface; the demo and the tests keep all traffic on 127.0.0.1 this way, and
-  the lab uses it to name a namespace's address.
+  the lab uses it to name a namespace's address. Pinned addresses also carry the mDNS
+  queries that resolve a browser's `<uuid>.local` candidates.
+
+A peer whose candidates are all mDNS names we cannot resolve (every browser at its default
+settings, seen from across the internet) is still reached: we wait for its connectivity
+checks and answer from the peer-reflexive candidates they reveal (see the end of this file).
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
 import aioice.ice
+import aioice.mdns
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -196,3 +203,110 @@ _sack_tasks: set[asyncio.Future[None]] = set()
 
 if os.environ.get("UNWALL_SCTP_SACK_EVERY_PACKET") != "1":
     RTCSctpTransport._send_sack = _delayed_send_sack  # type: ignore[method-assign]
+
+
+# -- mDNS queries leave through the pinned address -------------------------------------------
+#
+# aioice resolves a peer's `.local` candidates with one multicast socket per process, which
+# joins the mDNS group and sends its queries on the default interface. With pinned host
+# addresses that is the wrong network (and, in tests, this machine's uplink): the queries
+# go out, and the group is joined, through the first pinned IPv4 address instead. With
+# only IPv6 pinned, nothing is queried (aioice's mDNS is IPv4 only); the names then count
+# as unresolved, as they would across the internet.
+
+_original_create_mdns_protocol = aioice.mdns.create_mdns_protocol
+
+
+async def _create_mdns_protocol() -> aioice.mdns.MDnsProtocol:
+    protocol = await _original_create_mdns_protocol()
+    if _pinned_addresses is None:
+        return protocol
+    ipv4 = [address for address in _pinned_addresses if ":" not in address]
+    if not ipv4:
+        protocol.transport.close()  # resolve() then answers None at once
+        return protocol
+    sock = protocol.transport.get_extra_info("socket")
+    interface = socket.inet_aton(ipv4[0])
+    group = socket.inet_aton(aioice.mdns.MDNS_ADDRESS)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, interface)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group + interface)
+    except OSError as exc:
+        log.info("mDNS stays off: cannot use %s for multicast (%s)", ipv4[0], exc)
+        protocol.transport.close()
+        return protocol
+    # aioice joins the group lazily, on the default interface, unless already joined.
+    protocol._MDnsProtocol__joined = True  # type: ignore[attr-defined]
+    return protocol
+
+
+aioice.mdns.create_mdns_protocol = _create_mdns_protocol
+
+
+# -- peers known only by mDNS names: wait for their checks -----------------------------------
+#
+# A browser at its default settings offers only `<uuid>.local` host candidates. Across the
+# internet (or in a test namespace that drops mDNS) nobody resolves them, yet the browser
+# has our candidates and sends us connectivity checks, from which ICE learns its address
+# as a peer-reflexive candidate (RFC 8445 section 7.3.1.3). aioice 0.13 gives up before
+# that can work, in two places:
+# - after end-of-candidates it removes every component the peer gave no usable candidate
+#   for (`_prune_components`). With all names unresolved that is every component, and a
+#   pair nominated later can never complete the check list: "Components {1} have no
+#   candidate pairs", a peer-reflexive check that succeeds, then "ICE failed" (Firefox,
+#   whose SDP ends with a=end-of-candidates; Chromium's does not, so it never pruned);
+# - `connect()` fails at once when its check list is empty, as it is for an answerer (the
+#   headless volunteer) whose peer has not yet received the answer and so not yet checked.
+# aioice has no option for either. So a component keeps its place when the peer gave no
+# usable candidate at all, and `connect()` first waits up to PEER_CHECK_WAIT seconds for
+# the peer's first check (aioice holds checks that arrive before `connect()` and answers
+# them at once, then pairs with their source when `connect()` runs). A peer that gave a
+# usable candidate is handled by aioice exactly as before. unwall signals every candidate
+# in the SDP, so end-of-candidates always comes before `connect()`.
+
+PEER_CHECK_WAIT = 10.0
+_PEER_CHECK_POLL = 0.02  # aioice paces its own checks at 20 ms (RFC 8445 Ta)
+
+_original_prune_components = aioice.ice.Connection._prune_components
+_original_connect = aioice.ice.Connection.connect
+
+
+def _no_usable_remote_candidate(connection: aioice.ice.Connection) -> bool:
+    return not connection._remote_candidates
+
+
+def _prune_components(self: aioice.ice.Connection) -> None:
+    if _no_usable_remote_candidate(self):
+        log.info(
+            "ICE: the peer's candidates are all unusable (unresolved mDNS names?); "
+            "waiting for its checks to learn its address (peer-reflexive)"
+        )
+        return
+    _original_prune_components(self)
+
+
+def _awaiting_first_check(connection: aioice.ice.Connection) -> bool:
+    """Nothing to check and nothing checked yet: only the peer's checks can help now."""
+    return (
+        connection._remote_candidates_end
+        and not connection._remote_candidates_resolving
+        and _no_usable_remote_candidate(connection)
+        and not connection._early_checks
+        and not connection._closing
+    )
+
+
+async def _connect(self: aioice.ice.Connection) -> None:
+    # Polled like aioice's own check pacing; a check wakes nothing we could wait on.
+    for _ in range(round(PEER_CHECK_WAIT / _PEER_CHECK_POLL)):
+        if not _awaiting_first_check(self):
+            break
+        await asyncio.sleep(_PEER_CHECK_POLL)
+    if self._early_checks and _no_usable_remote_candidate(self):
+        host, port = self._early_checks[0][1]
+        log.info("ICE: the peer checked in from %s:%s (peer-reflexive)", host, port)
+    await _original_connect(self)
+
+
+aioice.ice.Connection._prune_components = _prune_components  # type: ignore[method-assign]
+aioice.ice.Connection.connect = _connect  # type: ignore[method-assign]
