@@ -240,12 +240,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="emulate this path between the censored network and the world (replaces the "
         "profile's [link]): clean, intercontinental, censored-lossy, hostile",
     )
+    lab_up.add_argument(
+        "--home",
+        action="append",
+        default=[],
+        metavar="NAT",
+        help="add a home network (home1, home2, ...) behind a NAT of this kind, with a "
+        "headless volunteer: none, full-cone, port-restricted, symmetric; repeatable",
+    )
+    lab_up.add_argument(
+        "--client-nat",
+        default="port-restricted",
+        metavar="NAT",
+        help="the NAT the box puts in front of the censored network (default port-restricted)",
+    )
+    lab_up.add_argument(
+        "--no-volunteers", action="store_true", help="start no volunteer (start your own)"
+    )
     lab_link = lab_sub.add_parser("link", help="change the running lab's emulated path")
     lab_link.add_argument("preset", help="clean, intercontinental, censored-lossy or hostile")
     lab_link.add_argument("--stats", action="store_true", help="print the emulator's counters")
     lab_sub.add_parser("down", help="remove everything the lab made (idempotent)")
     lab_run = lab_sub.add_parser("run", help="run a command in a lab namespace")
-    lab_run.add_argument("namespace", choices=["censored", "box", "internet"])
+    lab_run.add_argument("namespace", help="censored, box, internet, homeN or volN")
     lab_run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS]")
     lab_report = lab_sub.add_parser("report", help="what the box learned, per censored host")
     lab_report.add_argument("--json", action="store_true", help="machine-readable")
@@ -264,6 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="also write the figures to this file")
     bench.add_argument("--size-mb", type=positive_int, default=50, help="download size")
     bench.add_argument("--profile", type=Path, help="py-spy each role into this directory")
+    bench.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        metavar="PRESET",
+        help="measure across the lab's emulated path instead (root): clean, intercontinental, "
+        "censored-lossy, hostile; repeatable. Direct TCP through the same link in the same run",
+    )
+    bench.add_argument(
+        "--path-time",
+        type=positive_float,
+        default=60.0,
+        help="with --path: seconds a download may take before it is cut (goodput still counts)",
+    )
     bench.add_argument(
         "--browser",
         action="store_true",
@@ -298,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.role == "bench":
             from unwall.bench import bench
 
+            if args.path:
+                from unwall.lab.pathbench import path_bench
+
+                return _run(path_bench(args.path, args.size_mb, args.json, args.path_time))
             return _run(bench(args.size_mb, args.json, args.profile, args.browser))
     except ConfigError as exc:
         print(f"unwall {args.role}: {exc}", file=sys.stderr)
@@ -537,7 +572,13 @@ def _lab(args: argparse.Namespace) -> int:
         if args.lab_command == "up":
             if args.link is not None:
                 preset(args.link)  # an unknown name fails before anything is built
-            info = manager.up(args.profile, link=args.link)
+            info = manager.up(
+                args.profile,
+                link=args.link,
+                homes=args.home,
+                client_nat=args.client_nat,
+                volunteers=not args.no_volunteers,
+            )
             print("lab is up")
             for key, value in info.items():
                 print(f"  {key}: {value}")

@@ -69,7 +69,8 @@ def test_preset_measures_as_it_says(lab: Path, name: str) -> None:
     assert result["down_loss"] == pytest.approx(spec.down.loss, rel=0.10), result
     jitter = spec.up.jitter_ms + spec.down.jitter_ms
     assert result["rtt_ms_min"] >= spec.rtt_ms - jitter - 1, result
-    assert result["rtt_ms_max"] <= spec.rtt_ms + jitter + 15, result  # + scheduling
+    # The slowest 1 % may include a busy machine's scheduling stalls; the rest may not.
+    assert result["rtt_ms_p99"] <= spec.rtt_ms + jitter + 15, result
     # Nothing was lost but what the model chose to lose: the emulator kept up.
     time.sleep(1.2)  # its counters are written every second
     stats = manager.link_stats()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import re
 import time
@@ -28,14 +29,19 @@ from unwall.lab.topology import BOX_INSIDE_IP, CENSORED_NET
 log = logging.getLogger("unwall.lab.box")
 
 QUEUE_NUM = 0
-CENSORED_PREFIX = CENSORED_NET.rsplit(".", 1)[0] + "."
+_CENSORED = ipaddress.IPv4Network(CENSORED_NET)
 VERDICT_NAMES = {MARK_ALLOW: "allow", MARK_DROP: "drop", MARK_RST: "rst"}
 
 
-def box_rules() -> list[list[str]]:
+def box_rules(profile: CensorProfile | None = None) -> list[list[str]]:
     """iptables-nft commands (box namespace) that route first packets to the daemon."""
     ipt = ["iptables"]
+    udp_block: list[list[str]] = []
+    if profile is not None and profile.udp_block:
+        # Only TCP leaves the censored network; conntrack still logs each attempt.
+        udp_block = [[*ipt, "-A", "FORWARD", "-i", "b0", "-p", "udp", "-j", "DROP"]]
     return [
+        *udp_block,
         # Every DNS query from the censored network goes to the box's own resolver.
         [*ipt, "-t", "nat", "-A", "PREROUTING", "-i", "b0", "-p", "udp", "--dport", "53",
          "-j", "DNAT", "--to-destination", f"{BOX_INSIDE_IP}:53"],
@@ -78,7 +84,7 @@ def throttle_commands(profile: CensorProfile) -> list[list[str]]:
 class Box:
     def __init__(self, profile: CensorProfile, db_path: Path, upstream_dns: str) -> None:
         self.profile = profile
-        self.inspector = Inspector(profile)
+        self.inspector = Inspector(profile, CENSORED_NET)
         self.log = FlowLog(db_path)
         self.upstream_dns = upstream_dns
         self._flow_ids: dict[object, int] = {}
@@ -147,7 +153,7 @@ class Box:
 
     def _conntrack_line(self, line: str) -> None:
         event = parse_conntrack_event(line)
-        if event is None or not event.src.startswith(CENSORED_PREFIX):
+        if event is None or ipaddress.IPv4Address(event.src) not in _CENSORED:
             return
         row = FlowRow(event.protocol, event.src, event.sport, event.dst, event.dport)
         if event.type == "NEW":

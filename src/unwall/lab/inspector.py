@@ -7,6 +7,7 @@ rest of the flow without asking again.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from dataclasses import dataclass, field
 from typing import Literal
@@ -99,14 +100,14 @@ def parse_ipv4(packet: bytes) -> ParsedPacket | None:
 
 
 class Inspector:
-    def __init__(self, profile: CensorProfile, inside_prefix: str = "198.51.100.") -> None:
+    def __init__(self, profile: CensorProfile, inside_net: str = "198.51.100.0/25") -> None:
         self.profile = profile
-        self._inside = inside_prefix
+        self._inside = ipaddress.IPv4Network(inside_net)
         self._flows: dict[FlowKey, Flow] = {}
 
     def _key(self, packet: ParsedPacket) -> tuple[FlowKey, bool]:
         """The flow's key (client first) and whether this packet comes from the client."""
-        if packet.src.startswith(self._inside):
+        if ipaddress.IPv4Address(packet.src) in self._inside:
             return FlowKey(
                 packet.protocol, packet.src, packet.sport, packet.dst, packet.dport
             ), True

@@ -167,7 +167,9 @@ async def run_internet(addresses: LabAddresses, state: Path) -> None:
     loop = asyncio.get_running_loop()
     await loop.create_datagram_endpoint(lambda: Zone(addresses), local_addr=(addresses.dns, 53))
     await loop.create_datagram_endpoint(EchoServer, local_addr=(addresses.open, PROBE_PORT))
-    _, cert, key = make_ca(state / "pki", ["news.test", "open.test", "*.canary.test", "cdn.test"])
+    _, cert, key = make_ca(
+        state / "pki", ["news.test", "open.test", "*.canary.test", "cdn.test", "turn.test"]
+    )
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert, key)
     runners = []

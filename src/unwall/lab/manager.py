@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +75,19 @@ def _port_open(namespace: str, address: str, port: int) -> bool:
     return result.returncode == 0
 
 
-def up(profile_path: Path | None = None, link: str | None = None) -> dict[str, Any]:
-    """Build the lab. `link` names a preset that replaces the profile's `[link]`."""
+def up(
+    profile_path: Path | None = None,
+    link: str | None = None,
+    homes: Sequence[str] = (),
+    client_nat: str = "port-restricted",
+    volunteers: bool = True,
+    volunteer_turn: bool = True,
+) -> dict[str, Any]:
+    """Build the lab. `link` names a preset that replaces the profile's `[link]`; `homes`
+    gives the NAT kind of each home network (home1, home2, ...), each with a headless
+    volunteer unless `volunteers` is False (then none runs, not even the internet's own);
+    `client_nat` is the NAT the box puts in front of the censored network;
+    `volunteer_turn` makes the broker hand volunteers TURN credentials."""
     reason = topology.lab_possible()
     if reason is not None:
         raise LabError(reason)
@@ -99,8 +112,11 @@ def up(profile_path: Path | None = None, link: str | None = None) -> dict[str, A
     link_spec = preset(link) if link is not None else profile.link
     write_link_state(state / "link.json", link_spec)
     addresses = LabAddresses()
-    topology.build(addresses)
-    for rule in box_rules() + throttle_commands(profile):
+    home_list = tuple(
+        topology.Home(index, topology.parse_nat_kind(kind)) for index, kind in enumerate(homes, 1)
+    )
+    topology.build(addresses, home_list, topology.parse_nat_kind(client_nat))
+    for rule in box_rules(profile) + throttle_commands(profile):
         topology.run(*rule, namespace=BOX)
     _start("box", BOX, _unwall("lab", "_box", "--state", str(state)), state)
     _start("link", BOX, _unwall("lab", "_link", "--state", str(state)), state)
@@ -110,15 +126,7 @@ def up(profile_path: Path | None = None, link: str | None = None) -> dict[str, A
             topology.run(*rule, namespace=BOX)
     _start("internet", INTERNET, _unwall("lab", "_internet", "--state", str(state)), state)
     _wait_for(lambda: (state / "internet.ready").exists(), "the lab's web sites", state)
-    stun_url = None
-    if shutil.which("turnserver"):
-        # Debian's coturn, STUN only: clients and volunteers learn their public address.
-        _start("stun", INTERNET, [
-            "turnserver", "-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls",
-            "--listening-ip", addresses.stun, "--listening-port", "3478",
-            "--log-file", "stdout", "--simple-log",
-        ], state)  # fmt: skip
-        stun_url = f"stun:{addresses.stun}:3478"
+    stun_url, turn = _start_stun_turn(addresses, state)
     from unwall.egress.identity import generate_identity, load_identity, save_identity
 
     keys = state / "egress-keys"
@@ -133,14 +141,14 @@ def up(profile_path: Path | None = None, link: str | None = None) -> dict[str, A
     ), state)  # fmt: skip
     _start("broker", INTERNET, _unwall(
         "broker", "--listen", f"{addresses.broker}:{BROKER_PORT}", "--egress-url", egress_url,
+        "--ice-server", stun_url, *(_turn_args(turn) if volunteer_turn else []),
     ), state)  # fmt: skip
     _wait_for(lambda: _port_open(INTERNET, addresses.broker, BROKER_PORT), "the broker", state)
     _wait_for(lambda: _port_open(INTERNET, addresses.egress, EGRESS_PORT), "the egress", state)
-    stun_args = ["--ice-server", stun_url] if stun_url else []
-    _start("volunteer", INTERNET, _unwall(
-        "volunteer", "--broker", f"http://{addresses.broker}:{BROKER_PORT}",
-        "--egress", egress_url, "--host-address", addresses.volunteers, *stun_args,
-    ), state)  # fmt: skip
+    if volunteers:
+        start_volunteer(None, stun_url, state)
+        for home in home_list:
+            start_volunteer(home, stun_url, state)
     info = {
         "state": str(state),
         "profile": profile.source,
@@ -148,11 +156,116 @@ def up(profile_path: Path | None = None, link: str | None = None) -> dict[str, A
         "bridge_line_fronted": f"unwall1 broker={broker_url} pin={pin} front=https://cdn.test/",
         "censored_host": topology.CENSORED_IP,
         "lab_ca": str(state / "pki" / "lab-ca.pem"),
-        "stun": stun_url or "",
+        "stun": stun_url,
+        "stun_alt": f"stun:{addresses.stun_alt}:3478",
+        "turn": turn,
         "link": link_spec.describe(),
+        "client_nat": client_nat,
+        "homes": [
+            {
+                "name": f"home{h.index}",
+                "nat": h.nat,
+                "router": h.router,
+                "host": h.host,
+                "host_ip": h.host_ip,
+                "wan_ip": h.wan_ip,
+            }
+            for h in home_list
+        ],
     }
     (state / "lab.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def _start_stun_turn(addresses: LabAddresses, state: Path) -> tuple[str, dict[str, Any]]:
+    """Debian's coturn, twice: a STUN server on two addresses (so that RFC 5780 NAT
+    discovery works: OTHER-ADDRESS and CHANGE-REQUEST) and a TURN server with TURN over
+    UDP and TCP on 3478 and over TLS on 443, whose credentials are derived from a secret
+    it shares with the broker (coturn's `use-auth-secret`, the TURN REST API scheme)."""
+    _start("stun", INTERNET, [
+        "turnserver", "-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls",
+        "--listening-ip", addresses.stun, "--listening-ip", addresses.stun_alt,
+        "--listening-port", "3478", "--alt-listening-port", "3479",
+        "--pidfile", str(state / "stun.pid"), "--userdb", str(state / "stun.db"),
+        "--log-file", "stdout", "--simple-log",
+    ], state)  # fmt: skip
+    secret_path = state / "turn-secret"
+    if not secret_path.exists():
+        secret_path.write_text(secrets.token_hex(24))
+        secret_path.chmod(0o600)
+    secret = secret_path.read_text().strip()
+    pki = state / "pki"
+    _start("turn", INTERNET, [
+        "turnserver", "-n", "--no-cli", "--no-dtls", "--fingerprint",
+        "--listening-ip", addresses.turn, "--relay-ip", addresses.turn,
+        "--listening-port", "3478", "--tls-listening-port", "443",
+        "--cert", str(pki / "site-cert.pem"), "--pkey", str(pki / "site-key.pem"),
+        "--use-auth-secret", "--static-auth-secret", secret, "--realm", "unwall.test",
+        "--no-multicast-peers", "--no-rfc5780",
+        "--pidfile", str(state / "turn.pid"), "--userdb", str(state / "turn.db"),
+        "--log-file", "stdout", "--simple-log",
+    ], state)  # fmt: skip
+    _wait_for(lambda: _udp_bound(INTERNET, f"{addresses.stun_alt}:3478"), "STUN", state)
+    _wait_for(lambda: _port_open(INTERNET, addresses.turn, 443), "TURN", state)
+    turn = {
+        "secret": secret,
+        "urls": [
+            f"turn:{addresses.turn}:3478",
+            f"turn:{addresses.turn}:3478?transport=tcp",
+            "turns:turn.test:443?transport=tcp",
+        ],
+    }
+    return f"stun:{addresses.stun}:3478", turn
+
+
+def _turn_args(turn: dict[str, Any]) -> list[str]:
+    args = [f"--turn-secret={turn['secret']}"]
+    for url in turn["urls"]:
+        args += ["--turn-url", url]
+    return args
+
+
+def client_turn_credentials(ttl: float = 3600.0) -> tuple[str, str]:
+    """A username and password for the lab's TURN server, as the broker would mint them
+    (coturn's REST API scheme, from the secret the lab shares with coturn)."""
+    from unwall.broker.turn import TurnIssuer
+
+    secret = (state_dir() / "turn-secret").read_text().strip()
+    issued = TurnIssuer(secret, ("turn:turn.test:3478",), ttl).issue(time.time())
+    return issued.username, issued.credential
+
+
+def _udp_bound(namespace: str, local: str) -> bool:
+    out = topology.run("ss", "-Hlun", namespace=namespace, check=False)
+    return any(len(line.split()) > 3 and line.split()[3] == local for line in out.splitlines())
+
+
+def start_volunteer(
+    home: topology.Home | None, stun_url: str | None, state: Path, extra: Sequence[str] = ()
+) -> int:
+    """A headless volunteer in a home (or, with None, on the internet's own address)."""
+    addresses = LabAddresses()
+    namespace = home.host if home is not None else INTERNET
+    address = home.host_ip if home is not None else addresses.volunteers
+    name = f"volunteer-home{home.index}" if home is not None else "volunteer"
+    stun_args = ["--ice-server", stun_url] if stun_url else []
+    return _start(name, namespace, _unwall(
+        "volunteer", "--broker", f"http://{addresses.broker}:{BROKER_PORT}",
+        "--egress", f"ws://{addresses.egress}:{EGRESS_PORT}/v1/relay",
+        "--host-address", address, *stun_args, *extra,
+    ), state)  # fmt: skip
+
+
+def stop(name: str) -> None:
+    """Stop one process the lab started (SIGTERM to its process group), if it runs."""
+    pids_path = state_dir() / "pids.json"
+    pids = json.loads(pids_path.read_text()) if pids_path.exists() else {}
+    pid = pids.pop(name, None)
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    pids_path.write_text(json.dumps(pids))
 
 
 def set_link(spec: LinkSpec) -> str:
@@ -227,9 +340,17 @@ def info() -> dict[str, Any]:
 
 def run_in(namespace: str, command: list[str]) -> int:
     names = {"censored": topology.CENSORED, "box": topology.BOX, "internet": topology.INTERNET}
+    for index in range(1, topology.MAX_HOMES + 1):
+        home = topology.Home(index)
+        names[f"home{index}"] = home.router
+        names[f"vol{index}"] = home.host
     if namespace not in names:
-        raise LabError(f"namespace must be one of {', '.join(names)}, not {namespace!r}")
+        raise LabError(
+            f"namespace must be censored, box, internet, homeN or volN, not {namespace!r}"
+        )
     if names[namespace] not in topology.namespaces_up():
+        if topology.BOX in topology.namespaces_up():
+            raise LabError(f"the lab has no {namespace}: add homes with `unwall lab up --home`")
         raise LabError("the lab is not up: run `unwall lab up` first")
     if not command:
         raise LabError("give a command after --, e.g. unwall lab run censored -- curl ...")

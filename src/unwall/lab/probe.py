@@ -97,6 +97,9 @@ class ProbeResult:
             "rtt_ms_mean": round(statistics.fmean(rtts), 2) if rtts else None,
             "rtt_ms_median": round(statistics.median(rtts), 2) if rtts else None,
             "rtt_ms_min": round(min(rtts), 2) if rtts else None,
+            "rtt_ms_p99": round(statistics.quantiles(rtts, n=100)[98], 2)
+            if len(rtts) > 1
+            else None,
             "rtt_ms_max": round(max(rtts), 2) if rtts else None,
             "rtt_ms_stdev": round(statistics.pstdev(rtts), 2) if rtts else None,
         }

@@ -23,6 +23,10 @@ seconds = 0                     # after a hit, drop the same client/server/port 
 ip = ["203.0.113.81/32"]        # traffic with these networks is shaped (tc htb) ...
 rate = "1mbit"                  # ... to this rate, each direction
 
+[udp]
+block = false                   # true: no UDP leaves the censored network (only TCP does;
+                                # DNS to the box's own resolver still works)
+
 [link]                          # the long path between the censored network and the world
 preset = "censored-lossy"       # clean, intercontinental, censored-lossy, hostile; or:
 delay_ms = 100                  # one way, each direction (RTT = up + down)
@@ -57,6 +61,7 @@ _KEYS = {
     "host": {"block", "action"},
     "residual": {"seconds"},
     "throttle": {"ip", "rate"},
+    "udp": {"block"},
 }
 
 
@@ -91,6 +96,7 @@ class CensorProfile:
     residual_seconds: int = 0
     throttle_ip: tuple[ipaddress.IPv4Network, ...] = ()
     throttle_rate: str = "1mbit"
+    udp_block: bool = False
     link: LinkSpec = field(default_factory=LinkSpec)
     source: str = field(default="built-in", compare=False)
 
@@ -106,7 +112,7 @@ class CensorProfile:
 
     @classmethod
     def from_dict(cls, document: dict[str, Any], source: str = "dict") -> CensorProfile:
-        known = {"dns", "ip", "sni", "host", "residual", "throttle", "link"}
+        known = {"dns", "ip", "sni", "host", "residual", "throttle", "udp", "link"}
         unknown = set(document) - known
         if unknown:
             raise ProfileError(f"unknown table(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -143,6 +149,9 @@ class CensorProfile:
         seconds = residual.get("seconds", 0)
         if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
             raise ProfileError("[residual] seconds must be a whole number >= 0")
+        udp_block = tables["udp"].get("block", False)
+        if not isinstance(udp_block, bool):
+            raise ProfileError("[udp] block must be true or false")
         try:
             link = link_from_dict(document["link"]) if "link" in document else LinkSpec()
         except LinkError as exc:
@@ -158,6 +167,7 @@ class CensorProfile:
             residual_seconds=seconds,
             throttle_ip=throttled,
             throttle_rate=rate,
+            udp_block=udp_block,
             link=link,
             source=source,
         )

@@ -371,8 +371,8 @@ def test_a_reply_seen_first_is_still_keyed_client_first() -> None:
     assert decision.flow.key == FlowKey("udp", CLIENT, 53001, RESOLVER, 53)
 
 
-def test_the_inside_prefix_decides_which_side_is_the_client() -> None:
-    inspector = Inspector(CensorProfile(), inside_prefix="203.0.113.")
+def test_the_inside_network_decides_which_side_is_the_client() -> None:
+    inspector = Inspector(CensorProfile(), inside_net="203.0.113.0/24")
     decision = inspector.packet(tcp(CLIENT, 40000, SERVER, 443, SYN), 0.0)
     assert decision is not None
     assert decision.flow.key == FlowKey("tcp", SERVER, 443, CLIENT, 40000)

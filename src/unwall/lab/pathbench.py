@@ -1,0 +1,207 @@
+"""`unwall bench --path PRESET`: the bridge measured across the lab's emulated path.
+
+For each preset, in one run and through the same emulated link, so that the ratio is fair
+on a noisy machine:
+- **direct**: curl in the censored namespace downloads straight from the lab's web site
+  (plain TCP, the kernel's default congestion control, MTU 1500, offloads off);
+- **through unwall**, per volunteer kind (a headless volunteer, and the widget in Debian's
+  Chromium with its default flags), each in a home network behind a port-restricted NAT:
+  the same download over the client's SOCKS5.
+Each figure: goodput (bytes received / seconds, also when the download hits the time cap),
+time to first byte of a small page, and, through unwall, setup time (client start to
+"tunnel ready"). `ratio` is unwall's goodput over direct TCP's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from unwall.lab import manager, topology
+from unwall.lab.link import preset
+
+BROKER_PAGE = "http://203.0.113.20:8080/"
+VOLUNTEER_KINDS = ("headless", "chromium")
+
+
+async def _curl(*args: str, max_time: float) -> dict[str, float]:
+    """One curl in the censored namespace; its timings, even when it hit the time cap."""
+    process = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", topology.CENSORED, "curl", "--silent", "--output", "/dev/null",
+        "--max-time", f"{max_time:.0f}",
+        "--write-out", "%{time_total} %{size_download} %{time_starttransfer}", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    fields = out.decode().split()
+    if len(fields) != 3:
+        raise RuntimeError(f"curl printed nothing: {err.decode(errors='replace').strip()}")
+    total, size, ttfb = (float(f) for f in fields)
+    return {"exit": float(process.returncode or 0), "seconds": total, "bytes": size, "ttfb": ttfb}
+
+
+async def _measure(url_base: str, size: int, max_time: float, *proxy: str) -> dict[str, Any]:
+    page = await _curl(*proxy, url_base + "/", max_time=30)
+    blob = await _curl(*proxy, f"{url_base}/blob/{size}", max_time=max_time)
+    return {
+        "MBps": round(blob["bytes"] / blob["seconds"] / 1e6, 3) if blob["seconds"] else 0.0,
+        "bytes": int(blob["bytes"]),
+        "seconds": round(blob["seconds"], 2),
+        "complete": blob["exit"] == 0 and int(blob["bytes"]) == size,
+        "page_ttfb_s": round(page["ttfb"], 3) if page["exit"] == 0 else None,
+    }
+
+
+class _Client:
+    def __init__(self, info: dict[str, Any], log: Path) -> None:
+        argv = [
+            sys.executable, "-m", "unwall", "client", "--bridge", info["bridge_line"],
+            "--host-address", topology.CENSORED_IP, "--socks", "127.0.0.1:1080",
+            "--http", "127.0.0.1:8118", "--ice-server", info["stun"],
+        ]  # fmt: skip
+        self.log = log
+        self.started = time.monotonic()
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                ["ip", "netns", "exec", topology.CENSORED, *argv], stdout=out, stderr=out
+            )
+
+    async def ready(self, timeout: float) -> float | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if "tunnel ready" in self.log.read_text(errors="replace"):
+                return time.monotonic() - self.started
+            await asyncio.sleep(0.05)
+        return None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def _volunteer(
+    kind: str, home: topology.Home, info: dict[str, Any], workdir: Path
+) -> AsyncIterator[None]:
+    if kind == "headless":
+        manager.start_volunteer(home, info["stun"], Path(info["state"]))
+        try:
+            yield
+        finally:
+            manager.stop(f"volunteer-home{home.index}")
+            await asyncio.sleep(0.5)
+        return
+    from unwall.browser import chromium_in
+
+    async with chromium_in(home.host, workdir, mdns=True) as browser:
+        page = await browser.new_page()
+        await page.goto(BROKER_PAGE)
+        await page.locator("[data-unwall-widget] [role=switch]").click()
+        yield
+
+
+async def _through_unwall(
+    kind: str, home: topology.Home, info: dict[str, Any], size: int, max_time: float,
+    workdir: Path,
+) -> dict[str, Any]:  # fmt: skip
+    async with _volunteer(kind, home, info, workdir):
+        client = _Client(info, workdir / f"client-{kind}.log")
+        try:
+            setup = await client.ready(max(60.0, max_time))
+            if setup is None:
+                tail = client.log.read_text(errors="replace").splitlines()[-3:]
+                return {"error": "the tunnel did not come up", "client_log": tail}
+            result = await _measure(
+                "http://open.test", size, max_time, "--socks5-hostname", "127.0.0.1:1080"
+            )
+            result["setup_s"] = round(setup, 2)
+            return result
+        finally:
+            client.stop()
+
+
+async def path_bench(
+    presets: Sequence[str],
+    size_mb: int,
+    json_path: Path | None,
+    max_time: float = 60.0,
+    kinds: Sequence[str] = VOLUNTEER_KINDS,
+) -> int:
+    reason = topology.lab_possible()
+    if reason is not None:
+        print(f"unwall bench --path: {reason}", file=sys.stderr)
+        return 1
+    specs = [preset(name) for name in presets]  # unknown names fail before anything starts
+    if "chromium" in kinds:
+        from unwall.browser import chromium_missing
+
+        missing = chromium_missing()
+        if missing is not None:
+            print(f"unwall bench --path: no browser volunteer: {missing}", file=sys.stderr)
+            kinds = [k for k in kinds if k != "chromium"]
+    size = size_mb * 1_000_000
+    results: dict[str, Any] = {
+        "size_MB": size_mb, "max_time_s": max_time, "machine_cpus": os.cpu_count(),
+        "volunteer_nat": "port-restricted", "client_nat": "port-restricted", "presets": {},
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="unwall-pathbench-") as tmp:
+        workdir = Path(tmp)
+        previous_state = os.environ.get("UNWALL_LAB_STATE")
+        os.environ["UNWALL_LAB_STATE"] = str(workdir / "lab")
+        try:
+            info = manager.up(homes=("port-restricted",), volunteers=False)
+            home = topology.Home(1, "port-restricted")
+            for spec in specs:
+                manager.set_link(spec)
+                entry: dict[str, Any] = {"link": spec.describe()}
+                entry["direct"] = await _measure("http://open.test", size, max_time)
+                for kind in kinds:
+                    figures = await _through_unwall(kind, home, info, size, max_time, workdir)
+                    if "MBps" in figures and entry["direct"]["MBps"]:
+                        figures["ratio"] = round(figures["MBps"] / entry["direct"]["MBps"], 4)
+                    entry[kind] = figures
+                results["presets"][spec.name] = entry
+                _print_preset(spec.name, entry, kinds)
+        finally:
+            manager.down(quiet=True)
+            if previous_state is None:
+                os.environ.pop("UNWALL_LAB_STATE", None)
+            else:
+                os.environ["UNWALL_LAB_STATE"] = previous_state
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"figures written to {json_path}")
+    return 0
+
+
+def _print_preset(name: str, entry: dict[str, Any], kinds: Sequence[str]) -> None:
+    print(f"{name}: {entry['link']}")
+    direct = entry["direct"]
+    print(f"  direct TCP         {direct['MBps']:8.3f} MB/s  ttfb {direct['page_ttfb_s']} s"
+          f"{'' if direct['complete'] else '  (hit the time cap)'}")  # fmt: skip
+    for kind in kinds:
+        figures = entry[kind]
+        if "error" in figures:
+            print(f"  unwall ({kind:<8}) failed: {figures['error']}")
+            continue
+        print(
+            f"  unwall ({kind:<8}) {figures['MBps']:8.3f} MB/s  ratio {figures.get('ratio')}  "
+            f"ttfb {figures['page_ttfb_s']} s  setup {figures['setup_s']} s"
+            f"{'' if figures['complete'] else '  (hit the time cap)'}"
+        )
