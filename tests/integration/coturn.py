@@ -2,9 +2,9 @@
 
 Given two listening addresses of one family, coturn answers RFC 5780 CHANGE-REQUESTs (from
 its second address and its alternate port) and adds OTHER-ADDRESS to its answers; given
-one, it is a plain STUN server. Everything it writes (pid file, SQLite user database, log)
-stays in the test's directory, and the process is killed when the context ends, also on
-failure.
+one, it is a plain STUN server. Everything it writes (pid file, SQLite user database, log,
+stderr) stays in the test's directory, and the process is killed when the context ends, also
+on failure.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ class Coturn:
     alt_port: int
     log: Path
     process: subprocess.Popen[bytes]
+    #: what coturn writes to stderr (perror: a relay socket's failed sends, for instance)
+    stderr: Path | None = None
 
     @property
     def stun_url(self) -> str:
@@ -60,6 +62,11 @@ class Coturn:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stderr_text(self) -> str:
+        if self.stderr is None or not self.stderr.exists():
+            return ""
+        return self.stderr.read_text(errors="replace")
 
 
 @contextlib.contextmanager
@@ -73,8 +80,12 @@ def coturn(
     auth_secret: str | None = None,
     users: Sequence[tuple[str, str]] = (),
     realm: str = "unwall.test",
+    tls: tuple[Path, Path] | None = None,
+    tls_port: int = 443,
+    verbose: bool = False,
 ) -> Iterator[Coturn]:
-    """Run coturn listening on ``addresses`` (in namespace ``netns`` if given)."""
+    """Run coturn listening on ``addresses`` (in namespace ``netns`` if given); with
+    ``tls`` (certificate and key PEM files) also TURN over TLS on ``tls_port``."""
     binary = require_coturn()
     workdir.mkdir(parents=True, exist_ok=True)
     if netns is None:
@@ -85,13 +96,26 @@ def coturn(
         alt_port = port + 1
     log = workdir / "turnserver.log"
     argv = [
-        binary, "-n", "--no-cli", "--no-tls", "--no-dtls",
+        binary, "-n", "--no-cli", "--no-dtls",
         "--listening-port", str(port), "--alt-listening-port", str(alt_port),
         "--pidfile", str(workdir / "turnserver.pid"), "--userdb", str(workdir / "turndb"),
         "--log-file", str(log), "--simple-log", "--no-stdout-log",
     ]  # fmt: skip
     for address in addresses:
         argv += ["--listening-ip", address]
+    if tls is None:
+        argv.append("--no-tls")
+    else:
+        argv += [
+            "--tls-listening-port",
+            str(tls_port),
+            "--cert",
+            str(tls[0]),
+            "--pkey",
+            str(tls[1]),
+        ]
+    if verbose:
+        argv.append("--verbose")
     if stun_only:
         argv.append("--stun-only")
     else:
@@ -107,29 +131,39 @@ def coturn(
                 argv += ["--user", f"{user}:{password}"]
     if netns is not None:
         argv = ["ip", "netns", "exec", netns, *argv]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = Coturn(tuple(addresses), port, alt_port, log, process)
+    stderr = workdir / "turnserver.stderr"
+    with stderr.open("wb") as err:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+    server = Coturn(tuple(addresses), port, alt_port, log, process, stderr)
     try:
-        _wait_listening(server, netns)
+        _wait_listening(server, netns, tls_port if tls is not None else None)
         yield server
     finally:
         process.kill()
         process.wait(timeout=10)
 
 
-def _wait_listening(server: Coturn, netns: str | None) -> None:
-    """Until a UDP socket is bound on every listening address (coturn has no ready signal)."""
-    wanted = {f"{address}:{server.port}" for address in server.addresses}
-    command = ["ss", "-Hlun"]
-    if netns is not None:
-        command = ["ip", "netns", "exec", netns, *command]
+def _wait_listening(server: Coturn, netns: str | None, tls_port: int | None = None) -> None:
+    """Until a UDP socket is bound on every listening address, and a TCP one on the TLS
+    port if there is one (coturn has no ready signal)."""
+    wanted = {("-Hlun", f"{address}:{server.port}") for address in server.addresses}
+    if tls_port is not None:
+        wanted |= {("-Hltn", f"{address}:{tls_port}") for address in server.addresses}
+    prefix = ["ip", "netns", "exec", netns] if netns is not None else []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"coturn exited early:\n{server.log_text()[-2000:]}")
-        out = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
-        local = {line.split()[3] for line in out.splitlines() if len(line.split()) > 3}
+        local = set()
+        for flags in {flags for flags, _ in wanted}:
+            command = [*prefix, "ss", flags]
+            out = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
+            local |= {
+                (flags, line.split()[3]) for line in out.splitlines() if len(line.split()) > 3
+            }
         if wanted <= local:
             return
         time.sleep(0.05)
-    raise RuntimeError(f"coturn did not listen on {sorted(wanted)}:\n{server.log_text()[-2000:]}")
+    raise RuntimeError(
+        f"coturn did not listen on {sorted(a for _, a in wanted)}:\n{server.log_text()[-2000:]}"
+    )
