@@ -296,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --path: seconds a download may take before it is cut (goodput still counts)",
     )
     bench.add_argument(
+        "--path-runs",
+        type=positive_int,
+        default=1,
+        help="with --path: runs per preset; figures get their median, min and max",
+    )
+    bench.add_argument(
         "--browser",
         action="store_true",
         help="also measure a Chromium widget volunteer against a headless one (root, chromium)",
@@ -332,7 +338,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.path:
                 from unwall.lab.pathbench import path_bench
 
-                return _run(path_bench(args.path, args.size_mb, args.json, args.path_time))
+                return _run(
+                    path_bench(
+                        args.path, args.size_mb, args.json, args.path_time, runs=args.path_runs
+                    )
+                )
             return _run(bench(args.size_mb, args.json, args.profile, args.browser))
     except ConfigError as exc:
         print(f"unwall {args.role}: {exc}", file=sys.stderr)

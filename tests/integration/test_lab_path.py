@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -98,3 +99,24 @@ def test_emulator_fails_closed(lab: Path) -> None:
     time.sleep(0.5)
     after = _curl("--connect-timeout", "3", "http://open.test/", timeout=6)
     assert after.returncode != 0, "with the link emulator dead, the box must not pass traffic"
+
+
+def test_path_bench_writes_its_figures(tmp_path: Path) -> None:
+    """`unwall bench --path clean` end to end, small: every path completes its download
+    and the JSON has the figures the closing notes quote (a lab of its own, after the
+    module's lab is down)."""
+    out = tmp_path / "path.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "unwall", "bench", "--path", "clean", "--size-mb", "2",
+         "--path-time", "30", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    figures = json.loads(out.read_text())["presets"]["clean"]
+    assert figures["direct"]["complete"], figures
+    for kind in ("headless", "chromium"):
+        assert figures[kind].get("complete"), figures
+        assert figures[kind]["bytes"] == 2_000_000
+        assert figures[kind]["setup_s"] > 0
+        assert figures[kind]["ratio"] > 0
+    assert "unwall (headless)" in result.stdout

@@ -29,7 +29,7 @@ from unwall.transport.broker_client import (
     NoCompatibleVolunteer,
     NoVolunteer,
 )
-from unwall.transport.natcheck import learn_nat_kind
+from unwall.transport.natcheck import learn_nat, stun_server_of
 from unwall.transport.quic import FlowControlledConnection, PinMismatch, QuicSession, QuicStream
 from unwall.wire.nat import NatKind
 
@@ -143,6 +143,7 @@ class Tunnel:
         )
         self.relay = rtc.has_turn(self.ice_servers)
         self.nat: NatKind = config.nat or "unknown"
+        self.udp_silent = False
         self.session: QuicSession | None = None
         self.active: VolunteerPath | None = None
         self._pool: list[VolunteerPath] = []
@@ -172,8 +173,15 @@ class Tunnel:
     # -- the main loop --------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.nat = await learn_nat_kind(
+        verdict = await learn_nat(
             self.config.ice_servers, rtc.pinned_host_addresses(), self.config.nat
+        )
+        self.nat = verdict.kind
+        # A STUN server that never answered: UDP is probably blocked on this network.
+        self.udp_silent = (
+            self.config.nat is None
+            and stun_server_of(self.config.ice_servers) is not None
+            and verdict.mapped is None
         )
         if self.relay:
             log.info("TURN relay configured: volunteers behind any NAT can be reached")
@@ -369,6 +377,12 @@ class Tunnel:
             turn = f"the TURN relay ({servers}) did not get through either"
         else:
             turn = f"no TURN server is configured ({TURN_HINT} relays around NATs that block it)"
+        if self.udp_silent and not rtc.has_tcp_turn(self.ice_servers):
+            turn += (
+                "; the STUN server never answered over UDP, so this network probably blocks "
+                "UDP: only TURN over TCP or TLS gets through "
+                "(--ice-server 'turns:HOST:443?transport=tcp' with --turn-user and --turn-password)"
+            )
         return f"could not connect to the volunteer (WebRTC {how}; your NAT: {self.nat}; {turn})"
 
     def _datagram_in(self, data: bytes) -> None:

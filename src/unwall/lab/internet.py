@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
+import json
 import ssl
 from pathlib import Path
 
@@ -115,9 +116,24 @@ def site_app(name: str) -> web.Application:
             raise web.HTTPBadRequest(text="size out of range\n")
         return web.Response(body=blob(size), content_type="application/octet-stream")
 
+    async def volunteer_page(request: web.Request) -> web.Response:
+        # A page of another site that embeds the widget and turns it on at load, for
+        # browsers no test drives (Firefox); it posts its state to /report.
+        from unwall.browser import VOLUNTEER_PAGE
+
+        widget = f"http://{LabAddresses().broker}:8080/widget/unwall-widget.js"
+        body = VOLUNTEER_PAGE.format(widget=json.dumps(widget))
+        return web.Response(text=body, content_type="text/html")
+
+    async def report(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=204)
+
     app = web.Application()
     app.router.add_get("/", page)
     app.router.add_get("/blob/{size}", blob_handler)
+    app.router.add_get("/volunteer", volunteer_page)
+    app.router.add_post("/report", report)
     return app
 
 

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,7 @@ async def path_bench(
     json_path: Path | None,
     max_time: float = 60.0,
     kinds: Sequence[str] = VOLUNTEER_KINDS,
+    runs: int = 1,
 ) -> int:
     reason = topology.lab_possible()
     if reason is not None:
@@ -168,15 +170,21 @@ async def path_bench(
             home = topology.Home(1, "port-restricted")
             for spec in specs:
                 manager.set_link(spec)
-                entry: dict[str, Any] = {"link": spec.describe()}
-                entry["direct"] = await _measure("http://open.test", size, max_time)
-                for kind in kinds:
-                    figures = await _through_unwall(kind, home, info, size, max_time, workdir)
-                    if "MBps" in figures and entry["direct"]["MBps"]:
-                        figures["ratio"] = round(figures["MBps"] / entry["direct"]["MBps"], 4)
-                    entry[kind] = figures
-                results["presets"][spec.name] = entry
-                _print_preset(spec.name, entry, kinds)
+                entries = []
+                for run in range(runs):
+                    entry: dict[str, Any] = {"link": spec.describe()}
+                    entry["direct"] = await _measure("http://open.test", size, max_time)
+                    for kind in kinds:
+                        figures = await _through_unwall(kind, home, info, size, max_time, workdir)
+                        if "MBps" in figures and entry["direct"]["MBps"]:
+                            ratio = figures["MBps"] / entry["direct"]["MBps"]
+                            figures["ratio"] = round(ratio, 4)
+                        entry[kind] = figures
+                    _print_preset(
+                        spec.name + (f" (run {run + 1})" if runs > 1 else ""), entry, kinds
+                    )
+                    entries.append(entry)
+                results["presets"][spec.name] = _summary(entries, kinds)
         finally:
             manager.down(quiet=True)
             if previous_state is None:
@@ -188,6 +196,25 @@ async def path_bench(
         json_path.write_text(json.dumps(results, indent=2) + "\n")
         print(f"figures written to {json_path}")
     return 0
+
+
+def _summary(entries: list[dict[str, Any]], kinds: Sequence[str]) -> dict[str, Any]:
+    """One run as it is; several runs: the first run's figures plus, per path, the median,
+    min and max of goodput and ratio over all runs (the machine is noisy)."""
+    summary = dict(entries[0])
+    if len(entries) == 1:
+        return summary
+    summary["runs"] = entries
+    for path in ("direct", *kinds):
+        for figure in ("MBps", "ratio"):
+            values = [e[path][figure] for e in entries if figure in e.get(path, {})]
+            if values:
+                summary[f"{path}_{figure}"] = {
+                    "median": round(statistics.median(values), 4),
+                    "min": round(min(values), 4),
+                    "max": round(max(values), 4),
+                }
+    return summary
 
 
 def _print_preset(name: str, entry: dict[str, Any], kinds: Sequence[str]) -> None:

@@ -395,31 +395,41 @@ async def discover_nat(
         transport.close()
 
 
-async def learn_nat_kind(
+async def learn_nat(
     ice_servers: Sequence[str],
     host_addresses: Sequence[str] | None = None,
     override: NatKind | None = None,
-) -> NatKind:
-    """The NAT kind to report to the broker, logged in one line.
+) -> Verdict:
+    """The verdict to report to the broker, logged in one line.
 
     ``override`` (the `--nat` flag) wins. Otherwise the check runs against the first
     `stun:` server, from the first pinned ICE host address of its family if there is one, so
-    that it measures the NAT the ICE agent's own sockets sit behind.
+    that it measures the NAT the ICE agent's own sockets sit behind. A verdict with no
+    ``mapped`` address after a check means the server never answered (UDP may be blocked).
     """
     if override is not None:
         log.info("NAT kind %s (set with --nat)", override)
-        return override
+        return Verdict(override, "set with --nat")
     server = stun_server_of(ice_servers)
     if server is None:
         log.info(
             "NAT kind unknown: no stun: ICE server to measure it with (--ice-server stun:HOST:PORT)"
         )
-        return "unknown"
+        return Verdict("unknown", "no stun: server configured")
     want_v6 = ":" in server[0]
     local = next((a for a in host_addresses or () if (":" in a) == want_v6), None)
     verdict = await discover_nat(server, local)
     log.info("NAT check with stun:%s: %s", _show(server), verdict.describe())
-    return verdict.kind
+    return verdict
+
+
+async def learn_nat_kind(
+    ice_servers: Sequence[str],
+    host_addresses: Sequence[str] | None = None,
+    override: NatKind | None = None,
+) -> NatKind:
+    """The NAT kind alone (see :func:`learn_nat`)."""
+    return (await learn_nat(ice_servers, host_addresses, override)).kind
 
 
 def _route_source(family: int, server: Address) -> str:
@@ -439,6 +449,7 @@ __all__ = [
     "Send",
     "Verdict",
     "discover_nat",
+    "learn_nat",
     "learn_nat_kind",
     "next_step",
     "stun_server_of",

@@ -104,6 +104,14 @@ def has_turn(ice_servers: Sequence[IceServer]) -> bool:
     return any(isinstance(s, TurnServer) or is_turn_url(s) for s in ice_servers)
 
 
+def has_tcp_turn(ice_servers: Sequence[IceServer]) -> bool:
+    """Whether a TURN server is reached over TCP or TLS (the way out where UDP is blocked)."""
+    urls = describe_ice_servers(ice_servers)
+    return any(
+        url.startswith("turns:") or (is_turn_url(url) and "transport=tcp" in url) for url in urls
+    )
+
+
 def describe_ice_servers(ice_servers: Sequence[IceServer]) -> list[str]:
     """The URLs, for a log line: credentials are never shown."""
     return [url for s in ice_servers for url in ((s,) if isinstance(s, str) else s.urls)]

@@ -1,0 +1,238 @@
+"""Volunteers at home behind NATs, clients behind the box's NAT: who reaches whom.
+
+One lab for the module: four home networks, one per NAT kind, each a router namespace
+with the kernel's NAT in front of one volunteer host; the box's NAT in front of the
+censored host is changed between cells. Every cell starts one volunteer (headless, or the
+widget in Debian's Chromium with its default flags: mDNS host candidates on) in one home,
+and a client with the lab's STUN server, then either downloads 5 MB through the client's
+SOCKS5 (sha256 equal) or, where the pair cannot meet without a relay, checks that the
+client says so in words and then succeeds once it is given TURN.
+
+Setup times are written to artifacts/nat-matrix.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from unwall.lab import manager, topology
+from unwall.lab.internet import blob
+
+_reason = topology.lab_possible()
+pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+
+KINDS = ("none", "full-cone", "port-restricted", "symmetric")
+#: Pairs (client, volunteer) that UDP hole punching cannot join: a symmetric NAT sends
+#: from a port the other side never learned, and a port-restricted or symmetric NAT drops
+#: that. Everything else meets directly.
+NEEDS_RELAY = {
+    ("port-restricted", "symmetric"),
+    ("symmetric", "port-restricted"),
+    ("symmetric", "symmetric"),
+}
+SIZE = 5_000_000
+RESULTS: dict[str, dict[str, Any]] = {}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    state = tmp_path_factory.mktemp("natlab") / "state"
+    os.environ["UNWALL_LAB_STATE"] = str(state)
+    try:
+        info = manager.up(homes=KINDS, volunteers=False, volunteer_turn=False)
+        yield info
+    finally:
+        manager.down(quiet=True)
+        os.environ.pop("UNWALL_LAB_STATE", None)
+        if RESULTS:
+            from tests.integration.conftest import ARTIFACTS
+
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            (ARTIFACTS / "nat-matrix.json").write_text(json.dumps(RESULTS, indent=2))
+
+
+def _home(info: dict[str, Any], kind: str) -> topology.Home:
+    index = next(i for i, h in enumerate(info["homes"], 1) if h["nat"] == kind)
+    return topology.Home(index, topology.parse_nat_kind(kind))
+
+
+class Client:
+    def __init__(self, info: dict[str, Any], log: Path, *extra: str) -> None:
+        argv = [
+            sys.executable, "-m", "unwall", "client", "--bridge", info["bridge_line"],
+            "--host-address", topology.CENSORED_IP, "--socks", "127.0.0.1:1080",
+            "--http", "127.0.0.1:8118", "--paths", "1", "--ice-server", info["stun"], *extra,
+        ]  # fmt: skip
+        self.log = log
+        self.started = time.monotonic()
+        env = {**os.environ, "SSL_CERT_FILE": info["lab_ca"]}  # the lab CA signs turn.test
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                ["ip", "netns", "exec", topology.CENSORED, *argv], stdout=out, stderr=out, env=env
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def wait_for(self, text: str, timeout: float) -> float:
+        """Seconds from the client's start until `text` is in its log."""
+        deadline = time.monotonic() + timeout
+        while text not in self.text():
+            assert self.process.poll() is None, self.text()
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.text()}"
+            await asyncio.sleep(0.1)
+        return time.monotonic() - self.started
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+async def _download() -> str:
+    process = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", topology.CENSORED, "curl", "--silent", "--show-error",
+        "--max-time", "60", "--socks5-hostname", "127.0.0.1:1080",
+        f"http://open.test/blob/{SIZE}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode(errors="replace")
+    return hashlib.sha256(out).hexdigest()
+
+
+@pytest.fixture
+async def volunteer(
+    request: pytest.FixtureRequest, lab: dict[str, Any], tmp_path: Path
+) -> AsyncIterator[tuple[str, topology.Home]]:
+    kind, home_kind = request.param
+    home = _home(lab, home_kind)
+    if kind == "headless":
+        manager.start_volunteer(home, lab["stun"], Path(lab["state"]))
+        try:
+            yield kind, home
+        finally:
+            manager.stop(f"volunteer-home{home.index}")
+            await asyncio.sleep(0.3)
+        return
+    from unwall.browser import chromium_in, chromium_missing, firefox_in, firefox_missing
+
+    if kind == "firefox":
+        missing = firefox_missing()
+        if missing:
+            pytest.skip(missing)
+        async with firefox_in(home.host, "http://open.test/volunteer", tmp_path):
+            yield kind, home
+        return
+    missing = chromium_missing()
+    if missing:
+        pytest.skip(missing)
+    async with chromium_in(home.host, tmp_path, mdns=True) as browser:
+        page = await browser.new_page()
+        await page.goto("http://203.0.113.20:8080/")
+        await page.locator("[data-unwall-widget] [role=switch]").click()
+        yield kind, home
+
+
+CELLS = [
+    pytest.param(
+        client,
+        (volunteer_kind, home),
+        id=f"client-{client}-{volunteer_kind}-{home}",
+    )
+    for volunteer_kind in ("headless", "chromium")
+    for client in KINDS
+    for home in KINDS
+] + [
+    # Firefox ESR at its defaults (it can only be driven by a page that turns the widget on
+    # at load): a public client, and one behind the box's port-restricted NAT.
+    pytest.param(
+        client, ("firefox", "port-restricted"), id=f"client-{client}-firefox-port-restricted"
+    )
+    for client in ("none", "port-restricted")
+]
+
+
+@pytest.mark.parametrize(("client_nat", "volunteer"), CELLS, indirect=["volunteer"])
+async def test_nat_matrix(
+    lab: dict[str, Any], client_nat: str, volunteer: tuple[str, topology.Home], tmp_path: Path
+) -> None:
+    volunteer_kind, home = volunteer
+    topology.set_client_nat(topology.parse_nat_kind(client_nat))
+    cell = f"client {client_nat} x {volunteer_kind} volunteer {home.nat}"
+    want = hashlib.sha256(blob(SIZE)).hexdigest()
+    record: dict[str, Any] = {}
+    client = Client(lab, tmp_path / "client.log")
+    try:
+        if (client_nat, home.nat) not in NEEDS_RELAY:
+            record["setup_s"] = round(await client.wait_for("tunnel ready", 45), 2)
+            assert await _download() == want
+            record["direct"] = True
+        else:
+            # The client says why, in words, and does not keep trying the impossible.
+            await client.wait_for("TURN", 40)
+            record["direct"] = False
+            client.stop()
+            turn = lab["turn"]
+            user, password = _turn_credentials(turn["secret"])
+            client = Client(
+                lab, tmp_path / "client-turn.log", "--ice-server", turn["urls"][0],
+                "--turn-user", user, "--turn-password", password,
+            )  # fmt: skip
+            record["setup_with_turn_s"] = round(await client.wait_for("tunnel ready", 45), 2)
+            assert await _download() == want
+    finally:
+        client.stop()
+        RESULTS[cell] = record
+
+
+def _turn_credentials(secret: str) -> tuple[str, str]:
+    return manager.client_turn_credentials()
+
+
+def test_udp_blocked_needs_turn_over_tls(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Only TCP leaves the censored network: TURN over TLS on 443 carries the session."""
+    state = tmp_path_factory.mktemp("udplab") / "state"
+    os.environ["UNWALL_LAB_STATE"] = str(state)
+    profile = state.parent / "profile.toml"
+    profile.write_text("[udp]\nblock = true\n")
+    try:
+        info = manager.up(profile, volunteer_turn=False)
+        asyncio.run(_udp_blocked(info, state))
+    finally:
+        manager.down(quiet=True)
+        os.environ.pop("UNWALL_LAB_STATE", None)
+
+
+async def _udp_blocked(info: dict[str, Any], state: Path) -> None:
+    client = Client(info, state / "client.log")
+    try:
+        await client.wait_for("blocks UDP", 60)  # it says that nothing gets through over UDP
+    finally:
+        client.stop()
+    user, password = _turn_credentials(info["turn"]["secret"])
+    client = Client(
+        info, state / "client-turn.log", "--ice-server", "turns:turn.test:443?transport=tcp",
+        "--turn-user", user, "--turn-password", password,
+    )  # fmt: skip
+    try:
+        await client.wait_for("tunnel ready", 60)
+        assert await _download() == hashlib.sha256(blob(SIZE)).hexdigest()
+    finally:
+        client.stop()
