@@ -14,6 +14,7 @@ Setup times are written to artifacts/nat-matrix.json.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -69,11 +70,12 @@ def _home(info: dict[str, Any], kind: str) -> topology.Home:
 
 
 class Client:
-    def __init__(self, info: dict[str, Any], log: Path, *extra: str) -> None:
+    def __init__(self, info: dict[str, Any], log: Path, *extra: str, stun: bool = True) -> None:
         argv = [
             sys.executable, "-m", "unwall", "client", "--bridge", info["bridge_line"],
             "--host-address", topology.CENSORED_IP, "--socks", "127.0.0.1:1080",
-            "--http", "127.0.0.1:8118", "--paths", "1", "--ice-server", info["stun"], *extra,
+            "--http", "127.0.0.1:8118", "--paths", "1",
+            *(["--ice-server", info["stun"]] if stun else []), *extra,
         ]  # fmt: skip
         self.log = log
         self.started = time.monotonic()
@@ -236,3 +238,57 @@ async def _udp_blocked(info: dict[str, Any], state: Path) -> None:
         assert await _download() == hashlib.sha256(blob(SIZE)).hexdigest()
     finally:
         client.stop()
+
+
+@pytest.mark.parametrize("browser", ["chromium", "firefox"])
+def test_browsers_at_home_without_stun(
+    browser: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """No STUN anywhere: a browser at home offers only mDNS names. It still helps a client
+    with a public address (the browser's checks reach the client, which learns it as a
+    peer-reflexive candidate); a client behind a NAT it cannot help, and the client says so.
+    The broker warns about this at start."""
+    state = tmp_path_factory.mktemp("nostun") / "state"
+    os.environ["UNWALL_LAB_STATE"] = str(state)
+    try:
+        info = manager.up(
+            homes=("port-restricted",), client_nat="none", volunteers=False,
+            volunteer_turn=False, broker_stun=False,
+        )  # fmt: skip
+        assert "no STUN server configured" in (state / "broker.log").read_text()
+        asyncio.run(_browser_without_stun(browser, info, state))
+    finally:
+        manager.down(quiet=True)
+        os.environ.pop("UNWALL_LAB_STATE", None)
+
+
+async def _browser_without_stun(browser: str, info: dict[str, Any], state: Path) -> None:
+    from unwall.browser import chromium_in, chromium_missing, firefox_in, firefox_missing
+
+    missing = chromium_missing() if browser == "chromium" else firefox_missing()
+    if missing:
+        pytest.skip(missing)
+    home = topology.Home(1, "port-restricted")
+    async with contextlib.AsyncExitStack() as stack:
+        if browser == "chromium":
+            chromium = await stack.enter_async_context(chromium_in(home.host, state, mdns=True))
+            page = await chromium.new_page()
+            await page.goto("http://203.0.113.20:8080/")
+            await page.locator("[data-unwall-widget] [role=switch]").click()
+        else:
+            await stack.enter_async_context(
+                firefox_in(home.host, "http://open.test/volunteer", state)
+            )
+        client = Client(info, state / "client-public.log", stun=False)
+        try:
+            await client.wait_for("tunnel ready", 45)
+            assert await _download() == hashlib.sha256(blob(SIZE)).hexdigest()
+        finally:
+            client.stop()
+        topology.set_client_nat("port-restricted")
+        client = Client(info, state / "client-nat.log", stun=False)
+        try:
+            await client.wait_for("could not connect to the volunteer", 60)
+            assert "tunnel ready" not in client.text()
+        finally:
+            client.stop()

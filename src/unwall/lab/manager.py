@@ -82,12 +82,14 @@ def up(
     client_nat: str = "port-restricted",
     volunteers: bool = True,
     volunteer_turn: bool = True,
+    broker_stun: bool = True,
 ) -> dict[str, Any]:
     """Build the lab. `link` names a preset that replaces the profile's `[link]`; `homes`
     gives the NAT kind of each home network (home1, home2, ...), each with a headless
     volunteer unless `volunteers` is False (then none runs, not even the internet's own);
     `client_nat` is the NAT the box puts in front of the censored network;
-    `volunteer_turn` makes the broker hand volunteers TURN credentials."""
+    `volunteer_turn` makes the broker hand volunteers TURN credentials, `broker_stun` gives
+    browser volunteers the lab's STUN server (without it they offer only mDNS names)."""
     reason = topology.lab_possible()
     if reason is not None:
         raise LabError(reason)
@@ -141,7 +143,8 @@ def up(
     ), state)  # fmt: skip
     _start("broker", INTERNET, _unwall(
         "broker", "--listen", f"{addresses.broker}:{BROKER_PORT}", "--egress-url", egress_url,
-        "--ice-server", stun_url, *(_turn_args(turn) if volunteer_turn else []),
+        *(["--ice-server", stun_url] if broker_stun else []),
+        *(_turn_args(turn) if volunteer_turn else []),
     ), state)  # fmt: skip
     _wait_for(lambda: _port_open(INTERNET, addresses.broker, BROKER_PORT), "the broker", state)
     _wait_for(lambda: _port_open(INTERNET, addresses.egress, EGRESS_PORT), "the egress", state)
