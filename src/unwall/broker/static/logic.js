@@ -288,3 +288,61 @@ export function randomVolunteerId(crypto = globalThis.crypto) {
   // 256 is a multiple of 64, so the low six bits are uniform.
   return Array.from(bytes, (b) => ID_ALPHABET[b & 63]).join("");
 }
+
+// ----- ICE servers ------------------------------------------------------------------------
+
+/** Bounds on the broker's `turn` list (docs/protocol.md §1); more is ignored. */
+export const TURN_MAX_SERVERS = 4;
+export const TURN_MAX_URLS = 8;
+export const TURN_MAX_CHARS = 512;
+
+const STUN_URL = /^stuns?:[^\s?#/]+/i;
+const TURN_URL = /^turns?:[^\s#/]+/i;
+
+function boundedString(value) {
+  return typeof value === "string" && value.length > 0 && value.length <= TURN_MAX_CHARS;
+}
+
+/**
+ * The operator's `ice_servers` a browser can use without credentials: `stun:`/`stuns:`
+ * URL strings. A `turn:` URL without a username makes the RTCPeerConnection constructor
+ * throw (and so would anything that is not an ICE URL), which would fail every offer: those
+ * are left out. TURN reaches the widget with credentials, in `turn` (see turnServers).
+ */
+export function stunUrls(iceServers) {
+  if (!Array.isArray(iceServers)) return [];
+  return iceServers.filter((u) => boundedString(u) && STUN_URL.test(u));
+}
+
+/**
+ * The broker's `turn` entries ({urls, username, credential}) a browser can use, as fresh
+ * plain objects: `turn:`/`turns:` URLs only (a string or a list), a non-empty username and
+ * credential; anything else is dropped, entry by entry, URL by URL. [] when there are none.
+ */
+export function turnServers(turn) {
+  if (!Array.isArray(turn)) return [];
+  const out = [];
+  for (const entry of turn) {
+    if (out.length >= TURN_MAX_SERVERS) break;
+    if (!entry || typeof entry !== "object" || Array.isArray(entry)) continue;
+    const { username, credential } = entry;
+    if (!boundedString(username) || !boundedString(credential)) continue;
+    const given = typeof entry.urls === "string" ? [entry.urls] : entry.urls;
+    if (!Array.isArray(given)) continue;
+    const urls = given.filter((u) => boundedString(u) && TURN_URL.test(u)).slice(0, TURN_MAX_URLS);
+    if (urls.length === 0) continue;
+    out.push({ urls, username, credential });
+  }
+  return out;
+}
+
+/**
+ * RTCConfiguration.iceServers from the operator's STUN URLs and TURN servers with
+ * credentials (both already cleaned by stunUrls and turnServers). No servers is an empty
+ * list: a server with an empty `urls` is an error in browsers.
+ */
+export function iceServerList(stun, turn) {
+  const servers = stun.length ? [{ urls: [...stun] }] : [];
+  for (const server of turn) servers.push({ urls: [...server.urls], username: server.username, credential: server.credential });
+  return servers;
+}

@@ -15,7 +15,10 @@ import {
   ERROR_WEBRTC,
   QUEUE_BYTES,
   TokenBucket,
+  iceServerList,
   randomVolunteerId,
+  stunUrls,
+  turnServers,
 } from "./logic.js";
 
 /** How long to wait for ICE gathering before sending the answer with what there is. */
@@ -89,6 +92,9 @@ export class BrowserVolunteer extends EventTarget {
     this._gen = 0;
     this._running = false;
     this._config = null;
+    // The newest TURN servers with credentials the broker gave (config, then poll answers).
+    // Never logged, shown or put in an event: they are the broker's to hand out.
+    this._turn = [];
     this._error = null;
     this._egressHoldUntil = 0;
     this._egressErrorTimer = null;
@@ -123,6 +129,7 @@ export class BrowserVolunteer extends EventTarget {
     const gen = this._gen;
     this._error = null;
     this._config = null;
+    this._turn = [];
     this._egressHoldUntil = 0;
     this._brokerBackoff.reset();
     this._egressBackoff.reset();
@@ -162,6 +169,7 @@ export class BrowserVolunteer extends EventTarget {
     }
     this._error = null;
     this._config = null;
+    this._turn = [];
     this._updateStatus();
     this._emitStats(true);
   }
@@ -281,20 +289,27 @@ export class BrowserVolunteer extends EventTarget {
     }
     if (egress.protocol === "http:") egress.protocol = "ws:";
     if (egress.protocol === "https:") egress.protocol = "wss:";
-    const ice = Array.isArray(json.ice_servers)
-      ? json.ice_servers.filter((u) => typeof u === "string" && u.length > 0)
-      : [];
-    return { egressUrl: egress.href, iceServers: ice };
+    return { egressUrl: egress.href, stunUrls: stunUrls(json.ice_servers), turn: turnServers(json.turn) };
+  }
+
+  /** Take the TURN servers of a broker answer, if it has any usable: they are the newest. */
+  _takeTurn(json) {
+    const turn = turnServers(json.turn);
+    if (turn.length > 0) this._turn = turn;
   }
 
   async _poll() {
-    const { status, json } = await this._request("POST", "/v1/volunteer/poll", {
+    // No `nat`: a browser cannot measure its NAT (no RFC 5780 behaviour discovery in
+    // WebRTC), and absent is "unknown". `relay`: every client gets our TURN servers.
+    const body = {
       version: 1,
       volunteer_id: this.volunteerId,
       capacity: this.capacity,
       clients: this._clients.size,
       kind: "browser",
-    });
+    };
+    if (this._turn.length > 0) body.relay = true;
+    const { status, json } = await this._request("POST", "/v1/volunteer/poll", body);
     if (status !== 200 || !json || typeof json !== "object") {
       throw new BrokerTrouble(`poll: HTTP ${status}`);
     }
@@ -311,6 +326,7 @@ export class BrowserVolunteer extends EventTarget {
     while (gen === this._gen) {
       try {
         this._config = await this._getConfig();
+        this._turn = this._config.turn;
         break;
       } catch {
         if (gen !== this._gen) return;
@@ -343,6 +359,7 @@ export class BrowserVolunteer extends EventTarget {
       if (gen !== this._gen) return;
       this._brokerBackoff.reset();
       this._clearError(ERROR_BROKER);
+      this._takeTurn(reply);
       if (reply.status === "offer" && typeof reply.offer_id === "string" && typeof reply.sdp === "string") {
         this._accept(reply.offer_id, reply.sdp);
       }
@@ -375,10 +392,25 @@ export class BrowserVolunteer extends EventTarget {
     this._serve(client, sdp).catch(() => this._closeClient(client, ERROR_ANSWER));
   }
 
-  _iceServers() {
-    const urls = this._config.iceServers;
-    // An empty `urls` list is an error in browsers: no servers is an empty list.
-    return urls.length ? [{ urls: [...urls] }] : [];
+  /**
+   * A peer connection with the operator's STUN servers and the newest TURN credentials. A
+   * browser that refuses the configuration (it throws on a URL it does not take) still
+   * gets a connection: without TURN, then without any server, rather than none at all.
+   */
+  _newPeerConnection() {
+    const stun = this._config.stunUrls;
+    const attempts = [iceServerList(stun, this._turn)];
+    if (this._turn.length > 0) attempts.push(iceServerList(stun, []));
+    if (stun.length > 0) attempts.push([]);
+    let failure;
+    for (const iceServers of attempts) {
+      try {
+        return new this._RTCPeerConnection({ iceServers });
+      } catch (error) {
+        failure = error;
+      }
+    }
+    throw failure;
   }
 
   async _serve(client, sdp) {
@@ -390,7 +422,7 @@ export class BrowserVolunteer extends EventTarget {
     let pc;
     let answer;
     try {
-      pc = new this._RTCPeerConnection({ iceServers: this._iceServers() });
+      pc = this._newPeerConnection();
       client.pc = pc;
       pc.ondatachannel = (event) => this._onDataChannel(client, event.channel);
       // Failing before the channel opened: this person was never helped (say so). After:
