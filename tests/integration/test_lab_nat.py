@@ -18,10 +18,6 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +25,7 @@ from typing import Any
 import pytest
 
 from unwall.lab import manager, topology
+from unwall.lab.censored import CensoredClient
 from unwall.lab.internet import blob
 
 _reason = topology.lab_possible()
@@ -69,42 +66,12 @@ def _home(info: dict[str, Any], kind: str) -> topology.Home:
     return topology.Home(index, topology.parse_nat_kind(kind))
 
 
-class Client:
-    def __init__(self, info: dict[str, Any], log: Path, *extra: str, stun: bool = True) -> None:
-        argv = [
-            sys.executable, "-m", "unwall", "client", "--bridge", info["bridge_line"],
-            "--host-address", topology.CENSORED_IP, "--socks", "127.0.0.1:1080",
-            "--http", "127.0.0.1:8118", "--paths", "1",
-            *(["--ice-server", info["stun"]] if stun else []), *extra,
-        ]  # fmt: skip
-        self.log = log
-        self.started = time.monotonic()
-        env = {**os.environ, "SSL_CERT_FILE": info["lab_ca"]}  # the lab CA signs turn.test
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                ["ip", "netns", "exec", topology.CENSORED, *argv], stdout=out, stderr=out, env=env
-            )
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
+class Client(CensoredClient):
     async def wait_for(self, text: str, timeout: float) -> float:
-        """Seconds from the client's start until `text` is in its log."""
-        deadline = time.monotonic() + timeout
-        while text not in self.text():
-            assert self.process.poll() is None, self.text()
-            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.text()}"
-            await asyncio.sleep(0.1)
-        return time.monotonic() - self.started
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Seconds from the client's start until `text` is in its log (else it fails)."""
+        seconds = await self.until(text, timeout)
+        assert seconds is not None, f"no {text!r} in:\n{self.text()}"
+        return seconds
 
 
 async def _download() -> str:

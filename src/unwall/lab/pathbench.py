@@ -18,17 +18,15 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from unwall.lab import manager, topology
+from unwall.lab.censored import CensoredClient
 from unwall.lab.link import preset
 
 BROKER_PAGE = "http://203.0.113.20:8080/"
@@ -63,38 +61,6 @@ async def _measure(url_base: str, size: int, max_time: float, *proxy: str) -> di
     }
 
 
-class _Client:
-    def __init__(self, info: dict[str, Any], log: Path) -> None:
-        argv = [
-            sys.executable, "-m", "unwall", "client", "--bridge", info["bridge_line"],
-            "--host-address", topology.CENSORED_IP, "--socks", "127.0.0.1:1080",
-            "--http", "127.0.0.1:8118", "--ice-server", info["stun"],
-        ]  # fmt: skip
-        self.log = log
-        self.started = time.monotonic()
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                ["ip", "netns", "exec", topology.CENSORED, *argv], stdout=out, stderr=out
-            )
-
-    async def ready(self, timeout: float) -> float | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            if "tunnel ready" in self.log.read_text(errors="replace"):
-                return time.monotonic() - self.started
-            await asyncio.sleep(0.05)
-        return None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @contextlib.asynccontextmanager
 async def _volunteer(
     kind: str, home: topology.Home, info: dict[str, Any], workdir: Path
@@ -121,9 +87,9 @@ async def _through_unwall(
     workdir: Path,
 ) -> dict[str, Any]:  # fmt: skip
     async with _volunteer(kind, home, info, workdir):
-        client = _Client(info, workdir / f"client-{kind}.log")
+        client = CensoredClient(info, workdir / f"client-{kind}.log", paths=2)
         try:
-            setup = await client.ready(max(60.0, max_time))
+            setup = await client.until("tunnel ready", max(60.0, max_time))
             if setup is None:
                 tail = client.log.read_text(errors="replace").splitlines()[-3:]
                 return {"error": "the tunnel did not come up", "client_log": tail}
