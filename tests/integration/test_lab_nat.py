@@ -159,7 +159,7 @@ async def test_nat_matrix(
             record["direct"] = False
             client.stop()
             turn = lab["turn"]
-            user, password = _turn_credentials(turn["secret"])
+            user, password = manager.client_turn_credentials()
             client = Client(
                 lab, tmp_path / "client-turn.log", "--ice-server", turn["urls"][0],
                 "--turn-user", user, "--turn-password", password,
@@ -169,10 +169,6 @@ async def test_nat_matrix(
     finally:
         client.stop()
         RESULTS[cell] = record
-
-
-def _turn_credentials(secret: str) -> tuple[str, str]:
-    return manager.client_turn_credentials()
 
 
 def test_udp_blocked_needs_turn_over_tls(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -195,7 +191,7 @@ async def _udp_blocked(info: dict[str, Any], state: Path) -> None:
         await client.wait_for("blocks UDP", 60)  # it says that nothing gets through over UDP
     finally:
         client.stop()
-    user, password = _turn_credentials(info["turn"]["secret"])
+    user, password = manager.client_turn_credentials()
     client = Client(
         info, state / "client-turn.log", "--ice-server", "turns:turn.test:443?transport=tcp",
         "--turn-user", user, "--turn-password", password,

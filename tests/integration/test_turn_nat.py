@@ -20,7 +20,6 @@ address"), including a client whose network lets only TCP out, with TURN over TL
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import subprocess
 import sys
@@ -31,13 +30,10 @@ from pathlib import Path
 
 import pytest
 from coturn import Coturn, coturn, require_coturn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from unwall.broker.turn import TurnIssuer
 from unwall.egress.identity import generate_identity, load_identity, save_identity
+from unwall.lab.internet import make_ca
 from unwall.netns import NamespaceError, namespaces_possible
 
 UNWALL = [sys.executable, "-m", "unwall"]
@@ -125,46 +121,7 @@ def internet(
 
 def tls_files(directory: Path) -> tuple[Path, Path, Path]:
     """A CA and a certificate for TURN_NAME signed by it: (ca, cert, key) PEM files."""
-    now = datetime.datetime.now(datetime.UTC)
-
-    def build(
-        subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey
-    ) -> x509.CertificateBuilder:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "unwall test CA")])
-    ca = (
-        build(ca_name, ca_name, ca_key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TURN_NAME)])
-    cert = (
-        build(name, ca_name, key)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(TURN_NAME)]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
+    return make_ca(directory, [TURN_NAME])
 
 
 class Roles:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 JITTER_PERIOD = 0.25  # seconds between the jitter offset's random targets
@@ -37,7 +37,7 @@ class LinkError(ValueError):
 
 def parse_rate(text: str) -> float:
     """'20mbit' -> 20e6 bits per second."""
-    match = _RATE.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+    match = _RATE.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise LinkError(f"rate {text!r} must look like 500kbit, 20mbit or 1gbit")
     return float(match.group(1)) * _RATE_UNITS[match.group(2)]
@@ -124,8 +124,8 @@ class LinkSpec:
         return {
             "name": self.name,
             "seed": self.seed,
-            "up": {f.name: getattr(self.up, f.name) for f in fields(DirectionSpec)},
-            "down": {f.name: getattr(self.down, f.name) for f in fields(DirectionSpec)},
+            "up": asdict(self.up),
+            "down": asdict(self.down),
         }
 
 
@@ -157,28 +157,25 @@ def preset(name: str) -> LinkSpec:
         raise LinkError(f"unknown link preset {name!r}; known: {', '.join(PRESETS)}") from None
 
 
+def _checked_table(value: Any, where: str, known: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise LinkError(f"{where} must be a table")
+    unknown = set(value) - known
+    if unknown:
+        raise LinkError(f"unknown key(s) {sorted(unknown)} in {where}; known: {sorted(known)}")
+    return value
+
+
 def link_from_dict(table: dict[str, Any]) -> LinkSpec:
     """A profile's `[link]` table: a preset, numbers for both directions, and optional
     `[link.up]` / `[link.down]` tables that override them for one direction."""
-    if not isinstance(table, dict):
-        raise LinkError("[link] must be a table")
-    unknown = set(table) - _LINK_KEYS
-    if unknown:
-        raise LinkError(f"unknown key(s) {sorted(unknown)} in [link]; known: {sorted(_LINK_KEYS)}")
+    _checked_table(table, "[link]", _LINK_KEYS)
     base = preset(table["preset"]) if "preset" in table else LinkSpec(name="custom")
     name = table.get("preset", "custom")
     both = {k: v for k, v in table.items() if k in _DIRECTION_KEYS}
     directions = {}
     for side in ("up", "down"):
-        overrides = table.get(side, {})
-        if not isinstance(overrides, dict):
-            raise LinkError(f"[link.{side}] must be a table")
-        unknown = set(overrides) - _DIRECTION_KEYS
-        if unknown:
-            raise LinkError(
-                f"unknown key(s) {sorted(unknown)} in [link.{side}]; "
-                f"known: {sorted(_DIRECTION_KEYS)}"
-            )
+        overrides = _checked_table(table.get(side, {}), f"[link.{side}]", _DIRECTION_KEYS)
         try:
             directions[side] = replace(getattr(base, side), **{**both, **overrides})
         except TypeError as exc:
@@ -211,12 +208,7 @@ class DirectionStats:
     queue_dropped: int = 0  # the bottleneck's buffer was full
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "packets": self.packets,
-            "bytes": self.bytes,
-            "lost": self.lost,
-            "queue_dropped": self.queue_dropped,
-        }
+        return asdict(self)
 
 
 class LinkDirection:

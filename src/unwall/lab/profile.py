@@ -45,13 +45,12 @@ See `unwall.lab.link` for the model and its presets.
 from __future__ import annotations
 
 import ipaddress
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unwall.lab.link import LinkError, LinkSpec, link_from_dict
+from unwall.lab.link import LinkError, LinkSpec, link_from_dict, parse_rate
 
 ACTIONS = ("rst", "drop")
 _KEYS = {
@@ -112,7 +111,7 @@ class CensorProfile:
 
     @classmethod
     def from_dict(cls, document: dict[str, Any], source: str = "dict") -> CensorProfile:
-        known = {"dns", "ip", "sni", "host", "residual", "throttle", "udp", "link"}
+        known = {*_KEYS, "link"}
         unknown = set(document) - known
         if unknown:
             raise ProfileError(f"unknown table(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -130,8 +129,11 @@ class CensorProfile:
         dns, ip, sni, host = tables["dns"], tables["ip"], tables["sni"], tables["host"]
         residual, throttle = tables["residual"], tables["throttle"]
         rate = throttle.get("rate", "1mbit")
-        if not isinstance(rate, str) or not re.fullmatch(r"\d+(\.\d+)?(bit|kbit|mbit|gbit)", rate):
-            raise ProfileError(f"[throttle] rate {rate!r} must look like 500kbit or 2mbit")
+        try:
+            parse_rate(rate)
+        except LinkError:
+            message = f"[throttle] rate {rate!r} must look like 500kbit or 2mbit"
+            raise ProfileError(message) from None
         try:
             throttled = tuple(
                 ipaddress.IPv4Network(v, strict=False) for v in throttle.get("ip", [])

@@ -173,10 +173,11 @@ class Home:
 
 
 def parse_nat_kind(text: str) -> NatKind:
+    """One of the kinds the lab can build (a subset of `unwall.wire.nat`'s vocabulary)."""
     for kind in NAT_KINDS:
         if text == kind:
             return kind
-    raise LabError(f"NAT kind must be one of {', '.join(NAT_KINDS)}, not {text!r}")
+    raise LabError(f"the lab builds NATs of kind {', '.join(NAT_KINDS)}, not {text!r}")
 
 
 def build(
@@ -305,10 +306,6 @@ def set_nat(
 def set_client_nat(kind: NatKind) -> None:
     """Change the NAT the box puts in front of the censored network."""
     set_nat(BOX, kind, "b1", CENSORED_NET, CENSORED_IP, BOX_OUTSIDE_IP)
-
-
-def set_home_nat(home: Home) -> None:
-    set_nat(home.router, home.nat, "wan", home.lan_net, home.host_ip, home.wan_ip)
 
 
 def real_sized_packets(namespace: str, device: str) -> None:
