@@ -116,10 +116,6 @@ class VolunteerPath:
             self.why_dead = why
             self.dead.set()
 
-    @property
-    def max_message_size(self) -> int:
-        return rtc.remote_max_message_size(self.pc) or quic.MAX_DATAGRAM_SIZE
-
     def send(self, data: bytes) -> None:
         if self.dead.is_set() or self.channel.readyState != "open":
             return
@@ -267,7 +263,7 @@ class Tunnel:
 
     async def _handshake(self, path: VolunteerPath) -> QuicSession:
         configuration = quic.client_configuration(
-            min(path.max_message_size, quic.MAX_DATAGRAM_SIZE)
+            rtc.quic_datagram_size(rtc.remote_max_message_size(path.pc))
         )
         session = QuicSession(
             FlowControlledConnection(configuration=configuration), name="tunnel", pin=self.pin
@@ -403,7 +399,7 @@ class Tunnel:
 
     async def _open_path(self, broker: BrokerClient) -> VolunteerPath:
         pc = rtc.new_peer_connection(self.ice_servers)
-        channel = pc.createDataChannel(rtc.DATA_CHANNEL_LABEL, ordered=True)
+        channel = rtc.create_data_channel(pc)
         opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         @channel.on("open")

@@ -22,6 +22,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import ssl
 from collections import deque
@@ -40,6 +41,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
 )
 
+from unwall.transport import bbr
+
 log = logging.getLogger("unwall.quic")
 HeaderT = TypeVar("HeaderT", covariant=True)
 
@@ -49,6 +52,10 @@ ALPN = "unwall/1"
 MAX_DATAGRAM_SIZE = 16384
 #: QUIC's own minimum (RFC 9000, section 14).
 MIN_DATAGRAM_SIZE = 1200
+#: The congestion controller of every session (both ends): BBR, which random loss does
+#: not fool (see bbr.py). UNWALL_QUIC_CC=reno or cubic selects aioquic's own, for
+#: before/after measurements.
+CONGESTION_CONTROL = os.environ.get("UNWALL_QUIC_CC", bbr.NAME)
 #: Receive credit per stream beyond what the application has consumed.
 STREAM_WINDOW = 1 << 20
 #: Receive credit per connection beyond what the application has consumed.
@@ -140,6 +147,7 @@ def client_configuration(max_datagram_size: int) -> QuicConfiguration:
         max_data=CONNECTION_WINDOW,
         max_stream_data=STREAM_WINDOW,
         idle_timeout=IDLE_TIMEOUT,
+        congestion_control_algorithm=CONGESTION_CONTROL,
     )
 
 
@@ -155,6 +163,7 @@ def server_configuration(
         max_data=CONNECTION_WINDOW,
         max_stream_data=STREAM_WINDOW,
         idle_timeout=IDLE_TIMEOUT,
+        congestion_control_algorithm=CONGESTION_CONTROL,
     )
     configuration.certificate = certificate
     configuration.private_key = private_key
@@ -175,6 +184,7 @@ class FlowControlledConnection(QuicConnection):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._bbr = bbr.install(self)
         self._consumed: dict[int, int] = {}
         #: bytes delivered to the application and not yet read by it
         self._app_buffered = 0
@@ -213,6 +223,8 @@ class FlowControlledConnection(QuicConnection):
         """
         loss = self._loss
         loss._pto_count = 0
+        if self._bbr is not None:
+            self._bbr.reset()
         for space in loss.spaces:
             if space.sent_packets:
                 loss._on_packets_lost(
