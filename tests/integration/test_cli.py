@@ -363,7 +363,15 @@ def test_demo_ctrl_c() -> None:
 
         started = time.monotonic()
         process.send_signal(signal.SIGINT)
-        returncode = process.wait(timeout=15)
+        try:
+            returncode = process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            still = {pid: args for pid, args in children.items() if alive(pid, args)}
+            while not lines.empty():
+                line = lines.get_nowait()
+                if line is not None:
+                    output.append(line)
+            pytest.fail(f"demo still running 15 s after Ctrl-C; alive: {still}\n" + "".join(output))
         assert time.monotonic() - started < 15
         reader.join(timeout=5)
         while True:
