@@ -332,6 +332,10 @@ def test_demo_ctrl_c() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A shell without job control starts background jobs with SIGINT ignored, and
+        # Python keeps an inherited SIG_IGN: the demo would never see our Ctrl-C when the
+        # suite itself runs in the background. The demo gets the default, as in a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stdout is not None
     lines: queue.Queue[str | None] = queue.Queue()
