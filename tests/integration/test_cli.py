@@ -304,7 +304,10 @@ def test_demo_check() -> None:
 def children_of(pid: int) -> dict[int, str]:
     """PID -> command line of each live child process of `pid`."""
     result = subprocess.run(
-        ["ps", "--ppid", str(pid), "-o", "pid=,args="], capture_output=True, text=True, check=False
+        ["ps", "-ww", "--ppid", str(pid), "-o", "pid=,args="],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     found: dict[int, str] = {}
     for line in result.stdout.splitlines():
