@@ -224,17 +224,22 @@ def _rebuild_ranges(self: Any) -> None:
     self._unwall_ranges = ranges
 
 
+def _forget(self: Any, first: int, last: int) -> None:
+    """Drop TSNs first..last (inclusive) from aiortc's set of misordered TSNs."""
+    tsn = first
+    while True:
+        self._sack_misordered.discard(tsn)
+        if tsn == last:
+            return
+        tsn = _tsn_next(tsn)
+
+
 def _absorb(self: Any) -> None:
     """Move the cumulative TSN over every range that now touches it."""
     ranges = _ranges(self)
     while ranges and ranges[0][0] == _tsn_next(self._last_received_tsn):
         first, last = ranges.pop(0)
-        tsn = first
-        while True:
-            self._sack_misordered.discard(tsn)
-            if tsn == last:
-                break
-            tsn = _tsn_next(tsn)
+        _forget(self, first, last)
         self._last_received_tsn = last
 
 
@@ -275,12 +280,7 @@ async def _receive_forward_tsn_chunk(self: Any, chunk: Any) -> None:
     while ranges and not _tsn_after(ranges[0][0], cumulative):
         first, end = ranges[0]
         stop = cumulative if _tsn_after(end, cumulative) else end
-        tsn = first
-        while True:
-            self._sack_misordered.discard(tsn)
-            if tsn == stop:
-                break
-            tsn = _tsn_next(tsn)
+        _forget(self, first, stop)
         if stop == end:
             ranges.pop(0)
         else:
