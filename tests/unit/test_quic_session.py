@@ -91,6 +91,46 @@ async def test_echo_and_pin_ok() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def test_one_chunk_session_sends_smaller_datagrams_after_its_handshake() -> None:
+    """A 1,200-byte session pads its Initial to 1,200 and then keeps every datagram within
+    STEADY_DATAGRAM_SIZE (one SCTP packet of a browser's stack), both ways."""
+    tasks: list[asyncio.Task[None]] = []
+    client, servers = _pair(
+        IDENTITY.pin, lambda s: tasks.append(asyncio.create_task(_echo(s))), size=1200
+    )
+    sizes: dict[str, list[int]] = {"client": [], "server": []}
+
+    def recording(session: QuicSession, name: str) -> None:
+        send = session._sender
+        assert send is not None
+
+        def record(data: bytes) -> None:
+            sizes[name].append(len(data))
+            send(data)
+
+        session._sender = record
+
+    recording(client, "client")
+    client.connect()
+    await asyncio.wait_for(client.ready, 5)
+    assert max(sizes["client"]) == 1200  # the Initial, padded
+    recording(servers[0], "server")
+    sizes["client"].clear()
+    stream = client.open_stream()
+    payload = os.urandom(300_000)
+    await stream.write(payload)
+    stream.write_eof()
+    received = bytearray()
+    while data := await asyncio.wait_for(stream.read(), 10):
+        received += data
+    assert received == payload
+    for name in ("client", "server"):
+        assert max(sizes[name]) <= quic.STEADY_DATAGRAM_SIZE, name
+        assert max(sizes[name]) > quic.STEADY_DATAGRAM_SIZE - 100, name  # full, not tiny
+    client.close()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_wrong_pin_fails_before_any_stream() -> None:
     opened: list[QuicStream] = []
     wrong = quic.spki_pin(generate_identity().certificate)

@@ -14,10 +14,23 @@ it measures the path instead of reacting to loss.
 - **Round-trip propagation time**: the smallest RTT sample of the last `MIN_RTT_WINDOW`
   seconds.
 - **Pacing** at `gain x bandwidth`, and a window of `CWND_GAIN x bandwidth x min RTT`
-  (two bandwidth-delay products) that bounds what is in flight. In `startup` the gain is
+  (two bandwidth-delay products) plus the ack aggregation seen lately, that bounds what
+  is in flight. Acks come in bursts (a receiver that acks every few packets, a relay or
+  a browser that hands on data in batches): the aggregation term is the largest excess,
+  over the last `BW_WINDOW_ROUNDS` rounds, of bytes acked in a burst over what the
+  bandwidth estimate would have delivered in that time (the draft's `extra_acked`).
+  Without it a path with a tiny min RTT gets a window of a few packets, the window
+  limits the delivery rate, and the rate limits the window (measured: 1.2 MB/s through
+  a Chromium volunteer on a clean path, min RTT 1.3 ms, window 7 KB). In `startup` the gain is
   2/ln 2 until the bandwidth stops growing by a quarter for three rounds; `drain` then
   empties the queue that built; `probe_bw` cycles the gain through 1.25 (probe for more),
   0.75 (drain what the probe queued) and six rounds at 1.
+- **Application-limited samples**: when the sender runs out of data with room in its
+  window, the samples of what is then in flight measure the application, not the path:
+  they raise the bandwidth estimate but never lower it, and they do not count as rounds
+  without growth in startup (a session that starts with a small page would otherwise
+  leave startup at a few KB/s and climb by a quarter per eight rounds: measured, 35 s to
+  reach 4 MB/s on a 180 ms path).
 
 Loss is not a signal here: lost packets leave the flight and QUIC retransmits their data,
 and the model stays as it was. Two exceptions keep the controller honest: persistent
@@ -31,6 +44,7 @@ the pacing rate; `install` puts both into a connection.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -45,6 +59,9 @@ from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.recovery import QuicPacketPacer
 
 NAME = "unwall-bbr"
+log = logging.getLogger("unwall.bbr")
+#: at DEBUG, the model is logged at most this often (seconds)
+LOG_INTERVAL = 1.0
 
 STARTUP_GAIN = 2 / math.log(2)  # 2.885: doubles the sending rate every round trip
 DRAIN_GAIN = 1 / STARTUP_GAIN
@@ -95,8 +112,10 @@ class BbrCongestionControl(QuicCongestionControl):
         super().__init__(max_datagram_size=max_datagram_size)
         self._mds = max_datagram_size
         self._bw = _MaxFilter(BW_WINDOW_ROUNDS)
+        self._extra_acked = _MaxFilter(BW_WINDOW_ROUNDS)
         self._min_rtt = math.inf
         self._min_rtt_stamp = 0.0
+        self._logged_at = -math.inf
         self._reset_model()
 
     # -- the model -------------------------------------------------------------------------
@@ -106,18 +125,26 @@ class BbrCongestionControl(QuicCongestionControl):
         self.pacing_gain = STARTUP_GAIN
         self.cwnd_gain = STARTUP_GAIN
         self._bw.clear()
+        self._extra_acked.clear()
+        self._extra_acked_start: float | None = None
+        self._extra_acked_delivered = 0
         self._min_rtt = math.inf
         self._delivered = 0
         self._delivered_time: float | None = None
         self._first_sent_time: float | None = None
         self._round_count = 0
         self._next_round_delivered = 0
+        self._app_limited_until = 0
+        self._sample_app_limited = False
         self._round_start = False
         self._full_bw = 0.0
         self._full_bw_count = 0
         self._cycle_index = 0
         self._cycle_stamp = 0.0
         self.congestion_window = max(self.congestion_window, K_INITIAL_WINDOW * self._mds)
+
+    def set_datagram_size(self, size: int) -> None:
+        self._mds = size
 
     def reset(self) -> None:
         """The path changed: what was learned about the old one no longer holds."""
@@ -128,6 +155,11 @@ class BbrCongestionControl(QuicCongestionControl):
     def bandwidth(self) -> float:
         """Estimated bottleneck bandwidth, bytes per second (0 before the first sample)."""
         return self._bw.value
+
+    @property
+    def extra_acked(self) -> float:
+        """Recent ack aggregation, bytes: the window's allowance for bursts of acks."""
+        return self._extra_acked.value
 
     @property
     def min_rtt(self) -> float:
@@ -154,7 +186,17 @@ class BbrCongestionControl(QuicCongestionControl):
             self._first_sent_time = now
             self._delivered_time = now
         self.bytes_in_flight += packet.sent_bytes
-        setattr(packet, _STAMP, (self._delivered, self._delivered_time, self._first_sent_time))
+        app_limited = self._app_limited_until > 0
+        setattr(
+            packet, _STAMP,
+            (self._delivered, self._delivered_time, self._first_sent_time, app_limited),
+        )  # fmt: skip
+
+    def on_app_limited(self) -> None:
+        """The sender has nothing more to send although window and pacing would let it:
+        delivery-rate samples until what is in flight now is acked measure the
+        application, not the path (draft-cheng-iccrg-delivery-rate-estimation)."""
+        self._app_limited_until = max(self._delivered + self.bytes_in_flight, 1)
 
     def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
         self.bytes_in_flight -= packet.sent_bytes
@@ -163,7 +205,9 @@ class BbrCongestionControl(QuicCongestionControl):
         stamp = getattr(packet, _STAMP, None)
         if stamp is None:
             return
-        delivered, delivered_time, first_sent_time = stamp
+        delivered, delivered_time, first_sent_time, app_limited = stamp
+        if self._app_limited_until and self._delivered > self._app_limited_until:
+            self._app_limited_until = 0
         sent_time = packet.sent_time or now
         self._first_sent_time = sent_time
         # a new round trip starts when a packet sent after the last round began is acked
@@ -171,11 +215,25 @@ class BbrCongestionControl(QuicCongestionControl):
         if self._round_start:
             self._round_count += 1
             self._next_round_delivered = self._delivered
+        self._sample_app_limited = app_limited
         interval = max(sent_time - first_sent_time, now - (delivered_time or sent_time))
         if interval > 0:
-            self._bw.update(self._round_count, (self._delivered - delivered) / interval)
+            rate = (self._delivered - delivered) / interval
+            # a sample the application held back says little about the path, unless it
+            # shows more than the estimate
+            if not app_limited or rate >= self._bw.value:
+                self._bw.update(self._round_count, rate)
+        self._update_ack_aggregation(now, packet.sent_bytes)
         self._update_mode(now)
         self._update_window(packet.sent_bytes)
+        if now - self._logged_at >= LOG_INTERVAL and log.isEnabledFor(logging.DEBUG):
+            self._logged_at = now
+            log.debug(
+                "bbr %s: bw %.3f MB/s, min rtt %.1f ms, window %d B (aggregation %d B), "
+                "in flight %d B, pacing gain %.2f", self.mode, self._bw.value / 1e6,
+                self._min_rtt * 1000, self.congestion_window, self._extra_acked.value,
+                self.bytes_in_flight, self.pacing_gain,
+            )  # fmt: skip
 
     def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
         for packet in packets:
@@ -196,13 +254,17 @@ class BbrCongestionControl(QuicCongestionControl):
 
     def get_log_data(self) -> dict[str, Any]:
         data = super().get_log_data()
-        data.update(mode=self.mode, bw=round(self._bw.value), min_rtt=self._min_rtt)
+        data.update(
+            mode=self.mode, bw=round(self._bw.value), min_rtt=self._min_rtt,
+            extra_acked=round(self._extra_acked.value),
+        )  # fmt: skip
         return data
 
     # -- the state machine ---------------------------------------------------------------
 
     def _update_mode(self, now: float) -> None:
-        if self.mode == STARTUP and self._round_start:
+        # rounds the application held back do not show that the bandwidth stopped growing
+        if self.mode == STARTUP and self._round_start and not self._sample_app_limited:
             if self._bw.value >= self._full_bw * FULL_BW_GROWTH:
                 self._full_bw = self._bw.value
                 self._full_bw_count = 0
@@ -232,8 +294,22 @@ class BbrCongestionControl(QuicCongestionControl):
         self._cycle_stamp = now
         self.pacing_gain = PROBE_BW_GAINS[self._cycle_index]
 
+    def _update_ack_aggregation(self, now: float, acked: int) -> None:
+        """The draft's BBRUpdateACKAggregation, fed one acknowledged packet at a time
+        (the packets of one ACK frame share `now`, so they add up as one ack)."""
+        start = self._extra_acked_start
+        expected = self._bw.value * (now - start) if start is not None else 0.0
+        if start is None or self._extra_acked_delivered <= expected:
+            # the acks came no faster than the estimate: a new epoch starts here
+            self._extra_acked_start = now
+            self._extra_acked_delivered = 0
+            expected = 0.0
+        self._extra_acked_delivered += acked
+        extra = min(self._extra_acked_delivered - expected, self.congestion_window)
+        self._extra_acked.update(self._round_count, extra)
+
     def _update_window(self, acked: int) -> None:
-        target = self.bdp(self.cwnd_gain) + 3 * self._mds
+        target = self.bdp(self.cwnd_gain) + int(self._extra_acked.value) + 3 * self._mds
         if self.mode == STARTUP or not self._bw.value:
             self.congestion_window += acked  # grow as fast as the acks come, up to ...
             if self._bw.value and self.congestion_window > target:
