@@ -1,11 +1,13 @@
 """`unwall bench`: the whole system on this machine, measured.
 
 Figures (all from one run, so ratios are fair on a noisy machine):
-- bridge_MBps / direct_MBps: one download of --size-mb through the bridge (curl over the
-  client's SOCKS5) and the same download straight from the web server;
+- bridge_MBps / direct_MBps: downloads of --size-mb through the bridge (curl over the
+  client's SOCKS5; the median of --runs, with the min, max and worst/median) and the
+  same download straight from the web server;
 - client_start_to_first_byte_s: from starting `unwall client` to the first byte of a page;
 - stream_ttfb_s: time to first byte of a new stream on an established session (median);
-- cpu_s_per_MB: CPU seconds each role process spent per MB during the bridged download.
+- cpu_s_per_MB: CPU seconds each role process spent per MB during the bridged downloads
+  (the median over the runs).
 """
 
 from __future__ import annotations
@@ -86,7 +88,11 @@ async def _profile(roles: list[RoleProcess], directory: Path) -> list[asyncio.su
 
 
 async def bench(
-    size_mb: int, json_path: Path | None, profile_dir: Path | None, browser: bool = False
+    size_mb: int,
+    json_path: Path | None,
+    profile_dir: Path | None,
+    browser: bool = False,
+    runs: int = 5,
 ) -> int:
     if shutil.which("curl") is None:
         print("unwall bench: needs curl (apt-get install curl)", file=sys.stderr)
@@ -131,24 +137,40 @@ async def bench(
             results["direct_MBps"] = round(got / seconds / 1e6, 2)
 
             roles = [r for r in bridge.roles if r.process.returncode is None]
-            profilers = await _profile(roles, profile_dir) if profile_dir else []
-            cpu_before = {role.name: cpu_seconds(role.pid) for role in roles}
-            seconds, got = await curl_download(
-                blob_url, "--socks5-hostname", f"127.0.0.1:{bridge.socks_port}"
-            )
-            cpu_after = {role.name: cpu_seconds(role.pid) for role in roles}
-            for profiler in profilers:
-                profiler.send_signal(2)
-                await profiler.wait()
-            if got != size:
-                raise RuntimeError(f"bridged download returned {got} of {size} bytes")
-            results["bridge_MBps"] = round(got / seconds / 1e6, 2)
+            rates: list[float] = []
+            cpu_runs: list[dict[str, float]] = []
+            for run in range(runs):
+                profilers = await _profile(roles, profile_dir) if profile_dir and not run else []
+                cpu_before = {role.name: cpu_seconds(role.pid) for role in roles}
+                seconds, got = await curl_download(
+                    blob_url, "--socks5-hostname", f"127.0.0.1:{bridge.socks_port}"
+                )
+                cpu_after = {role.name: cpu_seconds(role.pid) for role in roles}
+                for profiler in profilers:
+                    profiler.send_signal(2)
+                    await profiler.wait()
+                if got != size:
+                    raise RuntimeError(f"bridged download returned {got} of {size} bytes")
+                rates.append(got / seconds / 1e6)
+                per_run = {
+                    name: (cpu_after[name] - cpu_before[name]) / (got / 1e6) for name in cpu_before
+                }
+                per_run["total"] = sum(per_run.values())
+                cpu_runs.append(per_run)
+            median = statistics.median(rates)
+            results["runs"] = runs
+            results["bridge_MBps"] = round(median, 2)
+            results["bridge_MBps_runs"] = [round(rate, 2) for rate in rates]
+            results["bridge_MBps_min"] = round(min(rates), 2)
+            results["bridge_MBps_max"] = round(max(rates), 2)
+            results["bridge_worst_vs_median"] = round(min(rates) / median, 3)
             results["bridge_vs_direct"] = round(results["bridge_MBps"] / results["direct_MBps"], 4)
-            per_role = {
-                name: round((cpu_after[name] - cpu_before[name]) / (got / 1e6), 4)
-                for name in cpu_before
+            # per role, the median over the runs; `total` is the median of the runs' totals
+            results["cpu_s_per_MB"] = {
+                name: round(statistics.median(run[name] for run in cpu_runs), 4)
+                for name in cpu_runs[0]
             }
-            results["cpu_s_per_MB"] = {**per_role, "total": round(sum(per_role.values()), 4)}
+            results["cpu_s_per_MB_total_runs"] = [round(run["total"], 4) for run in cpu_runs]
             del client
             results["bridge_MBps_1vol"] = results["bridge_MBps"]
             results["bridge_MBps_2vol"] = await _two_volunteers(bridge, blob_url)
@@ -268,7 +290,11 @@ async def browser_bench(size_mb: int) -> dict[str, Any]:
 def _report(results: dict[str, Any]) -> None:
     print(f"unwall bench ({results['size_MB']} MB download, {results['machine_cpus']} CPUs)")
     print(f"  direct_MBps                   {results['direct_MBps']:10.2f}")
-    print(f"  bridge_MBps                   {results['bridge_MBps']:10.2f}")
+    print(
+        f"  bridge_MBps (median of {results['runs']})     {results['bridge_MBps']:10.2f}"
+        f"  (min {results['bridge_MBps_min']}, max {results['bridge_MBps_max']}, "
+        f"worst/median {results['bridge_worst_vs_median']})"
+    )
     print(f"  bridge / direct               {results['bridge_vs_direct']:10.4f}")
     print(f"  client_start_to_first_byte_s  {results['client_start_to_first_byte_s']:10.3f}")
     print(f"  stream_ttfb_s (median of 20)  {results['stream_ttfb_s']:10.4f}")

@@ -282,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--size-mb", type=positive_int, default=50, help="download size")
     bench.add_argument("--profile", type=Path, help="py-spy each role into this directory")
     bench.add_argument(
+        "--runs",
+        type=positive_int,
+        default=5,
+        help="bridged downloads on one session; bridge_MBps is their median (with the spread)",
+    )
+    bench.add_argument(
         "--path",
         action="append",
         default=[],
@@ -343,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.path, args.size_mb, args.json, args.path_time, runs=args.path_runs
                     )
                 )
-            return _run(bench(args.size_mb, args.json, args.profile, args.browser))
+            return _run(bench(args.size_mb, args.json, args.profile, args.browser, args.runs))
     except ConfigError as exc:
         print(f"unwall {args.role}: {exc}", file=sys.stderr)
         return 2

@@ -119,4 +119,7 @@ def test_path_bench_writes_its_figures(tmp_path: Path) -> None:
         assert figures[kind]["bytes"] == 2_000_000
         assert figures[kind]["setup_s"] > 0
         assert figures[kind]["ratio"] > 0
+        # the download was watched: its longest pause is a real, bounded figure
+        assert 0 <= figures[kind]["max_stall_s"] < figures[kind]["seconds"], figures
     assert "unwall (headless)" in result.stdout
+    assert "longest stall" in result.stdout

@@ -9,7 +9,9 @@ on a noisy machine:
   the same download over the client's SOCKS5.
 Each figure: goodput (bytes received / seconds, also when the download hits the time cap),
 time to first byte of a small page, and, through unwall, setup time (client start to
-"tunnel ready"). `ratio` is unwall's goodput over direct TCP's.
+"tunnel ready") and the longest stall of the download (`max_stall_s`: the longest time
+without data, watched by `python -m unwall.lab.fetch` instead of curl). `ratio` is
+unwall's goodput over direct TCP's.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from unwall.lab import manager, topology
-from unwall.lab.censored import CensoredClient
+from unwall.lab.censored import SOCKS, CensoredClient
 from unwall.lab.link import preset
 
 BROKER_PAGE = "http://203.0.113.20:8080/"
 VOLUNTEER_KINDS = ("headless", "chromium")
+#: the censored client's SOCKS5 port (CensoredClient.SOCKS)
+SOCKS_PORT = int(SOCKS.rpartition(":")[2])
 
 
 async def _curl(*args: str, max_time: float) -> dict[str, float]:
@@ -57,6 +61,33 @@ async def _measure(url_base: str, size: int, max_time: float, *proxy: str) -> di
         "bytes": int(blob["bytes"]),
         "seconds": round(blob["seconds"], 2),
         "complete": blob["exit"] == 0 and int(blob["bytes"]) == size,
+        "page_ttfb_s": round(page["ttfb"], 3) if page["exit"] == 0 else None,
+    }
+
+
+async def _measure_socks(url_base: str, size: int, max_time: float) -> dict[str, Any]:
+    """Through the client's SOCKS5: the page with curl, the download watched for stalls
+    (`python -m unwall.lab.fetch` in the censored namespace)."""
+    page = await _curl("--socks5-hostname", f"127.0.0.1:{SOCKS_PORT}", url_base + "/", max_time=30)
+    process = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", topology.CENSORED, sys.executable, "-m", "unwall.lab.fetch",
+        "--socks-port", str(SOCKS_PORT), "--size", str(size), "--max-time", f"{max_time:.0f}",
+        f"{url_base}/blob/{size}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    try:
+        blob = json.loads(out)
+    except ValueError as exc:
+        reason = err.decode(errors="replace").strip()
+        raise RuntimeError(f"fetch printed nothing: {reason}") from exc
+    seconds = blob["seconds"]
+    return {
+        "MBps": round(blob["bytes"] / seconds / 1e6, 3) if seconds else 0.0,
+        "bytes": blob["bytes"],
+        "seconds": round(seconds, 2),
+        "complete": blob["complete"],
+        "max_stall_s": blob["max_stall_s"],
         "page_ttfb_s": round(page["ttfb"], 3) if page["exit"] == 0 else None,
     }
 
@@ -93,9 +124,7 @@ async def _through_unwall(
             if setup is None:
                 tail = client.log.read_text(errors="replace").splitlines()[-3:]
                 return {"error": "the tunnel did not come up", "client_log": tail}
-            result = await _measure(
-                "http://open.test", size, max_time, "--socks5-hostname", "127.0.0.1:1080"
-            )
+            result = await _measure_socks("http://open.test", size, max_time)
             result["setup_s"] = round(setup, 2)
             return result
         finally:
@@ -172,8 +201,8 @@ def _summary(entries: list[dict[str, Any]], kinds: Sequence[str]) -> dict[str, A
         return summary
     summary["runs"] = entries
     for path in ("direct", *kinds):
-        for figure in ("MBps", "ratio"):
-            values = [e[path][figure] for e in entries if figure in e.get(path, {})]
+        for figure in ("MBps", "ratio", "max_stall_s"):
+            values = [e[path][figure] for e in entries if e.get(path, {}).get(figure) is not None]
             if values:
                 summary[f"{path}_{figure}"] = {
                     "median": round(statistics.median(values), 4),
@@ -195,6 +224,7 @@ def _print_preset(name: str, entry: dict[str, Any], kinds: Sequence[str]) -> Non
             continue
         print(
             f"  unwall ({kind:<8}) {figures['MBps']:8.3f} MB/s  ratio {figures.get('ratio')}  "
-            f"ttfb {figures['page_ttfb_s']} s  setup {figures['setup_s']} s"
+            f"ttfb {figures['page_ttfb_s']} s  setup {figures['setup_s']} s  "
+            f"longest stall {figures.get('max_stall_s')} s"
             f"{'' if figures['complete'] else '  (hit the time cap)'}"
         )

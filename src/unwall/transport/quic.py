@@ -220,8 +220,11 @@ class FlowControlledConnection(QuicConnection):
             cc is not None
             and cc.bytes_in_flight + self._max_datagram_size <= cc.congestion_window
             and self._loss._pacer.next_send_time(now) is None
+            and all(stream.sender.buffer_is_empty for stream in self._streams.values())
         ):
-            # window and pacing had room, so what stopped aioquic was a lack of data
+            # Window and pacing had room and no stream holds unsent data: the application
+            # had nothing more. (Data held back by the peer's flow control does not count:
+            # on a lossy path that is the path's doing, a hole the receiver waits on.)
             cc.on_app_limited()
         return datagrams
 
