@@ -111,6 +111,7 @@ async def test_one_chunk_session_sends_smaller_datagrams_after_its_handshake() -
         session._sender = record
 
     recording(client, "client")
+    assert client._conn._ack_delay < quic.ACK_DELAY  # aioquic's own during the handshake
     client.connect()
     await asyncio.wait_for(client.ready, 5)
     assert max(sizes["client"]) == 1200  # the Initial, padded
@@ -124,7 +125,9 @@ async def test_one_chunk_session_sends_smaller_datagrams_after_its_handshake() -
     while data := await asyncio.wait_for(stream.read(), 10):
         received += data
     assert received == payload
-    for name in ("client", "server"):
+    for name, session in (("client", client), ("server", servers[0])):
+        # and, after it, acknowledgements are delayed up to ACK_DELAY
+        assert session._conn._ack_delay == quic.ACK_DELAY, name
         assert max(sizes[name]) <= quic.STEADY_DATAGRAM_SIZE, name
         assert max(sizes[name]) > quic.STEADY_DATAGRAM_SIZE - 100, name  # full, not tiny
     client.close()
