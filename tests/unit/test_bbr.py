@@ -55,7 +55,9 @@ def simulate(
     For the first `trickle_s` seconds the application has one packet to send every 50 ms
     (a page, then a download); the sender tells the controller when it runs dry, unless
     `mark_app_limited` is False. `ack_batch_s` holds acknowledgements back and releases
-    them together at multiples of it (a receiver or relay that hands on data in bursts).
+    them together at multiples of it (a receiver or relay that hands on data in bursts);
+    the controller then first learns the path's true round trip, as a QUIC handshake's
+    unbatched packets would show it.
     """
     rng = random.Random(seed)
     cc: QuicCongestionControl = create_congestion_control(algorithm, max_datagram_size=SIZE)
@@ -84,6 +86,8 @@ def simulate(
         seq += 1
         heapq.heappush(events, (at, seq, kind, pn))
 
+    if ack_batch_s:
+        cc.on_rtt_measurement(now=0.0, rtt=2 * delay)
     push(0.0, "send")
     push(1.0, "pto")
     tick = 0.0
@@ -258,3 +262,22 @@ def test_loss_alone_does_not_shrink_the_window() -> None:
     cc.on_packets_lost(now=0.3, packets=packets)
     assert cc.congestion_window == before
     assert cc.bytes_in_flight == 0
+
+
+def test_startup_never_paces_below_the_initial_window_rate() -> None:
+    """A tiny first sample (a small page, acked slowly) must not space the next page's
+    packets out: in startup the rate is at least the window's over the RTT."""
+    cc = bbr.BbrCongestionControl(max_datagram_size=SIZE)
+    packet = QuicSentPacket(
+        epoch=Epoch.ONE_RTT, in_flight=True, is_ack_eliciting=True, is_crypto_packet=False,
+        packet_number=0, packet_type=QuicPacketType.ONE_RTT, sent_time=0.0, sent_bytes=SIZE,
+    )  # fmt: skip
+    cc.on_packet_sent(packet=packet)
+    cc.on_packet_acked(now=0.5, packet=packet)  # one packet in half a second: 2.4 KB/s
+    assert cc.mode == bbr.STARTUP and 0 < cc.bandwidth < 5000
+    window_rate = bbr.STARTUP_GAIN * cc.congestion_window / 0.002
+    assert cc.pacing_rate(0.002) >= window_rate
+    # once startup is over, the estimate is what counts
+    cc.mode = bbr.PROBE_BW
+    cc.pacing_gain = 1.0
+    assert cc.pacing_rate(0.002) == pytest.approx(cc.bandwidth)

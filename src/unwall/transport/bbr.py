@@ -173,10 +173,18 @@ class BbrCongestionControl(QuicCongestionControl):
 
     def pacing_rate(self, smoothed_rtt: float) -> float:
         """Bytes per second to pace at."""
-        if self._bw.value:
-            return self.pacing_gain * self._bw.value
-        # no sample yet: the initial window over the first RTT we know, times the gain
-        return self.pacing_gain * self.congestion_window / max(smoothed_rtt, 0.001)
+        # the window over the RTT we know, times the gain: the rate before any sample
+        window_rate = self.pacing_gain * self.congestion_window / max(smoothed_rtt, 0.001)
+        if not self._bw.value:
+            return window_rate
+        if self.mode == STARTUP:
+            # Until startup has found the bottleneck the rate only grows from the window's
+            # (as Linux's BBR does): a session whose first transfers were small pages has
+            # a tiny estimate, and pacing at it spaced a page's packets ~20 ms apart
+            # (measured: 35-48 ms to the first byte of a new stream on loopback, 4 ms
+            # with NewReno).
+            return max(self.pacing_gain * self._bw.value, window_rate)
+        return self.pacing_gain * self._bw.value
 
     # -- aioquic's interface -------------------------------------------------------------
 
