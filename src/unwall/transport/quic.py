@@ -302,6 +302,12 @@ class FlowControlledConnection(QuicConnection):
     def smoothed_rtt(self) -> float:
         return self._loss._rtt_smoothed
 
+    @property
+    def probe_timeout(self) -> float:
+        """QUIC's probe timeout now (RFC 9002, 6.2.1): smoothed RTT, four variances and
+        the peer's max_ack_delay; twice the initial RTT before any sample."""
+        return float(self._loss.get_probe_timeout())
+
     def _connection_credit(self) -> int:
         return self._local_max_data.used - self._app_buffered + CONNECTION_WINDOW
 
@@ -523,6 +529,10 @@ class QuicSession:
     @property
     def smoothed_rtt(self) -> float:
         return self._conn.smoothed_rtt
+
+    @property
+    def probe_timeout(self) -> float:
+        return self._conn.probe_timeout
 
     # lifecycle
     def connect(self) -> None:
