@@ -157,11 +157,6 @@ class BbrCongestionControl(QuicCongestionControl):
         return self._bw.value
 
     @property
-    def extra_acked(self) -> float:
-        """Recent ack aggregation, bytes: the window's allowance for bursts of acks."""
-        return self._extra_acked.value
-
-    @property
     def min_rtt(self) -> float:
         """Estimated round-trip propagation time, seconds (inf before the first sample)."""
         return self._min_rtt

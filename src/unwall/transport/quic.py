@@ -214,19 +214,15 @@ class FlowControlledConnection(QuicConnection):
         self._app_buffered = 0
         self._local_max_streams_bidi.value = MAX_STREAMS
         self._local_max_streams_bidi.sent = MAX_STREAMS
-        self._steady_ack_delay = False
-        #: the datagram size to take once the handshake is complete (None: keep it)
-        self._steady_datagram_size: int | None = (
-            STEADY_DATAGRAM_SIZE if self._max_datagram_size <= MIN_DATAGRAM_SIZE else None
-        )
+        #: the handshake's completion has been acted on (datagram size, ack delay)
+        self._steady = False
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
-        if self._steady_datagram_size is not None and self._handshake_complete:
-            self._set_datagram_size(self._steady_datagram_size)
-            self._steady_datagram_size = None
-        if not self._steady_ack_delay and self._handshake_complete:
+        if not self._steady and self._handshake_complete:
+            self._steady = True
             self._ack_delay = ACK_DELAY
-            self._steady_ack_delay = True
+            if self._max_datagram_size <= MIN_DATAGRAM_SIZE:
+                self._set_datagram_size(STEADY_DATAGRAM_SIZE)
         datagrams = super().datagrams_to_send(now)
         cc = self._bbr
         if (
