@@ -70,8 +70,17 @@ class Client(CensoredClient):
     async def wait_for(self, text: str, timeout: float) -> float:
         """Seconds from the client's start until `text` is in its log (else it fails)."""
         seconds = await self.until(text, timeout)
-        assert seconds is not None, f"no {text!r} in:\n{self.text()}"
+        assert seconds is not None, f"no {text!r} in:\n{self.text()}{_volunteer_logs()}"
         return seconds
+
+
+def _volunteer_logs() -> str:
+    """The tails of the headless volunteers' logs, for a cell that failed."""
+    parts = []
+    for path in sorted(manager.state_dir().glob("volunteer-home*.log")):
+        lines = path.read_text(errors="replace").splitlines()[-15:]
+        parts.append(f"\n--- {path.name} (last lines) ---\n" + "\n".join(lines))
+    return "".join(parts)
 
 
 async def _download() -> str:
@@ -97,8 +106,7 @@ async def volunteer(
         try:
             yield kind, home
         finally:
-            manager.stop(f"volunteer-home{home.index}")
-            await asyncio.sleep(0.3)
+            await asyncio.to_thread(manager.stop, f"volunteer-home{home.index}")
         return
     from unwall.browser import chromium_in, chromium_missing, firefox_in, firefox_missing
 

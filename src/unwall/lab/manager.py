@@ -259,16 +259,43 @@ def start_volunteer(
     ), state)  # fmt: skip
 
 
-def stop(name: str) -> None:
-    """Stop one process the lab started (SIGTERM to its process group), if it runs."""
+def _gone(pid: int) -> bool:
+    """True once the process `pid` has exited (a child of ours is reaped here)."""
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def stop(name: str, grace: float = 5.0) -> None:
+    """Stop one process the lab started, if it runs, and return once it has exited:
+    SIGTERM to its process group, SIGKILL to the group after `grace` seconds. A volunteer
+    that still polled the broker while it shut down could be handed the next client's
+    offer and answer it as it died."""
     pids_path = state_dir() / "pids.json"
     pids = json.loads(pids_path.read_text()) if pids_path.exists() else {}
     pid = pids.pop(name, None)
     if pid is None:
         return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
     pids_path.write_text(json.dumps(pids))
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + grace
+    while not _gone(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + grace
+        time.sleep(0.05)
 
 
 def set_link(spec: LinkSpec) -> str:

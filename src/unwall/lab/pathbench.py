@@ -101,8 +101,7 @@ async def _volunteer(
         try:
             yield
         finally:
-            manager.stop(f"volunteer-home{home.index}")
-            await asyncio.sleep(0.5)
+            await asyncio.to_thread(manager.stop, f"volunteer-home{home.index}")
         return
     from unwall.browser import chromium_in
 
