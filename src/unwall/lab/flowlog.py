@@ -137,7 +137,10 @@ def report(
     hosts: dict[str, dict[str, Any]] = {}
 
     def host(client: str) -> dict[str, Any]:
-        return hosts.setdefault(client, {"flows": 0, "bytes": 0, "names": {}, "addresses": {}})
+        return hosts.setdefault(
+            client,
+            {"flows": 0, "bytes": 0, "names": {}, "addresses": {}, "circumvention_suspected": {}},
+        )
 
     for client, server, port, bytes_out, bytes_in, verdict, findings in db.execute(
         "SELECT client, server, server_port, bytes_out, bytes_in, verdict, findings FROM flows"
@@ -160,6 +163,8 @@ def report(
                 address["protocols"].append(analyzer)
             if key in ("sni", "host", "query") and value:
                 _name(entry, value, f"{analyzer} {key}", blocked_names)
+            if analyzer == "box" and key == "suspected":
+                _suspect(entry, server, value)
     for client, name, poisoned in db.execute("SELECT client, name, poisoned FROM dns"):
         record = _name(host(client), name, "dns query", blocked_names)
         if poisoned:
@@ -172,6 +177,20 @@ def report(
     ]
     db.close()
     return {"hosts": hosts, "measurements": measurements}
+
+
+#: what the box suspects, by the first word of its reason
+SUSPICIONS = {"webrtc": "WebRTC that does not look like a browser's"}
+
+
+def _suspect(entry: dict[str, Any], server: str, reason: str) -> None:
+    """Per host: circumvention suspected, what, and from which evidence (and peers)."""
+    what = SUSPICIONS.get(reason.split(" ", 1)[0], reason)
+    record = entry["circumvention_suspected"].setdefault(what, {"evidence": [], "peers": []})
+    if reason not in record["evidence"]:
+        record["evidence"].append(reason)
+    if server not in record["peers"]:
+        record["peers"].append(server)
 
 
 def _name(

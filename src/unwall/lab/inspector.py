@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from unwall.lab.analyzers import Analyzer, Finding, analyzers_for
-from unwall.lab.profile import CensorProfile, name_matches
+from unwall.lab.profile import FINGERPRINT_KEYS, WEBRTC_ANALYZERS, CensorProfile, name_matches
 
 #: conntrack marks: the verdict of a decided flow
 MARK_ALLOW = 1
@@ -22,6 +22,11 @@ MARK_RST = 3
 
 #: a flow with nothing to object to after this many packets is allowed
 DECIDE_AFTER_PACKETS = 10
+#: with WebRTC rules on, a WebRTC flow is watched until its DTLS handshake has shown what
+#: it shows in the clear (ICE checks on several candidate pairs come first), at most this long
+WEBRTC_DECIDE_AFTER_PACKETS = 60
+#: the box's own findings: why it suspects a flow of circumvention
+SUSPECTED = "suspected"
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,7 @@ class Inspector:
             for analyzer in flow.analyzers:
                 if not analyzer.done:
                     found += analyzer.feed(piece, from_client=from_client)
+        found += self._suspicions(found)
         flow.findings += found
         mark = self._decide(flow, found, new_flow, gap)
         if mark is not None:
@@ -144,10 +150,28 @@ class Inspector:
             self._flows.pop(key, None)  # decided: the kernel handles the rest
         return Decision(flow, found, mark, new_flow)
 
+    def _suspicions(self, found: list[Finding]) -> list[Finding]:
+        """The box's own findings on these: fingerprints its WebRTC rules object to."""
+        rules = self.profile.webrtc
+        if not rules.active:
+            return []
+        objections = []
+        for finding in found:
+            if finding.analyzer in WEBRTC_ANALYZERS and finding.key in FINGERPRINT_KEYS:
+                reason = rules.objection(finding.key, finding.value)
+                if reason is not None:
+                    objections.append(Finding("box", SUSPECTED, reason))
+        return objections
+
     def _decide(
         self, flow: Flow, found: list[Finding], new_flow: bool, gap: bool = False
     ) -> int | None:
         profile = self.profile
+        if profile.webrtc.action == "drop":
+            suspected = next((f for f in found if f.key == SUSPECTED), None)
+            if suspected is not None:
+                flow.reason = suspected.value
+                return MARK_DROP
         if new_flow:
             network = profile.ip_blocked(flow.key.server)
             if network is not None:
@@ -166,6 +190,9 @@ class Inspector:
                     return _mark_for(profile.host_action, flow)
         if gap and flow.packets < 2 * DECIDE_AFTER_PACKETS:
             return None  # data is missing in the middle: no verdict on half a ClientHello
+        webrtc_watch = profile.webrtc.active and flow.packets < WEBRTC_DECIDE_AFTER_PACKETS
+        if webrtc_watch and _webrtc_pending(flow):
+            return None
         analyzers_done = all(analyzer.done for analyzer in flow.analyzers)
         if flow.packets >= DECIDE_AFTER_PACKETS or (analyzers_done and flow.packets >= 3):
             flow.reason = "nothing to object to"
@@ -176,6 +203,17 @@ class Inspector:
         for key, flow in list(self._flows.items()):
             if now - flow.first_seen > idle:
                 del self._flows[key]
+
+
+def _webrtc_pending(flow: Flow) -> bool:
+    """A WebRTC flow (an ICE check or a DTLS handshake seen) whose DTLS analyzer still has
+    something to say."""
+    webrtc = any(
+        f.analyzer == "dtls" or (f.analyzer == "stun" and f.key == "ice-check")
+        for f in flow.findings
+    )
+    dtls = next((a for a in flow.analyzers if a.name == "dtls"), None)
+    return webrtc and dtls is not None and not dtls.done
 
 
 def _mark_for(action: str, flow: FlowKey | Flow) -> int:

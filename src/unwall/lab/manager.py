@@ -406,6 +406,10 @@ def report(as_json: bool = False) -> str:
     lines = []
     for host, entry in sorted(data["hosts"].items()):
         lines.append(f"censored host {host}: {entry['flows']} flows, {entry['bytes']} bytes")
+        for what, record in sorted(entry["circumvention_suspected"].items()):
+            peers = ", ".join(record["peers"])
+            lines.append(f"  CIRCUMVENTION SUSPECTED: {what} (with {peers})")
+            lines.extend(f"    evidence: {reason}" for reason in record["evidence"])
         for name, record in sorted(entry["names"].items()):
             mark = "  BLOCKED DESTINATION" if record["blocked_destination"] else ""
             lines.append(f"  name    {name:<32} seen as {', '.join(record['seen_as'])}{mark}")

@@ -23,6 +23,16 @@ seconds = 0                     # after a hit, drop the same client/server/port 
 ip = ["203.0.113.81/32"]        # traffic with these networks is shaped (tc htb) ...
 rate = "1mbit"                  # ... to this rate, each direction
 
+[webrtc]                        # WebRTC fingerprints (see unwall.lab.analyzers.dtls, .stun)
+allow = "browsers"              # allow-list: a WebRTC flow whose fingerprints are not all a
+                                # browser's is blocked ("browsers": the captured reference in
+                                # unwall/lab/references/browser-webrtc.toml; or a table of
+                                # key = [patterns], as below)
+block = { ja3 = ["66d279042bef80ae8e6369c52a7249b7"] }   # these fingerprints, whatever else
+action = "drop"                 # "drop", or "flag": let it through, report it as suspected
+# keys: ja3 ja4 ja3s ja4s dtls-version server-cert client-cert ice-check srtp; patterns are
+# shell-style (* matches anything)
+
 [udp]
 block = false                   # true: no UDP leaves the censored network (only TCP does;
                                 # DNS to the box's own resolver still works)
@@ -44,15 +54,25 @@ See `unwall.lab.link` for the model and its presets.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from unwall.lab.link import LinkError, LinkSpec, link_from_dict, parse_rate
 
 ACTIONS = ("rst", "drop")
+WEBRTC_ACTIONS = ("drop", "flag")
+#: the fingerprints the box's DTLS and STUN analyzers give a WebRTC flow
+FINGERPRINT_KEYS = (
+    "ja3", "ja4", "ja3s", "ja4s", "dtls-version", "server-cert", "client-cert", "ice-check",
+    "srtp",
+)  # fmt: skip
+WEBRTC_ANALYZERS = ("dtls", "stun")
+REFERENCES = ("browsers",)
 _KEYS = {
     "dns": {"poison", "answer"},
     "ip": {"block"},
@@ -61,7 +81,66 @@ _KEYS = {
     "residual": {"seconds"},
     "throttle": {"ip", "rate"},
     "udp": {"block"},
+    "webrtc": {"allow", "block", "action"},
 }
+
+Patterns = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def browser_reference() -> dict[str, tuple[str, ...]]:
+    """The fingerprints of browsers' WebRTC captured in the lab, every browser's together."""
+    text = resources.files("unwall.lab").joinpath("references/browser-webrtc.toml").read_text()
+    merged: dict[str, tuple[str, ...]] = {}
+    for browser in tomllib.loads(text).values():
+        for key, values in browser.items():
+            merged[key] = tuple(dict.fromkeys(merged.get(key, ()) + tuple(values)))
+    return merged
+
+
+def _patterns(value: Any, where: str) -> Patterns:
+    if value == "browsers":
+        value = browser_reference()
+    if not isinstance(value, dict):
+        raise ProfileError(f'{where} must be "browsers" or a table of key = [patterns]')
+    unknown = set(value) - set(FINGERPRINT_KEYS)
+    if unknown:
+        raise ProfileError(f"unknown fingerprint(s) {sorted(unknown)} in {where}; "
+                           f"known: {', '.join(FINGERPRINT_KEYS)}")  # fmt: skip
+    patterns = []
+    for key, values in value.items():
+        if isinstance(values, str):
+            values = [values]
+        if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
+            raise ProfileError(f"{where}.{key} must be a list of patterns")
+        patterns.append((key, tuple(values)))
+    return tuple(patterns)
+
+
+def _matches(value: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(value, pattern) for pattern in patterns)
+
+
+@dataclass(frozen=True)
+class WebRtcRules:
+    """What the box does with WebRTC by its fingerprints: block some, or allow only some."""
+
+    allow: Patterns = ()
+    block: Patterns = ()
+    action: str = "drop"
+
+    @property
+    def active(self) -> bool:
+        return bool(self.allow or self.block)
+
+    def objection(self, key: str, value: str) -> str | None:
+        """Why one fingerprint of a WebRTC flow is objectionable, or None."""
+        blocked = dict(self.block).get(key)
+        if blocked is not None and _matches(value, blocked):
+            return f"webrtc {key} {value} is on the block list"
+        allowed = dict(self.allow)
+        if allowed and key in allowed and not _matches(value, allowed[key]):
+            return f"webrtc {key} {value} is not a browser's"
+        return None
 
 
 class ProfileError(ValueError):
@@ -96,6 +175,7 @@ class CensorProfile:
     throttle_ip: tuple[ipaddress.IPv4Network, ...] = ()
     throttle_rate: str = "1mbit"
     udp_block: bool = False
+    webrtc: WebRtcRules = field(default_factory=WebRtcRules)
     link: LinkSpec = field(default_factory=LinkSpec)
     source: str = field(default="built-in", compare=False)
 
@@ -154,6 +234,15 @@ class CensorProfile:
         udp_block = tables["udp"].get("block", False)
         if not isinstance(udp_block, bool):
             raise ProfileError("[udp] block must be true or false")
+        webrtc = tables["webrtc"]
+        action = webrtc.get("action", "drop")
+        if action not in WEBRTC_ACTIONS:
+            raise ProfileError(f"[webrtc] action must be one of {WEBRTC_ACTIONS}, not {action!r}")
+        rules = WebRtcRules(
+            allow=_patterns(webrtc["allow"], "[webrtc] allow") if "allow" in webrtc else (),
+            block=_patterns(webrtc["block"], "[webrtc] block") if "block" in webrtc else (),
+            action=action,
+        )
         try:
             link = link_from_dict(document["link"]) if "link" in document else LinkSpec()
         except LinkError as exc:
@@ -170,6 +259,7 @@ class CensorProfile:
             throttle_ip=throttled,
             throttle_rate=rate,
             udp_block=udp_block,
+            webrtc=rules,
             link=link,
             source=source,
         )

@@ -292,6 +292,7 @@ def test_report(flowlog: FlowLog, db_path: Path) -> None:
                         "protocols": ["dns"],
                     },
                 },
+                "circumvention_suspected": {},
             },
             OTHER_CLIENT: {
                 "flows": 0,
@@ -304,6 +305,7 @@ def test_report(flowlog: FlowLog, db_path: Path) -> None:
                     },
                 },
                 "addresses": {},
+                "circumvention_suspected": {},
             },
         },
         "measurements": [

@@ -1,5 +1,7 @@
 """The ClientHello body, as TLS (RFC 8446), DTLS (RFC 6347/9147) and QUIC (RFC 9001) carry
-it, and the JA3 fingerprint of it.
+it, and its fingerprints: JA3 (Salesforce; extension order matters) and JA4 (FoxIO;
+sorted, so that a browser that shuffles its extensions on every connection keeps one
+fingerprint).
 
 TLS, DTLS and QUIC differ only in how the handshake message reaches us; the body is the
 same except that DTLS puts a cookie after the session id.
@@ -18,6 +20,7 @@ HANDSHAKE_CLIENT_HELLO = 1
 EXT_SERVER_NAME = 0
 EXT_SUPPORTED_GROUPS = 10
 EXT_EC_POINT_FORMATS = 11
+EXT_SIGNATURE_ALGORITHMS = 13
 EXT_USE_SRTP = 14
 EXT_ALPN = 16
 EXT_SUPPORTED_VERSIONS = 43
@@ -38,6 +41,44 @@ def is_grease(value: int) -> bool:
     return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
 
 
+#: JA4's two version characters, by wire version
+JA4_VERSIONS = {
+    0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3",
+    0xFEFC: "d3", 0xFEFD: "d2", 0xFEFF: "d1",
+}  # fmt: skip
+#: JA4's first character, by transport
+JA4_TRANSPORTS = {"tcp": "t", "quic": "q", "dtls": "d"}
+
+
+def ja4_version(version: int) -> str:
+    """JA4's version part: "13" for TLS 1.3, "d2" for DTLS 1.2 (so a DTLS 1.2 hello's JA4
+    starts "dd2"), "00" for anything unknown."""
+    return JA4_VERSIONS.get(version, "00")
+
+
+def sha256_12(text: str) -> str:
+    """JA4's truncated hash: the first 12 hex digits of SHA-256, or twelve zeros for nothing."""
+    if not text:
+        return "000000000000"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def hex4(values: list[int] | tuple[int, ...]) -> str:
+    return ",".join(f"{value:04x}" for value in values)
+
+
+def alpn_chars(alpn: tuple[str, ...]) -> str:
+    """JA4's ALPN part: the first and last character of the first protocol, "00" if none
+    (a protocol that is not alphanumeric ASCII at either end gives hex digits instead)."""
+    if not alpn or not alpn[0]:
+        return "00"
+    first = alpn[0]
+    if first[0].isascii() and first[0].isalnum() and first[-1].isascii() and first[-1].isalnum():
+        return first[0] + first[-1]
+    raw = first.encode("utf-8", "backslashreplace").hex()
+    return raw[0] + raw[-1]
+
+
 @dataclass(frozen=True)
 class ClientHello:
     legacy_version: int
@@ -49,6 +90,36 @@ class ClientHello:
     point_formats: tuple[int, ...] = ()
     srtp_profiles: tuple[int, ...] = ()
     supported_versions: tuple[int, ...] = ()
+    signature_algorithms: tuple[int, ...] = ()
+
+    @property
+    def highest_version(self) -> int:
+        """The highest version offered: from supported_versions if sent, else the legacy
+        field (DTLS counts down: 0xfefc is DTLS 1.3)."""
+        offered = [v for v in self.supported_versions if not is_grease(v)]
+        if not offered:
+            return self.legacy_version
+        dtls = [v for v in offered if v >> 8 == 0xFE]
+        return min(dtls) if dtls else max(offered)
+
+    def ja4(self, transport: str) -> str:
+        """JA4 (FoxIO): `{t|q|d}{version}{d|i}{ciphers:02}{extensions:02}{alpn}` `_` the
+        sorted cipher suites' hash `_` the sorted extensions' (no SNI, no ALPN) and the
+        signature algorithms' hash. GREASE is left out everywhere; order does not count
+        except in the signature algorithms."""
+        ciphers = [c for c in self.cipher_suites if not is_grease(c)]
+        extensions = [e for e in self.extensions if not is_grease(e)]
+        version = ja4_version(self.highest_version)
+        head = (
+            f"{JA4_TRANSPORTS[transport]}{version}{'d' if self.server_name else 'i'}"
+            f"{min(len(ciphers), 99):02d}{min(len(extensions), 99):02d}{alpn_chars(self.alpn)}"
+        )
+        hashed = sorted(e for e in extensions if e not in (EXT_SERVER_NAME, EXT_ALPN))
+        tail = hex4(hashed)
+        algorithms = [a for a in self.signature_algorithms if not is_grease(a)]
+        if algorithms:
+            tail += "_" + hex4(algorithms)
+        return f"{head}_{sha256_12(hex4(sorted(ciphers)))}_{sha256_12(tail)}"
 
     @property
     def has_ech(self) -> bool:
@@ -138,6 +209,7 @@ def parse_client_hello(body: bytes, *, dtls: bool = False) -> ClientHello:
         point_formats=fields.point_formats,
         srtp_profiles=fields.srtp_profiles,
         supported_versions=fields.supported_versions,
+        signature_algorithms=fields.signature_algorithms,
     )
 
 
@@ -151,6 +223,7 @@ class _ExtensionFields:
     point_formats: tuple[int, ...] = ()
     srtp_profiles: tuple[int, ...] = ()
     supported_versions: tuple[int, ...] = ()
+    signature_algorithms: tuple[int, ...] = ()
 
     def parse(self, ext_type: int, data: ByteReader) -> None:
         if ext_type == EXT_SERVER_NAME and data.remaining:
@@ -174,3 +247,5 @@ class _ExtensionFields:
             self.srtp_profiles = data.u16_list(2)
         elif ext_type == EXT_SUPPORTED_VERSIONS and data.remaining:
             self.supported_versions = data.u16_list(1)
+        elif ext_type == EXT_SIGNATURE_ALGORITHMS and data.remaining:
+            self.signature_algorithms = data.u16_list(2)

@@ -34,6 +34,42 @@ ATTR_XOR_MAPPED_ADDRESS = 0x0020
 ATTR_SOFTWARE = 0x8022
 ATTR_ICE_CONTROLLED = 0x8029
 ATTR_ICE_CONTROLLING = 0x802A
+ATTR_USE_CANDIDATE = 0x0025
+
+#: names for the attributes ICE agents send (RFC 8489, RFC 8445, RFC 5245bis drafts, and
+#: Chromium's own GOOG-* ones)
+ATTRIBUTE_NAMES = {
+    0x0001: "MAPPED-ADDRESS", 0x0006: "USERNAME", 0x0008: "MESSAGE-INTEGRITY",
+    0x0009: "ERROR-CODE", 0x000A: "UNKNOWN-ATTRIBUTES", 0x0014: "REALM", 0x0015: "NONCE",
+    0x001C: "MESSAGE-INTEGRITY-SHA256", 0x001D: "PASSWORD-ALGORITHM", 0x001E: "USERHASH",
+    0x0020: "XOR-MAPPED-ADDRESS", 0x0024: "PRIORITY", 0x0025: "USE-CANDIDATE",
+    0x8022: "SOFTWARE", 0x8023: "ALTERNATE-SERVER", 0x8028: "FINGERPRINT",
+    0x8029: "ICE-CONTROLLED", 0x802A: "ICE-CONTROLLING", 0x802B: "RESPONSE-ORIGIN",
+    0x802C: "OTHER-ADDRESS", 0xC057: "GOOG-NETWORK-INFO", 0xC058: "GOOG-LAST-ICE-CHECK-RECEIVED",
+    0xC059: "GOOG-MISC-INFO", 0xC060: "GOOG-MESSAGE-INTEGRITY-32",
+}  # fmt: skip
+
+
+def attribute_name(attr_type: int) -> str:
+    return ATTRIBUTE_NAMES.get(attr_type, f"0x{attr_type:04x}")
+
+
+def ice_check_fingerprint(message: StunMessage) -> str | None:
+    """What an ICE agent's connectivity checks look like, whichever its role: the
+    attributes of a binding request with a USERNAME, in order, with ICE-CONTROLLING and
+    ICE-CONTROLLED both written ICE-ROLE and USE-CANDIDATE (sent on some checks only) left
+    out. None for any other message."""
+    if message.kind != "binding-request" or message.attribute(ATTR_USERNAME) is None:
+        return None
+    names = []
+    for attr_type, _value in message.attributes:
+        if attr_type == ATTR_USE_CANDIDATE:
+            continue
+        if attr_type in (ATTR_ICE_CONTROLLING, ATTR_ICE_CONTROLLED):
+            names.append("ICE-ROLE")
+        else:
+            names.append(attribute_name(attr_type))
+    return ",".join(names)
 
 
 @dataclass(frozen=True)
@@ -79,6 +115,9 @@ def parse_stun(datagram: bytes) -> StunMessage:
 
 def describe_stun(message: StunMessage) -> list[tuple[str, str]]:
     pairs = [(message.kind, "magic-cookie"), ("transaction-id", message.transaction_id.hex())]
+    check = ice_check_fingerprint(message)
+    if check is not None:
+        pairs.append(("ice-check", check))
     for attr_type, value in message.attributes:
         if attr_type == ATTR_USERNAME:
             pairs.append(("username", value.decode("utf-8", "backslashreplace")))
@@ -117,7 +156,8 @@ class StunAnalyzer(FlowAnalyzer):
 
     Findings per message: its kind as the key with "magic-cookie" as the value (e.g.
     `("binding-request", "magic-cookie")`), `transaction-id`, and from the attributes
-    `username`, `software`, `ice-role`, `mapped-address`, `error-code`. If the flow's first
+    `username`, `software`, `ice-role`, `mapped-address`, `error-code`, and for an ICE
+    connectivity check `ice-check` (see `ice_check_fingerprint`). If the flow's first
     datagram is not STUN the analyzer gives up; after that it skips the DTLS, SRTP and
     other datagrams that share a WebRTC flow with STUN (RFC 7983).
     """
