@@ -328,3 +328,41 @@ def test_residual_block_after_a_hit(lab_state: Path) -> None:
     time.sleep(4.5)
     later = lab.curl("--resolve", f"x.test:80:{NEWS_IP}", "http://x.test/")
     assert later.returncode == 0, later.stderr
+
+
+def _suspicions(host: dict[str, object]) -> list[str]:
+    suspected = host.get("circumvention_suspected") or {}
+    assert isinstance(suspected, dict)
+    return [reason for record in suspected.values() for reason in record["evidence"]]
+
+
+def test_a_browsers_only_box_flags_the_unwall_client(lab_state: Path) -> None:
+    """WebRTC allowed only when it looks like a browser, in `flag` mode: the tunnel works,
+    and the report names the censored host, with the evidence. What gives unwall away is
+    the DTLS handshake (OpenSSL's, DTLS 1.2; docs/fingerprints.md); its ICE checks and
+    certificates are Chromium's and are not in the evidence."""
+    lab = _up(lab_state, {"webrtc": {"allow": "browsers", "action": "flag"}})
+    try:
+        lab.start_client()
+        result = lab.curl(*lab.socks(), "http://open.test/")
+        assert result.returncode == 0, result.stderr
+    finally:
+        lab.stop()
+    report = json.loads(manager.report(as_json=True))
+    evidence = _suspicions(report["hosts"][topology.CENSORED_IP])
+    assert any(reason.startswith("webrtc ja4 dd2i") for reason in evidence), evidence
+    shaped = ("ice-check", "server-cert", "client-cert", "srtp")
+    assert not [r for r in evidence if r.split()[1] in shaped], evidence
+    assert "CIRCUMVENTION SUSPECTED" in manager.report()
+
+
+def test_a_browsers_only_box_blocks_the_unwall_client(lab_state: Path) -> None:
+    lab = _up(lab_state, {"webrtc": {"allow": "browsers"}})
+    try:
+        lab.start_client(wait=False)
+        lab.wait_client_log("could not connect to the volunteer", timeout=60)
+        assert "tunnel ready" not in (lab.state / "client.log").read_text()
+    finally:
+        lab.stop()
+    assert "is not a browser's" in lab.box_log()
+    assert "'drop'" in lab.box_log()

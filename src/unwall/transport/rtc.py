@@ -28,8 +28,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import aioice.candidate
 import aioice.ice
 import aioice.mdns
+import aioice.stun
+import aiortc.rtcdtlstransport as aiortc_dtls
 import aiortc.rtcsctptransport as aiortc_sctp
 from aiortc import (
     RTCConfiguration,
@@ -747,3 +750,90 @@ if not RELIABLE:
     ):  # fmt: skip
         setattr(RTCSctpTransport, _name, _fixed(_value))
     RTCSctpTransport._receive_sack_chunk = _receive_sack_chunk  # type: ignore[method-assign]
+
+
+# -- On the wire, as a browser is ----------------------------------------------------------
+#
+# The box fingerprints every WebRTC flow (see unwall.lab.analyzers: dtls, stun). Two of the
+# things it sees are ours to shape with aiortc and aioice, and are shaped here as Debian's
+# Chromium 156 sends them (captured in tests/unit/lab/fixtures/chromium-*.json):
+# - the DTLS certificate: P-256, subject and issuer CN=WebRTC, a 64-bit serial with its top
+#   bit set (what BoringSSL's BN_pseudo_rand(64) gives WebRTC), valid from a day ago for 31
+#   days, no extensions. aiortc's own has a random hex CN and a 20-byte serial;
+# - the SRTP profiles offered (use_srtp), in Chromium's order: AES128_CM_SHA1_80 first,
+#   then AEAD_AES_256_GCM and AEAD_AES_128_GCM (aiortc puts the GCM ones first);
+# - ICE connectivity checks: USERNAME, GOOG-NETWORK-INFO, the ICE role, USE-CANDIDATE when
+#   nominating, PRIORITY (then MESSAGE-INTEGRITY and FINGERPRINT, as aioice adds them).
+#   aioice sends PRIORITY second and no GOOG-NETWORK-INFO.
+# The DTLS handshake itself is OpenSSL's and cannot be made Chromium's: Chromium offers
+# DTLS 1.3 (supported_versions, key_share with X25519MLKEM768, TLS 1.3 suites), and the
+# OpenSSL that aiortc runs on (cryptography's) has no DTLS 1.3; extension order and the
+# ServerHello's layout are fixed inside OpenSSL. See docs/fingerprints.md.
+
+GOOG_NETWORK_INFO = 0xC057
+#: GOOG-NETWORK-INFO's value: network id (16 bits) and network cost (16 bits). Chromium in a
+#: lab namespace (a veth: adapter type unknown) sends id 0 and cost 999; we send the same.
+NETWORK_INFO = (0 << 16) | 999
+
+
+def _browser_like_certificate(key: Any) -> Any:
+    import datetime
+    import secrets
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "WebRTC")])
+    now = datetime.datetime.now(tz=datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(secrets.randbits(63) | (1 << 63))
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _browser_like_request(self: aioice.ice.Connection, pair: Any, nominate: bool) -> Any:
+    request = aioice.stun.Message(
+        message_method=aioice.stun.Method.BINDING, message_class=aioice.stun.Class.REQUEST
+    )
+    request.attributes["USERNAME"] = f"{self.remote_username}:{self.local_username}"
+    request.attributes["GOOG-NETWORK-INFO"] = NETWORK_INFO
+    if self.ice_controlling:
+        request.attributes["ICE-CONTROLLING"] = self._tie_breaker
+        if nominate:
+            request.attributes["USE-CANDIDATE"] = None
+    else:
+        request.attributes["ICE-CONTROLLED"] = self._tie_breaker
+    request.attributes["PRIORITY"] = aioice.candidate.candidate_priority(pair.component, "prflx")
+    return request
+
+
+def _register_stun_attribute(attr_type: int, name: str) -> None:
+    entry = (attr_type, name, aioice.stun.pack_unsigned, aioice.stun.unpack_unsigned)
+    aioice.stun.ATTRIBUTES_BY_TYPE[attr_type] = entry
+    aioice.stun.ATTRIBUTES_BY_NAME[name] = entry
+
+
+CHROMIUM_SRTP_ORDER = (
+    b"SRTP_AES128_CM_SHA1_80",
+    b"SRTP_AEAD_AES_256_GCM",
+    b"SRTP_AEAD_AES_128_GCM",
+)
+
+
+def _srtp_rank(profile: Any) -> int:
+    name = profile.openssl_profile
+    return (
+        CHROMIUM_SRTP_ORDER.index(name) if name in CHROMIUM_SRTP_ORDER else len(CHROMIUM_SRTP_ORDER)
+    )
+
+
+_register_stun_attribute(GOOG_NETWORK_INFO, "GOOG-NETWORK-INFO")
+aiortc_dtls.SRTP_PROFILES.sort(key=_srtp_rank)  # in place: aiortc's transports share the list
+aiortc_dtls.generate_certificate = _browser_like_certificate
+aioice.ice.Connection.build_request = _browser_like_request  # type: ignore[method-assign]

@@ -7,6 +7,7 @@ flows: an allow-list that passes Chromium and stops today's unwall, a block-list
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import hashlib
 import json
 import random
@@ -266,3 +267,68 @@ def test_the_report_names_the_suspected_host(tmp_path: Path) -> None:
         }
     }
     assert json.dumps(host)  # the report stays plain JSON
+
+
+# -- unwall's own stack, as it is now --------------------------------------------------------
+
+
+async def _unwall_flow() -> list[tuple[bool, bytes]]:
+    """Two peers as unwall makes them (the client's and the headless volunteer's stack)
+    open a data channel on 127.0.0.1; every datagram either ICE agent receives, with the
+    offerer as the "client"."""
+    import asyncio
+
+    import aioice.ice
+
+    from unwall.transport import rtc
+
+    received: list[tuple[int, bytes]] = []
+    original = aioice.ice.StunProtocol.datagram_received
+
+    def record(self: aioice.ice.StunProtocol, data: bytes, addr: tuple[str, int]) -> None:
+        received.append((id(self.receiver), data))
+        original(self, data, addr)
+
+    aioice.ice.StunProtocol.datagram_received = record  # type: ignore[method-assign]
+    pinned = rtc.pinned_host_addresses()
+    rtc.set_host_addresses(["127.0.0.1"])
+    offerer, answerer = rtc.new_peer_connection(), rtc.new_peer_connection()
+    try:
+        opened = asyncio.Event()
+        channel = rtc.create_data_channel(offerer)
+        channel.on("open", opened.set)
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        await offerer.setRemoteDescription(answerer.localDescription)
+        await asyncio.wait_for(opened.wait(), 20)
+        await asyncio.sleep(0.3)
+        offerer_agent = id(offerer.sctp.transport.transport._connection)  # type: ignore[union-attr]
+    finally:
+        aioice.ice.StunProtocol.datagram_received = original  # type: ignore[method-assign]
+        rtc.set_host_addresses(pinned)
+        await offerer.close()
+        await answerer.close()
+    return [(receiver != offerer_agent, data) for receiver, data in received[:60]]
+
+
+async def test_unwall_now_sends_chromiums_ice_checks_and_certificates() -> None:
+    dtls, stun = DtlsAnalyzer(), StunAnalyzer()
+    found: dict[str, set[str]] = {}
+    for from_client, datagram in await _unwall_flow():
+        for finding in dtls.feed(datagram, from_client=from_client) + stun.feed(
+            datagram, from_client=from_client
+        ):
+            found.setdefault(finding.key, set()).add(finding.value)
+    assert found["ice-check"] == {CHROMIUM_CHECK}
+    assert found["server-cert"] == found["client-cert"] == {CHROMIUM_CERT}
+    assert found["srtp"] == set(browser_reference()["srtp"])
+    reference = browser_reference()
+    assert all(
+        any(fnmatch.fnmatchcase(value, pattern) for pattern in reference[key])
+        for key in ("ice-check", "server-cert", "client-cert", "srtp")
+        for value in found[key]
+    )
+    # What OpenSSL's DTLS 1.2 still gives away (docs/fingerprints.md): the handshake.
+    assert found["ja4"] == {UNWALL_JA4}
+    assert found["dtls-version"] == {"DTLS 1.2"}
