@@ -366,3 +366,42 @@ def test_a_browsers_only_box_blocks_the_unwall_client(lab_state: Path) -> None:
         lab.stop()
     assert "is not a browser's" in lab.box_log()
     assert "'drop'" in lab.box_log()
+
+
+RANDOM_FIRST_PAYLOAD = """
+import socket, sys
+s = socket.create_connection(("203.0.113.81", 80), timeout=5)  # open.test
+s.sendall(bytes(b | 0x80 if 0x20 <= b <= 0x7E else b for b in __import__("os").urandom(600)))
+try:
+    s.recv(100)
+    print("answered")
+except TimeoutError:
+    print("silence")
+"""
+
+
+def test_the_fully_encrypted_traffic_rule(lab_state: Path) -> None:
+    """The GFW's FET rule on every TCP flow: a connection whose first bytes look random is
+    dropped (the positive control), while unwall's TCP channels through the box are exempt:
+    the broker over plain HTTP (ex2: printable first bytes, as HTTP is) and over the TLS
+    front (ex5: a TLS record). The WebRTC hop is UDP, which the rule does not judge."""
+    lab = _up(lab_state, {"fet": {"block": True}})
+    probe = subprocess.run(
+        [*topology_exec(topology.CENSORED), sys.executable, "-c", RANDOM_FIRST_PAYLOAD],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "silence", probe.stdout + probe.stderr
+    assert "fet first payload fully encrypted" in lab.box_log()
+    try:
+        lab.start_client()
+        result = lab.curl(*lab.socks(), "http://open.test/")
+        assert result.returncode == 0, result.stderr
+        lab.stop()
+        lab.start_client("--ca-file", lab.info["lab_ca"], bridge="bridge_line_fronted")
+        result = lab.curl(*lab.socks(), "https://news.test/")
+        assert result.returncode == 0, result.stderr
+    finally:
+        lab.stop()
+    report = json.loads(manager.report(as_json=True))
+    evidence = _suspicions(report["hosts"][topology.CENSORED_IP])
+    assert len([reason for reason in evidence if reason.startswith("fet ")]) == 1, evidence

@@ -180,7 +180,10 @@ def report(
 
 
 #: what the box suspects, by the first word of its reason
-SUSPICIONS = {"webrtc": "WebRTC that does not look like a browser's"}
+SUSPICIONS = {
+    "webrtc": "WebRTC that does not look like a browser's",
+    "fet": "fully encrypted traffic (none of the GFW's five exemptions holds)",
+}
 
 
 def _suspect(entry: dict[str, Any], server: str, reason: str) -> None:

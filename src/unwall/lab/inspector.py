@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Literal
 
-from unwall.lab.analyzers import Analyzer, Finding, analyzers_for
+from unwall.lab.analyzers import Analyzer, Finding, FullyEncryptedAnalyzer, analyzers_for
 from unwall.lab.profile import FINGERPRINT_KEYS, WEBRTC_ANALYZERS, CensorProfile, name_matches
 
 #: conntrack marks: the verdict of a decided flow
@@ -130,6 +130,8 @@ class Inspector:
             if key.protocol in ("tcp", "udp"):
                 protocol: Literal["tcp", "udp"] = "tcp" if key.protocol == "tcp" else "udp"
                 flow.analyzers = list(analyzers_for(protocol, key.server_port, key.client_port))
+                if protocol == "tcp" and self.profile.fet_block:
+                    flow.analyzers.append(FullyEncryptedAnalyzer())
             self._flows[key] = flow
         flow.packets += 1
         found: list[Finding] = []
@@ -151,25 +153,32 @@ class Inspector:
         return Decision(flow, found, mark, new_flow)
 
     def _suspicions(self, found: list[Finding]) -> list[Finding]:
-        """The box's own findings on these: fingerprints its WebRTC rules object to."""
+        """The box's own findings on these: fingerprints its WebRTC rules object to, and
+        fully encrypted first payloads when its FET rule is on."""
         rules = self.profile.webrtc
-        if not rules.active:
-            return []
         objections = []
         for finding in found:
-            if finding.analyzer in WEBRTC_ANALYZERS and finding.key in FINGERPRINT_KEYS:
-                reason = rules.objection(finding.key, finding.value)
-                if reason is not None:
+            if self.profile.fet_block and finding.analyzer == "fet":
+                if finding.key == "fully-encrypted":
+                    reason = f"fet first payload fully encrypted ({finding.value})"
                     objections.append(Finding("box", SUSPECTED, reason))
+                continue
+            if not rules.active:
+                continue
+            if finding.analyzer in WEBRTC_ANALYZERS and finding.key in FINGERPRINT_KEYS:
+                objection = rules.objection(finding.key, finding.value)
+                if objection is not None:
+                    objections.append(Finding("box", SUSPECTED, objection))
         return objections
 
     def _decide(
         self, flow: Flow, found: list[Finding], new_flow: bool, gap: bool = False
     ) -> int | None:
         profile = self.profile
-        if profile.webrtc.action == "drop":
-            suspected = next((f for f in found if f.key == SUSPECTED), None)
-            if suspected is not None:
+        for suspected in (f for f in found if f.key == SUSPECTED):
+            fet = suspected.value.startswith("fet ")
+            action = profile.fet_action if fet else profile.webrtc.action
+            if action == "drop":
                 flow.reason = suspected.value
                 return MARK_DROP
         if new_flow:

@@ -33,6 +33,10 @@ action = "drop"                 # "drop", or "flag": let it through, report it a
 # keys: ja3 ja4 ja3s ja4s dtls-version server-cert client-cert ice-check srtp; patterns are
 # shell-style (* matches anything)
 
+[fet]                           # fully encrypted traffic (the GFW's rule of 2021-2023;
+block = false                   # see unwall.lab.analyzers.fet): true judges the first TCP
+action = "drop"                 # payload of every flow; "drop", or "flag" (report only)
+
 [udp]
 block = false                   # true: no UDP leaves the censored network (only TCP does;
                                 # DNS to the box's own resolver still works)
@@ -82,6 +86,7 @@ _KEYS = {
     "throttle": {"ip", "rate"},
     "udp": {"block"},
     "webrtc": {"allow", "block", "action"},
+    "fet": {"block", "action"},
 }
 
 Patterns = tuple[tuple[str, tuple[str, ...]], ...]
@@ -176,6 +181,8 @@ class CensorProfile:
     throttle_rate: str = "1mbit"
     udp_block: bool = False
     webrtc: WebRtcRules = field(default_factory=WebRtcRules)
+    fet_block: bool = False
+    fet_action: str = "drop"
     link: LinkSpec = field(default_factory=LinkSpec)
     source: str = field(default="built-in", compare=False)
 
@@ -243,6 +250,12 @@ class CensorProfile:
             block=_patterns(webrtc["block"], "[webrtc] block") if "block" in webrtc else (),
             action=action,
         )
+        fet = tables["fet"]
+        fet_block, fet_action = fet.get("block", False), fet.get("action", "drop")
+        if not isinstance(fet_block, bool):
+            raise ProfileError("[fet] block must be true or false")
+        if fet_action not in WEBRTC_ACTIONS:
+            raise ProfileError(f"[fet] action must be one of {WEBRTC_ACTIONS}, not {fet_action!r}")
         try:
             link = link_from_dict(document["link"]) if "link" in document else LinkSpec()
         except LinkError as exc:
@@ -260,6 +273,8 @@ class CensorProfile:
             throttle_rate=rate,
             udp_block=udp_block,
             webrtc=rules,
+            fet_block=fet_block,
+            fet_action=fet_action,
             link=link,
             source=source,
         )

@@ -10,6 +10,7 @@ from .catalog import analyzers_for
 from .clienthello import ClientHello, parse_client_hello
 from .dns import DnsAnalyzer, forge_response
 from .dtls import DtlsAnalyzer
+from .fet import FullyEncryptedAnalyzer
 from .http import HttpAnalyzer
 from .quic import QuicInitialAnalyzer
 from .reassembly import MAX_BUFFER
@@ -24,6 +25,7 @@ __all__ = [
     "DtlsAnalyzer",
     "Finding",
     "FlowAnalyzer",
+    "FullyEncryptedAnalyzer",
     "HttpAnalyzer",
     "QuicInitialAnalyzer",
     "StunAnalyzer",
