@@ -1,0 +1,107 @@
+"""What a box that allows WebRTC only when it looks like a browser's learns of unwall, on
+real flows: the censored host's client with a headless volunteer, and with a volunteer in
+Debian's Chromium (the widget). The box runs `[webrtc] allow = "browsers"` in `flag` mode,
+so the tunnel works and the report lists every fingerprint that was not a browser's.
+
+What is expected, and why (docs/fingerprints.md): with a headless volunteer, the
+volunteer's ClientHello (OpenSSL, DTLS 1.2: JA4 `dd2...`) and the client's ServerHello
+give it away; with a Chromium volunteer, Chromium is the DTLS client (it answers `active`)
+and sends its own ClientHello, so only the client's ServerHello (OpenSSL's JA4S) remains.
+The ICE checks, certificates and SRTP profiles match Chromium's in both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from unwall.lab import manager, topology
+from unwall.lab.censored import CensoredClient
+from unwall.lab.internet import blob
+
+_reason = topology.lab_possible()
+pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+
+SIZE = 2_000_000
+SHAPED = ("ice-check", "server-cert", "client-cert", "srtp")
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    state = tmp_path / "state"
+    os.environ["UNWALL_LAB_STATE"] = str(state)
+    state.mkdir()
+    profile = tmp_path / "profile.toml"
+    profile.write_text('[webrtc]\nallow = "browsers"\naction = "flag"\n')
+    try:
+        yield manager.up(profile, homes=("port-restricted",), volunteers=False)
+    finally:
+        manager.down(quiet=True)
+        os.environ.pop("UNWALL_LAB_STATE", None)
+
+
+async def _fetch_through(info: dict[str, Any], log: Path) -> None:
+    client = CensoredClient(info, log)
+    try:
+        assert await client.until("tunnel ready", 60) is not None, client.text()
+        process = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", topology.CENSORED, "curl", "--silent", "--show-error",
+            "--max-time", "60", "--socks5-hostname", "127.0.0.1:1080",
+            f"http://open.test/blob/{SIZE}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await process.communicate()
+        assert process.returncode == 0, err.decode(errors="replace")
+        assert hashlib.sha256(out).hexdigest() == hashlib.sha256(blob(SIZE)).hexdigest()
+    finally:
+        client.stop()
+
+
+def _evidence() -> dict[str, list[str]]:
+    """The report's evidence against the censored host, by fingerprint."""
+    report = json.loads(manager.report(as_json=True))
+    suspected = report["hosts"][topology.CENSORED_IP]["circumvention_suspected"]
+    by_key: dict[str, list[str]] = {}
+    for record in suspected.values():
+        for reason in record["evidence"]:
+            _, key, value = reason.split(" ", 2)
+            by_key.setdefault(key, []).append(value.removesuffix(" is not a browser's"))
+    return by_key
+
+
+async def test_headless_volunteer(lab: dict[str, Any], tmp_path: Path) -> None:
+    home = topology.Home(1, topology.parse_nat_kind("port-restricted"))
+    manager.start_volunteer(home, lab["stun"], Path(lab["state"]))
+    try:
+        await _fetch_through(lab, tmp_path / "client.log")
+    finally:
+        await asyncio.to_thread(manager.stop, "volunteer-home1")
+    evidence = _evidence()
+    assert set(evidence) == {"ja4", "ja4s"}, evidence
+    assert all(value.startswith("dd2") for values in evidence.values() for value in values)
+    assert not set(SHAPED) & set(evidence)
+
+
+async def test_chromium_volunteer(lab: dict[str, Any], tmp_path: Path) -> None:
+    from unwall.browser import chromium_in, chromium_missing
+
+    missing = chromium_missing()
+    if missing:
+        pytest.skip(missing)
+    home = topology.Home(1, topology.parse_nat_kind("port-restricted"))
+    async with chromium_in(home.host, tmp_path, mdns=True) as browser:
+        page = await browser.new_page()
+        await page.goto("http://203.0.113.20:8080/")
+        await page.locator("[data-unwall-widget] [role=switch]").click()
+        await _fetch_through(lab, tmp_path / "client.log")
+    evidence = _evidence()
+    # Chromium's ClientHello passes; the client's OpenSSL ServerHello does not.
+    assert set(evidence) == {"ja4s"}, evidence
+    assert evidence["ja4s"] == ["dd20400_c02b_6bf46c830e02"]
