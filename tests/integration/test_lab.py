@@ -351,7 +351,7 @@ def test_a_browsers_only_box_flags_the_unwall_client(lab_state: Path) -> None:
     report = json.loads(manager.report(as_json=True))
     evidence = _suspicions(report["hosts"][topology.CENSORED_IP])
     assert any(reason.startswith("webrtc ja4 dd2i") for reason in evidence), evidence
-    shaped = ("ice-check", "server-cert", "client-cert", "srtp")
+    shaped = ("ice-check", "ice-priority", "server-cert", "client-cert", "srtp")
     assert not [r for r in evidence if r.split()[1] in shaped], evidence
     assert "CIRCUMVENTION SUSPECTED" in manager.report()
 

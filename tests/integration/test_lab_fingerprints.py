@@ -30,7 +30,7 @@ _reason = topology.lab_possible()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
 
 SIZE = 2_000_000
-SHAPED = ("ice-check", "server-cert", "client-cert", "srtp")
+SHAPED = ("ice-check", "ice-priority", "server-cert", "client-cert", "srtp")
 
 
 @pytest.fixture

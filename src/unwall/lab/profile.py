@@ -30,7 +30,8 @@ allow = "browsers"              # allow-list: a WebRTC flow whose fingerprints a
                                 # key = [patterns], as below)
 block = { ja3 = ["66d279042bef80ae8e6369c52a7249b7"] }   # these fingerprints, whatever else
 action = "drop"                 # "drop", or "flag": let it through, report it as suspected
-# keys: ja3 ja4 ja3s ja4s dtls-version server-cert client-cert ice-check srtp; patterns are
+# keys: ja3 ja4 ja3s ja4s dtls-version server-cert client-cert ice-check ice-priority srtp;
+# patterns are
 # shell-style (* matches anything)
 
 [fet]                           # fully encrypted traffic (the GFW's rule of 2021-2023;
@@ -73,7 +74,7 @@ WEBRTC_ACTIONS = ("drop", "flag")
 #: the fingerprints the box's DTLS and STUN analyzers give a WebRTC flow
 FINGERPRINT_KEYS = (
     "ja3", "ja4", "ja3s", "ja4s", "dtls-version", "server-cert", "client-cert", "ice-check",
-    "srtp",
+    "ice-priority", "srtp",
 )  # fmt: skip
 WEBRTC_ANALYZERS = ("dtls", "stun")
 REFERENCES = ("browsers",)

@@ -764,7 +764,9 @@ if not RELIABLE:
 #   then AEAD_AES_256_GCM and AEAD_AES_128_GCM (aiortc puts the GCM ones first);
 # - ICE connectivity checks: USERNAME, GOOG-NETWORK-INFO, the ICE role, USE-CANDIDATE when
 #   nominating, PRIORITY (then MESSAGE-INTEGRITY and FINGERPRINT, as aioice adds them).
-#   aioice sends PRIORITY second and no GOOG-NETWORK-INFO.
+#   aioice sends PRIORITY second and no GOOG-NETWORK-INFO. The PRIORITY's local preference
+#   is Chromium's (30 for IPv4) where aioice's is 65535. (Candidates' priorities in the SDP
+#   travel to the broker inside TLS and are left as aioice makes them.)
 # The DTLS handshake itself is OpenSSL's and cannot be made Chromium's: Chromium offers
 # DTLS 1.3 (supported_versions, key_share with X25519MLKEM768, TLS 1.3 suites), and the
 # OpenSSL that aiortc runs on (cryptography's) has no DTLS 1.3; extension order and the
@@ -797,6 +799,18 @@ def _browser_like_certificate(key: Any) -> Any:
     )
 
 
+def _local_preference(address: str) -> int:
+    """Chromium's local preference for a candidate on a network of preference 0: the
+    address's precedence (RFC 6724-like): 30 for IPv4, 40 for global IPv6, 60 loopback."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # an mDNS name: Chromium's own are IPv4 behind them, mostly
+        return 30
+    if ip.version == 4:
+        return 30
+    return 60 if ip.is_loopback else 40
+
+
 def _browser_like_request(self: aioice.ice.Connection, pair: Any, nominate: bool) -> Any:
     request = aioice.stun.Message(
         message_method=aioice.stun.Method.BINDING, message_class=aioice.stun.Class.REQUEST
@@ -809,7 +823,9 @@ def _browser_like_request(self: aioice.ice.Connection, pair: Any, nominate: bool
             request.attributes["USE-CANDIDATE"] = None
     else:
         request.attributes["ICE-CONTROLLED"] = self._tie_breaker
-    request.attributes["PRIORITY"] = aioice.candidate.candidate_priority(pair.component, "prflx")
+    request.attributes["PRIORITY"] = aioice.candidate.candidate_priority(
+        pair.component, "prflx", local_pref=_local_preference(pair.local_candidate.host)
+    )
     return request
 
 

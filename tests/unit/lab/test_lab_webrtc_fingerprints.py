@@ -68,6 +68,13 @@ EXPECTED = [
     (UNWALL, "ja4s", {"dd20400_c02b_6bf46c830e02"}),
     (UNWALL, "dtls-version", {"DTLS 1.2"}),
     (UNWALL, "ice-check", {AIOICE_CHECK}),
+    (CHROMIUM_CALL, "ice-priority", {"type 110 local 30 component 1"}),
+    (
+        CHROMIUM_CLIENT,
+        "ice-priority",
+        {"type 110 local 30 component 1", "type 110 local 65535 component 1"},
+    ),
+    (UNWALL, "ice-priority", {"type 110 local 65535 component 1"}),
 ]
 
 
@@ -196,8 +203,9 @@ def test_browsers_only_stops_todays_unwall(name: str, evidence: str) -> None:
 def test_browsers_only_judges_the_dtls_too() -> None:
     """Past the ICE checks (allowed here), the ClientHello gives today's stack away."""
     reference = browser_reference()
-    profile = CensorProfile.from_dict({"webrtc": {"allow": {
-        **{k: list(v) for k, v in reference.items()}, "ice-check": ["*"]}}})  # fmt: skip
+    allow = {k: list(v) for k, v in reference.items()}
+    allow.update({"ice-check": ["*"], "ice-priority": ["*"]})
+    profile = CensorProfile.from_dict({"webrtc": {"allow": allow}})
     mark, reason, _ = _verdict(profile, UNWALL)
     assert mark == MARK_DROP
     assert reason == f"webrtc ja4 {UNWALL_JA4} is not a browser's"
@@ -262,7 +270,10 @@ def test_the_report_names_the_suspected_host(tmp_path: Path) -> None:
     host = report(tmp_path / "flows.db", (), set())["hosts"]["198.51.100.10"]
     assert host["circumvention_suspected"] == {
         "WebRTC that does not look like a browser's": {
-            "evidence": [f"webrtc ice-check {AIOICE_CHECK} is not a browser's"],
+            "evidence": [
+                f"webrtc ice-check {AIOICE_CHECK} is not a browser's",
+                "webrtc ice-priority type 110 local 65535 component 1 is not a browser's",
+            ],
             "peers": ["203.0.113.50"],
         }
     }
@@ -321,12 +332,13 @@ async def test_unwall_now_sends_chromiums_ice_checks_and_certificates() -> None:
         ):
             found.setdefault(finding.key, set()).add(finding.value)
     assert found["ice-check"] == {CHROMIUM_CHECK}
+    assert found["ice-priority"] == {"type 110 local 30 component 1"}
     assert found["server-cert"] == found["client-cert"] == {CHROMIUM_CERT}
     assert found["srtp"] == set(browser_reference()["srtp"])
     reference = browser_reference()
     assert all(
         any(fnmatch.fnmatchcase(value, pattern) for pattern in reference[key])
-        for key in ("ice-check", "server-cert", "client-cert", "srtp")
+        for key in ("ice-check", "ice-priority", "server-cert", "client-cert", "srtp")
         for value in found[key]
     )
     # What OpenSSL's DTLS 1.2 still gives away (docs/fingerprints.md): the handshake.

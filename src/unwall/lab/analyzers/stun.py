@@ -35,6 +35,7 @@ ATTR_SOFTWARE = 0x8022
 ATTR_ICE_CONTROLLED = 0x8029
 ATTR_ICE_CONTROLLING = 0x802A
 ATTR_USE_CANDIDATE = 0x0025
+ATTR_PRIORITY = 0x0024
 
 #: names for the attributes ICE agents send (RFC 8489, RFC 8445, RFC 5245bis drafts, and
 #: Chromium's own GOOG-* ones)
@@ -113,11 +114,26 @@ def parse_stun(datagram: bytes) -> StunMessage:
     return StunMessage(method, message_class, transaction_id, tuple(attributes))
 
 
+def ice_priority(message: StunMessage) -> str | None:
+    """An ICE check's PRIORITY (RFC 8445 5.1.2.1) in its parts: the type preference (110
+    for the peer-reflexive priority a check carries), the local preference (each agent
+    computes its own: aioice 65535, Chromium 30 for IPv4) and the component."""
+    value = message.attribute(ATTR_PRIORITY)
+    if value is None or len(value) != 4:
+        return None
+    priority = int.from_bytes(value, "big")
+    local, component = (priority >> 8) & 0xFFFF, 256 - (priority & 0xFF)
+    return f"type {priority >> 24} local {local} component {component}"
+
+
 def describe_stun(message: StunMessage) -> list[tuple[str, str]]:
     pairs = [(message.kind, "magic-cookie"), ("transaction-id", message.transaction_id.hex())]
     check = ice_check_fingerprint(message)
     if check is not None:
         pairs.append(("ice-check", check))
+        priority = ice_priority(message)
+        if priority is not None:
+            pairs.append(("ice-priority", priority))
     for attr_type, value in message.attributes:
         if attr_type == ATTR_USERNAME:
             pairs.append(("username", value.decode("utf-8", "backslashreplace")))
@@ -157,9 +173,9 @@ class StunAnalyzer(FlowAnalyzer):
     Findings per message: its kind as the key with "magic-cookie" as the value (e.g.
     `("binding-request", "magic-cookie")`), `transaction-id`, and from the attributes
     `username`, `software`, `ice-role`, `mapped-address`, `error-code`, and for an ICE
-    connectivity check `ice-check` (see `ice_check_fingerprint`). If the flow's first
-    datagram is not STUN the analyzer gives up; after that it skips the DTLS, SRTP and
-    other datagrams that share a WebRTC flow with STUN (RFC 7983).
+    connectivity check `ice-check` (see `ice_check_fingerprint`) and `ice-priority`. If
+    the flow's first datagram is not STUN the analyzer gives up; after that it skips the
+    DTLS, SRTP and other datagrams that share a WebRTC flow with STUN (RFC 7983).
     """
 
     name = "stun"
