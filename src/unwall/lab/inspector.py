@@ -52,6 +52,8 @@ class Flow:
     verdict: int | None = None
     reason: str = ""
     analyzers: list[Analyzer] = field(default_factory=list)
+    #: findings the WebRTC rules have judged already
+    judged: set[Finding] = field(default_factory=set)
     #: TCP only, per direction (True = from the client): the next sequence number expected,
     #: and segments that arrived ahead of it
     next_seq: dict[bool, int] = field(default_factory=dict)
@@ -144,7 +146,7 @@ class Inspector:
             for analyzer in flow.analyzers:
                 if not analyzer.done:
                     found += analyzer.feed(piece, from_client=from_client)
-        found += self._suspicions(found)
+        found += self._suspicions(flow, found)
         flow.findings += found
         mark = self._decide(flow, found, new_flow, gap)
         if mark is not None:
@@ -152,20 +154,25 @@ class Inspector:
             self._flows.pop(key, None)  # decided: the kernel handles the rest
         return Decision(flow, found, mark, new_flow)
 
-    def _suspicions(self, found: list[Finding]) -> list[Finding]:
-        """The box's own findings on these: fingerprints its WebRTC rules object to, and
-        fully encrypted first payloads when its FET rule is on."""
-        rules = self.profile.webrtc
+    def _suspicions(self, flow: Flow, found: list[Finding]) -> list[Finding]:
+        """The box's own findings on these: fingerprints its WebRTC rules object to (once
+        the flow shows it is WebRTC: an ICE check or DTLS-SRTP, not any DTLS, such as a
+        VPN's), and fully encrypted first payloads when its FET rule is on."""
         objections = []
-        for finding in found:
-            if self.profile.fet_block and finding.analyzer == "fet":
-                if finding.key == "fully-encrypted":
+        if self.profile.fet_block:
+            for finding in found:
+                if finding.analyzer == "fet" and finding.key == "fully-encrypted":
                     reason = f"fet first payload fully encrypted ({finding.value})"
                     objections.append(Finding("box", SUSPECTED, reason))
-                continue
-            if not rules.active:
+        rules = self.profile.webrtc
+        seen = flow.findings + found
+        if not rules.active or not any(_is_webrtc(f) for f in seen):
+            return objections
+        for finding in seen:
+            if finding in flow.judged:
                 continue
             if finding.analyzer in WEBRTC_ANALYZERS and finding.key in FINGERPRINT_KEYS:
+                flow.judged.add(finding)
                 objection = rules.objection(finding.key, finding.value)
                 if objection is not None:
                     objections.append(Finding("box", SUSPECTED, objection))
@@ -212,6 +219,11 @@ class Inspector:
         for key, flow in list(self._flows.items()):
             if now - flow.first_seen > idle:
                 del self._flows[key]
+
+
+def _is_webrtc(finding: Finding) -> bool:
+    """What makes a flow WebRTC: an ICE connectivity check, or DTLS offering SRTP."""
+    return (finding.analyzer, finding.key) in (("stun", "ice-check"), ("dtls", "srtp"))
 
 
 def _webrtc_pending(flow: Flow) -> bool:

@@ -290,11 +290,14 @@ def stop(name: str, grace: float = 5.0) -> None:
     except (ProcessLookupError, PermissionError):
         return
     deadline = time.monotonic() + grace
+    killed = False
     while not _gone(pid):
         if time.monotonic() > deadline:
+            if killed:
+                return  # not even SIGKILL ended it (stuck in the kernel): stop waiting
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            deadline = time.monotonic() + grace
+            killed, deadline = True, time.monotonic() + grace
         time.sleep(0.05)
 
 

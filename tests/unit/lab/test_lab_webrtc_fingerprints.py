@@ -142,7 +142,7 @@ def test_certificate_description() -> None:
     high_bit = 0x80 << 56  # DER puts a zero byte before it: still an 8-byte serial
     assert describe_certificate(_certificate(p256, high_bit | 5, 31, "WebRTC")) == CHROMIUM_CERT
     assert describe_certificate(_certificate(p256, 5 << 56, 31, "WebRTC")) == CHROMIUM_CERT
-    # a random serial whose first byte came out zero is a byte shorter in DER
+    # a serial whose first byte is zero is a byte shorter in DER (not what Chromium makes)
     assert describe_certificate(_certificate(p256, 5 << 48, 31, "WebRTC")).endswith("7B")
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     assert describe_certificate(_certificate(rsa_key, 1, 365, "peer")) == (
@@ -344,3 +344,18 @@ async def test_unwall_now_sends_chromiums_ice_checks_and_certificates() -> None:
     # What OpenSSL's DTLS 1.2 still gives away (docs/fingerprints.md): the handshake.
     assert found["ja4"] == {UNWALL_JA4}
     assert found["dtls-version"] == {"DTLS 1.2"}
+
+
+def test_dtls_that_is_not_webrtc_is_not_judged() -> None:
+    """A DTLS VPN (no ICE, no SRTP) is not WebRTC: a browsers-only box leaves it alone."""
+    from lab_samples import openssl_dtls_client_hello as hello
+
+    inspector = Inspector(BROWSERS_ONLY)
+    datagram = hello(srtp_profiles=None, server_name=b"vpn.example")
+    udp = struct.pack("!HHHH", 40000, 4433, 8 + len(datagram), 0) + datagram
+    header = bytes([0x45, 0]) + struct.pack("!HHHBBH", 20 + len(udp), 1, 0x4000, 64, 17, 0)
+    packet = header + bytes([198, 51, 100, 10]) + bytes([203, 0, 113, 50]) + udp
+    decision = inspector.packet(packet, now=0.0)
+    assert decision is not None
+    assert not [f for f in decision.new_findings if f.key == "suspected"]
+    assert decision.mark != MARK_DROP

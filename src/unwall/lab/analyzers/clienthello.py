@@ -111,7 +111,7 @@ class ClientHello:
         extensions = [e for e in self.extensions if not is_grease(e)]
         version = ja4_version(self.highest_version)
         head = (
-            f"{JA4_TRANSPORTS[transport]}{version}{'d' if self.server_name else 'i'}"
+            f"{JA4_TRANSPORTS[transport]}{version}{'d' if EXT_SERVER_NAME in extensions else 'i'}"
             f"{min(len(ciphers), 99):02d}{min(len(extensions), 99):02d}{alpn_chars(self.alpn)}"
         )
         hashed = sorted(e for e in extensions if e not in (EXT_SERVER_NAME, EXT_ALPN))

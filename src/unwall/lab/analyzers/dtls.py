@@ -174,8 +174,10 @@ class DtlsAnalyzer(FlowAnalyzer):
             return []
         from_server = from_client != self._client_side
         if msg_type == HANDSHAKE_SERVER_HELLO and from_server and "server-hello" not in self._seen:
-            self._seen.add("server-hello")
             server = parse_server_hello(body)
+            if server.is_retry_request:
+                return []  # the real ServerHello follows the client's second hello
+            self._seen.add("server-hello")
             if server.version == 0xFEFC:
                 self._seen.add("encrypted")  # DTLS 1.3: the certificates are encrypted
             return [

@@ -6,8 +6,10 @@ and DTLS 1.2 send certificates unencrypted; 1.3 encrypts them).
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from .clienthello import (
@@ -23,6 +25,8 @@ from .reader import ByteReader, Malformed
 
 HANDSHAKE_SERVER_HELLO = 2
 HANDSHAKE_CERTIFICATE = 11
+#: RFC 8446 4.1.3: SHA-256 of "HelloRetryRequest"
+HELLO_RETRY_RANDOM = hashlib.sha256(b"HelloRetryRequest").digest()
 
 VERSION_NAMES = {0xFEFC: "DTLS 1.3", 0xFEFD: "DTLS 1.2", 0xFEFF: "DTLS 1.0", 0x0304: "TLS 1.3",
                  0x0303: "TLS 1.2", 0x0302: "TLS 1.1", 0x0301: "TLS 1.0"}  # fmt: skip
@@ -36,12 +40,19 @@ class ServerHello:
         extensions: tuple[int, ...],
         selected_version: int | None,
         alpn: tuple[str, ...],
+        random: bytes = b"",
     ) -> None:
+        self.random = random
         self.legacy_version = legacy_version
         self.cipher_suite = cipher_suite
         self.extensions = extensions
         self.selected_version = selected_version
         self.alpn = alpn
+
+    @property
+    def is_retry_request(self) -> bool:
+        """A TLS/DTLS 1.3 HelloRetryRequest: a ServerHello with this fixed random."""
+        return self.random == HELLO_RETRY_RANDOM
 
     @property
     def version(self) -> int:
@@ -76,7 +87,7 @@ def parse_server_hello(body: bytes) -> ServerHello:
     legacy_version = reader.u16()
     if legacy_version >> 8 not in (0x03, 0xFE):
         raise Malformed(f"ServerHello version 0x{legacy_version:04x} is neither TLS nor DTLS")
-    reader.skip(32)  # random
+    random = reader.take(32)
     if len(reader.vector(1)) > 32:
         raise Malformed("session id longer than 32 bytes")
     cipher_suite = reader.u16()
@@ -96,7 +107,7 @@ def parse_server_hello(body: bytes) -> ServerHello:
                 protocols = data.sub(2)
                 if not protocols.at_end():
                     alpn = (protocols.vector(1).decode("ascii", "backslashreplace"),)
-    return ServerHello(legacy_version, cipher_suite, tuple(extensions), selected, alpn)
+    return ServerHello(legacy_version, cipher_suite, tuple(extensions), selected, alpn, random)
 
 
 def first_certificate(body: bytes) -> bytes:
@@ -112,12 +123,17 @@ def describe_certificate(der: bytes) -> str:
     """What a certificate shows of its maker: `key;validity;subject;serial`, e.g.
     `ec-secp256r1;30d;CN=WebRTC;serial 8B`, with the validity in whole days."""
     try:
-        certificate = x509.load_der_x509_certificate(der)
-        key = certificate.public_key()
+        with warnings.catch_warnings():  # e.g. a zero or negative serial: still described
+            warnings.simplefilter("ignore")
+            certificate = x509.load_der_x509_certificate(der)
         validity = certificate.not_valid_after_utc - certificate.not_valid_before_utc
         subject = certificate.subject.rfc4514_string()
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise Malformed(f"certificate: {exc}") from None
+    try:
+        key: object = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        key = None  # a key type or curve this box does not know
     if isinstance(key, ec.EllipticCurvePublicKey):
         kind = f"ec-{key.curve.name}"
     elif isinstance(key, rsa.RSAPublicKey):
@@ -126,6 +142,8 @@ def describe_certificate(der: bytes) -> str:
         kind = "ed25519"
     elif isinstance(key, ed448.Ed448PublicKey):
         kind = "ed448"
+    elif key is None:
+        kind = "unsupported"
     else:
         kind = type(key).__name__
     days = round(validity.total_seconds() / 86400)
