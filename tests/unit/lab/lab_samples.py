@@ -263,3 +263,19 @@ def http_client_request(host: str, path: str, method: str = "GET") -> bytes:
         while b"\r\n\r\n" not in data:
             data += theirs.recv(65536)
         return data
+
+
+def box_verdict(profile: Any, packets: Sequence[bytes]) -> tuple[int | None, str, list[str]]:
+    """Feed one flow's IPv4 packets to a box inspector with this profile, until it decides:
+    the mark (None: undecided), the reason, and the box's `suspected` findings on the way."""
+    from unwall.lab.inspector import Inspector
+
+    inspector = Inspector(profile)
+    suspected: list[str] = []
+    for number, packet in enumerate(packets):
+        decision = inspector.packet(packet, now=float(number))
+        assert decision is not None
+        suspected += [f.value for f in decision.new_findings if f.key == "suspected"]
+        if decision.mark is not None:
+            return decision.mark, decision.flow.reason, suspected
+    return None, "", suspected

@@ -6,11 +6,11 @@ from __future__ import annotations
 import struct
 
 import pytest
-from lab_samples import http_client_request, noise, python_client_hello
+from lab_samples import box_verdict, http_client_request, noise, python_client_hello
 
 from unwall.lab.analyzers import FullyEncryptedAnalyzer
 from unwall.lab.analyzers.fet import exemption
-from unwall.lab.inspector import MARK_ALLOW, MARK_DROP, Inspector
+from unwall.lab.inspector import MARK_ALLOW, MARK_DROP
 from unwall.lab.profile import CensorProfile, ProfileError
 
 
@@ -84,15 +84,7 @@ def _tcp_flow(payload: bytes) -> list[bytes]:
 
 
 def _verdict(profile: CensorProfile, payload: bytes) -> tuple[int | None, str, list[str]]:
-    inspector = Inspector(profile)
-    suspected: list[str] = []
-    for number, packet in enumerate(_tcp_flow(payload)):
-        decision = inspector.packet(packet, now=float(number))
-        assert decision is not None
-        suspected += [f.value for f in decision.new_findings if f.key == "suspected"]
-        if decision.mark is not None:
-            return decision.mark, decision.flow.reason, suspected
-    return None, "", suspected
+    return box_verdict(profile, _tcp_flow(payload))
 
 
 def test_the_box_drops_a_fully_encrypted_flow_and_lets_tls_through() -> None:

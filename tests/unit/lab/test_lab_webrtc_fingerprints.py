@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from lab_samples import fixture_datagrams, openssl_dtls_client_hello
+from lab_samples import box_verdict, fixture_datagrams, openssl_dtls_client_hello
 
 from unwall.lab.analyzers import DtlsAnalyzer, StunAnalyzer, parse_client_hello
 from unwall.lab.analyzers.serverhello import describe_certificate
@@ -167,15 +167,7 @@ def _packets(name: str) -> list[bytes]:
 
 
 def _verdict(profile: CensorProfile, name: str) -> tuple[int | None, str, list[str]]:
-    inspector = Inspector(profile)
-    suspected: list[str] = []
-    for number, packet in enumerate(_packets(name)):
-        decision = inspector.packet(packet, now=float(number))
-        assert decision is not None
-        suspected += [f.value for f in decision.new_findings if f.key == "suspected"]
-        if decision.mark is not None:
-            return decision.mark, decision.flow.reason, suspected
-    return None, "", suspected
+    return box_verdict(profile, _packets(name))
 
 
 BROWSERS_ONLY = CensorProfile.from_dict({"webrtc": {"allow": "browsers"}})
