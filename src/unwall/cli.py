@@ -54,6 +54,14 @@ def nat_kind(text: str) -> NatKind:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def webrtc_engine(text: str) -> str:
+    from unwall.transport.webrtc import ENGINES
+
+    if text not in ENGINES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(ENGINES)}, not {text!r}")
+    return text
+
+
 #: What a WebRTC peer (client or headless volunteer) takes besides its ICE servers.
 PEER_OPTIONS = [
     *ICE_OPTIONS,
@@ -69,6 +77,14 @@ PEER_OPTIONS = [
         "the first stun: server, RFC 5780; unknown without one)",
         None,
         nat_kind,
+    ),
+    Option(
+        "--webrtc",
+        "WebRTC engine: aiortc (in this process) or chromium (Debian's Chromium, headless, "
+        "carries the WebRTC hop: on the wire it is a browser's, byte for byte; it needs "
+        "/usr/bin/chromium and is slower on lossy paths)",
+        "aiortc",
+        webrtc_engine,
     ),
 ]
 
@@ -388,9 +404,9 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int:
 
 def _apply_host_addresses(options: dict[str, Any]) -> None:
     if options["host_address"]:
-        from unwall.transport import rtc
+        from unwall.transport import webrtc
 
-        rtc.set_host_addresses(options["host_address"])
+        webrtc.set_host_addresses(options["host_address"])
 
 
 async def _broker(options: dict[str, Any]) -> None:
@@ -482,6 +498,7 @@ async def _volunteer(options: dict[str, Any]) -> None:
                 turn_user=options["turn_user"],
                 turn_password=options["turn_password"],
                 nat=options["nat"],
+                webrtc=options["webrtc"],
             )
         )
     except ValueError as exc:
@@ -492,7 +509,10 @@ async def _volunteer(options: dict[str, Any]) -> None:
         options["broker"],
         options["egress"],
     )
-    await volunteer.run()
+    try:
+        await volunteer.run()
+    finally:
+        await _close_engines()
 
 
 async def _client(options: dict[str, Any]) -> None:
@@ -532,6 +552,7 @@ async def _client(options: dict[str, Any]) -> None:
                 turn_user=options["turn_user"],
                 turn_password=options["turn_password"],
                 nat=options["nat"],
+                webrtc=options["webrtc"],
             )
         )
     except ValueError as exc:
@@ -552,6 +573,13 @@ async def _client(options: dict[str, Any]) -> None:
         await tunnel.run()
     finally:
         await proxies.close()
+        await _close_engines()
+
+
+async def _close_engines() -> None:
+    from unwall.transport import webrtc
+
+    await asyncio.shield(webrtc.close_engines())
 
 
 async def _natcheck(options: dict[str, Any]) -> int:

@@ -90,6 +90,8 @@ def test_role_help(role: list[str], expected: list[str]) -> None:
         ["client", "--stream-wait", "0"],
         ["volunteer", "--broker", "ftp://x/"],
         ["client", "--no-such-flag"],
+        ["client", "--webrtc", "firefox"],
+        ["volunteer", "--webrtc", "libdatachannel"],
     ],
     ids=lambda v: " ".join(v) or "no role",
 )

@@ -8,14 +8,21 @@ volunteer's ClientHello (OpenSSL, DTLS 1.2: JA4 `dd2...`) and the client's Serve
 give it away; with a Chromium volunteer, Chromium is the DTLS client (it answers `active`)
 and sends its own ClientHello, so only the client's ServerHello (OpenSSL's JA4S) remains.
 The ICE checks, certificates and SRTP profiles match Chromium's in both.
+
+With `--webrtc chromium` (unwall.transport.chromium) the client's and the headless
+volunteer's WebRTC is Chromium's own, and the box has no evidence at all: the flows are a
+browser's, byte for byte. Those tests also run the box in `drop` mode (only browser-like
+WebRTC passes), where the tunnel must still work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,13 +40,13 @@ SIZE = 2_000_000
 SHAPED = ("ice-check", "ice-priority", "server-cert", "client-cert", "srtp")
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
+@contextlib.contextmanager
+def _lab(tmp_path: Path, action: str) -> Iterator[dict[str, Any]]:
     state = tmp_path / "state"
     os.environ["UNWALL_LAB_STATE"] = str(state)
     state.mkdir()
     profile = tmp_path / "profile.toml"
-    profile.write_text('[webrtc]\nallow = "browsers"\naction = "flag"\n')
+    profile.write_text(f'[webrtc]\nallow = "browsers"\naction = "{action}"\n')
     try:
         yield manager.up(profile, homes=("port-restricted",), volunteers=False)
     finally:
@@ -47,8 +54,28 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
         os.environ.pop("UNWALL_LAB_STATE", None)
 
 
-async def _fetch_through(info: dict[str, Any], log: Path) -> None:
-    client = CensoredClient(info, log)
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    with _lab(tmp_path, "flag") as info:
+        yield info
+
+
+@pytest.fixture
+def blocking_lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    with _lab(tmp_path, "drop") as info:
+        yield info
+
+
+def _chromium_or_skip() -> None:
+    from unwall.transport.chromium import chromium_missing
+
+    missing = chromium_missing()
+    if missing:
+        pytest.skip(missing)
+
+
+async def _fetch_through(info: dict[str, Any], log: Path, *extra: str) -> None:
+    client = CensoredClient(info, log, *extra)
     try:
         assert await client.until("tunnel ready", 60) is not None, client.text()
         process = await asyncio.create_subprocess_exec(
@@ -67,6 +94,7 @@ async def _fetch_through(info: dict[str, Any], log: Path) -> None:
 def _evidence() -> dict[str, list[str]]:
     """The report's evidence against the censored host, by fingerprint."""
     report = json.loads(manager.report(as_json=True))
+    assert topology.CENSORED_IP in report["hosts"], report  # the box saw the host's flows
     suspected = report["hosts"][topology.CENSORED_IP]["circumvention_suspected"]
     by_key: dict[str, list[str]] = {}
     for record in suspected.values():
@@ -105,3 +133,41 @@ async def test_chromium_volunteer(lab: dict[str, Any], tmp_path: Path) -> None:
     # Chromium's ClientHello passes; the client's OpenSSL ServerHello does not.
     assert set(evidence) == {"ja4s"}, evidence
     assert evidence["ja4s"] == ["dd20400_c02b_6bf46c830e02"]
+
+
+ENGINE = ("--webrtc", "chromium")
+
+
+async def test_chromium_engine_on_both_sides(blocking_lab: dict[str, Any], tmp_path: Path) -> None:
+    """Client and headless volunteer with `--webrtc chromium`, through a box that drops
+    every WebRTC flow not a browser's: the download arrives whole, and the box neither
+    dropped nor suspected anything."""
+    _chromium_or_skip()
+    home = topology.Home(1, topology.parse_nat_kind("port-restricted"))
+    manager.start_volunteer(home, blocking_lab["stun"], Path(blocking_lab["state"]), ENGINE)
+    try:
+        await _fetch_through(blocking_lab, tmp_path / "client.log", *ENGINE)
+    finally:
+        await asyncio.to_thread(manager.stop, "volunteer-home1")
+    assert _evidence() == {}
+    db = sqlite3.connect(Path(blocking_lab["state"]) / "flows.db")
+    flows = "\n".join(repr(row) for row in db.execute("SELECT * FROM flows").fetchall())
+    db.close()
+    assert "dd3i" in flows  # the box fingerprinted the DTLS: 1.3, Chromium's ...
+    assert "is not a browser's" not in flows  # ... and found nothing against them
+
+
+async def test_chromium_engine_client_with_the_widget(lab: dict[str, Any], tmp_path: Path) -> None:
+    """The client with `--webrtc chromium`, the volunteer the widget in Chromium: a
+    browser-to-browser call as far as the box can tell (it has no evidence), where the
+    aiortc client gives itself away by its ServerHello (test_chromium_volunteer)."""
+    from unwall.browser import chromium_in
+
+    _chromium_or_skip()
+    home = topology.Home(1, topology.parse_nat_kind("port-restricted"))
+    async with chromium_in(home.host, tmp_path, mdns=True) as browser:
+        page = await browser.new_page()
+        await page.goto("http://203.0.113.20:8080/")
+        await page.locator("[data-unwall-widget] [role=switch]").click()
+        await _fetch_through(lab, tmp_path / "client.log", *ENGINE)
+    assert _evidence() == {}

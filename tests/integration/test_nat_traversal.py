@@ -23,7 +23,7 @@ from coturn import coturn
 from unwall.broker.server import BROKER_KEY, BrokerConfig, create_app
 from unwall.broker.turn import TurnIssuer
 from unwall.client.tunnel import Tunnel, TunnelConfig, TunnelUnavailable
-from unwall.transport import rtc
+from unwall.transport import rtc, webrtc
 from unwall.transport.broker_client import BrokerClient
 from unwall.volunteer.headless import Volunteer, VolunteerConfig
 from unwall.wire.broker import (
@@ -43,10 +43,10 @@ SECRET = "broker-and-coturn-share-this"
 @pytest.fixture(autouse=True)
 def loopback_host() -> object:
     """ICE host candidates on 127.0.0.1 only (aioice skips loopback by itself)."""
-    before = rtc.pinned_host_addresses()
-    rtc.set_host_addresses(["127.0.0.1"])
+    before = webrtc.pinned_host_addresses()
+    webrtc.set_host_addresses(["127.0.0.1"])
     yield
-    rtc.set_host_addresses(before)
+    webrtc.set_host_addresses(before)
 
 
 @contextlib.asynccontextmanager
@@ -262,7 +262,7 @@ async def test_volunteer_uses_the_brokers_turn_credentials(tmp_path: Path) -> No
                 async with aiohttp.ClientSession() as http:
                     path = await tunnel._open_path(BrokerClient(http, url))
                     try:
-                        answer = path.pc.remoteDescription.sdp
+                        answer = path.peer.remote_sdp
                     finally:
                         await path.close()
     assert helper.relay
@@ -295,7 +295,7 @@ async def test_client_with_its_own_turn_server_gets_any_volunteer(tmp_path: Path
                 async with aiohttp.ClientSession() as http:
                     path = await tunnel._open_path(BrokerClient(http, url))
                     try:
-                        offer = path.pc.localDescription.sdp
+                        offer = path.peer.local_sdp
                     finally:
                         await path.close()
             lines = await metrics(url)

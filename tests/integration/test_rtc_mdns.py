@@ -18,17 +18,17 @@ from collections.abc import Iterator
 import pytest
 from aiortc import RTCDataChannel, RTCPeerConnection
 
-from unwall.transport import rtc
+from unwall.transport import rtc, webrtc
 
 _CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( .*)$", re.MULTILINE)
 
 
 @pytest.fixture(autouse=True)
 def loopback_only() -> Iterator[None]:
-    before = rtc.pinned_host_addresses()
-    rtc.set_host_addresses(["127.0.0.1"])
+    before = webrtc.pinned_host_addresses()
+    webrtc.set_host_addresses(["127.0.0.1"])
     yield
-    rtc.set_host_addresses(before)
+    webrtc.set_host_addresses(before)
 
 
 def hidden_behind_mdns(sdp: str) -> str:
@@ -46,7 +46,7 @@ def hidden_behind_mdns(sdp: str) -> str:
 
 async def exchange(offerer: RTCPeerConnection, answerer: RTCPeerConnection, hide: str) -> float:
     """Offer/answer with the offer's or the answer's candidates hidden; seconds to open."""
-    channel = offerer.createDataChannel(rtc.DATA_CHANNEL_LABEL)
+    channel = offerer.createDataChannel(webrtc.DATA_CHANNEL_LABEL)
     opened = asyncio.Event()
     channel.on("open", opened.set)
     echoed: asyncio.Queue[bytes] = asyncio.Queue()
@@ -118,7 +118,7 @@ async def test_a_silent_peer_known_only_by_mdns_names_fails_after_the_wait(
             failed.set()
 
     try:
-        offerer.createDataChannel(rtc.DATA_CHANNEL_LABEL)
+        offerer.createDataChannel(webrtc.DATA_CHANNEL_LABEL)
         await offerer.setLocalDescription(await offerer.createOffer())
         await silent.setRemoteDescription(rtc.offer_description(offerer.localDescription.sdp))
         await silent.setLocalDescription(await silent.createAnswer())

@@ -17,7 +17,7 @@ from aiortc import RTCDataChannel
 from coturn import Coturn, coturn
 
 from unwall.broker.turn import TurnIssuer, turn_password
-from unwall.transport import rtc
+from unwall.transport import rtc, webrtc
 from unwall.wire.broker import TurnServer
 
 SECRET = "a-secret-the-broker-shares-with-coturn"
@@ -32,10 +32,10 @@ def turn_server(tmp_path: Path) -> Iterator[Coturn]:
 @pytest.fixture
 async def loopback_host() -> AsyncIterator[None]:
     """ICE host candidates on 127.0.0.1 only (aioice skips loopback by itself)."""
-    before = rtc.pinned_host_addresses()
-    rtc.set_host_addresses(["127.0.0.1"])
+    before = webrtc.pinned_host_addresses()
+    webrtc.set_host_addresses(["127.0.0.1"])
     yield
-    rtc.set_host_addresses(before)
+    webrtc.set_host_addresses(before)
 
 
 class Echo(asyncio.DatagramProtocol):
@@ -107,7 +107,7 @@ async def test_aiortc_pair_connects_only_through_the_relay(
     client = rtc.new_peer_connection([credentials], relay_only=True)
     volunteer = rtc.new_peer_connection([])
     try:
-        channel = client.createDataChannel(rtc.DATA_CHANNEL_LABEL)
+        channel = client.createDataChannel(webrtc.DATA_CHANNEL_LABEL)
         opened = asyncio.Event()
         channel.on("open", opened.set)
         echoed: asyncio.Queue[bytes] = asyncio.Queue()

@@ -537,6 +537,7 @@ capacity = 2
 ice_server = "stun:stun.example.org:3478"
 host_address = ["127.0.0.1"]
 nat = "symmetric"
+webrtc = "chromium"
 
 [client]
 broker = "http://127.0.0.1:8080/"
@@ -576,12 +577,14 @@ stream_wait = 1
         "turn_user": None,
         "turn_password": None,
         "nat": "symmetric",
+        "webrtc": "chromium",
     }
     client = real(["client", *config], CLIENT_OPTIONS, "client")
     assert client["broker"] == "http://127.0.0.1:8080/"
     assert client["pin"] == "sha256:x"
     assert client["http"] == ("127.0.0.1", 3128)
     assert client["stream_wait"] == 1.0
+    assert client["webrtc"] == "aiortc"  # the default engine
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import hmac
 import pytest
 
 from unwall.broker.turn import TurnIssuer, make_issuer, turn_password
-from unwall.transport import rtc
+from unwall.transport import rtc, webrtc
 from unwall.wire.broker import TurnServer
 
 URLS = ("turn:203.0.113.5:3478",)
@@ -58,13 +58,13 @@ def test_no_secret_no_issuer() -> None:
 
 def test_turn_credentials_go_with_every_turn_url() -> None:
     urls = ["stun:203.0.113.5:3478", "turn:203.0.113.5:3478", "turns:203.0.113.5:5349"]
-    servers = rtc.ice_servers_with_credentials(urls, "alice", "pw")
+    servers = webrtc.ice_servers_with_credentials(urls, "alice", "pw")
     assert servers == [
         "stun:203.0.113.5:3478",
         TurnServer(("turn:203.0.113.5:3478", "turns:203.0.113.5:5349"), "alice", "pw"),
     ]
-    assert rtc.has_turn(servers)
-    assert rtc.describe_ice_servers(servers) == urls  # never the password
+    assert webrtc.has_turn(servers)
+    assert webrtc.describe_ice_servers(servers) == urls  # never the password
     config = rtc.rtc_configuration(servers)
     assert [(s.urls, s.username, s.credential) for s in config.iceServers] == [
         ("stun:203.0.113.5:3478", None, None),
@@ -74,9 +74,9 @@ def test_turn_credentials_go_with_every_turn_url() -> None:
 
 def test_without_credentials_the_urls_stay_as_they_are() -> None:
     urls = ["stun:203.0.113.5:3478"]
-    assert rtc.ice_servers_with_credentials(urls) == urls
-    assert not rtc.has_turn(urls)
-    assert rtc.has_turn(["turn:203.0.113.5:3478"])
+    assert webrtc.ice_servers_with_credentials(urls) == urls
+    assert not webrtc.has_turn(urls)
+    assert webrtc.has_turn(["turn:203.0.113.5:3478"])
 
 
 @pytest.mark.parametrize(
@@ -91,4 +91,4 @@ def test_turn_credentials_refused(
     urls: list[str], user: str | None, password: str | None, phrase: str
 ) -> None:
     with pytest.raises(ValueError, match=phrase):
-        rtc.ice_servers_with_credentials(urls, user, password)
+        webrtc.ice_servers_with_credentials(urls, user, password)

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiortc import RTCDataChannel, RTCPeerConnection
 
-from unwall.transport import quic, rtc
+from unwall.transport import quic, webrtc
 from unwall.transport.broker_client import (
     BrokerClient,
     BrokerUnavailable,
@@ -82,67 +81,53 @@ class TunnelConfig:
     turn_password: str | None = None
     #: our NAT kind as told by --nat; None: measure it with the first stun: server
     nat: NatKind | None = None
+    #: the WebRTC engine (unwall.transport.webrtc.ENGINES)
+    webrtc: str = "aiortc"
 
 
 class VolunteerPath:
     """One DataChannel to one volunteer."""
 
-    def __init__(self, pc: RTCPeerConnection, channel: RTCDataChannel, name: str) -> None:
-        self.pc = pc
-        self.channel = channel
+    def __init__(self, peer: webrtc.Peer, name: str) -> None:
+        self.peer = peer
         self.name = name
-        self.dead = asyncio.Event()
-        self.why_dead = ""
-        self.dropped = 0
-        self.on_datagram: Any = None
+        self.dead = peer.dead
 
-        @channel.on("message")
-        def on_message(message: bytes | str) -> None:
-            if isinstance(message, bytes) and self.on_datagram is not None:
-                self.on_datagram(message)
+    @property
+    def why_dead(self) -> str:
+        return self.peer.why_dead
 
-        @channel.on("close")
-        def on_close() -> None:
-            self.kill("its data channel closed")
+    @property
+    def dropped(self) -> int:
+        return self.peer.dropped
 
-        @pc.on("connectionstatechange")
-        def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
-                self.kill(f"WebRTC connection {pc.connectionState}")
+    @property
+    def on_datagram(self) -> Any:
+        return self.peer.on_message
 
-        @pc.on("iceconnectionstatechange")
-        def on_ice_state() -> None:
-            # ICE may give up before the connection as a whole says so: no need to wait.
-            if pc.iceConnectionState == "failed":
-                self.kill("ICE failed: no candidate pair got through")
+    @on_datagram.setter
+    def on_datagram(self, callback: Any) -> None:
+        self.peer.on_message = callback
 
     def kill(self, why: str) -> None:
-        if not self.dead.is_set():
-            self.why_dead = why
-            self.dead.set()
+        self.peer.kill(why)
 
     def send(self, data: bytes) -> None:
-        if self.dead.is_set() or self.channel.readyState != "open":
-            return
-        if self.channel.bufferedAmount > CHANNEL_BUFFER_BYTES:
-            self.dropped += 1
-            return
-        self.channel.send(data)
+        self.peer.send(data)
 
     async def close(self) -> None:
         self.kill("closed")
-        with contextlib.suppress(Exception):
-            await self.pc.close()
+        await self.peer.close()
 
 
 class Tunnel:
     def __init__(self, config: TunnelConfig) -> None:
         self.config = config
         self.pin = quic.normalize_pin(config.pin)
-        self.ice_servers = rtc.ice_servers_with_credentials(
+        self.ice_servers = webrtc.ice_servers_with_credentials(
             config.ice_servers, config.turn_user, config.turn_password
         )
-        self.relay = rtc.has_turn(self.ice_servers)
+        self.relay = webrtc.has_turn(self.ice_servers)
         self.nat: NatKind = config.nat or "unknown"
         self.udp_silent = False
         self.session: QuicSession | None = None
@@ -175,7 +160,7 @@ class Tunnel:
 
     async def run(self) -> None:
         verdict = await learn_nat(
-            self.config.ice_servers, rtc.pinned_host_addresses(), self.config.nat
+            self.config.ice_servers, webrtc.pinned_host_addresses(), self.config.nat
         )
         self.nat = verdict.kind
         # A STUN server that never answered: UDP is probably blocked on this network.
@@ -268,7 +253,7 @@ class Tunnel:
 
     async def _handshake(self, path: VolunteerPath) -> QuicSession:
         configuration = quic.client_configuration(
-            rtc.quic_datagram_size(rtc.remote_max_message_size(path.pc))
+            webrtc.quic_datagram_size(path.peer.remote_max_message_size)
         )
         session = QuicSession(
             FlowControlledConnection(configuration=configuration), name="tunnel", pin=self.pin
@@ -378,12 +363,12 @@ class Tunnel:
     def _webrtc_failed(self, how: str) -> str:
         if self.relay:
             servers = ", ".join(
-                u for u in rtc.describe_ice_servers(self.ice_servers) if "turn" in u
+                u for u in webrtc.describe_ice_servers(self.ice_servers) if "turn" in u
             )
             turn = f"the TURN relay ({servers}) did not get through either"
         else:
             turn = f"no TURN server is configured ({TURN_HINT} relays around NATs that block it)"
-        if self.udp_silent and not rtc.has_tcp_turn(self.ice_servers):
+        if self.udp_silent and not webrtc.has_tcp_turn(self.ice_servers):
             turn += (
                 "; the STUN server never answered over UDP, so this network probably blocks "
                 "UDP: only TURN over TCP or TLS gets through "
@@ -408,39 +393,35 @@ class Tunnel:
             self._discard(path)
 
     async def _open_path(self, broker: BrokerClient) -> VolunteerPath:
-        pc = rtc.new_peer_connection(self.ice_servers)
-        channel = rtc.create_data_channel(pc)
-        opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        @channel.on("open")
-        def on_open() -> None:
-            if not opened.done():
-                opened.set_result(None)
-
+        peer = webrtc.engine(self.config.webrtc).new_peer(
+            self.ice_servers, max_buffered=CHANNEL_BUFFER_BYTES
+        )
         self._path_count += 1
-        path = VolunteerPath(pc, channel, f"path-{self._path_count}")
+        path = VolunteerPath(peer, f"path-{self._path_count}")
         connected = False
         try:
-            await pc.setLocalDescription(await pc.createOffer())
+            try:
+                offer = await peer.offer()
+            except webrtc.EngineUnavailable as exc:
+                raise TunnelUnavailable(f"the WebRTC engine is not available: {exc}") from exc
             answer = await broker.offer(
-                rtc.with_dtls_role(pc.localDescription.sdp, self.config.dtls_role),
+                webrtc.with_dtls_role(offer, self.config.dtls_role),
                 nat=self.nat,
                 relay=self.relay,
             )
-            try:
-                await pc.setRemoteDescription(rtc.answer_description(answer))
-            except Exception as exc:  # aiortc raises many kinds on hostile SDP
-                raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+            await peer.accept_answer(answer)
+            opened: asyncio.Future[Any] = asyncio.ensure_future(peer.opened.wait())
             dead: asyncio.Future[Any] = asyncio.ensure_future(path.dead.wait())
             loop = asyncio.get_running_loop()
             started = loop.time()
             try:
-                done, _ = await asyncio.wait(
+                await asyncio.wait(
                     {opened, dead}, timeout=PATH_SETUP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
                 )
             finally:
                 dead.cancel()
-            if opened not in done:
+                opened.cancel()
+            if not peer.is_open:
                 elapsed = loop.time() - started
                 how = (
                     f"failed after {elapsed:.1f} s: {path.why_dead}"
@@ -449,12 +430,11 @@ class Tunnel:
                 )
                 raise TunnelUnavailable(self._webrtc_failed(how))
             connected = True
-        except ValueError as exc:  # aiortc's verdict on a malformed answer
+        except ValueError as exc:  # the engine's verdict on a malformed answer
             raise TunnelUnavailable(f"the volunteer's answer was malformed: {exc}") from exc
         finally:
             if not connected:
-                with contextlib.suppress(Exception):
-                    await pc.close()
+                await peer.close()
         log.info("connected to a volunteer (%s)", path.name)
         return path
 

@@ -83,13 +83,15 @@ def up(
     volunteers: bool = True,
     volunteer_turn: bool = True,
     broker_stun: bool = True,
+    volunteer_extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Build the lab. `link` names a preset that replaces the profile's `[link]`; `homes`
     gives the NAT kind of each home network (home1, home2, ...), each with a headless
     volunteer unless `volunteers` is False (then none runs, not even the internet's own);
     `client_nat` is the NAT the box puts in front of the censored network;
     `volunteer_turn` makes the broker hand volunteers TURN credentials, `broker_stun` gives
-    browser volunteers the lab's STUN server (without it they offer only mDNS names)."""
+    browser volunteers the lab's STUN server (without it they offer only mDNS names);
+    `volunteer_extra` goes on each headless volunteer's command line."""
     reason = topology.lab_possible()
     if reason is not None:
         raise LabError(reason)
@@ -149,9 +151,9 @@ def up(
     _wait_for(lambda: _port_open(INTERNET, addresses.broker, BROKER_PORT), "the broker", state)
     _wait_for(lambda: _port_open(INTERNET, addresses.egress, EGRESS_PORT), "the egress", state)
     if volunteers:
-        start_volunteer(None, stun_url, state)
+        start_volunteer(None, stun_url, state, volunteer_extra)
         for home in home_list:
-            start_volunteer(home, stun_url, state)
+            start_volunteer(home, stun_url, state, volunteer_extra)
     info = {
         "state": str(state),
         "profile": profile.source,

@@ -34,6 +34,11 @@ class DropTailQueue:
         return True
 
     @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting to be sent."""
+        return self._queued
+
+    @property
     def done(self) -> asyncio.Task[None]:
         """Finishes when the sender failed (the other side closed)."""
         return self._task

@@ -1,4 +1,5 @@
-"""The one place that configures aiortc/aioice for unwall.
+"""The aiortc engine behind `unwall.transport.webrtc`: the one place that configures
+aiortc/aioice for unwall (`AiortcEngine` and `AiortcPeer` at the end of this file).
 
 Two rules hold everywhere:
 - ICE servers are always explicit. aiortc falls back to a public STUN server when given
@@ -20,6 +21,7 @@ allocation when a relayed send fails (see "TURN: never relay ...").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -45,83 +47,36 @@ from aiortc import (
 from aiortc.rtcsctptransport import RTCSctpTransport
 from aiortc.utils import uint16_add, uint16_gt
 
-from unwall.wire.broker import TurnServer
+from unwall.transport.webrtc import (
+    DATA_CHANNEL_LABEL,
+    DEFAULT_MAX_BUFFERED,
+    RELIABLE,
+    Engine,
+    IceServer,
+    Peer,
+    pinned_host_addresses,
+)
 
 log = logging.getLogger("unwall.rtc")
 
-DATA_CHANNEL_LABEL = "unwall"
 
 _original_get_host_addresses = aioice.ice.get_host_addresses
-_pinned_addresses: list[str] | None = None
 
 
 def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    if _pinned_addresses is None:
+    pinned = pinned_host_addresses()
+    if pinned is None:
         return _original_get_host_addresses(use_ipv4, use_ipv6)
     return [
         address
-        for address in _pinned_addresses
+        for address in pinned
         if (":" in address and use_ipv6) or (":" not in address and use_ipv4)
     ]
 
 
-def set_host_addresses(addresses: Sequence[str] | None) -> None:
-    """Offer only these addresses as ICE host candidates (None: aioice's own choice).
-
-    This replaces `aioice.ice.get_host_addresses` process-wide: aioice has no per-connection
-    setting for it, and every peer connection in one unwall process wants the same answer.
-    """
-    global _pinned_addresses
-    _pinned_addresses = list(addresses) if addresses is not None else None
-    aioice.ice.get_host_addresses = _get_host_addresses
-
-
-def pinned_host_addresses() -> list[str] | None:
-    """The addresses given to `set_host_addresses`, or None if aioice chooses."""
-    return list(_pinned_addresses) if _pinned_addresses is not None else None
-
-
-IceServer = str | TurnServer
-
-
-def is_turn_url(url: str) -> bool:
-    return url.startswith(("turn:", "turns:"))
-
-
-def ice_servers_with_credentials(
-    urls: Sequence[str], username: str | None = None, password: str | None = None
-) -> list[IceServer]:
-    """The ICE servers of `--ice-server` URLs, the `turn:` ones given `--turn-user` and
-    `--turn-password` (one pair of credentials for all of them, as a browser's RTCIceServer
-    has). ValueError when credentials come without a TURN URL or one without the other."""
-    if (username is None) != (password is None):
-        raise ValueError("--turn-user and --turn-password go together")
-    turn = [url for url in urls if is_turn_url(url)]
-    if username is None or password is None:
-        return list(urls)
-    if not turn:
-        raise ValueError("--turn-user needs a TURN server: --ice-server turn:HOST:PORT")
-    servers: list[IceServer] = [url for url in urls if not is_turn_url(url)]
-    servers.append(TurnServer(tuple(turn), username, password))
-    return servers
-
-
-def has_turn(ice_servers: Sequence[IceServer]) -> bool:
-    """Whether any of these is a TURN server (a relay the ICE agent will gather)."""
-    return any(isinstance(s, TurnServer) or is_turn_url(s) for s in ice_servers)
-
-
-def has_tcp_turn(ice_servers: Sequence[IceServer]) -> bool:
-    """Whether a TURN server is reached over TCP or TLS (the way out where UDP is blocked)."""
-    urls = describe_ice_servers(ice_servers)
-    return any(
-        url.startswith("turns:") or (is_turn_url(url) and "transport=tcp" in url) for url in urls
-    )
-
-
-def describe_ice_servers(ice_servers: Sequence[IceServer]) -> list[str]:
-    """The URLs, for a log line: credentials are never shown."""
-    return [url for s in ice_servers for url in ((s,) if isinstance(s, str) else s.urls)]
+# aioice has no per-connection setting for its host addresses: `webrtc.set_host_addresses`
+# chooses them process-wide, and this reads that choice.
+aioice.ice.get_host_addresses = _get_host_addresses
 
 
 def rtc_configuration(
@@ -153,17 +108,6 @@ def remote_max_message_size(pc: RTCPeerConnection) -> int | None:
         return None
     size = getattr(sctp, "_remote_max_message_size", None)
     return int(size) if size else None
-
-
-_SETUP_FOR_ROLE = {"auto": "actpass", "client": "active", "server": "passive"}
-
-
-def with_dtls_role(offer_sdp: str, role: str) -> str:
-    """The offer with its DTLS setup attribute set for `role` (RFC 8842): "client" offers
-    `active`, "server" offers `passive`; aiortc follows whatever the answer then says."""
-    if role not in _SETUP_FOR_ROLE:
-        raise ValueError(f"DTLS role must be one of {', '.join(_SETUP_FOR_ROLE)}, not {role!r}")
-    return offer_sdp.replace("a=setup:actpass", f"a=setup:{_SETUP_FOR_ROLE[role]}")
 
 
 def answer_description(sdp: str) -> RTCSessionDescription:
@@ -379,9 +323,10 @@ _original_create_mdns_protocol = aioice.mdns.create_mdns_protocol
 
 async def _create_mdns_protocol() -> aioice.mdns.MDnsProtocol:
     protocol = await _original_create_mdns_protocol()
-    if _pinned_addresses is None:
+    pinned = pinned_host_addresses()
+    if pinned is None:
         return protocol
-    ipv4 = [address for address in _pinned_addresses if ":" not in address]
+    ipv4 = [address for address in pinned if ":" not in address]
     if not ipv4:
         protocol.transport.close()  # resolve() then answers None at once
         return protocol
@@ -609,17 +554,8 @@ aioice.ice.Connection._pair_remote_candidate = _pair_remote_candidate  # type: i
 # UNWALL_RTC_RELIABLE=1 restores the reliable, ordered channel with aiortc's congestion
 # control, for before/after measurements.
 
-RELIABLE = os.environ.get("UNWALL_RTC_RELIABLE") == "1"
 SCTP_SEND_WINDOW = 4 << 20
 SCTP_USERDATA_LENGTH = 1200
-#: UNWALL_QUIC_DATAGRAM sets another size (several chunks each), for measurements.
-QUIC_DATAGRAM_SIZE = int(os.environ.get("UNWALL_QUIC_DATAGRAM", SCTP_USERDATA_LENGTH))
-
-
-def quic_datagram_size(remote_max_message_size: int | None) -> int:
-    """The QUIC datagram size for a channel whose peer takes messages up to this size."""
-    wanted = 16384 if RELIABLE else QUIC_DATAGRAM_SIZE
-    return min(wanted, remote_max_message_size or wanted)
 
 
 def create_data_channel(pc: RTCPeerConnection) -> RTCDataChannel:
@@ -853,3 +789,124 @@ _register_stun_attribute(GOOG_NETWORK_INFO, "GOOG-NETWORK-INFO")
 aiortc_dtls.SRTP_PROFILES.sort(key=_srtp_rank)  # in place: aiortc's transports share the list
 aiortc_dtls.generate_certificate = _browser_like_certificate
 aioice.ice.Connection.build_request = _browser_like_request  # type: ignore[method-assign]
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+
+class AiortcPeer(Peer):
+    """`webrtc.Peer` on aiortc, in this process."""
+
+    def __init__(
+        self,
+        ice_servers: Sequence[IceServer],
+        relay_only: bool = False,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+    ) -> None:
+        super().__init__(max_buffered)
+        self.pc = new_peer_connection(ice_servers, relay_only)
+        self.channel: RTCDataChannel | None = None
+        pc = self.pc
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                self.kill(f"WebRTC connection {pc.connectionState}")
+
+        @pc.on("iceconnectionstatechange")
+        def on_ice_state() -> None:
+            # ICE may give up before the connection as a whole says so: no need to wait.
+            if pc.iceConnectionState == "failed":
+                self.kill("ICE failed: no candidate pair got through")
+
+    def _attach(self, channel: RTCDataChannel) -> None:
+        self.channel = channel
+
+        @channel.on("message")
+        def on_message(message: bytes | str) -> None:
+            if isinstance(message, bytes):
+                self._deliver(message)
+
+        @channel.on("close")
+        def on_close() -> None:
+            self.kill("its data channel closed")
+
+        if channel.readyState == "open":
+            self.opened.set()
+        else:
+            channel.on("open", self.opened.set)
+
+    async def offer(self) -> str:
+        self._attach(create_data_channel(self.pc))
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def accept_answer(self, sdp: str) -> None:
+        try:
+            await self.pc.setRemoteDescription(answer_description(sdp))
+        except Exception as exc:  # aiortc raises many kinds on hostile SDP
+            raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def answer(self, offer_sdp: str) -> str:
+        pc = self.pc
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            if self.channel is None:  # one channel per client; anything more is ignored
+                self._attach(channel)
+
+        try:
+            await pc.setRemoteDescription(offer_description(offer_sdp))
+            if pc.sctp is None:
+                raise ValueError("the offer has no data channel")
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # aiortc raises many kinds on hostile SDP
+            raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+        return str(pc.localDescription.sdp)
+
+    def send(self, data: bytes) -> bool:
+        channel = self.channel
+        if self.dead.is_set() or channel is None or channel.readyState != "open":
+            self.dropped += 1
+            return False
+        if channel.bufferedAmount > self.max_buffered:
+            self.dropped += 1
+            return False
+        channel.send(data)
+        return True
+
+    @property
+    def buffered_amount(self) -> int:
+        return int(self.channel.bufferedAmount) if self.channel is not None else 0
+
+    @property
+    def local_sdp(self) -> str | None:
+        description = self.pc.localDescription
+        return str(description.sdp) if description is not None else None
+
+    @property
+    def remote_sdp(self) -> str | None:
+        description = self.pc.remoteDescription
+        return str(description.sdp) if description is not None else None
+
+    @property
+    def remote_max_message_size(self) -> int | None:
+        return remote_max_message_size(self.pc)
+
+    async def close(self) -> None:
+        self.kill("closed")
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+
+
+class AiortcEngine(Engine):
+    name = "aiortc"
+
+    def new_peer(
+        self,
+        ice_servers: Sequence[IceServer] = (),
+        *,
+        relay_only: bool = False,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+    ) -> Peer:
+        return AiortcPeer(ice_servers, relay_only, max_buffered)

@@ -16,9 +16,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
-from aiortc import RTCDataChannel, RTCPeerConnection
 
-from unwall.transport import rtc
+from unwall.transport import webrtc
 from unwall.transport.broker_client import BrokerClient, BrokerUnavailable, OfferGone
 from unwall.transport.droptail import DropTailQueue
 from unwall.transport.natcheck import learn_nat_kind
@@ -50,6 +49,8 @@ class VolunteerConfig:
     turn_password: str | None = None
     #: our NAT kind as told by --nat; None: measure it with the first stun: server
     nat: NatKind | None = None
+    #: the WebRTC engine (unwall.transport.webrtc.ENGINES)
+    webrtc: str = "aiortc"
 
 
 @dataclass
@@ -78,7 +79,7 @@ class Volunteer:
         self._relays: set[asyncio.Task[None]] = set()
         self._bucket = TokenBucket(config.max_rate) if config.max_rate else None
         self._capacity_freed = asyncio.Event()
-        self.ice_servers = rtc.ice_servers_with_credentials(
+        self.ice_servers = webrtc.ice_servers_with_credentials(
             config.ice_servers, config.turn_user, config.turn_password
         )
         self.nat: NatKind = config.nat or "unknown"
@@ -88,7 +89,7 @@ class Volunteer:
     @property
     def relay(self) -> bool:
         """Whether we gather a relay candidate for every client (our TURN or the broker's)."""
-        return rtc.has_turn(self.ice_servers) or bool(self.broker_turn)
+        return webrtc.has_turn(self.ice_servers) or bool(self.broker_turn)
 
     def stats_json(self) -> str:
         """The statistics as JSON, for whatever embeds the volunteer."""
@@ -97,7 +98,7 @@ class Volunteer:
     async def run(self) -> None:
         """Poll the broker for clients until cancelled; then stop every relay."""
         self.nat = await learn_nat_kind(
-            self.config.ice_servers, rtc.pinned_host_addresses(), self.config.nat
+            self.config.ice_servers, webrtc.pinned_host_addresses(), self.config.nat
         )
         reporter = asyncio.create_task(self._report_stats())
         try:
@@ -164,26 +165,19 @@ class Volunteer:
         self, http: aiohttp.ClientSession, broker: BrokerClient, offer: messages.PollOffer
     ) -> None:
         # Our own servers first: aiortc uses only the first TURN server it is given.
-        pc = rtc.new_peer_connection([*self.ice_servers, *offer.turn])
-        relay_ready: asyncio.Future[ClientRelay] = asyncio.get_running_loop().create_future()
-
-        @pc.on("datachannel")
-        def on_datachannel(channel: RTCDataChannel) -> None:
-            # Listen at once: the client sends as soon as the channel is open, before the
-            # WebSocket to the egress exists; those messages wait in the relay's queue.
-            if not relay_ready.done():
-                relay_ready.set_result(ClientRelay(self, pc, channel))
-
+        peer = webrtc.engine(self.config.webrtc).new_peer(
+            [*self.ice_servers, *offer.turn], max_buffered=QUEUE_BYTES
+        )
+        # Listen at once: the client sends as soon as the channel is open, before the
+        # WebSocket to the egress exists; those messages wait in the relay's queue.
+        relay = ClientRelay(self, peer)
         try:
             try:
-                await pc.setRemoteDescription(rtc.offer_description(offer.sdp))
-                if pc.sctp is None:
-                    raise ValueError("the offer has no data channel")
-                await pc.setLocalDescription(await pc.createAnswer())
-            except Exception as exc:  # aiortc raises many kinds on hostile SDP
-                raise ValueError(f"{type(exc).__name__}: {exc}") from exc
-            await broker.answer(self.config.volunteer_id, offer.offer_id, pc.localDescription.sdp)
-            relay = await asyncio.wait_for(relay_ready, CHANNEL_OPEN_TIMEOUT)
+                answer = await peer.answer(offer.sdp)
+            except webrtc.EngineUnavailable as exc:
+                raise ValueError(f"the WebRTC engine is not available: {exc}") from exc
+            await broker.answer(self.config.volunteer_id, offer.offer_id, answer)
+            await asyncio.wait_for(peer.opened.wait(), CHANNEL_OPEN_TIMEOUT)
             self.stats.clients_total += 1
             log.info("client connected (%d now)", self.stats.clients_now)
             await relay.run(http)
@@ -198,17 +192,17 @@ class Volunteer:
         finally:
             self.stats.clients_now -= 1
             self._capacity_freed.set()
-            await pc.close()
+            await relay.to_egress.close()
+            await peer.close()
 
 
 class ClientRelay:
     """One client's DataChannel, copied to and from one WebSocket to the egress."""
 
-    def __init__(self, volunteer: Volunteer, pc: RTCPeerConnection, channel: RTCDataChannel):
+    def __init__(self, volunteer: Volunteer, peer: webrtc.Peer):
         self.volunteer = volunteer
-        self.pc = pc
-        self.channel = channel
-        self.closed = asyncio.Event()
+        self.peer = peer
+        self.closed = peer.dead
         self._ws: asyncio.Future[aiohttp.ClientWebSocketResponse] = (
             asyncio.get_running_loop().create_future()
         )
@@ -216,23 +210,14 @@ class ClientRelay:
         self.moved = [0, 0]  # this client's bytes: to the egress, to the client
         stats = volunteer.stats
 
-        @channel.on("message")
-        def on_message(message: bytes | str) -> None:
-            if isinstance(message, bytes):
-                if self.to_egress.put(message):
-                    stats.bytes_to_egress += len(message)
-                    self.moved[0] += len(message)
-                else:
-                    stats.dropped += 1
+        def on_message(message: bytes) -> None:
+            if self.to_egress.put(message):
+                stats.bytes_to_egress += len(message)
+                self.moved[0] += len(message)
+            else:
+                stats.dropped += 1
 
-        @channel.on("close")
-        def on_close() -> None:
-            self.closed.set()
-
-        @pc.on("connectionstatechange")
-        def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
-                self.closed.set()
+        peer.on_message = on_message
 
     async def _send_to_egress(self, data: bytes) -> None:
         ws = await self._ws
@@ -273,15 +258,15 @@ class ClientRelay:
                 await downstream
 
     async def _egress_to_client(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        channel, stats, bucket = self.channel, self.volunteer.stats, self.volunteer._bucket
+        peer, stats, bucket = self.peer, self.volunteer.stats, self.volunteer._bucket
         async for message in ws:
-            if message.type != aiohttp.WSMsgType.BINARY or channel.readyState != "open":
+            if message.type != aiohttp.WSMsgType.BINARY or not peer.is_open:
                 break
-            if channel.bufferedAmount > QUEUE_BYTES:
+            if peer.buffered_amount > QUEUE_BYTES:
                 stats.dropped += 1
                 continue
             if bucket is not None:
                 await bucket.take(len(message.data))
-            channel.send(message.data)
+            peer.send(message.data)
             stats.bytes_to_clients += len(message.data)
             self.moved[1] += len(message.data)

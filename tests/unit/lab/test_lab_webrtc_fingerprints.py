@@ -283,7 +283,7 @@ async def _unwall_flow() -> list[tuple[bool, bytes]]:
 
     import aioice.ice
 
-    from unwall.transport import rtc
+    from unwall.transport import rtc, webrtc
 
     received: list[tuple[int, bytes]] = []
     original = aioice.ice.StunProtocol.datagram_received
@@ -293,8 +293,8 @@ async def _unwall_flow() -> list[tuple[bool, bytes]]:
         original(self, data, addr)
 
     aioice.ice.StunProtocol.datagram_received = record  # type: ignore[method-assign]
-    pinned = rtc.pinned_host_addresses()
-    rtc.set_host_addresses(["127.0.0.1"])
+    pinned = webrtc.pinned_host_addresses()
+    webrtc.set_host_addresses(["127.0.0.1"])
     offerer, answerer = rtc.new_peer_connection(), rtc.new_peer_connection()
     try:
         opened = asyncio.Event()
@@ -309,7 +309,7 @@ async def _unwall_flow() -> list[tuple[bool, bytes]]:
         offerer_agent = id(offerer.sctp.transport.transport._connection)  # type: ignore[union-attr]
     finally:
         aioice.ice.StunProtocol.datagram_received = original  # type: ignore[method-assign]
-        rtc.set_host_addresses(pinned)
+        webrtc.set_host_addresses(pinned)
         await offerer.close()
         await answerer.close()
     return [(receiver != offerer_agent, data) for receiver, data in received[:60]]

@@ -1,0 +1,430 @@
+"""The Chromium engine behind `unwall.transport.webrtc`: a browser carries the WebRTC hop.
+
+Why: the box fingerprints WebRTC (docs/fingerprints.md). aiortc's DTLS is OpenSSL's, DTLS
+1.2 only, with its own ClientHello and ServerHello; nothing in Python makes it Chromium's.
+Here Debian's Chromium itself (/usr/bin/chromium, headless, one process per unwall
+process, started on first use) runs every peer connection, so what leaves the machine is a
+browser's DTLS 1.3, STUN and SCTP, byte for byte.
+
+How: this process serves one page (`chromium_engine.html`) and two WebSocket routes on
+127.0.0.1, at a random port and behind a random token; Chromium opens the page, which
+keeps a control WebSocket to us and one WebSocket per peer connection. Text frames are
+commands and events (JSON); binary frames are the data channel's messages, unchanged.
+Chromium is started in its own process group with a parent-death signal: it never
+outlives us, and `close` ends the group.
+
+What it costs: a browser process (about 150 MB), one loopback WebSocket hop per message,
+and Chromium's SCTP, whose loss-based congestion control is slow on lossy paths
+(benchmarks/README.md, issue 9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import secrets
+import signal
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from unwall.transport.droptail import DropTailQueue
+from unwall.transport.webrtc import (
+    DATA_CHANNEL_LABEL,
+    DEFAULT_MAX_BUFFERED,
+    RELIABLE,
+    Engine,
+    EngineUnavailable,
+    IceServer,
+    Peer,
+)
+from unwall.wire.broker import TurnServer
+
+log = logging.getLogger("unwall.chromium")
+
+CHROMIUM = "/usr/bin/chromium"
+PAGE = Path(__file__).with_name("chromium_engine.html")
+#: From starting Chromium to its page's first word.
+START_TIMEOUT = 30.0
+#: From asking for an offer or answer to having it (ICE gathering included).
+SDP_TIMEOUT = 20.0
+
+FLAGS = [
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",  # no calls home, no updates, no sync
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--mute-audio",
+    # A page nobody looks at must not be slowed down.
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+    # Host candidates as plain addresses: unwall's peers cannot resolve `.local` names
+    # across networks (the names only reach the broker, inside TLS, never the box).
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+
+def chromium_missing(binary: str = CHROMIUM) -> str | None:
+    """Why the engine cannot run here, or None."""
+    if not Path(binary).exists():
+        return f"{binary} is not installed (apt-get install chromium)"
+    return None
+
+
+def _ice_config(ice_servers: Sequence[IceServer], relay_only: bool) -> dict[str, Any]:
+    servers: list[dict[str, Any]] = []
+    for server in ice_servers:
+        if isinstance(server, TurnServer):
+            servers.append(
+                {
+                    "urls": list(server.urls),
+                    "username": server.username,
+                    "credential": server.credential,
+                }
+            )
+        else:
+            servers.append({"urls": [server]})
+    return {"iceServers": servers, "iceTransportPolicy": "relay" if relay_only else "all"}
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child, before exec)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class ChromiumPeer(Peer):
+    """`webrtc.Peer` carried by the engine's Chromium."""
+
+    def __init__(self, engine: ChromiumEngine, config: dict[str, Any], max_buffered: int) -> None:
+        super().__init__(max_buffered)
+        self._engine = engine
+        self._config = config
+        self._ws: web.WebSocketResponse | None = None
+        self._out: DropTailQueue | None = None
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._local_sdp: str | None = None
+        self._remote_sdp: str | None = None
+        self._max_message_size: int | None = None
+        self.id = ""
+
+    # what the engine calls
+    def _attach(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+        self._out = DropTailQueue(ws.send_bytes, self.max_buffered)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "open":
+            size = event.get("maxMessageSize")
+            self._max_message_size = int(size) if isinstance(size, int) and size > 0 else None
+            self.opened.set()
+        elif kind == "dead":
+            self.kill(str(event.get("why") or "closed"))
+        else:
+            self._events.put_nowait(event)
+
+    # the interface
+    async def _expect(self, kind: str) -> dict[str, Any]:
+        get = asyncio.ensure_future(self._events.get())
+        dead = asyncio.ensure_future(self.dead.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {get, dead}, timeout=SDP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            get.cancel()
+            dead.cancel()
+        if get in done:
+            event = get.result()
+            if event.get("type") == "error":
+                raise ValueError(str(event.get("message")))
+            if event.get("type") != kind:
+                raise ValueError(f"the engine page sent {event.get('type')!r}, not {kind!r}")
+            return event
+        if self.dead.is_set():
+            raise EngineUnavailable(f"Chromium lost the peer connection: {self.why_dead}")
+        raise EngineUnavailable(f"Chromium gave no {kind} within {SDP_TIMEOUT:.0f} s")
+
+    async def offer(self) -> str:
+        channel = {"ordered": True} if RELIABLE else {"ordered": False, "maxRetransmits": 0}
+        await self._engine._open(
+            self, {"role": "offer", "label": DATA_CHANNEL_LABEL, "channel": channel}
+        )
+        self._local_sdp = str((await self._expect("sdp"))["sdp"])
+        return self._local_sdp
+
+    async def accept_answer(self, sdp: str) -> None:
+        if self._ws is None:
+            raise ValueError("no offer was made")
+        self._remote_sdp = sdp
+        await self._ws.send_str(json.dumps({"type": "answer", "sdp": sdp}))
+        await self._expect("remote-set")
+
+    async def answer(self, offer_sdp: str) -> str:
+        if "m=application" not in offer_sdp or "webrtc-datachannel" not in offer_sdp:
+            raise ValueError("the offer has no data channel")
+        self._remote_sdp = offer_sdp
+        await self._engine._open(self, {"role": "answer", "offer": offer_sdp})
+        self._local_sdp = str((await self._expect("sdp"))["sdp"])
+        return self._local_sdp
+
+    def send(self, data: bytes) -> bool:
+        if not self.is_open or self._out is None or not self._out.put(data):
+            self.dropped += 1
+            return False
+        return True
+
+    @property
+    def buffered_amount(self) -> int:
+        return self._out.queued_bytes if self._out is not None else 0
+
+    @property
+    def local_sdp(self) -> str | None:
+        return self._local_sdp
+
+    @property
+    def remote_sdp(self) -> str | None:
+        return self._remote_sdp
+
+    @property
+    def remote_max_message_size(self) -> int | None:
+        return self._max_message_size or super().remote_max_message_size
+
+    async def close(self) -> None:
+        self.kill("closed")
+        self._engine._forget(self)
+        if self._out is not None:
+            await self._out.close()
+        if self._ws is not None and not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await self._ws.send_str(json.dumps({"type": "close"}))
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+
+
+class ChromiumEngine(Engine):
+    """One headless Chromium, started on the first peer, shared by all of them."""
+
+    name = "chromium"
+
+    def __init__(self, binary: str = CHROMIUM) -> None:
+        self._binary = binary
+        self._token = secrets.token_urlsafe(24)
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._process: asyncio.subprocess.Process | None = None
+        self._profile: tempfile.TemporaryDirectory[str] | None = None
+        self._control: web.WebSocketResponse | None = None
+        self._ready: asyncio.Event | None = None
+        self._lock: asyncio.Lock | None = None
+        self._peers: dict[str, ChromiumPeer] = {}
+        self._count = 0
+        self._watch: asyncio.Task[None] | None = None
+        self.user_agent = ""
+
+    def new_peer(
+        self,
+        ice_servers: Sequence[IceServer] = (),
+        *,
+        relay_only: bool = False,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+    ) -> Peer:
+        return ChromiumPeer(self, _ice_config(ice_servers, relay_only), max_buffered)
+
+    @property
+    def pid(self) -> int | None:
+        """Chromium's process ID while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    async def _open(self, peer: ChromiumPeer, command: dict[str, Any]) -> None:
+        await self._ensure_started()
+        assert self._control is not None
+        self._count += 1
+        peer.id = str(self._count)
+        self._peers[peer.id] = peer
+        await self._control.send_str(
+            json.dumps(
+                {
+                    "op": "peer",
+                    "id": peer.id,
+                    "config": peer._config,
+                    "maxBuffered": peer.max_buffered,
+                    **command,
+                }
+            )
+        )
+
+    def _forget(self, peer: ChromiumPeer) -> None:
+        if self._peers.get(peer.id) is peer:
+            del self._peers[peer.id]
+
+    async def _ensure_started(self) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._control is not None and not self._control.closed:
+                return
+            await self._stop()
+            await self._start()
+
+    # -- the loopback server ------------------------------------------------------------------
+
+    def _authorized(self, request: web.Request) -> bool:
+        return secrets.compare_digest(request.query.get("t", ""), self._token)
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            raise web.HTTPForbidden()
+        return web.Response(text=PAGE.read_text(), content_type="text/html")
+
+    async def _control_ws(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request) or self._control is not None:
+            raise web.HTTPForbidden()
+        ws = web.WebSocketResponse(heartbeat=10.0)
+        await ws.prepare(request)
+        self._control = ws
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                with contextlib.suppress(ValueError):
+                    event = json.loads(message.data)
+                    if isinstance(event, dict) and event.get("type") == "ready":
+                        self.user_agent = str(event.get("agent", ""))
+                        if self._ready is not None:
+                            self._ready.set()
+        # The page is gone: so is every peer connection it held.
+        for peer in list(self._peers.values()):
+            peer.kill("the Chromium engine's page closed")
+        return ws
+
+    async def _peer_ws(self, request: web.Request) -> web.StreamResponse:
+        peer = self._peers.get(request.match_info["id"])
+        if not self._authorized(request) or peer is None or peer._ws is not None:
+            raise web.HTTPForbidden()
+        ws = web.WebSocketResponse(max_msg_size=1 << 20, compress=False)
+        await ws.prepare(request)
+        peer._attach(ws)
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.BINARY:
+                    peer._deliver(message.data)
+                elif message.type == WSMsgType.TEXT:
+                    try:
+                        event = json.loads(message.data)
+                    except ValueError:
+                        continue
+                    if isinstance(event, dict):
+                        peer._event(event)
+        finally:
+            peer.kill("Chromium closed the peer connection")
+            self._forget(peer)
+        return ws
+
+    # -- the browser --------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        missing = chromium_missing(self._binary)
+        if missing is not None:
+            raise EngineUnavailable(missing)
+        app = web.Application()
+        app.router.add_get("/engine", self._page)
+        app.router.add_get("/control", self._control_ws)
+        app.router.add_get("/peer/{id}", self._peer_ws)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = int(self._runner.addresses[0][1])
+        self._profile = tempfile.TemporaryDirectory(prefix="unwall-chromium-")
+        profile = Path(self._profile.name)
+        self._ready = asyncio.Event()
+        flags = [*FLAGS, f"--user-data-dir={profile / 'profile'}"]
+        if os.geteuid() == 0:
+            flags.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
+        url = f"http://127.0.0.1:{self._port}/engine?t={self._token}"
+        output = (profile / "chromium.log").open("wb")
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                self._binary,
+                *flags,
+                url,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            output.close()
+        log.info("Chromium engine started (pid %d)", self._process.pid)
+        self._watch = asyncio.ensure_future(self._watch_process(self._process))
+        try:
+            await asyncio.wait_for(self._ready.wait(), START_TIMEOUT)
+        except TimeoutError:
+            why = self._log_tail()
+            await self._stop()
+            raise EngineUnavailable(
+                f"Chromium did not open its engine page within {START_TIMEOUT:.0f} s: {why}"
+            ) from None
+
+    def _log_tail(self) -> str:
+        if self._profile is None:
+            return "no output"
+        try:
+            lines = (Path(self._profile.name) / "chromium.log").read_text(errors="replace")
+        except OSError:
+            return "no output"
+        tail = [line for line in lines.splitlines() if line.strip()][-3:]
+        return " / ".join(tail) or "no output"
+
+    async def _watch_process(self, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        if self._process is process:
+            log.warning("the Chromium engine exited (code %s)", code)
+            for peer in list(self._peers.values()):
+                peer.kill("the Chromium engine exited")
+
+    async def _stop(self) -> None:
+        process, self._process = self._process, None
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if process is not None:
+            # The whole group: Chromium's renderer and utility processes too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 5)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        for peer in list(self._peers.values()):
+            peer.kill("the Chromium engine stopped")
+        self._peers.clear()
+        control, self._control = self._control, None
+        if control is not None:
+            with contextlib.suppress(Exception):
+                await control.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._profile is not None:
+            with contextlib.suppress(OSError):
+                self._profile.cleanup()
+            self._profile = None
+
+    async def close(self) -> None:
+        await self._stop()
+        log.info("Chromium engine stopped")
