@@ -324,6 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --path: runs per preset; figures get their median, min and max",
     )
     bench.add_argument(
+        "--path-kind",
+        action="append",
+        default=None,
+        metavar="KIND",
+        help="with --path: what carries the hop, repeatable: headless (volunteer), chromium "
+        "(the widget in Chromium), chromium-engine (client and headless volunteer with "
+        "--webrtc chromium). Default: all three",
+    )
+    bench.add_argument(
         "--browser",
         action="store_true",
         help="also measure a Chromium widget volunteer against a headless one (root, chromium)",
@@ -358,11 +367,16 @@ def main(argv: list[str] | None = None) -> int:
             from unwall.bench import bench
 
             if args.path:
-                from unwall.lab.pathbench import path_bench
+                from unwall.lab.pathbench import VOLUNTEER_KINDS, path_bench
 
                 return _run(
                     path_bench(
-                        args.path, args.size_mb, args.json, args.path_time, runs=args.path_runs
+                        args.path,
+                        args.size_mb,
+                        args.json,
+                        args.path_time,
+                        kinds=args.path_kind or VOLUNTEER_KINDS,
+                        runs=args.path_runs,
                     )
                 )
             return _run(bench(args.size_mb, args.json, args.profile, args.browser, args.runs))
@@ -403,6 +417,18 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int:
 
 
 def _apply_host_addresses(options: dict[str, Any]) -> None:
+    """--host-address, and a first check of the --webrtc engine (before anything starts)."""
+    if options["webrtc"] == "chromium":
+        from unwall.transport.chromium import chromium_missing
+
+        missing = chromium_missing()
+        if missing is not None:
+            raise UsageError(f"--webrtc chromium: {missing}")
+        if options["host_address"]:
+            log.warning(
+                "--host-address applies to the aiortc engine only: Chromium offers the "
+                "address of this network namespace's default route, as browsers do"
+            )
     if options["host_address"]:
         from unwall.transport import webrtc
 

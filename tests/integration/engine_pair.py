@@ -77,10 +77,36 @@ async def main(offerer_engine: str, answerer_engine: str) -> dict[str, object]:
         victim = offerer if offerer_engine == "chromium" else answerer
         await asyncio.wait_for(victim.dead.wait(), 10)
         result["killed_why"] = victim.why_dead
+        # A crash costs the connections it held; a later one gets a new browser. (One made
+        # while the engine has not yet seen the crash's every effect can still go to the
+        # dead page and fail: the tunnel retries, and so does this.)
+        try:
+            again = await _connect(offerer_engine, answerer_engine)
+        except webrtc.EngineUnavailable:
+            again = await _connect(offerer_engine, answerer_engine)
+        arrived: list[bytes] = []
+        again[1].on_message = arrived.append
+        again[0].send(b"after the crash")
+        for _ in range(100):
+            if arrived:
+                break
+            await asyncio.sleep(0.05)
+        result["after_restart"] = [m.decode() for m in arrived]
+        result["new_pid"] = webrtc.engine("chromium").pid != pid  # type: ignore[attr-defined]
+        for peer in again:
+            await peer.close()
     await offerer.close()
     await answerer.close()
     await webrtc.close_engines()
     return result
+
+
+async def _connect(offerer_engine: str, answerer_engine: str) -> tuple[webrtc.Peer, webrtc.Peer]:
+    offerer = webrtc.engine(offerer_engine).new_peer([])
+    answerer = webrtc.engine(answerer_engine).new_peer([])
+    await offerer.accept_answer(await answerer.answer(await offerer.offer()))
+    await asyncio.wait_for(asyncio.gather(offerer.opened.wait(), answerer.opened.wait()), 20)
+    return offerer, answerer
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def test_path_bench_writes_its_figures(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr + result.stdout
     figures = json.loads(out.read_text())["presets"]["clean"]
     assert figures["direct"]["complete"], figures
-    for kind in ("headless", "chromium"):
+    for kind in ("headless", "chromium", "chromium-engine"):
         assert figures[kind].get("complete"), figures
         assert figures[kind]["bytes"] == 2_000_000
         assert figures[kind]["setup_s"] > 0

@@ -128,6 +128,11 @@ class Tunnel:
             config.ice_servers, config.turn_user, config.turn_password
         )
         self.relay = webrtc.has_turn(self.ice_servers)
+        if config.webrtc not in webrtc.ENGINES:
+            raise ValueError(
+                f"the WebRTC engine must be one of {', '.join(webrtc.ENGINES)}, "
+                f"not {config.webrtc!r}"
+            )
         self.nat: NatKind = config.nat or "unknown"
         self.udp_silent = False
         self.session: QuicSession | None = None
@@ -348,6 +353,16 @@ class Tunnel:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
+            except Exception as exc:  # a bug, or an engine failing in a way not foreseen
+                # The pool must keep filling whatever one attempt met: without it the
+                # tunnel would wait for a path forever.
+                log.error(
+                    "opening a volunteer path failed (%s: %s); retrying in %.0f s",
+                    type(exc).__name__, exc, backoff,
+                )  # fmt: skip
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
             backoff = 1.0
             path.on_datagram = self._datagram_in
             self._pool.append(path)
@@ -400,10 +415,7 @@ class Tunnel:
         path = VolunteerPath(peer, f"path-{self._path_count}")
         connected = False
         try:
-            try:
-                offer = await peer.offer()
-            except webrtc.EngineUnavailable as exc:
-                raise TunnelUnavailable(f"the WebRTC engine is not available: {exc}") from exc
+            offer = await peer.offer()
             answer = await broker.offer(
                 webrtc.with_dtls_role(offer, self.config.dtls_role),
                 nat=self.nat,
@@ -430,6 +442,8 @@ class Tunnel:
                 )
                 raise TunnelUnavailable(self._webrtc_failed(how))
             connected = True
+        except webrtc.EngineUnavailable as exc:
+            raise TunnelUnavailable(f"the WebRTC engine failed: {exc}") from exc
         except ValueError as exc:  # the engine's verdict on a malformed answer
             raise TunnelUnavailable(f"the volunteer's answer was malformed: {exc}") from exc
         finally:

@@ -4,9 +4,11 @@ For each preset, in one run and through the same emulated link, so that the rati
 on a noisy machine:
 - **direct**: curl in the censored namespace downloads straight from the lab's web site
   (plain TCP, the kernel's default congestion control, MTU 1500, offloads off);
-- **through unwall**, per volunteer kind (a headless volunteer, and the widget in Debian's
-  Chromium with its default flags), each in a home network behind a port-restricted NAT:
-  the same download over the client's SOCKS5.
+- **through unwall**, per kind: a headless volunteer (`headless`), the widget in Debian's
+  Chromium with its default flags (`chromium`), and client and headless volunteer both
+  with `--webrtc chromium` (`chromium-engine`: Chromium carries both ends of the hop),
+  each volunteer in a home network behind a port-restricted NAT: the same download over
+  the client's SOCKS5.
 Each figure: goodput (bytes received / seconds, also when the download hits the time cap),
 time to first byte of a small page, and, through unwall, setup time (client start to
 "tunnel ready") and the longest stall of the download (`max_stall_s`: the longest time
@@ -32,7 +34,9 @@ from unwall.lab.censored import SOCKS, CensoredClient
 from unwall.lab.link import preset
 
 BROKER_PAGE = "http://203.0.113.20:8080/"
-VOLUNTEER_KINDS = ("headless", "chromium")
+VOLUNTEER_KINDS = ("headless", "chromium", "chromium-engine")
+#: what `--webrtc chromium` adds to a kind's client and headless volunteer
+ENGINE_ARGS = {"chromium-engine": ("--webrtc", "chromium")}
 #: the censored client's SOCKS5 port (CensoredClient.SOCKS)
 SOCKS_PORT = int(SOCKS.rpartition(":")[2])
 
@@ -96,8 +100,8 @@ async def _measure_socks(url_base: str, size: int, max_time: float) -> dict[str,
 async def _volunteer(
     kind: str, home: topology.Home, info: dict[str, Any], workdir: Path
 ) -> AsyncIterator[None]:
-    if kind == "headless":
-        manager.start_volunteer(home, info["stun"], Path(info["state"]))
+    if kind != "chromium":
+        manager.start_volunteer(home, info["stun"], Path(info["state"]), ENGINE_ARGS.get(kind, ()))
         try:
             yield
         finally:
@@ -117,7 +121,9 @@ async def _through_unwall(
     workdir: Path,
 ) -> dict[str, Any]:  # fmt: skip
     async with _volunteer(kind, home, info, workdir):
-        client = CensoredClient(info, workdir / f"client-{kind}.log", paths=2)
+        client = CensoredClient(
+            info, workdir / f"client-{kind}.log", *ENGINE_ARGS.get(kind, ()), paths=2
+        )
         try:
             setup = await client.until("tunnel ready", max(60.0, max_time))
             if setup is None:
@@ -143,13 +149,17 @@ async def path_bench(
         print(f"unwall bench --path: {reason}", file=sys.stderr)
         return 1
     specs = [preset(name) for name in presets]  # unknown names fail before anything starts
-    if "chromium" in kinds:
+    unknown = sorted(set(kinds) - set(VOLUNTEER_KINDS))
+    if unknown:
+        print(f"unwall bench --path: unknown kind(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    if {"chromium", "chromium-engine"} & set(kinds):
         from unwall.browser import chromium_missing
 
         missing = chromium_missing()
         if missing is not None:
-            print(f"unwall bench --path: no browser volunteer: {missing}", file=sys.stderr)
-            kinds = [k for k in kinds if k != "chromium"]
+            print(f"unwall bench --path: no Chromium: {missing}", file=sys.stderr)
+            kinds = [k for k in kinds if k == "headless"]
     size = size_mb * 1_000_000
     results: dict[str, Any] = {
         "size_MB": size_mb, "max_time_s": max_time, "machine_cpus": os.cpu_count(),
@@ -214,15 +224,15 @@ def _summary(entries: list[dict[str, Any]], kinds: Sequence[str]) -> dict[str, A
 def _print_preset(name: str, entry: dict[str, Any], kinds: Sequence[str]) -> None:
     print(f"{name}: {entry['link']}")
     direct = entry["direct"]
-    print(f"  direct TCP         {direct['MBps']:8.3f} MB/s  ttfb {direct['page_ttfb_s']} s"
+    print(f"  direct TCP                {direct['MBps']:8.3f} MB/s  ttfb {direct['page_ttfb_s']} s"
           f"{'' if direct['complete'] else '  (hit the time cap)'}")  # fmt: skip
     for kind in kinds:
         figures = entry[kind]
         if "error" in figures:
-            print(f"  unwall ({kind:<8}) failed: {figures['error']}")
+            print(f"  unwall ({kind:<15}) failed: {figures['error']}")
             continue
         print(
-            f"  unwall ({kind:<8}) {figures['MBps']:8.3f} MB/s  ratio {figures.get('ratio')}  "
+            f"  unwall ({kind:<15}) {figures['MBps']:8.3f} MB/s  ratio {figures.get('ratio')}  "
             f"ttfb {figures['page_ttfb_s']} s  setup {figures['setup_s']} s  "
             f"longest stall {figures.get('max_stall_s')} s"
             f"{'' if figures['complete'] else '  (hit the time cap)'}"

@@ -100,9 +100,13 @@ def _ice_config(ice_servers: Sequence[IceServer], relay_only: bool) -> dict[str,
     return {"iceServers": servers, "iceTransportPolicy": "relay" if relay_only else "all"}
 
 
+# Loaded here, not in the child: nothing may dlopen between fork and exec.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:  # pragma: no cover (runs in the child, before exec)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ChromiumPeer(Peer):
@@ -137,7 +141,9 @@ class ChromiumPeer(Peer):
             self._events.put_nowait(event)
 
     # the interface
-    async def _expect(self, kind: str) -> dict[str, Any]:
+    async def _expect(self, kind: str, *, input_error: bool) -> dict[str, Any]:
+        """The page's next event, which should be `kind`. An error event is the remote
+        SDP's fault (ValueError) when `input_error`, else the engine's."""
         get = asyncio.ensure_future(self._events.get())
         dead = asyncio.ensure_future(self.dead.wait())
         try:
@@ -150,9 +156,10 @@ class ChromiumPeer(Peer):
         if get in done:
             event = get.result()
             if event.get("type") == "error":
-                raise ValueError(str(event.get("message")))
+                message = f"Chromium: {event.get('message')}"
+                raise ValueError(message) if input_error else EngineUnavailable(message)
             if event.get("type") != kind:
-                raise ValueError(f"the engine page sent {event.get('type')!r}, not {kind!r}")
+                raise EngineUnavailable(f"the engine page sent {event.get('type')!r}, not {kind!r}")
             return event
         if self.dead.is_set():
             raise EngineUnavailable(f"Chromium lost the peer connection: {self.why_dead}")
@@ -163,22 +170,27 @@ class ChromiumPeer(Peer):
         await self._engine._open(
             self, {"role": "offer", "label": DATA_CHANNEL_LABEL, "channel": channel}
         )
-        self._local_sdp = str((await self._expect("sdp"))["sdp"])
+        self._local_sdp = str((await self._expect("sdp", input_error=False))["sdp"])
         return self._local_sdp
 
     async def accept_answer(self, sdp: str) -> None:
         if self._ws is None:
-            raise ValueError("no offer was made")
+            raise EngineUnavailable("no offer was made")
+        if self.dead.is_set():
+            raise EngineUnavailable(f"Chromium lost the peer connection: {self.why_dead}")
         self._remote_sdp = sdp
-        await self._ws.send_str(json.dumps({"type": "answer", "sdp": sdp}))
-        await self._expect("remote-set")
+        try:
+            await self._ws.send_str(json.dumps({"type": "answer", "sdp": sdp}))
+        except (ConnectionError, RuntimeError) as exc:
+            raise EngineUnavailable(f"Chromium lost the peer connection: {exc}") from exc
+        await self._expect("remote-set", input_error=True)
 
     async def answer(self, offer_sdp: str) -> str:
         if "m=application" not in offer_sdp or "webrtc-datachannel" not in offer_sdp:
             raise ValueError("the offer has no data channel")
         self._remote_sdp = offer_sdp
         await self._engine._open(self, {"role": "answer", "offer": offer_sdp})
-        self._local_sdp = str((await self._expect("sdp"))["sdp"])
+        self._local_sdp = str((await self._expect("sdp", input_error=True))["sdp"])
         return self._local_sdp
 
     def send(self, data: bytes) -> bool:
@@ -222,7 +234,8 @@ class ChromiumEngine(Engine):
 
     def __init__(self, binary: str = CHROMIUM) -> None:
         self._binary = binary
-        self._token = secrets.token_urlsafe(24)
+        self._url_token: bytes | None = None
+        self._session: bytes | None = None
         self._runner: web.AppRunner | None = None
         self._port = 0
         self._process: asyncio.subprocess.Process | None = None
@@ -250,52 +263,85 @@ class ChromiumEngine(Engine):
         return self._process.pid if self._process is not None else None
 
     async def _open(self, peer: ChromiumPeer, command: dict[str, Any]) -> None:
+        """Ask the page for a peer connection; EngineUnavailable if Chromium cannot."""
         await self._ensure_started()
-        assert self._control is not None
+        control = self._control
+        if not self._running or control is None:
+            raise EngineUnavailable("Chromium's engine page is gone")
         self._count += 1
         peer.id = str(self._count)
         self._peers[peer.id] = peer
-        await self._control.send_str(
-            json.dumps(
-                {
-                    "op": "peer",
-                    "id": peer.id,
-                    "config": peer._config,
-                    "maxBuffered": peer.max_buffered,
-                    **command,
-                }
-            )
-        )
+        message = {
+            "op": "peer",
+            "id": peer.id,
+            "config": peer._config,
+            "maxBuffered": peer.max_buffered,
+            **command,
+        }
+        try:
+            await control.send_str(json.dumps(message))
+        except (ConnectionError, RuntimeError) as exc:
+            self._forget(peer)
+            raise EngineUnavailable(f"Chromium's engine page is gone: {exc}") from exc
 
     def _forget(self, peer: ChromiumPeer) -> None:
         if self._peers.get(peer.id) is peer:
             del self._peers[peer.id]
 
+    @property
+    def _running(self) -> bool:
+        process, control = self._process, self._control
+        return (
+            process is not None
+            and process.returncode is None
+            and control is not None
+            and not control.closed
+        )
+
     async def _ensure_started(self) -> None:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            if self._control is not None and not self._control.closed:
+            if self._running:
                 return
             await self._stop()
-            await self._start()
+            try:
+                await self._start()
+            except EngineUnavailable:
+                raise
+            except (OSError, RuntimeError) as exc:
+                await self._stop()
+                raise EngineUnavailable(f"Chromium could not be started: {exc}") from exc
 
     # -- the loopback server ------------------------------------------------------------------
 
+    # The page's URL (with `_url_token`) is on Chromium's command line, which every local
+    # user can read: it opens the page once and is void after that. The page itself
+    # carries `_session`, which the WebSockets need, and which nothing else ever shows.
+
     def _authorized(self, request: web.Request) -> bool:
-        return secrets.compare_digest(request.query.get("t", ""), self._token)
+        given = request.query.get("t", "").encode()
+        return self._session is not None and secrets.compare_digest(given, self._session)
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
-        if not self._authorized(request):
+        given = request.query.get("t", "").encode()
+        if self._url_token is None or not secrets.compare_digest(given, self._url_token):
             raise web.HTTPForbidden()
-        return web.Response(text=PAGE.read_text(), content_type="text/html")
+        self._url_token = None
+        self._session = secrets.token_urlsafe(24).encode()
+        page = PAGE.read_text().replace("__SESSION__", self._session.decode())
+        return web.Response(text=page, content_type="text/html")
 
     async def _control_ws(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request) or self._control is not None:
             raise web.HTTPForbidden()
         ws = web.WebSocketResponse(heartbeat=10.0)
-        await ws.prepare(request)
-        self._control = ws
+        self._control = ws  # claimed before the handshake: a second one is refused
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            self._control = None
+            raise
         async for message in ws:
             if message.type == WSMsgType.TEXT:
                 with contextlib.suppress(ValueError):
@@ -304,9 +350,12 @@ class ChromiumEngine(Engine):
                         self.user_agent = str(event.get("agent", ""))
                         if self._ready is not None:
                             self._ready.set()
-        # The page is gone: so is every peer connection it held.
-        for peer in list(self._peers.values()):
-            peer.kill("the Chromium engine's page closed")
+        # The page is gone: so is every peer connection it held (unless a new browser has
+        # taken over meanwhile: its peers are not this page's).
+        if self._control is ws:
+            self._control = None
+            for peer in list(self._peers.values()):
+                peer.kill("the Chromium engine's page closed")
         return ws
 
     async def _peer_ws(self, request: web.Request) -> web.StreamResponse:
@@ -314,8 +363,8 @@ class ChromiumEngine(Engine):
         if not self._authorized(request) or peer is None or peer._ws is not None:
             raise web.HTTPForbidden()
         ws = web.WebSocketResponse(max_msg_size=1 << 20, compress=False)
+        peer._attach(ws)  # claimed before the handshake: a second one is refused
         await ws.prepare(request)
-        peer._attach(ws)
         try:
             async for message in ws:
                 if message.type == WSMsgType.BINARY:
@@ -353,7 +402,9 @@ class ChromiumEngine(Engine):
         flags = [*FLAGS, f"--user-data-dir={profile / 'profile'}"]
         if os.geteuid() == 0:
             flags.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
-        url = f"http://127.0.0.1:{self._port}/engine?t={self._token}"
+        self._url_token = secrets.token_urlsafe(24).encode()
+        self._session = None
+        url = f"http://127.0.0.1:{self._port}/engine?t={self._url_token.decode()}"
         output = (profile / "chromium.log").open("wb")
         try:
             self._process = await asyncio.create_subprocess_exec(
@@ -370,14 +421,24 @@ class ChromiumEngine(Engine):
             output.close()
         log.info("Chromium engine started (pid %d)", self._process.pid)
         self._watch = asyncio.ensure_future(self._watch_process(self._process))
+        ready = asyncio.ensure_future(self._ready.wait())
+        exited = asyncio.ensure_future(self._process.wait())
         try:
-            await asyncio.wait_for(self._ready.wait(), START_TIMEOUT)
-        except TimeoutError:
+            await asyncio.wait(
+                {ready, exited}, timeout=START_TIMEOUT, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            ready.cancel()
+            exited.cancel()
+        if not self._ready.is_set():
             why = self._log_tail()
+            gone = self._process.returncode is not None
             await self._stop()
             raise EngineUnavailable(
-                f"Chromium did not open its engine page within {START_TIMEOUT:.0f} s: {why}"
-            ) from None
+                f"Chromium exited at start: {why}"
+                if gone
+                else f"Chromium did not open its engine page within {START_TIMEOUT:.0f} s: {why}"
+            )
 
     def _log_tail(self) -> str:
         if self._profile is None:

@@ -74,6 +74,11 @@ class VolunteerStats:
 
 class Volunteer:
     def __init__(self, config: VolunteerConfig) -> None:
+        if config.webrtc not in webrtc.ENGINES:
+            raise ValueError(
+                f"the WebRTC engine must be one of {', '.join(webrtc.ENGINES)}, "
+                f"not {config.webrtc!r}"
+            )
         self.config = config
         self.stats = VolunteerStats()
         self._relays: set[asyncio.Task[None]] = set()
@@ -172,10 +177,7 @@ class Volunteer:
         # WebSocket to the egress exists; those messages wait in the relay's queue.
         relay = ClientRelay(self, peer)
         try:
-            try:
-                answer = await peer.answer(offer.sdp)
-            except webrtc.EngineUnavailable as exc:
-                raise ValueError(f"the WebRTC engine is not available: {exc}") from exc
+            answer = await peer.answer(offer.sdp)
             await broker.answer(self.config.volunteer_id, offer.offer_id, answer)
             await asyncio.wait_for(peer.opened.wait(), CHANNEL_OPEN_TIMEOUT)
             self.stats.clients_total += 1
@@ -189,6 +191,10 @@ class Volunteer:
             log.warning("could not answer a client: %s", exc)
         except ValueError as exc:
             log.warning("rejected a malformed offer: %s", exc)
+        except webrtc.EngineUnavailable as exc:
+            log.error("could not serve a client: the WebRTC engine failed: %s", exc)
+        except OSError as exc:
+            log.warning("a client's relay failed: %s", exc)
         finally:
             self.stats.clients_now -= 1
             self._capacity_freed.set()
@@ -267,6 +273,8 @@ class ClientRelay:
                 continue
             if bucket is not None:
                 await bucket.take(len(message.data))
-            peer.send(message.data)
+            if not peer.send(message.data):
+                stats.dropped += 1
+                continue
             stats.bytes_to_clients += len(message.data)
             self.moved[1] += len(message.data)
