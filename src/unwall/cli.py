@@ -206,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"unwall {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument(
+        "--log-destinations",
+        action="store_true",
+        help="for debugging only: let log lines name destinations (host:port) and the "
+        "addresses of clients and volunteers, which by default they never do. Such a log "
+        "tells who went where: do not keep it",
+    )
     roles = parser.add_subparsers(dest="role", metavar="ROLE", required=True)
 
     broker = roles.add_parser("broker", help="pair clients with volunteers (HTTP JSON API)")
@@ -343,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
+    setup_logging(args.verbose, args.quiet, args.log_destinations)
     try:
         if args.role == "broker":
             return _run(_broker(resolve(args, BROKER_OPTIONS, "broker")))

@@ -102,6 +102,8 @@ class LocalBridge:
     host: str = LOOPBACK
     roles: list[RoleProcess] = field(default_factory=list)
     pin: str = ""
+    #: options before the role on every role's command line (e.g. `--log-destinations`)
+    global_args: tuple[str, ...] = ()
     _counter: int = 0
 
     @property
@@ -132,6 +134,7 @@ class LocalBridge:
             sys.executable,
             "-m",
             "unwall",
+            *self.global_args,
             *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=handle,

@@ -158,6 +158,16 @@ def test_keygen_honours_egress_key_dir(tmp_path: Path) -> None:
     assert not (tmp_path / "egress-keys").exists()
 
 
+def test_egress_refuses_a_key_others_can_read(tmp_path: Path) -> None:
+    key_dir = tmp_path / "keys"
+    assert unwall("egress", "keygen", "--key-dir", str(key_dir)).returncode == 0
+    assert stat.S_IMODE(key_dir.stat().st_mode) == 0o700
+    (key_dir / KEY_FILE).chmod(0o644)
+    result = unwall("egress", "--key-dir", str(key_dir), "--listen", "127.0.0.1:0")
+    assert result.returncode == 2, describe(result)
+    assert f"chmod 600 {key_dir / KEY_FILE}" in result.stderr
+
+
 # -- refusals --------------------------------------------------------------------------------
 
 

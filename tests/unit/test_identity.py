@@ -253,3 +253,30 @@ def test_encrypted_key_is_refused(identity: EgressIdentity, tmp_path: Path) -> N
     )
     with pytest.raises(IdentityError):
         load_identity(tmp_path)
+
+
+# -- file modes (issue 11, row 8) ------------------------------------------------------------
+
+
+def test_modes_do_not_follow_the_umask(identity: EgressIdentity, tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        save_identity(identity, tmp_path / "keys")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "keys" / "egress-key.pem").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "keys" / "egress-cert.pem").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_key_others_can_read_is_refused(
+    identity: EgressIdentity, tmp_path: Path, mode: int
+) -> None:
+    save_identity(identity, tmp_path)
+    key = tmp_path / "egress-key.pem"
+    key.chmod(mode)
+    with pytest.raises(IdentityError, match=f"chmod 600 {key}"):
+        load_identity(tmp_path)
+    key.chmod(0o600)
+    assert load_identity(tmp_path).pin == identity.pin

@@ -348,7 +348,7 @@ async def test_numeric_name_is_resolved_and_refused() -> None:
         socket.getaddrinfo("2130706433", 80, flags=socket.AI_NUMERICHOST)
     except socket.gaierror:
         pytest.skip("this libc does not read 2130706433 as a numeric address")
-    with pytest.raises(PolicyDenied, match=re.escape("127.0.0.1 is a loopback")):
+    with pytest.raises(PolicyDenied, match=re.escape("its policy: no loopback addresses")):
         await DEFAULT.resolve("2130706433", 80)
 
 
@@ -395,8 +395,8 @@ async def test_name_resolving_to_a_private_address_is_refused() -> None:
     with pytest.raises(PolicyDenied) as caught:
         await DEFAULT.resolve("intranet.example", 443, resolver=resolver)
     assert caught.value.reason == (
-        "intranet.example resolves only to addresses the egress refuses: "
-        "10.0.0.1 is a private address (10.0.0.0/8)"
+        "intranet.example resolves only to addresses the egress refuses "
+        "(its policy: no private addresses)"
     )
     assert calls == [("intranet.example", 443)]
 
@@ -408,9 +408,10 @@ async def test_name_resolving_to_a_private_address_is_allowed_by_the_allow_list(
     assert addresses == ["10.0.0.1"]
 
 
-async def test_reason_names_the_first_refused_address() -> None:
+async def test_reason_names_every_refusing_rule() -> None:
     _, resolver = fixed_resolver(["192.168.1.1", "127.0.0.1", "::1"])
-    with pytest.raises(PolicyDenied, match=re.escape("192.168.1.1 is a private address")):
+    rules = "its policy: no loopback addresses, no private addresses"
+    with pytest.raises(PolicyDenied, match=re.escape(rules)):
         await DEFAULT.resolve("home.example", 80, resolver=resolver)
 
 
@@ -469,3 +470,17 @@ async def test_resolver_failures_become_name_not_resolved(error: Exception) -> N
 
     with pytest.raises(NameNotResolved, match=re.escape("failing.example does not resolve")):
         await DEFAULT.resolve("failing.example", 443, resolver=failing)
+
+
+async def test_a_refusal_never_tells_what_a_name_resolved_to() -> None:
+    """Issue 11, row 6: the reason goes back to the client; naming the resolved address
+    would let anyone query the egress's internal DNS through it."""
+    _, resolver = fixed_resolver(["169.254.169.254", "10.1.2.3", "fd00::1", "not-an-ip"])
+    with pytest.raises(PolicyDenied) as caught:
+        await DEFAULT.resolve("metadata.example", 80, resolver=resolver)
+    reason = str(caught.value)
+    for leak in ("169.254", "10.1.2.3", "fd00", "not-an-ip", "/16", "/8"):
+        assert leak not in reason, reason
+    assert "no link-local addresses" in reason
+    assert "no private addresses" in reason
+    assert "IP addresses only" in reason

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from unwall import logs
 from unwall.client import httpproxy, socks5
 from unwall.client.tunnel import Tunnel, TunnelUnavailable
 from unwall.transport import quic
@@ -36,6 +37,12 @@ class StreamOpenFailed(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def _why(exc: StreamOpenFailed) -> str:
+    """The refusal for a log line: the egress's reason names the destination (and what it
+    resolved to), so by default only the kind of refusal."""
+    return exc.reason if logs.showing() else exc.status.name.lower().replace("_", " ")
 
 
 async def open_target(tunnel: Tunnel, host: str, port: int, early: bytes = b"") -> QuicStream:
@@ -131,7 +138,8 @@ class LocalProxies:
         try:
             request = await asyncio.wait_for(_read_socks(parser, reader, writer), REQUEST_TIMEOUT)
         except socks5.Socks5Error as exc:
-            log.info("SOCKS5: %s", exc)
+            # The message may quote the requested name: only when asked.
+            log.info("SOCKS5: %s", exc if logs.showing() else "refused a malformed request")
             with contextlib.suppress(ConnectionError):
                 writer.write(parser.data_to_send())
                 await writer.drain()
@@ -148,7 +156,7 @@ class LocalProxies:
                 self.tunnel, request.host, request.port, parser.trailing_data
             )
         except StreamOpenFailed as exc:
-            log.info("SOCKS5 %s:%d: %s", request.host, request.port, exc.reason)
+            log.info("SOCKS5 %s: %s", logs.destination(request.host, request.port), _why(exc))
             with contextlib.suppress(ConnectionError):
                 writer.write(parser.reply(socks5.reply_for_status(exc.status)))
                 await writer.drain()
@@ -168,7 +176,9 @@ class LocalProxies:
         try:
             request = await asyncio.wait_for(_read_http(parser, reader), REQUEST_TIMEOUT)
         except httpproxy.HttpProxyError as exc:
-            log.info("HTTP proxy: %s", exc.message)
+            # The message may quote the requested target: only when asked.
+            shown = exc.message if logs.showing() else f"refused a malformed request ({exc.status})"
+            log.info("HTTP proxy: %s", shown)
             await _respond_and_close(writer, httpproxy.error_response(exc.status, exc.message))
             return
         except TimeoutError:
@@ -188,7 +198,7 @@ class LocalProxies:
         try:
             stream = await open_target(self.tunnel, request.host, request.port, early)
         except StreamOpenFailed as exc:
-            log.info("HTTP proxy %s:%d: %s", request.host, request.port, exc.reason)
+            log.info("HTTP proxy %s: %s", logs.destination(request.host, request.port), _why(exc))
             status = httpproxy.http_status_for(exc.status)
             message = f"unwall could not reach {request.host}:{request.port}: {exc.reason}"
             await _respond_and_close(writer, httpproxy.error_response(status, message))

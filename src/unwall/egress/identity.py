@@ -7,6 +7,7 @@ can be re-issued without changing the pin.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -56,7 +57,12 @@ def generate_identity() -> EgressIdentity:
 
 
 def save_identity(identity: EgressIdentity, directory: Path, *, overwrite: bool = False) -> None:
+    """Write key (0600) and certificate (0644) into `directory` (created 0700), whatever
+    the umask: the mode is set on the file, not asked of open()."""
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
+    if created:
+        os.chmod(directory, 0o700)
     key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
     if not overwrite and (key_path.exists() or cert_path.exists()):
         raise IdentityError(
@@ -72,11 +78,24 @@ def save_identity(identity: EgressIdentity, directory: Path, *, overwrite: bool 
     os.fchmod(fd, 0o600)  # also when replacing a file that had looser permissions
     with os.fdopen(fd, "wb") as handle:
         handle.write(key_pem)
-    cert_path.write_bytes(identity.certificate.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(cert_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.fchmod(fd, 0o644)  # the certificate is public; others may read it, never write it
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(identity.certificate.public_bytes(serialization.Encoding.PEM))
 
 
 def load_identity(directory: Path) -> EgressIdentity:
+    """The egress's key and certificate; IdentityError when missing, unreadable,
+    mismatched, or when the key is open to other users (the key is the egress's identity:
+    whoever reads it can pose as this egress to every client)."""
     key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
+    with contextlib.suppress(FileNotFoundError):
+        mode = key_path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise IdentityError(
+                f"{key_path} can be read or written by other users (mode {mode:04o}); "
+                f"fix it with: chmod 600 {key_path}"
+            )
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())

@@ -27,7 +27,9 @@ import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from unwall import logs
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,9 @@ _PORT_ITEM = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 class PolicyDecision:
     allowed: bool
     reason: str
+    #: for a refusal: the rule that refused, naming no address (what a client may be told
+    #: about a name it asked for: the reason would reveal what the egress's DNS answered)
+    rule: str = field(default="", compare=False)
 
 
 class PolicyDenied(Exception):
@@ -147,13 +152,17 @@ class EgressPolicy:
         if embedded is not None:
             ipv4, kind = embedded
             inner = self.check_address(ipv4)
-            return PolicyDecision(inner.allowed, f"{address} is {kind} for {ipv4}; {inner.reason}")
+            return PolicyDecision(
+                inner.allowed, f"{address} is {kind} for {ipv4}; {inner.reason}", inner.rule
+            )
         refused = _find(address, _REFUSED_IPV6)
         if refused is not None:
             return refused
         if address not in _GLOBAL_UNICAST:
             return PolicyDecision(
-                False, f"{address} is a reserved address (outside global unicast, 2000::/3)"
+                False,
+                f"{address} is a reserved address (outside global unicast, 2000::/3)",
+                "no reserved addresses",
             )
         return PolicyDecision(True, f"{address} is a public address")
 
@@ -184,7 +193,9 @@ class EgressPolicy:
                 continue
             seen.add(key)
             if address is None:
-                refused.append(PolicyDecision(False, f"{answer!r} is not an IP address"))
+                refused.append(
+                    PolicyDecision(False, f"{answer!r} is not an IP address", "IP addresses only")
+                )
                 continue
             decision = self.check_address(address)
             if decision.allowed:
@@ -192,9 +203,15 @@ class EgressPolicy:
             else:
                 refused.append(decision)
         if not allowed:
-            reason = f"{host} resolves only to addresses the egress refuses: {refused[0].reason}"
+            # Name the rules, never the addresses: the reason goes back to the client, and
+            # whoever asks must not learn what the egress's resolver answers.
+            rules = sorted({decision.rule or "refused addresses" for decision in refused})
+            reason = (
+                f"{host} resolves only to addresses the egress refuses "
+                f"(its policy: {', '.join(rules)})"
+            )
             raise PolicyDenied(host, port, reason)
-        if refused:
+        if refused and logs.showing():  # names the host and its addresses
             logger.debug(
                 "%s: dropping refused addresses, connecting only to %s: %s",
                 host,
@@ -229,8 +246,15 @@ async def _lookup(host: str, port: int, resolver: Resolver) -> list[str]:
 def _find(address: IPAddress, table: tuple[tuple[IPNetwork, str], ...]) -> PolicyDecision | None:
     for network, kind in table:
         if address in network:
-            return PolicyDecision(False, f"{address} is {kind} ({network})")
+            return PolicyDecision(False, f"{address} is {kind} ({network})", _rule(kind))
     return None
+
+
+def _rule(kind: str) -> str:
+    """'a private address' -> 'no private addresses': the rule, for a client's ears."""
+    words = kind.removeprefix("the ").removeprefix("an ").removeprefix("a ")
+    words = words.replace("address", "addresses", 1) if "address" in words else words
+    return f"no {words}"
 
 
 def _check_table(address: IPAddress, table: tuple[tuple[IPNetwork, str], ...]) -> PolicyDecision:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
+from unwall import logs
 from unwall.egress.identity import EgressIdentity
 from unwall.egress.policy import EgressPolicy, NameNotResolved, PolicyDenied
 from unwall.egress.router import NewSession, SessionRouter
@@ -144,12 +145,12 @@ class Egress:
         status, reason, connection = await self._dial(target)
         if connection is None:
             log.info(
-                "%s stream %d: %s:%d refused: %s",
+                "%s stream %d: %s refused: %s",
                 session.name,
                 stream.stream_id,
-                target.host,
-                target.port,
-                reason,
+                logs.destination(target.host, target.port),
+                # The reason names the host (and what it resolved to): only when asked.
+                reason if logs.showing() else status.name.lower().replace("_", " "),
             )
             await self._refuse(stream, status, reason)
             session.stream_finished(stream)
@@ -163,11 +164,10 @@ class Egress:
             return
         result = await pipe(reader, writer, stream)
         log.debug(
-            "%s stream %d to %s:%d done: %d B up, %d B down%s",
+            "%s stream %d to %s done: %d B up, %d B down%s",
             session.name,
             stream.stream_id,
-            target.host,
-            target.port,
+            logs.destination(target.host, target.port),
             result.bytes_up,
             result.bytes_down,
             f" ({result.error})" if result.error else "",
@@ -217,7 +217,8 @@ class Egress:
         )
         await ws.prepare(request)
         self._path_count += 1
-        path = RelayPath(ws, f"path-{self._path_count} ({request.remote})")
+        where = f" ({request.remote})" if logs.showing() else ""
+        path = RelayPath(ws, f"path-{self._path_count}{where}")
         self._paths.add(path)
         log.info("%s: volunteer relay connected", path.name)
         try:
