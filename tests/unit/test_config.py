@@ -607,7 +607,7 @@ def test_real_unknown_key(role: str, options: list[Option], key: str, tmp_path: 
 def test_main_reports_config_errors_with_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(unwall.cli, "setup_logging", lambda verbose, quiet: None)
+    monkeypatch.setattr(unwall.cli, "setup_logging", lambda *args: None)
     path = tmp_path / "unwall.toml"
     path.write_text("[volunteer]\nbrokr = 'http://x/'\n")
     assert unwall.cli.main(["volunteer", "--config", str(path)]) == 2

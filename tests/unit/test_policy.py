@@ -14,6 +14,7 @@ import socket
 
 import pytest
 
+from unwall import logs
 from unwall.egress.policy import (
     EgressPolicy,
     NameNotResolved,
@@ -434,6 +435,13 @@ async def test_mixed_answers_keep_only_allowed_addresses_in_order(
     with caplog.at_level(logging.DEBUG, logger="unwall.egress.policy"):
         addresses = await DEFAULT.resolve("mixed.example", 443, resolver=resolver)
     assert addresses == expected
+    assert caplog.text == ""  # the line names the host: only with --log-destinations
+    logs.log_destinations(True)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="unwall.egress.policy"):
+            await DEFAULT.resolve("mixed.example", 443, resolver=resolver)
+    finally:
+        logs.log_destinations(False)
     assert "mixed.example: dropping refused addresses" in caplog.text
 
 
