@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 _show = False
 
@@ -34,6 +35,55 @@ def address(value: object) -> str:
     return str(value) if _show else "an address"
 
 
+#: At most one line per this many seconds for each kind of malformed request.
+MALFORMED_EVERY = 10.0
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp's server logs every request it cannot parse (a 9,000-byte header, a bad
+    request line) at ERROR, with a traceback and the sender's address: a stranger could
+    fill the disk with them, and they name people. Here each becomes one WARNING line
+    without a traceback or an address, at most one per kind every MALFORMED_EVERY
+    seconds, with the count of those left out. Other errors in request handling keep
+    their traceback (they are our bugs), without the address."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Error handling request"):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if not _is_malformed_request(exc):
+            if not _show:
+                record.msg, record.args = "Error handling request", ()
+            return True
+        kind = type(exc).__name__
+        now = time.monotonic()
+        if now - self._last.get(kind, -MALFORMED_EVERY) < MALFORMED_EVERY:
+            self._left_out[kind] = self._left_out.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        left_out = self._left_out.pop(kind, 0)
+        code = getattr(exc, "code", 400)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "refused a malformed HTTP request (%s, answered %s)%s"
+        more = f"; {left_out} more in the last {MALFORMED_EVERY:.0f} s" if left_out else ""
+        record.args = (kind, code, more)
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def _is_malformed_request(exc: BaseException | None) -> bool:
+    try:
+        from aiohttp.http_exceptions import HttpProcessingError
+    except ImportError:  # pragma: no cover (aiohttp is a dependency)
+        return False
+    return isinstance(exc, HttpProcessingError)
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False, destinations: bool = False) -> None:
     log_destinations(destinations)
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
@@ -47,3 +97,6 @@ def setup_logging(verbose: int = 0, quiet: bool = False, destinations: bool = Fa
     # Third-party chatter stays out of the user's console unless asked for (-vv).
     for noisy in ("aiortc", "aioice", "aioquic", "quic", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    server.filters[:] = [f for f in server.filters if not isinstance(f, MalformedRequests)]
+    server.addFilter(MalformedRequests())
