@@ -9,6 +9,7 @@ import time
 
 import aiohttp
 
+from unwall import serving
 from unwall.local import LocalBridge
 
 BIG_HEADER = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n"
@@ -52,3 +53,82 @@ async def test_row5_malformed_requests_cost_one_line_and_no_traceback(
         assert 1 <= len(lines) <= 4, lines  # one per kind, rate-limited
         assert all("WARNING" in line and "malformed HTTP request" in line for line in lines)
         assert not [line for line in lines if "127.0.0.1" in line], lines
+
+
+async def _held_for(port: int, source: str, trickle: bytes = b"", step: float = 0.5) -> float:
+    """Seconds until the server closed a connection that sends `trickle` a byte every
+    `step` seconds (or nothing), from the address `source`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    started = time.monotonic()
+
+    async def send() -> None:
+        for byte in trickle:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(step)
+
+    sender = asyncio.ensure_future(send())
+    try:
+        while await reader.read(1000):
+            pass
+    except ConnectionError:
+        pass
+    finally:
+        sender.cancel()
+        writer.close()
+    return time.monotonic() - started
+
+
+async def test_row4_idle_and_slow_connections_are_closed(bridge: LocalBridge) -> None:
+    """200 idle connections and 100 that send their request head a byte every half
+    second, to broker and egress: each is closed within the idle timeout (aiohttp alone
+    kept them an hour). Real clients are served meanwhile."""
+    await bridge.start_broker()
+    await bridge.start_egress()
+    head = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 100
+    tasks = []
+    for port in (bridge.broker_port, bridge.egress_port):
+        tasks += [_held_for(port, "127.0.0.3") for _ in range(100)]
+        tasks += [_held_for(port, "127.0.0.4", head) for _ in range(50)]
+    held = asyncio.gather(*tasks)
+    async with aiohttp.ClientSession() as http:
+        for port in (bridge.broker_port, bridge.egress_port):
+            async with http.get(f"http://127.0.0.1:{port}/v1/health") as response:
+                assert response.status == 200
+    seconds = await asyncio.wait_for(held, serving.IDLE_TIMEOUT + 20)
+    assert max(seconds) < serving.IDLE_TIMEOUT + 5, max(seconds)
+    assert min(seconds) > serving.IDLE_TIMEOUT - 1  # the timeout, not an accident
+
+
+async def test_row4_one_address_holds_a_bounded_number_of_connections(
+    bridge: LocalBridge,
+) -> None:
+    """One address opens far more connections than the cap: the ones past it are closed at
+    once, and another address is served as usual."""
+    await bridge.start_broker()
+    cap = serving.MAX_CONNECTIONS_PER_ADDRESS
+    opened = []
+    for _ in range(cap + 40):
+        opened.append(
+            await asyncio.open_connection(
+                "127.0.0.1", bridge.broker_port, local_addr=("127.0.0.2", 0)
+            )
+        )
+    await asyncio.sleep(0.5)
+    closed = 0
+    for reader, _ in opened:
+        try:
+            if await asyncio.wait_for(reader.read(1), 0.05) == b"":
+                closed += 1
+        except TimeoutError:
+            pass
+        except ConnectionError:
+            closed += 1
+    assert closed == 40, closed
+    url = f"http://127.0.0.1:{bridge.broker_port}/v1/health"
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        assert response.status == 200
+    for _, writer in opened:
+        writer.close()
+    log = bridge.roles[0].log_path.read_text()
+    assert log.count("refused a connection: one address already holds") == 1  # rate-limited

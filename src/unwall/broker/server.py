@@ -27,6 +27,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 
+from unwall import serving
 from unwall.broker.matchmaker import (
     Matchmaker,
     MatchmakerConfig,
@@ -404,10 +405,15 @@ async def _read_body(request: web.BaseRequest) -> bytes:
         raise MessageError(TOO_LARGE, f"the body is {length} bytes; the limit is {MAX_BODY}")
     body = bytearray()
     try:
-        while chunk := await request.content.readany():
-            body += chunk
-            if len(body) > MAX_BODY:
-                raise MessageError(TOO_LARGE, f"the body exceeds the limit of {MAX_BODY} bytes")
+        async with asyncio.timeout(serving.BODY_TIMEOUT):
+            while chunk := await request.content.readany():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    raise MessageError(TOO_LARGE, f"the body exceeds the limit of {MAX_BODY} bytes")
+    except TimeoutError:
+        raise MessageError(
+            BAD_REQUEST, f"the request body did not arrive within {serving.BODY_TIMEOUT:.0f} s"
+        ) from None
     except (ConnectionError, HttpProcessingError) as exc:
         raise MessageError(BAD_REQUEST, f"the request body could not be read ({exc})") from None
     return bytes(body)
@@ -522,10 +528,11 @@ async def run_broker(config: BrokerConfig, host: str, port: int) -> None:
         handler_cancellation=True,
         access_log=None,  # client addresses are nobody's business
         shutdown_timeout=5.0,
+        **serving.runner_options(),
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = serving.GuardedSite(runner, host, port)
         await site.start()
         bound_port = runner.addresses[0][1] if runner.addresses else port
         shown_host = f"[{host}]" if ":" in host else host

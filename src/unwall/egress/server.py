@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
-from unwall import logs
+from unwall import logs, serving
 from unwall.egress.identity import EgressIdentity
 from unwall.egress.policy import EgressPolicy, NameNotResolved, PolicyDenied
 from unwall.egress.router import NewSession, SessionRouter
@@ -299,9 +299,15 @@ def _status_for_os_error(exc: OSError, address: str, port: int) -> tuple[StreamS
 async def run_egress(config: EgressConfig, identity: EgressIdentity) -> None:
     """Serve until cancelled."""
     egress = Egress(config, identity)
-    runner = web.AppRunner(egress.app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    runner = web.AppRunner(
+        egress.app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=5.0,
+        **serving.runner_options(),
+    )
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site = serving.GuardedSite(runner, config.host, config.port)
     await site.start()
     log.info(
         "egress listening on ws://%s:%d/v1/relay (pin %s)", config.host, config.port, identity.pin
