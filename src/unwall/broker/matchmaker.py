@@ -303,6 +303,7 @@ def pick_volunteer(
 # -- the matchmaker -------------------------------------------------------------------------
 
 _TimerKind = Literal["poll", "offer", "volunteer"]
+_Bucket = tuple[bool, NatKind]  # (relay, NAT kind) of a volunteer
 
 
 def random_offer_id() -> str:
@@ -325,6 +326,13 @@ class Matchmaker:
         self._new_offer_id = new_offer_id
         self._events: deque[Event] = deque()
         self._timers: list[tuple[float, int, _TimerKind, str]] = []
+        # Open polls of volunteers with room, by (relay, NAT kind): a heap each, ordered as
+        # pick_volunteer ranks within one kind, with stale entries skipped (and compacted)
+        # lazily. Picking looks at the top of each of these few heaps, so a poll or an offer
+        # costs O(log N) whatever N volunteers poll, not a scan of every open poll.
+        self._free: dict[_Bucket, list[tuple[float, float, int]]] = {}
+        self._free_bucket: dict[int, _Bucket] = {}
+        self._free_live: dict[_Bucket, int] = {}
         self._next_poll_id = 1
         self._next_seq = 1
 
@@ -338,9 +346,9 @@ class Matchmaker:
         old = store.get_volunteer(poll.volunteer_id)
         if old is not None and old.poll_id is not None:
             store.delete_poll(old.poll_id)
+            self._unindex_poll(old.poll_id)
             self._events.append(PollReleased(old.poll_id, "superseded"))
-        store.put_volunteer(
-            VolunteerRecord(
+        volunteer = VolunteerRecord(
                 volunteer_id=poll.volunteer_id,
                 kind=poll.kind,
                 capacity=poll.capacity,
@@ -349,12 +357,14 @@ class Matchmaker:
                 report=(old.report + 1) if old is not None else 1,
                 last_seen=now,
                 poll_id=poll_id,
-                nat=poll.nat,
-                relay=poll.relay,
-            )
+            nat=poll.nat,
+            relay=poll.relay,
         )
+        store.put_volunteer(volunteer)
         deadline = now + self.config.poll_timeout
-        store.put_poll(PollRecord(poll_id, poll.volunteer_id, now, deadline))
+        record = PollRecord(poll_id, poll.volunteer_id, now, deadline)
+        store.put_poll(record)
+        self._index_poll(record, volunteer)
         self._add_timer(deadline, "poll", str(poll_id))
         self._match(now)
         return poll_id
@@ -397,6 +407,7 @@ class Matchmaker:
         poll = store.get_poll(poll_id)
         if poll is not None:
             store.delete_poll(poll_id)
+            self._unindex_poll(poll_id)
             volunteer = store.get_volunteer(poll.volunteer_id)
             if volunteer is not None and volunteer.poll_id == poll_id:
                 self._touch(replace(volunteer, poll_id=None), now)
@@ -462,11 +473,12 @@ class Matchmaker:
 
     def _match(self, now: float) -> None:
         store = self._store
+        if not self._free_bucket:
+            return  # no volunteer with room is polling: nothing to hand, whatever waits
         for offer in store.queued_offers():
-            free = self._free_polls()
-            if not free:
+            if not self._free_bucket:
                 return
-            pick = pick_volunteer(offer, free)
+            pick = self._pick(offer)
             if pick is None:
                 if not offer.passed_over:
                     store.put_offer(replace(offer, passed_over=True))
@@ -474,20 +486,53 @@ class Matchmaker:
             poll, volunteer = pick
             self._hand(offer, volunteer, poll.poll_id, now)
 
-    def _free_polls(self) -> list[tuple[PollRecord, VolunteerRecord]]:
-        """Open polls of volunteers with room."""
-        free = []
-        for poll in self._store.open_polls():
-            volunteer = self._store.get_volunteer(poll.volunteer_id)
-            if volunteer is not None and not volunteer.is_full:
-                free.append((poll, volunteer))
-        return free
+    def _index_poll(self, poll: PollRecord, volunteer: VolunteerRecord) -> None:
+        if volunteer.is_full:
+            return  # never handed an offer until it reports room in a new poll
+        bucket = (volunteer.relay, volunteer.nat)
+        heap = self._free.setdefault(bucket, [])
+        heapq.heappush(heap, (volunteer.load, poll.opened, poll.poll_id))
+        self._free_bucket[poll.poll_id] = bucket
+        live = self._free_live[bucket] = self._free_live.get(bucket, 0) + 1
+        if len(heap) > 2 * live + 64:  # mostly stale entries: keep memory in proportion
+            heap[:] = [entry for entry in heap if self._free_bucket.get(entry[2]) == bucket]
+            heapq.heapify(heap)
+
+    def _unindex_poll(self, poll_id: int) -> None:
+        bucket = self._free_bucket.pop(poll_id, None)
+        if bucket is not None:
+            self._free_live[bucket] -= 1
+
+    def _pick(self, offer: OfferRecord) -> tuple[PollRecord, VolunteerRecord] | None:
+        """pick_volunteer's choice, from the top of each kind's heap."""
+        best: tuple[int, float, float, int] | None = None
+        chosen: tuple[PollRecord, VolunteerRecord] | None = None
+        for bucket, heap in self._free.items():
+            relay, nat = bucket
+            if not (offer.relay or relay or can_connect(offer.nat, nat)):
+                continue
+            while heap:
+                _, _, poll_id = heap[0]
+                poll = self._store.get_poll(poll_id) if poll_id in self._free_bucket else None
+                volunteer = self._store.get_volunteer(poll.volunteer_id) if poll else None
+                if poll is None or volunteer is None or volunteer.is_full:
+                    heapq.heappop(heap)  # stale: gone, or no longer free
+                    if poll is not None:
+                        self._unindex_poll(poll_id)
+                    continue
+                restrictive = -1 if relay else RESTRICTIVENESS[nat]
+                rank = (-restrictive, volunteer.load, poll.opened, poll.poll_id)
+                if best is None or rank < best:
+                    best, chosen = rank, (poll, volunteer)
+                break
+        return chosen
 
     def _hand(
         self, offer: OfferRecord, volunteer: VolunteerRecord, poll_id: int, now: float
     ) -> None:
         store = self._store
         store.delete_poll(poll_id)
+        self._unindex_poll(poll_id)
         volunteer = replace(volunteer, handed=volunteer.handed + 1, poll_id=None)
         self._touch(volunteer, now)
         store.put_offer(
