@@ -132,3 +132,47 @@ async def test_row4_one_address_holds_a_bounded_number_of_connections(
         writer.close()
     log = bridge.roles[0].log_path.read_text()
     assert log.count("refused a connection: one address already holds") == 1  # rate-limited
+
+
+async def test_row1_a_flood_of_junk_initials_leaves_real_clients_served(
+    bridge: LocalBridge,
+) -> None:
+    """1,000 QUIC Initials (1.2 MB) through 10 relay WebSockets, each a real client's
+    first packet whose handshake nobody finishes (tests/unit/test_router.py floods with
+    undecryptable ones): they take at most the pending slots of those relays (4 each),
+    never the session table, and a real client that starts right after gets its tunnel at
+    once."""
+
+    await bridge.start_broker()
+    await bridge.start_egress()
+    await bridge.start_volunteer()
+    url = f"ws://127.0.0.1:{bridge.egress_port}/v1/relay"
+    health = f"http://127.0.0.1:{bridge.egress_port}/v1/health"
+    async with aiohttp.ClientSession() as http:
+        sockets = [await http.ws_connect(url) for _ in range(10)]
+        for ws in sockets:
+            for _ in range(100):
+                await ws.send_bytes(_abandoned_initial())
+        await asyncio.sleep(0.5)
+        async with http.get(health) as response:
+            figures = await response.json()
+        assert figures["sessions"] <= 40, figures  # before: all 1,000, the table full
+        assert figures["pending"] == figures["sessions"], figures
+        started = time.monotonic()
+        client = await bridge.start_client(wait_ready=False)
+        await bridge.wait_log(client, "tunnel ready", timeout=20)
+        assert time.monotonic() - started < 15
+        for ws in sockets:
+            await ws.close()
+    log = next(role for role in bridge.roles if role.name == "egress").log_path.read_text()
+    assert "refusing a new session" not in log  # the table never filled
+
+
+def _abandoned_initial() -> bytes:
+    from aioquic.quic.connection import QuicConnection
+
+    from unwall.transport import quic
+
+    client = QuicConnection(configuration=quic.client_configuration(1200))
+    client.connect(quic.PATH_ADDRESS, now=0.0)
+    return client.datagrams_to_send(now=0.0)[0][0]

@@ -80,3 +80,75 @@ async def test_session_limit() -> None:
     assert len(router.sessions) == 2
     router.forget(router.sessions[0])
     assert router.route(_initial()) is not None
+
+
+# -- a stranger gets no work done for free (issue 11, row 1) ---------------------------------
+
+
+def _junk_initial(version: int = 1) -> bytes:
+    """A long-header Initial of `version`, padded, that no key decrypts (the flood)."""
+    import os
+
+    dcid = os.urandom(8)
+    header = bytes([0xC0]) + version.to_bytes(4, "big") + bytes([8]) + dcid + bytes([8])
+    header += os.urandom(8) + b"\x00" + (1200 - len(header) - 3 + 1).to_bytes(2, "big")
+    return (header + os.urandom(1200))[:1200]
+
+
+async def test_unknown_versions_cost_nothing() -> None:
+    created: list[NewSession] = []
+    router = _router(created)
+    assert router.route(_junk_initial(version=0x1A2A3A4A), "ws", "addr") is None
+    assert created == []
+    assert router.route(_junk_initial(version=1), "ws", "addr") is not None
+
+
+async def test_each_source_holds_only_a_few_unfinished_handshakes() -> None:
+    created: list[NewSession] = []
+    router = SessionRouter(
+        _router(created)._factory, max_sessions=1000, pending_per_path=4, pending_per_address=6
+    )
+    flood = [router.route(_junk_initial(), "ws-1", "10.0.0.1") for _ in range(100)]
+    assert sum(s is not None for s in flood) == 4  # one WebSocket: its four slots
+    more = [router.route(_junk_initial(), "ws-2", "10.0.0.1") for _ in range(100)]
+    assert sum(s is not None for s in more) == 2  # same address: its six in all
+    assert router.route(_junk_initial(), "ws-3", "10.0.0.2") is not None  # others: served
+    assert router.pending_count == 7
+    assert router.refused_pending == 194
+    # They never finish: after the handshake timeout they are gone, and slots are free.
+    assert router.expire_pending(now=5.0, timeout=10.0) == []
+    expired = router.expire_pending(now=11.0, timeout=10.0)
+    assert len(expired) == 7 and router.pending_count == 0
+    assert router.route(_junk_initial(), "ws-1", "10.0.0.1") is not None
+    await asyncio.sleep(0)
+
+
+async def test_a_completed_handshake_frees_its_slot() -> None:
+    """A real client's session leaves `pending` when its handshake completes."""
+    created: list[NewSession] = []
+    router = SessionRouter(_router(created)._factory, pending_per_path=1)
+    client = QuicSession(
+        FlowControlledConnection(configuration=quic.client_configuration(1200)), name="c"
+    )
+    server: list[QuicSession] = []
+
+    def to_egress(data: bytes) -> None:
+        session = router.route(data, "ws", "addr")
+        if session is not None:
+            if not server:
+                server.append(session)
+                session._on_event = lambda event: router.on_event(session, event)
+                session.set_sender(client.datagram_received)
+            session.datagram_received(data)
+
+    client.set_sender(to_egress)
+    client.connect()
+    await asyncio.wait_for(client.ready, 5)
+    for _ in range(50):
+        if router.pending_count == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert router.pending_count == 0
+    assert router.route(_junk_initial(), "ws", "addr") is not None  # the slot is free again
+    client.close(0, "done")
+    await asyncio.sleep(0)

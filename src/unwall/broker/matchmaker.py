@@ -349,14 +349,14 @@ class Matchmaker:
             self._unindex_poll(old.poll_id)
             self._events.append(PollReleased(old.poll_id, "superseded"))
         volunteer = VolunteerRecord(
-                volunteer_id=poll.volunteer_id,
-                kind=poll.kind,
-                capacity=poll.capacity,
-                clients=poll.clients,
-                handed=0,
-                report=(old.report + 1) if old is not None else 1,
-                last_seen=now,
-                poll_id=poll_id,
+            volunteer_id=poll.volunteer_id,
+            kind=poll.kind,
+            capacity=poll.capacity,
+            clients=poll.clients,
+            handed=0,
+            report=(old.report + 1) if old is not None else 1,
+            last_seen=now,
+            poll_id=poll_id,
             nat=poll.nat,
             relay=poll.relay,
         )

@@ -2,16 +2,25 @@
 
 This is what lets a session move between volunteers: the WebSocket a datagram arrived on
 says nothing about which session it belongs to; the destination connection ID does.
+
+A stranger gets no work done for free: a datagram that is not a QUIC Initial of a version
+we speak, padded as the protocol asks, costs nothing; a new session that has not finished
+its handshake is *pending*, and each source (a volunteer's WebSocket, and the address it
+comes from) may hold only a few pending sessions at once; a pending session is dropped
+after `HANDSHAKE_TIMEOUT`. So a flood of junk Initials through one relay fills at most
+that relay's few slots, for seconds, and never the session table.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 from unwall.transport.quic import MIN_DATAGRAM_SIZE, QuicSession
@@ -20,6 +29,15 @@ log = logging.getLogger("unwall.egress")
 
 #: aioquic's default; every connection ID the egress issues has this length.
 HOST_CID_LENGTH = 8
+#: QUIC versions a client may start with (aioquic's).
+VERSIONS = frozenset(int(v) for v in QuicConfiguration(is_client=False).supported_versions)
+#: Unfinished handshakes one volunteer's WebSocket may carry at once ...
+PENDING_PER_PATH = 4
+#: ... and all WebSockets from one address together (volunteers can share an address).
+PENDING_PER_ADDRESS = 64
+#: A session whose handshake has not completed by then is dropped (the client's own
+#: handshake timeout is the same).
+HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -36,19 +54,40 @@ SessionFactory = Callable[[NewSession], QuicSession]
 class SessionRouter:
     """Map connection IDs to sessions; create a session for each new client Initial."""
 
-    def __init__(self, factory: SessionFactory, *, max_sessions: int = 1000) -> None:
+    def __init__(
+        self,
+        factory: SessionFactory,
+        *,
+        max_sessions: int = 1000,
+        pending_per_path: int = PENDING_PER_PATH,
+        pending_per_address: int = PENDING_PER_ADDRESS,
+    ) -> None:
         self._factory = factory
         self._max_sessions = max_sessions
+        self._pending_caps = (pending_per_path, pending_per_address)
         self._by_cid: dict[bytes, QuicSession] = {}
         self._cids: dict[QuicSession, set[bytes]] = {}
+        #: sessions whose handshake has not completed: their sources, and since when
+        self._pending: dict[QuicSession, tuple[Hashable, Hashable, float]] = {}
+        self._pending_from: Counter[tuple[int, Hashable]] = Counter()
         self.dropped = 0
+        self.refused_pending = 0
 
     @property
     def sessions(self) -> list[QuicSession]:
         return list(self._cids)
 
-    def route(self, data: bytes) -> QuicSession | None:
-        """The session a datagram belongs to, a new one for a new Initial, or None (drop)."""
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def route(
+        self, data: bytes, path: Hashable = None, address: Hashable = None, now: float = 0.0
+    ) -> QuicSession | None:
+        """The session a datagram belongs to, a new one for a new Initial, or None (drop).
+
+        `path` and `address` say where it came from (the relay WebSocket, and the address
+        it connects from); `now` starts a new session's handshake clock."""
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=HOST_CID_LENGTH)
         except ValueError:
@@ -57,8 +96,21 @@ class SessionRouter:
         session = self._by_cid.get(header.destination_cid)
         if session is not None:
             return session
-        if header.packet_type != QuicPacketType.INITIAL or len(data) < MIN_DATAGRAM_SIZE:
+        if (
+            header.packet_type != QuicPacketType.INITIAL
+            or len(data) < MIN_DATAGRAM_SIZE
+            or header.version not in VERSIONS
+        ):
             # Stray packet of a session we no longer know (or garbage): QUIC will time out.
+            self.dropped += 1
+            return None
+        sources = ((0, path), (1, address))
+        if any(
+            self._pending_from[source] >= cap
+            for source, cap in zip(sources, self._pending_caps, strict=True)
+        ):
+            # This source already has its share of unfinished handshakes.
+            self.refused_pending += 1
             self.dropped += 1
             return None
         if len(self._cids) >= self._max_sessions:
@@ -67,6 +119,8 @@ class SessionRouter:
             return None
         # The client pads its first Initial to its maximum datagram size (protocol.md §2).
         session = self._factory(NewSession(header.destination_cid, len(data)))
+        self._pending[session] = (path, address, now)
+        self._pending_from.update(sources)
         self._cids[session] = set()
         self._add(session, header.destination_cid)
         self._add(session, session._conn.host_cid)
@@ -79,10 +133,30 @@ class SessionRouter:
         elif isinstance(event, events.ConnectionIdRetired):
             self._by_cid.pop(event.connection_id, None)
             self._cids.get(session, set()).discard(event.connection_id)
+        elif isinstance(event, events.HandshakeCompleted):
+            self._settle(session)
         elif isinstance(event, events.ConnectionTerminated):
             self.forget(session)
 
+    def expire_pending(self, now: float, timeout: float = HANDSHAKE_TIMEOUT) -> list[QuicSession]:
+        """Forget the sessions whose handshake has not completed within `timeout`; the
+        caller closes them."""
+        expired = [s for s, (_, _, since) in self._pending.items() if now - since > timeout]
+        for session in expired:
+            self.forget(session)
+        return expired
+
+    def _settle(self, session: QuicSession) -> None:
+        pending = self._pending.pop(session, None)
+        if pending is not None:
+            path, address, _ = pending
+            self._pending_from.subtract(((0, path), (1, address)))
+            for source in ((0, path), (1, address)):
+                if self._pending_from[source] <= 0:
+                    del self._pending_from[source]
+
     def forget(self, session: QuicSession) -> None:
+        self._settle(session)
         for cid in self._cids.pop(session, set()):
             if self._by_cid.get(cid) is session:
                 del self._by_cid[cid]

@@ -60,9 +60,10 @@ class EgressConfig:
 class RelayPath:
     """One volunteer's WebSocket, as a place to send datagrams without blocking."""
 
-    def __init__(self, ws: web.WebSocketResponse, name: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, name: str, address: str | None = None) -> None:
         self.name = name
         self.ws = ws
+        self.address = address
         self._queue = DropTailQueue(ws.send_bytes, PATH_QUEUE_BYTES)
 
     def send(self, data: bytes) -> None:
@@ -117,7 +118,8 @@ class Egress:
         task.add_done_callback(self._stream_tasks.discard)
 
     def datagram_received(self, data: bytes, path: RelayPath) -> None:
-        session = self.router.route(data)
+        now = asyncio.get_running_loop().time()
+        session = self.router.route(data, path, path.address, now)
         if session is None:
             return
         # Answer on the path we last heard this session on.
@@ -218,7 +220,7 @@ class Egress:
         await ws.prepare(request)
         self._path_count += 1
         where = f" ({request.remote})" if logs.showing() else ""
-        path = RelayPath(ws, f"path-{self._path_count}{where}")
+        path = RelayPath(ws, f"path-{self._path_count}{where}", request.remote)
         self._paths.add(path)
         log.info("%s: volunteer relay connected", path.name)
         try:
@@ -245,6 +247,7 @@ class Egress:
                 "version": 1,
                 "status": "ok",
                 "sessions": len(self.router.sessions),
+                "pending": self.router.pending_count,
                 "paths": len(self._paths),
             }
         )
@@ -258,6 +261,10 @@ class Egress:
         while True:
             await asyncio.sleep(min(1.0, self.config.grace / 4))
             now = loop.time()
+            for session in self.router.expire_pending(now):
+                log.info("%s never completed its handshake; dropped", session.name)
+                session.close(quic.ERROR_PATH_LOST, "handshake not completed in time")
+                self._pathless.pop(session, None)
             for session, since in list(self._pathless.items()):
                 if session.is_closed:
                     del self._pathless[session]
