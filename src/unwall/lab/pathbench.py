@@ -224,16 +224,17 @@ def _summary(entries: list[dict[str, Any]], kinds: Sequence[str]) -> dict[str, A
 def _print_preset(name: str, entry: dict[str, Any], kinds: Sequence[str]) -> None:
     print(f"{name}: {entry['link']}")
     direct = entry["direct"]
-    print(f"  direct TCP                {direct['MBps']:8.3f} MB/s  ttfb {direct['page_ttfb_s']} s"
+    print(f"  {'direct TCP':<24} {direct['MBps']:8.3f} MB/s  ttfb {direct['page_ttfb_s']} s"
           f"{'' if direct['complete'] else '  (hit the time cap)'}")  # fmt: skip
     for kind in kinds:
         figures = entry[kind]
         if "error" in figures:
-            print(f"  unwall ({kind:<15}) failed: {figures['error']}")
+            print(f"  {f'unwall ({kind})':<24} failed: {figures['error']}")
             continue
         print(
-            f"  unwall ({kind:<15}) {figures['MBps']:8.3f} MB/s  ratio {figures.get('ratio')}  "
-            f"ttfb {figures['page_ttfb_s']} s  setup {figures['setup_s']} s  "
+            f"  {f'unwall ({kind})':<24} {figures['MBps']:8.3f} MB/s  "
+            f"ratio {figures.get('ratio')}  ttfb {figures['page_ttfb_s']} s  "
+            f"setup {figures['setup_s']} s  "
             f"longest stall {figures.get('max_stall_s')} s"
             f"{'' if figures['complete'] else '  (hit the time cap)'}"
         )
