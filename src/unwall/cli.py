@@ -131,6 +131,25 @@ EGRESS_OPTIONS = [
     Option("--connect-timeout", "seconds to connect to a destination", 10.0, positive_float),
     Option("--max-sessions", "most client sessions at once", 1000, positive_int),
     Option(
+        "--max-connections",
+        "most outbound connections at once, all sessions together (default: half the "
+        "open-file limit); past it a stream is refused as busy",
+        None,
+        positive_int,
+    ),
+    Option(
+        "--session-connections",
+        "most outbound connections one session holds at once",
+        256,
+        positive_int,
+    ),
+    Option(
+        "--session-stream-rate",
+        "new streams one session may open per second (bursts of twice that)",
+        50.0,
+        positive_float,
+    ),
+    Option(
         "--grace",
         "seconds a session may have no volunteer before it is closed",
         60.0,
@@ -488,6 +507,9 @@ async def _egress(options: dict[str, Any]) -> None:
         connect_timeout=options["connect_timeout"],
         max_sessions=options["max_sessions"],
         grace=options["grace"],
+        max_connections=options["max_connections"],
+        session_connections=options["session_connections"],
+        session_stream_rate=options["session_stream_rate"],
     )
     await run_egress(config, identity)
 

@@ -161,9 +161,11 @@ class LocalBridge:
         await self._wait_http(role, f"{self.broker_url}/v1/health")
         return role
 
-    async def start_egress(self, allow: tuple[str, ...] = ("127.0.0.0/8",)) -> RoleProcess:
+    async def start_egress(
+        self, allow: tuple[str, ...] = ("127.0.0.0/8",), extra: tuple[str, ...] = ()
+    ) -> RoleProcess:
         self.make_key()
-        args = ["egress", "--listen", f"{self.host}:{self.egress_port}"]
+        args = ["egress", "--listen", f"{self.host}:{self.egress_port}", *extra]
         args += ["--key-dir", str(self.key_dir)]
         for network in allow:
             args += ["--allow", network]

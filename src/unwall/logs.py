@@ -35,6 +35,24 @@ def address(value: object) -> str:
     return str(value) if _show else "an address"
 
 
+class Throttle:
+    """At most one log line per `every` seconds about one thing; `allow` also says how many
+    were left out since the last line that was let through."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._last = -every
+        self._left_out = 0
+
+    def allow(self) -> tuple[bool, int]:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self._left_out += 1
+            return False, 0
+        self._last, left_out, self._left_out = now, self._left_out, 0
+        return True, left_out
+
+
 #: At most one line per this many seconds for each kind of malformed request.
 MALFORMED_EVERY = 10.0
 
@@ -49,8 +67,7 @@ class MalformedRequests(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._last: dict[str, float] = {}
-        self._left_out: dict[str, int] = {}
+        self._throttles: dict[str, Throttle] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.getMessage().startswith("Error handling request"):
@@ -61,12 +78,9 @@ class MalformedRequests(logging.Filter):
                 record.msg, record.args = "Error handling request", ()
             return True
         kind = type(exc).__name__
-        now = time.monotonic()
-        if now - self._last.get(kind, -MALFORMED_EVERY) < MALFORMED_EVERY:
-            self._left_out[kind] = self._left_out.get(kind, 0) + 1
+        allowed, left_out = self._throttles.setdefault(kind, Throttle(MALFORMED_EVERY)).allow()
+        if not allowed:
             return False
-        self._last[kind] = now
-        left_out = self._left_out.pop(kind, 0)
         code = getattr(exc, "code", 400)
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.msg = "refused a malformed HTTP request (%s, answered %s)%s"

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from typing import Any
 
 from aiohttp import web
+
+from unwall.logs import Throttle
 
 log = logging.getLogger("unwall.serving")
 
@@ -95,19 +96,17 @@ class GuardedSite(web.TCPSite):
         self.per_address = per_address
         self.connections: Counter[str] = Counter()
         self.refusals = 0
-        self._logged_at = -REFUSAL_LOG_EVERY
-        self._unlogged = 0
+        self._throttle = Throttle(REFUSAL_LOG_EVERY)
 
     def refused(self, transport: asyncio.BaseTransport) -> None:
         self.refusals += 1
         transport.close()
-        now = time.monotonic()
-        if now - self._logged_at < REFUSAL_LOG_EVERY:
-            self._unlogged += 1
-            return
-        more = f" ({self._unlogged} more since the last line)" if self._unlogged else ""
-        log.warning("refused a connection: one address already holds %d%s", self.per_address, more)
-        self._logged_at, self._unlogged = now, 0
+        allowed, left_out = self._throttle.allow()
+        if allowed:
+            more = f" ({left_out} more since the last line)" if left_out else ""
+            log.warning(
+                "refused a connection: one address already holds %d%s", self.per_address, more
+            )
 
     async def start(self) -> None:
         await web.BaseSite.start(self)

@@ -176,3 +176,60 @@ def _abandoned_initial() -> bytes:
     client = QuicConnection(configuration=quic.client_configuration(1200))
     client.connect(quic.PATH_ADDRESS, now=0.0)
     return client.datagrams_to_send(now=0.0)[0][0]
+
+
+async def test_row2_streams_past_the_limits_are_refused_as_busy(bridge: LocalBridge) -> None:
+    """A session opens 120 streams at once to a server that holds every connection open,
+    through an egress allowed 30 connections per session and 40 streams a second: the ones
+    past a limit get a `busy` refusal (SOCKS5 general failure), quickly and without a
+    traceback, the egress keeps answering, and its connection count falls back to 0."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    await bridge.start_broker()
+    await bridge.start_egress(extra=("--session-connections", "30", "--session-stream-rate", "40"))
+    await bridge.start_volunteer()
+    await bridge.start_client()
+    health = f"http://127.0.0.1:{bridge.egress_port}/v1/health"
+    replies = await asyncio.gather(*(_socks_connect(bridge.socks_port, port) for _ in range(120)))
+    ok = [r for r in replies if r.reply == 0]
+    busy = [r for r in replies if r.reply == 1]
+    assert len(ok) <= 30 and len(ok) + len(busy) == 120, [r.reply for r in replies]
+    assert len(busy) >= 90
+    print(f"row 2: {len(ok)} connected, {len(busy)} refused as busy")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(health) as response:
+            assert (await response.json())["connections"] == len(ok)
+        for r in replies:
+            r.writer.close()
+        for writer in held:
+            writer.close()
+        for _ in range(100):
+            async with http.get(health) as response:
+                if (await response.json())["connections"] == 0:
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the egress kept its connections")
+    server.close()
+    egress_log = next(r for r in bridge.roles if r.name == "egress").log_path.read_text()
+    assert "Traceback" not in egress_log
+    assert egress_log.count("refused as busy") <= 3  # rate-limited, not one per stream
+
+
+class _Opened:
+    def __init__(self, reply: int, writer: asyncio.StreamWriter) -> None:
+        self.reply, self.writer = reply, writer
+
+
+async def _socks_connect(socks_port: int, port: int) -> _Opened:
+    reader, writer = await asyncio.open_connection("127.0.0.1", socks_port)
+    writer.write(b"\x05\x01\x00")
+    await reader.readexactly(2)
+    writer.write(b"\x05\x01\x00\x01" + bytes([127, 0, 0, 1]) + port.to_bytes(2, "big"))
+    reply = await asyncio.wait_for(reader.readexactly(10), 20)
+    return _Opened(reply[1], writer)

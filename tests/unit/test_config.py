@@ -565,6 +565,9 @@ stream_wait = 1
         "connect_timeout": 3.0,
         "max_sessions": 10,
         "grace": 60.0,
+        "max_connections": None,
+        "session_connections": 256,
+        "session_stream_rate": 50.0,
     }
     assert real(["volunteer", *config], VOLUNTEER_OPTIONS, "volunteer") == {
         "broker": "https://broker.example/",

@@ -764,10 +764,11 @@ def test_connect_established() -> None:
     assert connect_established() == b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
-@pytest.mark.parametrize(
-    ("stream_status", "http_status"),
-    [(0, 200), (1, 502), (2, 403), (3, 502), (4, 502), (5, 502), (6, 504), (7, 400), (8, 502)],
-)
+HTTP_FOR_STREAM = [(0, 200), (1, 502), (2, 403), (3, 502), (4, 502), (5, 502), (6, 504)]
+HTTP_FOR_STREAM += [(7, 400), (8, 503), (9, 502)]
+
+
+@pytest.mark.parametrize(("stream_status", "http_status"), HTTP_FOR_STREAM)
 def test_http_status_for(stream_status: int, http_status: int) -> None:
     assert http_status_for(stream_status) == http_status
 

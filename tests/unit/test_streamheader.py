@@ -69,7 +69,7 @@ def test_constants() -> None:
     assert MAX_HEADER_SIZE == 260
     assert MAX_REPLY_SIZE == 258
     assert [int(t) for t in AddressType] == [1, 3, 4]
-    assert [int(s) for s in StreamStatus] == list(range(8))
+    assert [int(s) for s in StreamStatus] == list(range(9))
 
 
 # --- stream-open header: encoding ---------------------------------------------------------
@@ -346,7 +346,7 @@ def test_reply_reason_with_lone_surrogate_still_encodes() -> None:
 
 def test_reply_encode_rejects_unknown_status() -> None:
     with pytest.raises(ValueError):
-        StreamReply(8).encode()  # type: ignore[arg-type]
+        StreamReply(9).encode()  # type: ignore[arg-type]
 
 
 def test_reply_decoder_replaces_invalid_utf8_in_reason() -> None:
@@ -360,7 +360,7 @@ MALFORMED_REPLIES = [
     (b"\x00\x00\x00", 1, "version 0"),
     (b"\x02\x00\x00", 1, "version 2"),
     (b"\xff", 1, "version 255"),
-    (b"\x01\x08\x00", 2, "unknown status 8"),
+    (b"\x01\x09\x00", 2, "unknown status 9"),
     (b"\x01\x80", 2, "unknown status 128"),
     (b"\x01\xff\x00", 2, "unknown status 255"),
 ]

@@ -313,7 +313,7 @@ def connect_established() -> bytes:
 
 
 # protocol.md section 5, stream reply status -> HTTP proxy status.
-_HTTP_STATUS_FOR = {0: 200, 1: 502, 2: 403, 3: 502, 4: 502, 5: 502, 6: 504, 7: 400}
+_HTTP_STATUS_FOR = {0: 200, 1: 502, 2: 403, 3: 502, 4: 502, 5: 502, 6: 504, 7: 400, 8: 503}
 
 
 def http_status_for(stream_status: int) -> int:

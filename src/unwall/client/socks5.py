@@ -107,6 +107,7 @@ _REPLY_FOR_STATUS = {
     5: ReplyCode.CONNECTION_REFUSED,
     6: ReplyCode.TTL_EXPIRED,
     7: ReplyCode.GENERAL_FAILURE,
+    8: ReplyCode.GENERAL_FAILURE,
 }
 
 

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import errno
 import logging
+import resource
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +55,13 @@ class EgressConfig:
     policy: EgressPolicy = field(default_factory=EgressPolicy)
     connect_timeout: float = 10.0
     max_sessions: int = 1000
+    #: outbound connections at once, all sessions together; None: half the process's
+    #: open-file limit (the other half stays for the listener, relays and logs)
+    max_connections: int | None = None
+    #: per session: outbound connections at once, and new streams per second (bursts of
+    #: twice that)
+    session_connections: int = 256
+    session_stream_rate: float = 50.0
     #: a session with no volunteer path for this long is closed and its streams reset
     grace: float = 60.0
 
@@ -85,6 +94,12 @@ class Egress:
         #: sessions without a path, and since when
         self._pathless: dict[QuicSession, float] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self.max_connections = config.max_connections or connection_budget()
+        self.connections = 0  # outbound, now
+        self._session_connections: Counter[QuicSession] = Counter()
+        self._opens: dict[QuicSession, tuple[float, float]] = {}  # tokens, when
+        self.busy_refusals = 0
+        self._busy_log = logs.Throttle(10.0)
         self.app = web.Application()
         self.app.router.add_get("/v1/relay", self._relay)
         self.app.router.add_get("/v1/health", self._health)
@@ -109,6 +124,7 @@ class Egress:
             on_event=lambda event: self.router.on_event(session, event),
         )
         session.closed.add_done_callback(lambda fut: log.info("%s closed: %s", name, fut.result()))
+        session.closed.add_done_callback(lambda _: self._opens.pop(session, None))
         log.info("%s opened (datagrams up to %d bytes)", name, configuration.max_datagram_size)
         return session
 
@@ -144,6 +160,51 @@ class Egress:
         except (quic.StreamReset, quic.SessionClosed):
             session.stream_finished(stream)
             return
+        busy = self._admit(session)
+        if busy is not None:
+            self._note_busy(session, busy)
+            await self._refuse(stream, StreamStatus.BUSY, busy)
+            session.stream_finished(stream)
+            return
+        self.connections += 1
+        self._session_connections[session] += 1
+        try:
+            await self._connect_and_pipe(session, stream, target)
+        finally:
+            self.connections -= 1
+            self._session_connections[session] -= 1
+            if self._session_connections[session] <= 0:
+                del self._session_connections[session]
+
+    def _admit(self, session: QuicSession) -> str | None:
+        """Why a new outbound connection for this session must wait (None: it may go)."""
+        if self.connections >= self.max_connections:
+            return f"the egress is at its limit of {self.max_connections} connections"
+        if self._session_connections[session] >= self.config.session_connections:
+            return (
+                f"this session is at its limit of {self.config.session_connections} "
+                "connections at once"
+            )
+        rate = self.config.session_stream_rate
+        now = asyncio.get_running_loop().time()
+        tokens, since = self._opens.get(session, (2 * rate, now))
+        tokens = min(2 * rate, tokens + (now - since) * rate)
+        if tokens < 1:
+            self._opens[session] = (tokens, now)
+            return f"this session opens streams faster than {rate:g} a second"
+        self._opens[session] = (tokens - 1, now)
+        return None
+
+    def _note_busy(self, session: QuicSession, why: str) -> None:
+        self.busy_refusals += 1
+        allowed, left_out = self._busy_log.allow()
+        if allowed:
+            more = f" ({left_out} more since the last line)" if left_out else ""
+            log.warning("%s: a stream refused as busy: %s%s", session.name, why, more)
+
+    async def _connect_and_pipe(
+        self, session: QuicSession, stream: QuicStream, target: StreamTarget
+    ) -> None:
         status, reason, connection = await self._dial(target)
         if connection is None:
             log.info(
@@ -248,6 +309,7 @@ class Egress:
                 "status": "ok",
                 "sessions": len(self.router.sessions),
                 "pending": self.router.pending_count,
+                "connections": self.connections,
                 "paths": len(self._paths),
             }
         )
@@ -288,6 +350,14 @@ class Egress:
         for task in list(self._stream_tasks):
             task.cancel()
         await asyncio.gather(*self._stream_tasks, return_exceptions=True)
+
+
+def connection_budget() -> int:
+    """Half the process's open-file limit, for outbound connections."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(16, soft // 2)
 
 
 def _status_for_os_error(exc: OSError, address: str, port: int) -> tuple[StreamStatus, str]:

@@ -55,6 +55,7 @@ class StreamStatus(enum.IntEnum):
     CONNECTION_REFUSED = 5
     TIMED_OUT = 6
     BAD_HEADER = 7
+    BUSY = 8  # the egress is at a limit (its connections, or this session's): try later
 
 
 class HeaderError(ValueError):
@@ -199,7 +200,7 @@ class StreamReplyDecoder(_IncrementalDecoder[StreamReply]):
             status = StreamStatus(buffer[1])
         except ValueError:
             raise HeaderError(
-                f"stream reply has unknown status {buffer[1]}; known statuses are 0-7"
+                f"stream reply has unknown status {buffer[1]}; known statuses are 0-8"
             ) from None
         if len(buffer) < 3:
             return None
