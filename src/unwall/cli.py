@@ -144,6 +144,13 @@ EGRESS_OPTIONS = [
         positive_int,
     ),
     Option(
+        "--session-rate",
+        "bytes per second one session may move, all its streams and both directions "
+        "together (default: no cap)",
+        None,
+        positive_int,
+    ),
+    Option(
         "--session-stream-rate",
         "new streams one session may open per second (bursts of twice that)",
         50.0,
@@ -510,6 +517,7 @@ async def _egress(options: dict[str, Any]) -> None:
         max_connections=options["max_connections"],
         session_connections=options["session_connections"],
         session_stream_rate=options["session_stream_rate"],
+        session_rate=options["session_rate"],
     )
     await run_egress(config, identity)
 

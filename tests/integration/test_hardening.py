@@ -5,12 +5,13 @@ test: test_policy.py, test_log_privacy.py, test_identity.py and test_cli.py)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 
 import aiohttp
 
 from unwall import serving
-from unwall.local import LocalBridge
+from unwall.local import DemoSite, LocalBridge
 
 BIG_HEADER = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n"
 BAD_LINE = b"\x16\x03\x01 not http at all\r\n\r\n"
@@ -114,16 +115,16 @@ async def test_row4_one_address_holds_a_bounded_number_of_connections(
                 "127.0.0.1", bridge.broker_port, local_addr=("127.0.0.2", 0)
             )
         )
-    await asyncio.sleep(0.5)
-    closed = 0
-    for reader, _ in opened:
+
+    async def was_closed(reader: asyncio.StreamReader) -> bool:
         try:
-            if await asyncio.wait_for(reader.read(1), 0.05) == b"":
-                closed += 1
+            return await asyncio.wait_for(reader.read(1), 1.0) == b""
         except TimeoutError:
-            pass
+            return False  # still open
         except ConnectionError:
-            closed += 1
+            return True
+
+    closed = sum(await asyncio.gather(*(was_closed(reader) for reader, _ in opened)))
     assert closed == 40, closed
     url = f"http://127.0.0.1:{bridge.broker_port}/v1/health"
     async with aiohttp.ClientSession() as http, http.get(url) as response:
@@ -233,3 +234,26 @@ async def _socks_connect(socks_port: int, port: int) -> _Opened:
     writer.write(b"\x05\x01\x00\x01" + bytes([127, 0, 0, 1]) + port.to_bytes(2, "big"))
     reply = await asyncio.wait_for(reader.readexactly(10), 20)
     return _Opened(reply[1], writer)
+
+
+async def test_row2_a_session_rate_caps_what_one_session_moves(
+    bridge: LocalBridge, site: DemoSite
+) -> None:
+    """`--session-rate 500000`: a 2 MB download through one session takes at least the
+    3.75 s the cap allows (a lower bound: a slow machine only makes it longer)."""
+    _, digest = site.blob(2_000_000)
+    await bridge.start_broker()
+    await bridge.start_egress(extra=("--session-rate", "500000"))
+    await bridge.start_volunteer()
+    await bridge.start_client()
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        "curl", "--silent", "--fail", "--max-time", "60",
+        "--socks5-hostname", f"127.0.0.1:{bridge.socks_port}", f"{site.url}/blob/2000000",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    body, _ = await process.communicate()
+    seconds = time.monotonic() - started
+    assert process.returncode == 0
+    assert hashlib.sha256(body).hexdigest() == digest
+    assert seconds > 3.0, seconds

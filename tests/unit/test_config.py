@@ -568,6 +568,7 @@ stream_wait = 1
         "max_connections": None,
         "session_connections": 256,
         "session_stream_rate": 50.0,
+        "session_rate": None,
     }
     assert real(["volunteer", *config], VOLUNTEER_OPTIONS, "volunteer") == {
         "broker": "https://broker.example/",

@@ -32,6 +32,7 @@ from unwall.transport.quic import (
     QuicStream,
     read_header,
 )
+from unwall.transport.ratelimit import TokenBucket
 from unwall.wire.streamheader import (
     HeaderError,
     StreamReply,
@@ -62,6 +63,8 @@ class EgressConfig:
     #: twice that)
     session_connections: int = 256
     session_stream_rate: float = 50.0
+    #: per session: bytes per second over all its streams, both directions; None: no cap
+    session_rate: int | None = None
     #: a session with no volunteer path for this long is closed and its streams reset
     grace: float = 60.0
 
@@ -98,6 +101,7 @@ class Egress:
         self.connections = 0  # outbound, now
         self._session_connections: Counter[QuicSession] = Counter()
         self._opens: dict[QuicSession, tuple[float, float]] = {}  # tokens, when
+        self._buckets: dict[QuicSession, TokenBucket] = {}  # --session-rate
         self.busy_refusals = 0
         self._busy_log = logs.Throttle(10.0)
         self.app = web.Application()
@@ -124,9 +128,21 @@ class Egress:
             on_event=lambda event: self.router.on_event(session, event),
         )
         session.closed.add_done_callback(lambda fut: log.info("%s closed: %s", name, fut.result()))
-        session.closed.add_done_callback(lambda _: self._opens.pop(session, None))
+        session.closed.add_done_callback(lambda _: self._forget_session(session))
         log.info("%s opened (datagrams up to %d bytes)", name, configuration.max_datagram_size)
         return session
+
+    def _forget_session(self, session: QuicSession) -> None:
+        self._opens.pop(session, None)
+        self._buckets.pop(session, None)
+
+    def _bucket(self, session: QuicSession) -> TokenBucket | None:
+        rate = self.config.session_rate
+        if rate is None or session.is_closed:
+            return None
+        if session not in self._buckets:
+            self._buckets[session] = TokenBucket(rate)
+        return self._buckets[session]
 
     def _spawn(self, coro: asyncio.Future[None] | object) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -225,7 +241,7 @@ class Egress:
             writer.transport.abort()
             session.stream_finished(stream)
             return
-        result = await pipe(reader, writer, stream)
+        result = await pipe(reader, writer, stream, self._bucket(session))
         log.debug(
             "%s stream %d to %s done: %d B up, %d B down%s",
             session.name,

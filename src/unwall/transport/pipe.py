@@ -12,6 +12,7 @@ import contextlib
 from dataclasses import dataclass
 
 from unwall.transport.quic import QuicStream, SessionClosed, StreamReset
+from unwall.transport.ratelimit import TokenBucket
 
 READ_SIZE = 64 * 1024
 
@@ -24,18 +25,27 @@ class PipeResult:
 
 
 async def pipe(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stream: QuicStream
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    stream: QuicStream,
+    bucket: TokenBucket | None = None,
 ) -> PipeResult:
+    """Copy until both directions end. `bucket` paces both directions together (shared by
+    every stream of one session at the egress, `--session-rate`)."""
     result = PipeResult()
 
     async def tcp_to_stream() -> None:
         while data := await reader.read(READ_SIZE):
+            if bucket is not None:
+                await bucket.take(len(data))
             await stream.write(data)
             result.bytes_up += len(data)
         stream.write_eof()
 
     async def stream_to_tcp() -> None:
         while data := await stream.read():
+            if bucket is not None:
+                await bucket.take(len(data))
             writer.write(data)
             result.bytes_down += len(data)
             await writer.drain()
