@@ -15,9 +15,11 @@ from unwall.local import (
 )
 
 
-async def _start(bridge: LocalBridge, volunteers: int, *client_args: str) -> None:
+async def _start(
+    bridge: LocalBridge, volunteers: int, *client_args: str, egress: tuple[str, ...] = ()
+) -> None:
     await bridge.start_broker()
-    await bridge.start_egress()
+    await bridge.start_egress(extra=egress)
     for _ in range(volunteers):
         await bridge.start_volunteer()
     await bridge.start_client(extra=client_args)
@@ -117,7 +119,9 @@ async def test_all_volunteers_gone_then_one_returns(bridge: LocalBridge, site: D
 async def test_no_volunteer_beyond_grace_fails_clearly(bridge: LocalBridge, site: DemoSite) -> None:
     size = 20_000_000
     site.blob(size)
-    await _start(bridge, 1, "--grace", "2", "--stream-wait", "2")
+    # Both ends give up after 2 s (the egress's session would otherwise hold the site's
+    # connection for its default 60 s, and the test's teardown waited for that).
+    await _start(bridge, 1, "--grace", "2", "--stream-wait", "2", egress=("--grace", "2"))
     client = next(role for role in bridge.roles if role.name == "client")
     watch = Download()
     task = asyncio.create_task(
