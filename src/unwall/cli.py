@@ -162,6 +162,12 @@ EGRESS_OPTIONS = [
         60.0,
         positive_float,
     ),
+    Option(
+        "--no-retry",
+        "create sessions without a QUIC Retry first (saves clients one round trip at "
+        "connect; a relay can then take handshake slots without reading our replies)",
+        is_switch=True,
+    ),
 ]
 
 VOLUNTEER_OPTIONS = [
@@ -518,6 +524,7 @@ async def _egress(options: dict[str, Any]) -> None:
         session_connections=options["session_connections"],
         session_stream_rate=options["session_stream_rate"],
         session_rate=options["session_rate"],
+        retry=not options["no_retry"],
     )
     await run_egress(config, identity)
 

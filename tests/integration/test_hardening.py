@@ -140,9 +140,13 @@ async def test_row1_a_flood_of_junk_initials_leaves_real_clients_served(
 ) -> None:
     """1,000 QUIC Initials (1.2 MB) through 10 relay WebSockets, each a real client's
     first packet whose handshake nobody finishes (tests/unit/test_router.py floods with
-    undecryptable ones): they take at most the pending slots of those relays (4 each),
-    never the session table, and a real client that starts right after gets its tunnel at
-    once."""
+    undecryptable ones). The egress answers each with a Retry and keeps nothing. An
+    attacker who does read the Retries and comes back with their tokens takes at most the
+    pending slots of its relays (4 each), never the session table; a real client that
+    starts right after gets its tunnel at once."""
+    from aioquic.quic.connection import QuicConnection
+
+    from unwall.transport import quic
 
     await bridge.start_broker()
     await bridge.start_egress()
@@ -154,14 +158,33 @@ async def test_row1_a_flood_of_junk_initials_leaves_real_clients_served(
         for ws in sockets:
             for _ in range(100):
                 await ws.send_bytes(_abandoned_initial())
+        retries = [await asyncio.wait_for(ws.receive_bytes(), 5) for ws in sockets]
+        assert all(len(r) < len(_abandoned_initial()) for r in retries)  # no amplification
         await asyncio.sleep(0.5)
         async with http.get(health) as response:
             figures = await response.json()
-        assert figures["sessions"] <= 40, figures  # before: all 1,000, the table full
+        # Before: all 1,000 sessions, the table full; with the pending caps alone: 40.
+        assert figures["sessions"] == 0 and figures["pending"] == 0, figures
+        # The attacker that answers: 10 handshakes per relay, each with its Retry's token.
+        for ws in sockets:
+            for _ in range(10):
+                client = QuicConnection(configuration=quic.client_configuration(1200))
+                client.connect(quic.PATH_ADDRESS, now=0.0)
+                await ws.send_bytes(client.datagrams_to_send(now=0.0)[0][0])
+                answer: list[tuple[bytes, object]] = []
+                while not answer:  # the flood's own Retries come first; the client skips them
+                    retry = await asyncio.wait_for(ws.receive_bytes(), 5)
+                    client.receive_datagram(retry, quic.PATH_ADDRESS, now=0.0)
+                    answer = client.datagrams_to_send(now=0.0)
+                await ws.send_bytes(answer[0][0])
+        await asyncio.sleep(0.5)
+        async with http.get(health) as response:
+            figures = await response.json()
+        assert 0 < figures["sessions"] <= 40, figures
         assert figures["pending"] == figures["sessions"], figures
         started = time.monotonic()
-        client = await bridge.start_client(wait_ready=False)
-        await bridge.wait_log(client, "tunnel ready", timeout=20)
+        client_role = await bridge.start_client(wait_ready=False)
+        await bridge.wait_log(client_role, "tunnel ready", timeout=20)
         assert time.monotonic() - started < 15
         for ws in sockets:
             await ws.close()

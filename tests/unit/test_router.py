@@ -8,7 +8,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from unwall.egress.identity import generate_identity
-from unwall.egress.router import NewSession, SessionRouter
+from unwall.egress.router import NewSession, Retry, SessionRouter
 from unwall.transport import quic
 from unwall.transport.quic import FlowControlledConnection, QuicSession
 
@@ -34,6 +34,7 @@ def _router(created: list[NewSession], max_sessions: int = 10) -> SessionRouter:
                     IDENTITY.certificate, IDENTITY.private_key, new.datagram_size
                 ),
                 original_destination_connection_id=new.original_destination_cid,
+                retry_source_connection_id=new.retry_source_cid,
             ),
             name=f"s{len(created)}",
         )
@@ -150,5 +151,90 @@ async def test_a_completed_handshake_frees_its_slot() -> None:
         await asyncio.sleep(0.01)
     assert router.pending_count == 0
     assert router.route(_junk_initial(), "ws", "addr") is not None  # the slot is free again
+    client.close(0, "done")
+    await asyncio.sleep(0)
+
+
+# -- address validation: a QUIC Retry bound to the relay connection (issue 11, row 1) --------
+
+
+def _retry_router(created: list[NewSession]) -> SessionRouter:
+    return SessionRouter(_router(created)._factory, retry=True)
+
+
+def _token_initial(router: SessionRouter, binding: bytes, now: float = 0.0) -> bytes:
+    """A real client's second Initial: the one that carries the Retry's token."""
+    client = QuicConnection(configuration=quic.client_configuration(1200))
+    client.connect(quic.PATH_ADDRESS, now=now)
+    first = client.datagrams_to_send(now=now)[0][0]
+    retry = router.route(first, "ws", "addr", now, binding)
+    assert isinstance(retry, Retry)
+    client.receive_datagram(retry.packet, quic.PATH_ADDRESS, now=now)
+    return client.datagrams_to_send(now=now)[0][0]
+
+
+async def test_a_first_initial_gets_a_retry_and_costs_nothing() -> None:
+    created: list[NewSession] = []
+    router = _retry_router(created)
+    answers = [router.route(_junk_initial(), "ws", "addr", 0.0, b"relay-1") for _ in range(1000)]
+    assert all(isinstance(a, Retry) for a in answers)
+    # No session, no pending slot, and every answer is smaller than what it answers.
+    assert created == [] and router.pending_count == 0 and router.sessions == []
+    assert max(len(a.packet) for a in answers if isinstance(a, Retry)) < 200
+    assert router.retries_sent == 1000
+
+
+async def test_a_token_works_only_on_its_relay_and_only_for_a_while() -> None:
+    created: list[NewSession] = []
+    router = _retry_router(created)
+    # Another relay connection (a token harvested on one and replayed on many): dropped.
+    assert router.route(_token_initial(router, b"A"), "ws", "addr", 0.0, b"B") is None
+    # Too late (aioquic's tokens live 30 s): dropped.
+    assert router.route(_token_initial(router, b"A"), "ws", "addr", 31.0, b"A") is None
+    # A forged token: dropped, nothing sent back.
+    forged = bytearray(_token_initial(router, b"A"))
+    forged[30] ^= 0xFF  # inside the token
+    assert router.route(bytes(forged), "ws", "addr", 0.0, b"A") is None
+    assert router.bad_tokens == 3 and created == []
+    # The genuine article, on time and on its own relay: a session.
+    session = router.route(_token_initial(router, b"A"), "ws", "addr", 1.0, b"A")
+    assert isinstance(session, QuicSession)
+    assert created[0].retry_source_cid is not None
+    assert router.pending_count == 1
+    await asyncio.sleep(0)
+
+
+async def test_a_real_client_connects_through_a_retry() -> None:
+    created: list[NewSession] = []
+    router = _retry_router(created)
+    client = QuicSession(
+        FlowControlledConnection(configuration=quic.client_configuration(1200)), name="c"
+    )
+    server: list[QuicSession] = []
+    loop = asyncio.get_running_loop()
+
+    def to_egress(data: bytes) -> None:
+        routed = router.route(data, "ws", "addr", loop.time(), b"relay")
+        if isinstance(routed, Retry):
+            loop.call_soon(client.datagram_received, routed.packet)
+        elif routed is not None:
+            if not server:
+                server.append(routed)
+                routed._on_event = lambda event: router.on_event(routed, event)
+                routed.set_sender(client.datagram_received)
+            routed.datagram_received(data)
+
+    client.set_sender(to_egress)
+    client.connect()
+    await asyncio.wait_for(client.ready, 5)
+    assert router.retries_sent == 1 and len(created) == 1
+    # Both ends completed (the client checked the Retry's connection IDs in the egress's
+    # transport parameters), and the session left `pending`.
+    await asyncio.wait_for(server[0].ready, 5)
+    for _ in range(50):
+        if router.pending_count == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert router.pending_count == 0
     client.close(0, "done")
     await asyncio.sleep(0)

@@ -9,11 +9,20 @@ its handshake is *pending*, and each source (a volunteer's WebSocket, and the ad
 comes from) may hold only a few pending sessions at once; a pending session is dropped
 after `HANDSHAKE_TIMEOUT`. So a flood of junk Initials through one relay fills at most
 that relay's few slots, for seconds, and never the session table.
+
+With `retry` on (the egress's default) no session exists before the sender has shown that
+it reads what comes back on its relay: the first Initial is answered with a QUIC Retry
+(RFC 9000 §8.1.2) whose token is bound to that relay connection and expires in 30 s, and
+only an Initial carrying a valid token takes a pending slot. A Retry is stateless, smaller
+than the Initial it answers, and costs the honest client one round trip at connect.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -21,7 +30,8 @@ from dataclasses import dataclass
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet import QuicPacketType, encode_quic_retry, pull_quic_header
+from aioquic.quic.retry import QuicRetryTokenHandler
 
 from unwall.transport.quic import MIN_DATAGRAM_SIZE, QuicSession
 
@@ -46,6 +56,16 @@ class NewSession:
 
     original_destination_cid: bytes
     datagram_size: int
+    #: the connection ID our Retry chose (the client echoes it in its transport
+    #: parameters' check); None when the session was created without a Retry
+    retry_source_cid: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Send `packet` back on the relay the Initial came from; nothing was allocated."""
+
+    packet: bytes
 
 
 SessionFactory = Callable[[NewSession], QuicSession]
@@ -61,8 +81,11 @@ class SessionRouter:
         max_sessions: int = 1000,
         pending_per_path: int = PENDING_PER_PATH,
         pending_per_address: int = PENDING_PER_ADDRESS,
+        retry: bool = False,
     ) -> None:
         self._factory = factory
+        #: aioquic's stateless tokens (AES-GCM under a key that lives as long as we do)
+        self._retry = QuicRetryTokenHandler() if retry else None
         self._max_sessions = max_sessions
         self._pending_caps = (pending_per_path, pending_per_address)
         self._by_cid: dict[bytes, QuicSession] = {}
@@ -72,6 +95,8 @@ class SessionRouter:
         self._pending_from: Counter[tuple[int, Hashable]] = Counter()
         self.dropped = 0
         self.refused_pending = 0
+        self.retries_sent = 0
+        self.bad_tokens = 0
 
     @property
     def sessions(self) -> list[QuicSession]:
@@ -82,12 +107,20 @@ class SessionRouter:
         return len(self._pending)
 
     def route(
-        self, data: bytes, path: Hashable = None, address: Hashable = None, now: float = 0.0
-    ) -> QuicSession | None:
-        """The session a datagram belongs to, a new one for a new Initial, or None (drop).
+        self,
+        data: bytes,
+        path: Hashable = None,
+        address: Hashable = None,
+        now: float = 0.0,
+        binding: bytes = b"",
+    ) -> QuicSession | Retry | None:
+        """The session a datagram belongs to, a new one for a new Initial, a Retry to send
+        back, or None (drop).
 
         `path` and `address` say where it came from (the relay WebSocket, and the address
-        it connects from); `now` starts a new session's handshake clock."""
+        it connects from); `binding` names that relay connection in Retry tokens (unique
+        per connection); `now` starts a new session's handshake clock and
+        dates tokens."""
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=HOST_CID_LENGTH)
         except ValueError:
@@ -104,6 +137,42 @@ class SessionRouter:
             # Stray packet of a session we no longer know (or garbage): QUIC will time out.
             self.dropped += 1
             return None
+        retry_source_cid: bytes | None = None
+        original_cid = header.destination_cid
+        if self._retry is not None:
+            key = hashlib.blake2b(binding, digest_size=16).digest()
+            token_address = (str(ipaddress.IPv6Address(key)), 0)
+            if not header.token:
+                source_cid = os.urandom(HOST_CID_LENGTH)
+                token = self._retry.create_token(
+                    address=token_address,
+                    original_destination_connection_id=header.destination_cid,
+                    retry_source_connection_id=source_cid,
+                    now=now,
+                )
+                self.retries_sent += 1
+                return Retry(
+                    encode_quic_retry(
+                        version=header.version,
+                        source_cid=source_cid,
+                        destination_cid=header.source_cid,
+                        original_destination_cid=header.destination_cid,
+                        retry_token=token,
+                    )
+                )
+            try:
+                original_cid = self._retry.validate_token(
+                    address=token_address,
+                    destination_cid=header.destination_cid,
+                    token=header.token,
+                    now=now,
+                )
+            except ValueError:
+                # Forged, expired, or from another relay connection: nothing is sent back.
+                self.bad_tokens += 1
+                self.dropped += 1
+                return None
+            retry_source_cid = header.destination_cid
         sources = ((0, path), (1, address))
         if any(
             self._pending_from[source] >= cap
@@ -118,7 +187,7 @@ class SessionRouter:
             self.dropped += 1
             return None
         # The client pads its first Initial to its maximum datagram size (protocol.md §2).
-        session = self._factory(NewSession(header.destination_cid, len(data)))
+        session = self._factory(NewSession(original_cid, len(data), retry_source_cid))
         self._pending[session] = (path, address, now)
         self._pending_from.update(sources)
         self._cids[session] = set()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import resource
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from aiohttp import WSMsgType, web
 from unwall import logs, serving
 from unwall.egress.identity import EgressIdentity
 from unwall.egress.policy import EgressPolicy, NameNotResolved, PolicyDenied
-from unwall.egress.router import NewSession, SessionRouter
+from unwall.egress.router import NewSession, Retry, SessionRouter
 from unwall.transport import quic
 from unwall.transport.droptail import DropTailQueue
 from unwall.transport.pipe import pipe
@@ -67,6 +68,8 @@ class EgressConfig:
     session_rate: int | None = None
     #: a session with no volunteer path for this long is closed and its streams reset
     grace: float = 60.0
+    #: answer each new Initial with a QUIC Retry bound to its relay connection first
+    retry: bool = True
 
 
 class RelayPath:
@@ -76,6 +79,8 @@ class RelayPath:
         self.name = name
         self.ws = ws
         self.address = address
+        #: names this relay connection in Retry tokens
+        self.key = os.urandom(16)
         self._queue = DropTailQueue(ws.send_bytes, PATH_QUEUE_BYTES)
 
     def send(self, data: bytes) -> None:
@@ -89,7 +94,9 @@ class Egress:
     def __init__(self, config: EgressConfig, identity: EgressIdentity) -> None:
         self.config = config
         self.identity = identity
-        self.router = SessionRouter(self._new_session, max_sessions=config.max_sessions)
+        self.router = SessionRouter(
+            self._new_session, max_sessions=config.max_sessions, retry=config.retry
+        )
         self._stream_tasks: set[asyncio.Task[None]] = set()
         self._paths: set[RelayPath] = set()
         self._path_count = 0
@@ -120,6 +127,7 @@ class Egress:
         connection = FlowControlledConnection(
             configuration=configuration,
             original_destination_connection_id=new.original_destination_cid,
+            retry_source_connection_id=new.retry_source_cid,
         )
         session = QuicSession(
             connection,
@@ -151,8 +159,11 @@ class Egress:
 
     def datagram_received(self, data: bytes, path: RelayPath) -> None:
         now = asyncio.get_running_loop().time()
-        session = self.router.route(data, path, path.address, now)
+        session = self.router.route(data, path, path.address, now, path.key)
         if session is None:
+            return
+        if isinstance(session, Retry):
+            path.send(session.packet)
             return
         # Answer on the path we last heard this session on.
         if session._sender != path.send:

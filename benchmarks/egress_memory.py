@@ -1,0 +1,184 @@
+"""Does the egress give memory back after a stream flood? (issue 11, row 2)
+
+    .venv/bin/python benchmarks/egress_memory.py [--sessions N] [--seconds S] [--runs R]
+                                                 [--json PATH]
+
+The attack of the issue's row 2, done for real on loopback: N QUIC sessions (82 in the
+issue) reach a real `unwall egress` process straight through its relay WebSocket, as a
+fake volunteer would carry them, and open streams as fast as they can for S seconds to
+a local server that holds each connection for a second. The egress's RSS (from /proc) is
+read before, at its peak, and 5 s and 30 s after the flood stops; streams opened and
+refused as `busy` are counted. Several runs, each against a fresh egress; the median and
+spread are printed and written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+
+from unwall.local import LocalBridge
+from unwall.transport import quic
+from unwall.transport.quic import FlowControlledConnection, QuicSession, read_header
+from unwall.wire.streamheader import StreamReplyDecoder, StreamStatus, StreamTarget
+
+HOLD = 1.0
+WORKERS_PER_SESSION = 40
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class _Attacker:
+    """One QUIC session straight through a relay WebSocket of its own."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, pin: str) -> None:
+        self.ws = ws
+        self.session = QuicSession(
+            FlowControlledConnection(configuration=quic.client_configuration(1200)),
+            name="attacker",
+            pin=pin,
+        )
+        self._sends: set[asyncio.Task[None]] = set()
+        self.reader = asyncio.ensure_future(self._receive())
+        self.session.set_sender(self._send)
+        self.session.connect()
+
+    def _send(self, data: bytes) -> None:
+        task = asyncio.ensure_future(self.ws.send_bytes(data))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _receive(self) -> None:
+        async for message in self.ws:
+            if message.type == aiohttp.WSMsgType.BINARY:
+                self.session.datagram_received(message.data)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self.reader.cancel()
+
+
+async def _attacker(http: aiohttp.ClientSession, url: str, pin: str) -> _Attacker:
+    attacker = _Attacker(await http.ws_connect(url, max_msg_size=0), pin)
+    await asyncio.wait_for(attacker.session.ready, 20)
+    return attacker
+
+
+async def _worker(session: QuicSession, port: int, until: float, outcomes: Counter[str]) -> None:
+    header = StreamTarget("127.0.0.1", port).encode()
+    while time.monotonic() < until and not session.is_closed:
+        stream = session.open_stream()
+        try:
+            await stream.write(header)
+            reply = await asyncio.wait_for(read_header(stream, StreamReplyDecoder(), "reply"), 10)
+            outcomes[StreamStatus(reply.status).name.lower()] += 1
+            if reply.status == StreamStatus.OK:
+                while await stream.read():
+                    pass
+            else:
+                await asyncio.sleep(0.05)
+        except Exception as exc:  # the attacker does not care why
+            outcomes[type(exc).__name__] += 1
+        finally:
+            if not stream.at_eof:
+                stream.reset()
+            session.stream_finished(stream)
+
+
+async def one_run(sessions: int, seconds: float) -> dict[str, float | int]:
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(HOLD)
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0, backlog=4096)
+    port = server.sockets[0].getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="unwall-memory-") as workdir:
+        bridge = LocalBridge(Path(workdir))
+        try:
+            egress = await bridge.start_egress()
+            await asyncio.sleep(1.0)
+            before = rss_mb(egress.pid)
+            outcomes: Counter[str] = Counter()
+            async with aiohttp.ClientSession() as http:
+                opened = await asyncio.gather(
+                    *(_attacker(http, bridge.egress_url, bridge.pin) for _ in range(sessions))
+                )
+                until = time.monotonic() + seconds
+                workers = [
+                    asyncio.ensure_future(_worker(attacker.session, port, until, outcomes))
+                    for attacker in opened
+                    for _ in range(WORKERS_PER_SESSION)
+                ]
+                peak = before
+                while not all(w.done() for w in workers):
+                    peak = max(peak, rss_mb(egress.pid))
+                    await asyncio.sleep(0.25)
+                for attacker in opened:
+                    attacker.session.close(0, "done")
+                await asyncio.sleep(0.5)
+                for attacker in opened:
+                    await attacker.close()
+            await asyncio.sleep(5.0)
+            after_5 = rss_mb(egress.pid)
+            await asyncio.sleep(25.0)
+            after_30 = rss_mb(egress.pid)
+        finally:
+            await bridge.stop_all()
+    server.close()
+    return {
+        "rss_before_mb": round(before, 1),
+        "rss_peak_mb": round(peak, 1),
+        "rss_after_5s_mb": round(after_5, 1),
+        "rss_after_30s_mb": round(after_30, 1),
+        "streams_ok": outcomes["ok"],
+        "streams_busy": outcomes["busy"],
+        "streams_other": sum(n for k, n in outcomes.items() if k not in ("ok", "busy")),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=82)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    runs = [asyncio.run(one_run(args.sessions, args.seconds)) for _ in range(args.runs)]
+    summary: dict[str, object] = {
+        "sessions": args.sessions,
+        "seconds": args.seconds,
+        "runs": args.runs,
+    }
+    for figure in runs[0]:
+        values = [float(run[figure]) for run in runs]
+        summary[figure] = {
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+        }
+        print(
+            f"{figure:>18}: median {statistics.median(values):9.1f}"
+            f"  (min {min(values):.1f}, max {max(values):.1f})"
+        )
+    summary["each_run"] = runs
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
