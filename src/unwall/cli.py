@@ -116,6 +116,11 @@ BROKER_OPTIONS = [
         repeat=True,
     ),
     Option("--turn-ttl", "seconds the TURN credentials stay valid", 86400.0, positive_float),
+    Option(
+        "--redis",
+        "share the volunteer pool, waiting offers and answers with other brokers through "
+        "this Redis server (redis://HOST:PORT/DB); default: this broker alone, in memory",
+    ),
 ]
 
 EGRESS_OPTIONS = [
@@ -489,7 +494,15 @@ async def _broker(options: dict[str, Any]) -> None:
         egress_url=options["egress_url"],
         ice_servers=tuple(options["ice_server"]),
         turn=turn,
+        redis_url=options["redis"],
     )
+    if config.redis_url is not None:
+        from unwall.broker.pool import check_redis_url
+
+        try:
+            check_redis_url(config.redis_url)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if turn is not None:
         log.info(
             "handing volunteers TURN credentials for %s, valid %.0f s",

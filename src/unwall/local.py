@@ -146,19 +146,27 @@ class LocalBridge:
         self.roles.append(role)
         return role
 
-    async def start_broker(self, extra: tuple[str, ...] = ()) -> RoleProcess:
+    async def start_broker(
+        self, extra: tuple[str, ...] = (), port: int | None = None, wait: bool = True
+    ) -> RoleProcess:
+        """A broker on `port` (default: `broker_port`, the one clients and volunteers use);
+        `wait` for its health to answer 200."""
+        port = port or self.broker_port
         role = await self.spawn(
             "broker",
             "broker",
             "--listen",
-            f"{self.host}:{self.broker_port}",
+            f"{self.host}:{port}",
             "--answer-timeout",
             str(self.broker_answer_timeout),
             "--egress-url",
             self.egress_url,
             *extra,
         )
-        await self._wait_http(role, f"{self.broker_url}/v1/health")
+        if wait:
+            await self._wait_http(role, f"http://{self.host}:{port}/v1/health")
+        else:
+            await self._wait_port(role, port)
         return role
 
     async def start_egress(
@@ -183,12 +191,14 @@ class LocalBridge:
         await asyncio.sleep(sample)
         return max(candidates, key=lambda role: cpu_seconds(role.pid) - before[role.pid])
 
-    async def start_volunteer(self, capacity: int = 8, extra: tuple[str, ...] = ()) -> RoleProcess:
+    async def start_volunteer(
+        self, capacity: int = 8, extra: tuple[str, ...] = (), broker: str | None = None
+    ) -> RoleProcess:
         return await self.spawn(
             "volunteer",
             "volunteer",
             "--broker",
-            self.broker_url,
+            broker or self.broker_url,
             "--egress",
             self.egress_url,
             "--capacity",
@@ -205,6 +215,7 @@ class LocalBridge:
         extra: tuple[str, ...] = (),
         socks_port: int | None = None,
         http_port: int | None = None,
+        broker: str | None = None,
     ) -> RoleProcess:
         socks_port = socks_port or self.socks_port
         http_port = http_port or self.http_port
@@ -212,7 +223,7 @@ class LocalBridge:
             "client",
             "client",
             "--broker",
-            self.broker_url,
+            broker or self.broker_url,
             "--pin",
             pin or self.pin,
             "--socks",

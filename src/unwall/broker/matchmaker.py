@@ -369,12 +369,24 @@ class Matchmaker:
         self._match(now)
         return poll_id
 
-    def receive_offer(self, offer: ClientOffer, now: float) -> str:
-        """A client offers; returns the offer's id. The offer waits in the queue if need be."""
-        offer_id = self._new_offer_id()
-        while self._store.get_offer(offer_id) is not None:
+    def receive_offer(
+        self,
+        offer: ClientOffer,
+        now: float,
+        *,
+        offer_id: str | None = None,
+        deadline: float | None = None,
+    ) -> str:
+        """A client offers; returns the offer's id. The offer waits in the queue if need be.
+
+        An offer another broker received (through the shared pool) keeps its id and its
+        deadline."""
+        if offer_id is None:
             offer_id = self._new_offer_id()
-        deadline = now + self.config.answer_timeout
+            while self._store.get_offer(offer_id) is not None:
+                offer_id = self._new_offer_id()
+        if deadline is None:
+            deadline = now + self.config.answer_timeout
         self._store.put_offer(
             OfferRecord(
                 offer_id, offer.sdp, self._next_seq, deadline, nat=offer.nat, relay=offer.relay
@@ -421,6 +433,28 @@ class Matchmaker:
             store.put_volunteer(replace(volunteer, handed=volunteer.handed - 1))
         store.put_offer(replace(offer, poll_id=None, volunteer_id=None, report=0))
         self._match(now)
+
+    def take_queued(self) -> list[OfferRecord]:
+        """Remove every queued offer (none handed out) and return them, oldest first: a
+        broker sharing a pool publishes what its own volunteers could not take."""
+        queued = list(self._store.queued_offers())
+        for offer in queued:
+            self._store.delete_offer(offer.offer_id)
+        return queued
+
+    def can_place(self, nat: NatKind, relay: bool) -> bool:
+        """Whether an offer of this kind would be handed to a volunteer at once."""
+        probe = OfferRecord("", "", 0, 0.0, nat=nat, relay=relay)
+        return self._free_bucket != {} and self._pick(probe) is not None
+
+    def offer_deadline(self, offer_id: str) -> float | None:
+        offer = self._store.get_offer(offer_id)
+        return None if offer is None else offer.deadline
+
+    @property
+    def has_free_polls(self) -> bool:
+        """Some volunteer with room is polling (stale entries aside)."""
+        return bool(self._free_bucket)
 
     def abandon_offer(self, offer_id: str, now: float) -> None:
         """The client gave up on its offer: drop it (a later answer gets unknown_offer)."""

@@ -4,6 +4,13 @@ It reads and checks bodies, feeds the matchmaker with the event loop's clock, ca
 its events (resolving the futures the long-polls and offers wait on), and arms one timer for
 the matchmaker's next deadline. The API is docs/protocol.md section 1.
 
+With a shared pool (``--redis``), several brokers act as one: an offer none of this
+broker's volunteers can take at once is published to the pool, where any broker with a
+volunteer that can serve it claims it; answers reach the broker holding the client's request
+through the pool, whichever broker the volunteer answered on (unwall.broker.pool). When the
+pool cannot be reached the broker says so on /v1/health (503), takes its published offers
+back and matches its own volunteers only, and shares again when the pool returns.
+
 A request whose peer has gone away is cleaned up: the handler is cancelled when the server
 runs with ``handler_cancellation=True`` (as :func:`run_broker` does), and under any runner a
 sweep every :data:`DISCONNECT_CHECK_INTERVAL` seconds notices closed connections. An offer
@@ -13,10 +20,11 @@ given to a poll whose volunteer is gone before the offer was written goes back t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Generic, TypeVar
@@ -37,6 +45,7 @@ from unwall.broker.matchmaker import (
     PollReleased,
     VolunteerForgotten,
 )
+from unwall.broker.pool import Pool, PoolUnavailable, SharedOffer
 from unwall.broker.turn import TurnIssuer
 from unwall.wire.broker import (
     BAD_REQUEST,
@@ -49,6 +58,7 @@ from unwall.wire.broker import (
     AnswerAccepted,
     BrokerError,
     ClientAnswer,
+    ClientOffer,
     Message,
     MessageError,
     PollIdle,
@@ -64,6 +74,10 @@ from unwall.wire.nat import NAT_KINDS, NatKind
 log = logging.getLogger("unwall.broker")
 
 DISCONNECT_CHECK_INTERVAL: Final = 1.0
+#: With a shared pool and a free volunteer, how often to look for offers other brokers hold.
+CLAIM_INTERVAL: Final = 0.1
+#: How many of the oldest shared offers one look considers.
+CLAIM_BATCH: Final = 64
 
 
 @dataclass
@@ -79,6 +93,8 @@ class BrokerConfig:
     ice_servers: tuple[str, ...] = ()
     #: mints TURN credentials for volunteers (poll answers and /v1/volunteer/config)
     turn: TurnIssuer | None = None
+    #: Redis URL of a pool shared with other brokers; None: this broker alone, in memory
+    redis_url: str | None = None
 
     def matchmaker_config(self) -> MatchmakerConfig:
         ttl = self.volunteer_ttl if self.volunteer_ttl is not None else 3 * self.poll_timeout
@@ -112,6 +128,11 @@ def _mark_gone(waiters: Iterable[_Waiter[_T]]) -> None:
     for waiter in waiters:
         if not waiter.future.done() and _peer_gone(waiter.request):
             waiter.future.set_result(_GONE)
+
+
+def _wall(deadline: float, now: float) -> float:
+    """A loop-clock deadline as Unix time (what brokers on other machines share)."""
+    return time.time() + (deadline - now)
 
 
 def _reply(msg: Message) -> web.Response:
@@ -174,10 +195,21 @@ class _Metrics:
 class Broker:
     """The state of one broker application: matchmaker, waiting requests, timer, metrics."""
 
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, pool: Pool | None = None) -> None:
         self.config = config
         self.matchmaker = Matchmaker(config.matchmaker_config())
         self.metrics = _Metrics(self.matchmaker)
+        self.pool = pool
+        #: offers claimed from the pool, which another broker holds: their owner
+        self._remote_owner: dict[str, str] = {}
+        #: this broker's offers now waiting in the pool, and the timers that expire them
+        self._shared: dict[str, SharedOffer] = {}
+        self._shared_timers: dict[str, asyncio.TimerHandle] = {}
+        #: offers handed to a volunteer here: their record in the pool, being written
+        self._recording: dict[str, asyncio.Task[bool]] = {}
+        self._claim_wanted = asyncio.Event()
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._background: list[asyncio.Task[None]] = []
         self._polls: dict[int, _Waiter[PollOffer | PollIdle]] = {}
         self._offers: dict[str, _Waiter[ClientAnswer | BrokerError]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -196,6 +228,9 @@ class Broker:
         poll_id = self.matchmaker.receive_poll(poll, loop.time())
         self._polls[poll_id] = _Waiter(request, future)
         self._process_events()
+        if self.pool is not None:
+            self._spawn(self.pool.note_volunteer(poll.volunteer_id, poll.nat, time.time()))
+            self._claim_wanted.set()
         try:
             reply = await future
         except asyncio.CancelledError:
@@ -205,6 +240,12 @@ class Broker:
             log.debug("volunteer %s hung up while polling", poll.volunteer_id)
             self._give_back_poll(poll_id)
             return _reply(PollIdle())
+        if isinstance(reply, PollOffer):
+            recording = self._recording.pop(reply.offer_id, None)
+            if recording is not None:
+                # The answer may come on another broker: the pool must know who holds what.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(recording), 2.0)
         if self.config.turn is not None:
             reply = replace(reply, turn=(self.config.turn.issue(time.time()),))
         response = _reply(reply)
@@ -227,8 +268,30 @@ class Broker:
 
     async def volunteer_answer(self, request: web.Request) -> web.StreamResponse:
         answer = decode_volunteer_answer(await _read_body(request))
-        accepted = self.matchmaker.receive_answer(answer, asyncio.get_running_loop().time())
-        self._process_events()
+        now = asyncio.get_running_loop().time()
+        if self.pool is not None and answer.offer_id in self._remote_owner:
+            # Handed out here, held by another broker: the pool checks it and passes it on.
+            try:
+                accepted = await self.pool.forward_answer(
+                    answer.offer_id, answer.volunteer_id, answer.sdp
+                )
+            except PoolUnavailable:
+                accepted = False
+            if accepted:
+                self._remote_owner.pop(answer.offer_id, None)
+                self.matchmaker.receive_answer(answer, now)  # this broker's bookkeeping
+                self._process_events()
+        else:
+            accepted = self.matchmaker.receive_answer(answer, now)
+            self._process_events()
+            if not accepted and self.pool is not None:
+                # Handed out by another broker, perhaps: the pool knows, and forwards it.
+                try:
+                    accepted = await self.pool.forward_answer(
+                        answer.offer_id, answer.volunteer_id, answer.sdp
+                    )
+                except PoolUnavailable:
+                    accepted = False
         if not accepted:
             raise MessageError(
                 UNKNOWN_OFFER,
@@ -266,17 +329,40 @@ class Broker:
         return _reply(reply)
 
     async def health(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(
-            {
-                "version": PROTOCOL_VERSION,
-                "status": "ok",
-                "volunteers": self.matchmaker.volunteer_count,
-                "waiting_offers": self.matchmaker.waiting_offer_count,
-            }
-        )
+        body: dict[str, object] = {
+            "version": PROTOCOL_VERSION,
+            "status": "ok",
+            "volunteers": sum((await self._volunteers_by_nat()).values()),
+            "waiting_offers": self.matchmaker.waiting_offer_count + len(self._shared),
+        }
+        if self.pool is None:
+            return web.json_response(body)
+        problem = self.pool.problem
+        brokers = 0
+        if problem is None:
+            try:
+                brokers = await self.pool.broker_count(time.time())
+            except PoolUnavailable:
+                problem = self.pool.problem
+        body["pool"] = {"brokers": brokers, "problem": problem}
+        if problem is not None:
+            body["status"] = "degraded"
+            body["reason"] = f"{problem}; matching this broker's own volunteers only"
+            return web.json_response(body, status=503)
+        return web.json_response(body)
+
+    async def _volunteers_by_nat(self) -> dict[NatKind, int]:
+        """Volunteers seen within volunteer_ttl: on any broker of the pool, if shared."""
+        if self.pool is not None and self.pool.problem is None:
+            ttl = self.config.matchmaker_config().volunteer_ttl
+            try:
+                return await self.pool.volunteer_counts(ttl, time.time())
+            except PoolUnavailable:
+                pass
+        return self.matchmaker.volunteers_by_nat()
 
     async def metrics_text(self, request: web.Request) -> web.StreamResponse:
-        for kind, count in self.matchmaker.volunteers_by_nat().items():
+        for kind, count in (await self._volunteers_by_nat()).items():
             self.metrics.volunteers_by_nat.labels(kind).set(count)
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -293,14 +379,21 @@ class Broker:
                     self._settle_poll(event.poll_id, PollIdle())
                 case OfferAnswered():
                     self._settle_offer(event.offer_id, ClientAnswer(event.sdp))
+                    if self.pool is not None:
+                        # Its record in the pool goes, so that no other answer is taken.
+                        self._spawn(self.pool.withdraw(event.offer_id))
                 case OfferExpired():
                     log.debug("offer %s expired (handed out: %s)", event.offer_id, event.handed)
-                    if event.incompatible:
+                    if self._remote_owner.pop(event.offer_id, None) is not None:
+                        pass  # its own broker tells its client
+                    elif event.incompatible:
                         self._settle_offer(event.offer_id, self._no_compatible(event.offer_id))
                     else:
                         self._settle_offer(event.offer_id, self._no_volunteer())
                 case VolunteerForgotten():
                     log.debug("volunteer %s forgotten", event.volunteer_id)
+        if self.pool is not None and self.pool.problem is None and not self._closing:
+            self._share_queued(loop)
         self._arm_timer(loop)
         self._arm_sweeper(loop)
 
@@ -312,6 +405,13 @@ class Broker:
             # Back to the queue; the matchmaker may hand it on at once (more events).
             self.matchmaker.abandon_poll(event.poll_id, now)
             return
+        if self.pool is not None:
+            owner = self._remote_owner.get(event.offer_id, self.pool.broker_id)
+            deadline = self.matchmaker.offer_deadline(event.offer_id) or now
+            record = self.pool.record_handed(
+                event.offer_id, owner, event.volunteer_id, _wall(deadline, now)
+            )
+            self._recording[event.offer_id] = self._spawn(record)
         waiter.future.set_result(PollOffer(event.offer_id, event.sdp))
 
     def _settle_poll(self, poll_id: int, reply: PollOffer | PollIdle) -> None:
@@ -349,7 +449,174 @@ class Broker:
     def _drop_offer(self, offer_id: str) -> None:
         self._offers.pop(offer_id, None)
         self.matchmaker.abandon_offer(offer_id, asyncio.get_running_loop().time())
+        if self._forget_shared(offer_id) and self.pool is not None:
+            self._spawn(self.pool.withdraw(offer_id))
         self._process_events()
+
+    # -- sharing a pool with other brokers --------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[object, object, _T]) -> asyncio.Task[bool]:
+        """Run a pool operation in the background; its task says whether it succeeded."""
+
+        async def run() -> bool:
+            try:
+                await coro
+            except PoolUnavailable:
+                return False
+            return True
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _share_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Publish what this broker's volunteers could not take at once."""
+        assert self.pool is not None
+        now = loop.time()
+        for record in self.matchmaker.take_queued():
+            owner = self._remote_owner.pop(record.offer_id, self.pool.broker_id)
+            mine = owner == self.pool.broker_id
+            if mine and record.offer_id not in self._offers:
+                continue  # its client is gone
+            shared = SharedOffer(
+                record.offer_id,
+                record.sdp,
+                record.nat,
+                record.relay,
+                owner,
+                _wall(record.deadline, now),
+                record.passed_over,
+            )
+            if mine:
+                self._shared[record.offer_id] = shared
+                self._shared_timers[record.offer_id] = loop.call_at(
+                    record.deadline, self._expire_shared, record.offer_id
+                )
+            self._spawn(self._publish(shared))
+
+    async def _publish(self, offer: SharedOffer) -> None:
+        assert self.pool is not None
+        try:
+            await self.pool.publish(offer)
+        except PoolUnavailable:
+            self._take_back(offer)
+
+    def _take_back(self, offer: SharedOffer) -> None:
+        """Match a shared offer here again (the pool is unreachable)."""
+        assert self.pool is not None
+        mine = offer.owner == self.pool.broker_id
+        if mine and not self._forget_shared(offer.offer_id):
+            return  # answered, expired or abandoned meanwhile
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = now + (offer.deadline - time.time())
+        if deadline <= now:
+            if mine:
+                self._settle_offer(offer.offer_id, self._no_volunteer())
+            return
+        if not mine:
+            self._remote_owner[offer.offer_id] = offer.owner
+        self.matchmaker.receive_offer(
+            ClientOffer(offer.sdp, offer.nat, offer.relay),
+            now,
+            offer_id=offer.offer_id,
+            deadline=deadline,
+        )
+        self._process_events()
+
+    def _forget_shared(self, offer_id: str) -> bool:
+        timer = self._shared_timers.pop(offer_id, None)
+        if timer is not None:
+            timer.cancel()
+        return self._shared.pop(offer_id, None) is not None
+
+    def _expire_shared(self, offer_id: str) -> None:
+        offer = self._shared.get(offer_id)
+        if offer is None:
+            return
+        self._forget_shared(offer_id)
+
+        async def expire() -> None:
+            assert self.pool is not None
+            gone: SharedOffer | None = None
+            with contextlib.suppress(PoolUnavailable):
+                gone = await self.pool.withdraw(offer_id)
+            passed_over = gone.passed_over if gone is not None else offer.passed_over
+            if passed_over:
+                self._settle_offer(offer_id, self._no_compatible(offer_id))
+            else:
+                self._settle_offer(offer_id, self._no_volunteer())
+
+        self._spawn(expire())
+
+    async def _claim(self) -> None:
+        """Hand other brokers' waiting offers to this broker's free volunteers."""
+        pool = self.pool
+        assert pool is not None
+        loop = asyncio.get_running_loop()
+        for offer in await pool.head(CLAIM_BATCH):
+            if not self.matchmaker.has_free_polls:
+                return
+            if offer.deadline <= time.time():
+                continue  # its broker withdraws it
+            if not self.matchmaker.can_place(offer.nat, offer.relay):
+                if not offer.passed_over:
+                    await pool.mark_passed_over(offer.offer_id)
+                continue
+            if not await pool.claim(offer.offer_id):
+                continue  # another broker was first
+            if offer.owner == pool.broker_id:
+                if not self._forget_shared(offer.offer_id):
+                    continue  # expired or abandoned meanwhile
+            else:
+                self._remote_owner[offer.offer_id] = offer.owner
+            now = loop.time()
+            self.matchmaker.receive_offer(
+                ClientOffer(offer.sdp, offer.nat, offer.relay),
+                now,
+                offer_id=offer.offer_id,
+                deadline=now + (offer.deadline - time.time()),
+            )
+            self._process_events()
+
+    async def _claimer(self) -> None:
+        assert self.pool is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._claim_wanted.wait(), CLAIM_INTERVAL)
+            self._claim_wanted.clear()
+            if self.pool.problem is None and self.matchmaker.has_free_polls:
+                with contextlib.suppress(PoolUnavailable):
+                    await self._claim()
+
+    async def _receive_answers(self) -> None:
+        assert self.pool is not None
+        async for delivery in self.pool.deliveries():
+            self._forget_shared(delivery.offer_id)
+            self._settle_offer(delivery.offer_id, ClientAnswer(delivery.sdp))
+
+    async def _follow_pool(self) -> None:
+        """Take published offers back while the pool is unreachable; share again after."""
+        assert self.pool is not None
+        while True:
+            usable = await self.pool.wait_change()
+            if usable:
+                self._process_events()  # publishes what waits here
+            else:
+                for offer in list(self._shared.values()):
+                    self._take_back(offer)
+
+    async def start(self) -> None:
+        """Join the shared pool, if there is one (an unreachable one is retried)."""
+        if self.pool is None:
+            return
+        await self.pool.start()
+        self._background = [
+            asyncio.create_task(self._claimer()),
+            asyncio.create_task(self._receive_answers()),
+            asyncio.create_task(self._follow_pool()),
+        ]
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -396,6 +663,16 @@ class Broker:
             self._settle_poll(poll_id, PollIdle())
         for offer_id in list(self._offers):
             self._settle_offer(offer_id, _SHUTTING_DOWN)
+        for task in self._background:
+            task.cancel()
+        for offer_id in list(self._shared):
+            self._forget_shared(offer_id)
+            if self.pool is not None:
+                self._spawn(self.pool.withdraw(offer_id))
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2.0)
+        if self.pool is not None:
+            await self.pool.close()
 
 
 async def _read_body(request: web.BaseRequest) -> bytes:
@@ -490,7 +767,12 @@ async def _index(request: web.Request) -> web.StreamResponse:
 
 def create_app(config: BrokerConfig) -> web.Application:
     """The broker as an aiohttp application; ``app[BROKER_KEY]`` is its :class:`Broker`."""
-    broker = Broker(config)
+    pool: Pool | None = None
+    if config.redis_url is not None:
+        from unwall.broker.pool import RedisPool
+
+        pool = RedisPool(config.redis_url)
+    broker = Broker(config, pool)
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app.on_response_prepare.append(_cors)
     app[BROKER_KEY] = broker
@@ -505,9 +787,13 @@ def create_app(config: BrokerConfig) -> web.Application:
         app.router.add_get("/", _index)
         app.router.add_static("/widget/", STATIC_DIR, append_version=False)
 
+    async def on_startup(app: web.Application) -> None:
+        await broker.start()
+
     async def on_shutdown(app: web.Application) -> None:
         await broker.close()
 
+    app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     return app
 

@@ -1,0 +1,429 @@
+"""The pool several brokers share: offers waiting for a volunteer, and answers on their way.
+
+Each broker keeps the volunteers' long-polls it holds, and matches them with the sans-IO
+:class:`~unwall.broker.matchmaker.Matchmaker` as a lone broker does. What brokers share is
+what must cross between them:
+
+- an offer no volunteer of its own broker could take at once is *published*; any broker
+  with a free volunteer that can serve it *claims* it (atomically: one claim wins) and
+  hands it to that volunteer through its own matchmaker;
+- every offer handed to a volunteer is *recorded* with its owner (the broker holding the
+  client's request) and the volunteer, so that the volunteer's answer, on whichever broker
+  it arrives, is checked against the record and *forwarded* to the owner's inbox;
+- volunteers are counted across brokers.
+
+This module is the seam for the engine that holds it: :class:`Pool` is the interface the
+broker uses, :class:`RedisPool` its one implementation (redis-py's asyncio client); no other
+module imports redis. Without a pool (no ``--redis``) the broker is a lone process, with
+all its state in memory.
+
+Redis keys, under a prefix (``unwall:`` by default):
+
+``queue``              sorted set: published offer ids, by publication time (FIFO)
+``offer:ID``           hash: sdp, nat, relay, owner, deadline (Unix time), passed_over,
+                       volunteer (once handed); expires with the offer
+``inbox:BROKER``       list: JSON answers for offers BROKER holds
+``volunteers``         sorted set: volunteer id -> last poll (Unix time)
+``volunteers:NAT``     the same, per NAT kind
+``brokers``            sorted set: broker id -> last heartbeat (Unix time)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from unwall.wire.nat import NAT_KINDS, NatKind
+
+log = logging.getLogger("unwall.broker")
+
+#: How often the pool checks that its engine answers, and brokers say they are alive.
+HEARTBEAT: Final = 1.0
+#: A broker not heard from for this long no longer counts.
+BROKER_TTL: Final = 5.0
+#: Seconds an offer's record outlives its deadline (for a late answer's clear refusal).
+OFFER_GRACE: Final = 5.0
+
+
+class PoolUnavailable(Exception):
+    """The shared pool's engine cannot be reached; the message says why."""
+
+
+@dataclass(frozen=True)
+class SharedOffer:
+    """An offer waiting in the pool for a volunteer."""
+
+    offer_id: str
+    sdp: str
+    nat: NatKind
+    relay: bool
+    owner: str  # the broker that holds the client's request
+    deadline: float  # Unix time
+    passed_over: bool = False
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """An answer for an offer this broker holds."""
+
+    offer_id: str
+    sdp: str
+
+
+class Pool(ABC):
+    """What a broker needs from the state it shares with other brokers."""
+
+    broker_id: str
+
+    @property
+    @abstractmethod
+    def problem(self) -> str | None:
+        """Why the pool cannot be used now, or None when it can."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect, and keep checking; an engine that cannot be reached yet is retried (and
+        :attr:`problem` says so)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def wait_change(self) -> bool:
+        """Wait until the pool's health changes; return whether it is usable now."""
+
+    @abstractmethod
+    async def publish(self, offer: SharedOffer) -> None: ...
+
+    @abstractmethod
+    async def head(self, limit: int) -> list[SharedOffer]:
+        """The oldest published offers still waiting, oldest first."""
+
+    @abstractmethod
+    async def claim(self, offer_id: str) -> bool:
+        """Take a published offer out of the queue; True for exactly one claimer."""
+
+    @abstractmethod
+    async def mark_passed_over(self, offer_id: str) -> None:
+        """Free volunteers looked at this offer and none could serve it."""
+
+    @abstractmethod
+    async def withdraw(self, offer_id: str) -> SharedOffer | None:
+        """Remove an offer whatever its state (its client gave up or timed out); return it
+        as it was, or None if the pool no longer had it."""
+
+    @abstractmethod
+    async def exists(self, offer_id: str) -> bool: ...
+
+    @abstractmethod
+    async def record_handed(
+        self, offer_id: str, owner: str, volunteer_id: str, deadline: float
+    ) -> None: ...
+
+    @abstractmethod
+    async def forward_answer(self, offer_id: str, volunteer_id: str, sdp: str) -> bool:
+        """Send a volunteer's answer to the broker holding the offer; False if the offer
+        was not handed to that volunteer (or is gone)."""
+
+    @abstractmethod
+    def deliveries(self) -> AsyncIterator[Delivery]:
+        """Answers for this broker's offers, as they come (across engine outages)."""
+
+    @abstractmethod
+    async def note_volunteer(self, volunteer_id: str, nat: NatKind, now: float) -> None: ...
+
+    @abstractmethod
+    async def volunteer_counts(self, ttl: float, now: float) -> dict[NatKind, int]:
+        """Volunteers that polled any broker within ``ttl``, by NAT kind."""
+
+    @abstractmethod
+    async def broker_count(self, now: float) -> int:
+        """Brokers sharing this pool that are alive."""
+
+
+# Forward an answer only if the offer was handed to this volunteer; first answer wins.
+_FORWARD: Final = """
+local offer = KEYS[1]
+if redis.call('HGET', offer, 'volunteer') ~= ARGV[1] then return 0 end
+local owner = redis.call('HGET', offer, 'owner')
+redis.call('DEL', offer)
+local inbox = ARGV[3] .. 'inbox:' .. owner
+redis.call('RPUSH', inbox, ARGV[2])
+redis.call('EXPIRE', inbox, 120)
+return 1
+"""
+
+
+class RedisPool(Pool):
+    """The pool in a Redis server (any Redis >= 5, or a compatible server)."""
+
+    def __init__(self, url: str, prefix: str = "unwall:", broker_id: str | None = None) -> None:
+        check_redis_url(url)
+        self.url = url
+        self.prefix = prefix
+        self.broker_id = broker_id or secrets.token_hex(6)
+        self._redis: aioredis.Redis = aioredis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            health_check_interval=0,
+        )
+        self._problem: str | None = None
+        self._changed = asyncio.Event()
+        self._heart: asyncio.Task[None] | None = None
+        self._forward = self._redis.register_script(_FORWARD)
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    @property
+    def problem(self) -> str | None:
+        return self._problem
+
+    def _failed(self, exc: BaseException) -> PoolUnavailable:
+        self._set_problem(f"redis unreachable ({_short(exc)}); is redis-server running?")
+        return PoolUnavailable(self._problem or "redis unreachable")
+
+    def _set_problem(self, problem: str | None) -> None:
+        was_usable = self._problem is None
+        self._problem = problem
+        if was_usable != (problem is None):
+            if problem is None:
+                log.info("shared pool: redis is reachable again")
+            else:
+                log.warning("shared pool: %s; matching this broker's volunteers only", problem)
+            self._changed.set()
+
+    async def start(self) -> None:
+        try:
+            await self._beat()
+        except RedisError as exc:
+            self._failed(exc)
+        self._heart = asyncio.create_task(self._heartbeat())
+
+    async def close(self) -> None:
+        if self._heart is not None:
+            self._heart.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heart
+        with contextlib.suppress(RedisError):
+            await self._redis.zrem(self._key("brokers"), self.broker_id)
+        await self._redis.aclose()
+
+    async def _beat(self) -> None:
+        now = time.time()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._key("brokers"), {self.broker_id: now})
+            pipe.zremrangebyscore(self._key("brokers"), "-inf", now - BROKER_TTL)
+            await pipe.execute()
+        self._set_problem(None)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            try:
+                await self._beat()
+            except RedisError as exc:
+                self._failed(exc)
+
+    async def wait_change(self) -> bool:
+        await self._changed.wait()
+        self._changed.clear()
+        return self._problem is None
+
+    async def _run(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except RedisError as exc:
+            raise self._failed(exc) from None
+
+    async def publish(self, offer: SharedOffer) -> None:
+        key = self._key("offer", offer.offer_id)
+        ttl = max(1, int(offer.deadline - time.time() + OFFER_GRACE))
+
+        async def run() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(
+                    key,
+                    mapping={
+                        "sdp": offer.sdp,
+                        "nat": offer.nat,
+                        "relay": int(offer.relay),
+                        "owner": offer.owner,
+                        "deadline": repr(offer.deadline),
+                        "passed_over": int(offer.passed_over),
+                    },
+                )
+                pipe.hdel(key, "volunteer")  # waiting again, for anyone
+                pipe.expire(key, ttl)
+                pipe.zadd(self._key("queue"), {offer.offer_id: time.time()}, nx=True)
+                await pipe.execute()
+
+        await self._run(run())
+
+    async def head(self, limit: int) -> list[SharedOffer]:
+        async def run() -> list[SharedOffer]:
+            ids = [str(i) for i in await self._redis.zrange(self._key("queue"), 0, limit - 1)]
+            if not ids:
+                return []
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for offer_id in ids:
+                    pipe.hgetall(self._key("offer", offer_id))
+                records = await pipe.execute()
+            offers, stale = [], []
+            for offer_id, fields in zip(ids, records, strict=True):
+                offer = _offer(offer_id, fields)
+                if offer is None:
+                    stale.append(offer_id)
+                else:
+                    offers.append(offer)
+            if stale:
+                await self._redis.zrem(self._key("queue"), *stale)
+            return offers
+
+        return cast(list[SharedOffer], await self._run(run()))
+
+    async def claim(self, offer_id: str) -> bool:
+        return bool(await self._run(self._redis.zrem(self._key("queue"), offer_id)))
+
+    async def mark_passed_over(self, offer_id: str) -> None:
+        key = self._key("offer", offer_id)
+
+        async def run() -> None:
+            if await self._redis.exists(key):
+                await self._redis.hset(key, "passed_over", 1)
+
+        await self._run(run())
+
+    async def withdraw(self, offer_id: str) -> SharedOffer | None:
+        key = self._key("offer", offer_id)
+
+        async def run() -> SharedOffer | None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._key("queue"), offer_id)
+                pipe.hgetall(key)
+                pipe.delete(key)
+                _, fields, _ = await pipe.execute()
+            return _offer(offer_id, fields)
+
+        return cast(SharedOffer | None, await self._run(run()))
+
+    async def exists(self, offer_id: str) -> bool:
+        return bool(await self._run(self._redis.exists(self._key("offer", offer_id))))
+
+    async def record_handed(
+        self, offer_id: str, owner: str, volunteer_id: str, deadline: float
+    ) -> None:
+        key = self._key("offer", offer_id)
+        ttl = max(1, int(deadline - time.time() + OFFER_GRACE))
+
+        async def run() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping={"owner": owner, "volunteer": volunteer_id})
+                pipe.expire(key, ttl)
+                await pipe.execute()
+
+        await self._run(run())
+
+    async def forward_answer(self, offer_id: str, volunteer_id: str, sdp: str) -> bool:
+        payload = json.dumps({"offer_id": offer_id, "sdp": sdp})
+        result = await self._run(
+            self._forward(
+                keys=[self._key("offer", offer_id)], args=[volunteer_id, payload, self.prefix]
+            )
+        )
+        return bool(result)
+
+    async def deliveries(self) -> AsyncIterator[Delivery]:
+        inbox = self._key("inbox", self.broker_id)
+        while True:
+            try:
+                item = await self._redis.blpop([inbox], timeout=1)
+            except RedisError as exc:
+                self._failed(exc)
+                await asyncio.sleep(HEARTBEAT)
+                continue
+            if item is None:
+                continue
+            try:
+                message = json.loads(item[1])
+                yield Delivery(str(message["offer_id"]), str(message["sdp"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("shared pool: a malformed answer in this broker's inbox; dropped")
+
+    async def note_volunteer(self, volunteer_id: str, nat: NatKind, now: float) -> None:
+        async def run() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(self._key("volunteers"), {volunteer_id: now})
+                for kind in NAT_KINDS:
+                    if kind == nat:
+                        pipe.zadd(self._key("volunteers", kind), {volunteer_id: now})
+                    else:
+                        pipe.zrem(self._key("volunteers", kind), volunteer_id)
+                await pipe.execute()
+
+        await self._run(run())
+
+    async def volunteer_counts(self, ttl: float, now: float) -> dict[NatKind, int]:
+        async def run() -> dict[NatKind, int]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for kind in NAT_KINDS:
+                    key = self._key("volunteers", kind)
+                    pipe.zremrangebyscore(key, "-inf", now - ttl)
+                    pipe.zcard(key)
+                pipe.zremrangebyscore(self._key("volunteers"), "-inf", now - ttl)
+                results = await pipe.execute()
+            return {kind: int(results[2 * i + 1]) for i, kind in enumerate(NAT_KINDS)}
+
+        return cast(dict[NatKind, int], await self._run(run()))
+
+    async def broker_count(self, now: float) -> int:
+        key = self._key("brokers")
+        return int(await self._run(self._redis.zcount(key, now - BROKER_TTL, "+inf")))
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ValueError for a URL that is not redis://, rediss:// or unix://."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(
+            "--redis wants redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... or "
+            f"unix:///PATH, not {url!r}"
+        )
+
+
+def _offer(offer_id: str, fields: dict[str, str]) -> SharedOffer | None:
+    if not fields or "sdp" not in fields:
+        return None
+    nat: Any = fields.get("nat", "unknown")
+    try:
+        return SharedOffer(
+            offer_id=offer_id,
+            sdp=fields["sdp"],
+            nat=nat if nat in NAT_KINDS else "unknown",
+            relay=fields.get("relay") == "1",
+            owner=fields.get("owner", ""),
+            deadline=float(fields.get("deadline", "0")),
+            passed_over=fields.get("passed_over") == "1",
+        )
+    except ValueError:
+        return None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+__all__ = ["Delivery", "Pool", "PoolUnavailable", "RedisPool", "SharedOffer", "check_redis_url"]
