@@ -688,3 +688,28 @@ describe("BrowserVolunteer: closing", () => {
     assert.equal(env.volunteer.stats().clientsNow, 0);
   });
 });
+
+describe("BrowserVolunteer: several egresses", () => {
+  const offerWith = async (env, offerId, relay_url) => {
+    env.broker.one(POLL).respond(200, { version: 1, status: "offer", offer_id: offerId, sdp: OFFER_SDP, relay_url });
+    await env.clock.advance(0);
+    const answer = env.broker.pending(ANSWER).find((r) => r.body.offer_id === offerId);
+    answer.respond(200, { version: 1, status: "ok" });
+    await env.clock.advance(0);
+    env.pcs[env.pcs.length - 1].announceChannel("open");
+    await env.clock.advance(0);
+    return env.sockets[env.sockets.length - 1];
+  };
+
+  test("a poll answer's relay_url is where that client is relayed; others use the config's", async () => {
+    const env = await makeEnv(BrowserVolunteer, { capacity: 4 });
+    env.volunteer.start();
+    await env.clock.advance(0);
+    assert.equal((await offerWith(env, "a", "wss://second.test/v1/relay")).url, "wss://second.test/v1/relay");
+    assert.equal((await offerWith(env, "b", undefined)).url, "ws://egress.test/v1/relay");
+    // Not a WebSocket URL, or not a URL at all: the config's egress, never something else.
+    assert.equal((await offerWith(env, "c", "https://evil.test/")).url, "ws://egress.test/v1/relay");
+    assert.equal((await offerWith(env, "d", "not a url")).url, "ws://egress.test/v1/relay");
+    env.volunteer.stop();
+  });
+});

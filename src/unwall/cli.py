@@ -117,6 +117,14 @@ BROKER_OPTIONS = [
     ),
     Option("--turn-ttl", "seconds the TURN credentials stay valid", 86400.0, positive_float),
     Option(
+        "--egress",
+        "an egress of this operator, PIN=RELAY_URL (sha256:...=wss://HOST/v1/relay); "
+        "repeatable. A client whose bridge line names that pin is relayed there; with none "
+        "given, every volunteer relays to its own egress",
+        default=[],
+        repeat=True,
+    ),
+    Option(
         "--redis",
         "share the volunteer pool, waiting offers and answers with other brokers through "
         "this Redis server (redis://HOST:PORT/DB); default: this broker alone, in memory",
@@ -479,6 +487,23 @@ def _apply_host_addresses(options: dict[str, Any]) -> None:
         webrtc.set_host_addresses(options["host_address"])
 
 
+def _egress_list(entries: list[str]) -> dict[str, str]:
+    """`--egress PIN=URL` entries as {pin: url}; raise UsageError on a malformed one."""
+    from unwall.transport.quic import normalize_pin
+
+    egresses: dict[str, str] = {}
+    for entry in entries:
+        cut = min((i for i in (entry.find("=ws://"), entry.find("=wss://")) if i >= 0), default=-1)
+        if cut < 0:
+            raise UsageError(f"--egress {entry!r}: expected PIN=ws(s)://HOST[:PORT]/v1/relay")
+        try:
+            pin = normalize_pin(entry[:cut])
+        except ValueError as exc:
+            raise UsageError(f"--egress {entry!r}: {exc}") from None
+        egresses[pin] = entry[cut + 1 :]
+    return egresses
+
+
 async def _broker(options: dict[str, Any]) -> None:
     from unwall.broker.server import BrokerConfig, run_broker
     from unwall.broker.turn import make_issuer
@@ -495,6 +520,7 @@ async def _broker(options: dict[str, Any]) -> None:
         ice_servers=tuple(options["ice_server"]),
         turn=turn,
         redis_url=options["redis"],
+        egresses=_egress_list(options["egress"]),
     )
     if config.redis_url is not None:
         from unwall.broker.pool import check_redis_url

@@ -209,3 +209,32 @@ async def test_the_health_check_is_quick_while_redis_is_gone(redis: RedisServer)
             async with http.get(broker.url + "/v1/health") as resp:
                 assert resp.status == 503
             assert time.monotonic() - started < 0.5
+
+
+async def test_the_egress_a_client_names_travels_with_its_offer(redis: RedisServer) -> None:
+    from test_broker_http import OFFER_SDP
+
+    from unwall.egress.identity import generate_identity
+    from unwall.wire.broker import ClientOffer, encode
+
+    pin = generate_identity().pin
+    config = BrokerConfig(
+        poll_timeout=3.0,
+        answer_timeout=3.0,
+        redis_url=redis.url,
+        egresses={pin: "wss://second.example/v1/relay"},
+    )
+    async with (
+        serving(config, handler_cancellation=True) as a,
+        serving(config, handler_cancellation=True) as b,
+    ):
+        polling = asyncio.create_task(b.poll("on-b"))
+        await asyncio.sleep(0.3)
+        client = asyncio.create_task(
+            a.post("/v1/client/offer", encode(ClientOffer(OFFER_SDP, egress=pin)))
+        )
+        offer = await asyncio.wait_for(polling, 5)
+        assert isinstance(offer, PollOffer)
+        assert offer.relay_url == "wss://second.example/v1/relay"
+        assert (await b.answer("on-b", offer.offer_id))[0] == 200
+        assert (await client)[0] == 200

@@ -435,6 +435,7 @@ def test_error_status_table() -> None:
         "too_large": 413,
         "unsupported_version": 422,
         "unknown_offer": 404,
+        "unknown_egress": 400,
         "no_volunteer": 503,
         "no_compatible_volunteer": 503,
     }
@@ -462,3 +463,20 @@ def test_absent_nat_and_relay_mean_unknown_and_no_relay() -> None:
     assert (offer.nat, offer.relay) == ("unknown", False)
     explicit = decode_client_offer(body(sdp=SDP, nat="unknown", relay=False))
     assert explicit == offer
+
+
+def test_the_egress_pin_and_the_relay_url_round_trip() -> None:
+    from unwall.egress.identity import generate_identity
+
+    pin = generate_identity().pin
+    assert decode_client_offer(encode(ClientOffer(SDP, egress=pin))).egress == pin
+    assert decode_client_offer(encode(ClientOffer(SDP))).egress is None
+    with pytest.raises(MessageError, match="egress"):
+        decode_client_offer(body(version=1, sdp=SDP, egress="sha256:nope"))
+    offer = PollOffer("o1", SDP, relay_url="wss://e2.example/v1/relay")
+    assert decode_poll_response(encode(offer)) == offer
+    assert decode_poll_response(encode(PollOffer("o1", SDP))).relay_url is None
+    bad = {"version": 1, "status": "offer", "offer_id": "o1", "sdp": SDP}
+    for url in ("https://e2.example/", "", 5):
+        with pytest.raises(MessageError, match="relay_url"):
+            decode_poll_response(json.dumps({**bad, "relay_url": url}).encode())

@@ -74,6 +74,7 @@ class OfferAssigned:
     volunteer_id: str
     offer_id: str
     sdp: str
+    relay_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ class OfferRecord:
     nat: NatKind = "unknown"
     relay: bool = False  # the client has a TURN server
     passed_over: bool = False  # free volunteers were there, none it could connect to
+    relay_url: str | None = None  # the egress the volunteer relays it to (None: its own)
 
 
 class MatchStore(Protocol):
@@ -376,11 +378,12 @@ class Matchmaker:
         *,
         offer_id: str | None = None,
         deadline: float | None = None,
+        relay_url: str | None = None,
     ) -> str:
         """A client offers; returns the offer's id. The offer waits in the queue if need be.
 
         An offer another broker received (through the shared pool) keeps its id and its
-        deadline."""
+        deadline. ``relay_url`` travels with the offer to the volunteer it is handed to."""
         if offer_id is None:
             offer_id = self._new_offer_id()
             while self._store.get_offer(offer_id) is not None:
@@ -389,7 +392,13 @@ class Matchmaker:
             deadline = now + self.config.answer_timeout
         self._store.put_offer(
             OfferRecord(
-                offer_id, offer.sdp, self._next_seq, deadline, nat=offer.nat, relay=offer.relay
+                offer_id,
+                offer.sdp,
+                self._next_seq,
+                deadline,
+                nat=offer.nat,
+                relay=offer.relay,
+                relay_url=relay_url,
             )
         )
         self._next_seq += 1
@@ -578,7 +587,9 @@ class Matchmaker:
             )
         )
         self._events.append(
-            OfferAssigned(poll_id, volunteer.volunteer_id, offer.offer_id, offer.sdp)
+            OfferAssigned(
+                poll_id, volunteer.volunteer_id, offer.offer_id, offer.sdp, offer.relay_url
+            )
         )
 
     def _touch(self, volunteer: VolunteerRecord, now: float) -> None:

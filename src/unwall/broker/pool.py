@@ -20,8 +20,8 @@ all its state in memory.
 Redis keys, under a prefix (``unwall:`` by default):
 
 ``queue``              sorted set: published offer ids, by publication time (FIFO)
-``offer:ID``           hash: sdp, nat, relay, owner, deadline (Unix time), passed_over,
-                       volunteer (once handed); expires with the offer
+``offer:ID``           hash: sdp, nat, relay, relay_url, owner, deadline (Unix time),
+                       passed_over, volunteer (once handed); expires with the offer
 ``inbox:BROKER``       list: JSON answers for offers BROKER holds
 ``volunteers``         sorted set: volunteer id -> last poll (Unix time)
 ``volunteers:NAT``     the same, per NAT kind
@@ -71,6 +71,7 @@ class SharedOffer:
     owner: str  # the broker that holds the client's request
     deadline: float  # Unix time
     passed_over: bool = False
+    relay_url: str | None = None  # the egress its client's bridge line names
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,7 @@ class RedisPool(Pool):
                         "owner": offer.owner,
                         "deadline": repr(offer.deadline),
                         "passed_over": int(offer.passed_over),
+                        "relay_url": offer.relay_url or "",
                     },
                 )
                 pipe.hdel(key, "volunteer")  # waiting again, for anyone
@@ -416,6 +418,7 @@ def _offer(offer_id: str, fields: dict[str, str]) -> SharedOffer | None:
             owner=fields.get("owner", ""),
             deadline=float(fields.get("deadline", "0")),
             passed_over=fields.get("passed_over") == "1",
+            relay_url=fields.get("relay_url") or None,
         )
     except ValueError:
         return None

@@ -54,6 +54,7 @@ from unwall.wire.broker import (
     NO_VOLUNTEER,
     PROTOCOL_VERSION,
     TOO_LARGE,
+    UNKNOWN_EGRESS,
     UNKNOWN_OFFER,
     AnswerAccepted,
     BrokerError,
@@ -95,6 +96,22 @@ class BrokerConfig:
     turn: TurnIssuer | None = None
     #: Redis URL of a pool shared with other brokers; None: this broker alone, in memory
     redis_url: str | None = None
+    #: the operator's egresses by pin: a client whose offer names one of these pins is
+    #: relayed to that egress's URL; empty: every volunteer relays to its own egress
+    egresses: dict[str, str] = field(default_factory=dict)
+
+    def relay_url(self, pin: str | None) -> str | None:
+        """The relay URL for a client's egress pin; raise MessageError for a pin that is
+        not on the list (when there is a list)."""
+        if not self.egresses or pin is None:
+            return None
+        try:
+            return self.egresses[pin]
+        except KeyError:
+            raise MessageError(
+                UNKNOWN_EGRESS,
+                "this broker relays to no egress with that pin; check the bridge line",
+            ) from None
 
     def matchmaker_config(self) -> MatchmakerConfig:
         ttl = self.volunteer_ttl if self.volunteer_ttl is not None else 3 * self.poll_timeout
@@ -303,11 +320,12 @@ class Broker:
 
     async def client_offer(self, request: web.Request) -> web.StreamResponse:
         offer = decode_client_offer(await _read_body(request))
+        relay_url = self.config.relay_url(offer.egress)
         if self._closing:
             return _reply(_SHUTTING_DOWN)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ClientAnswer | BrokerError | _Gone] = loop.create_future()
-        offer_id = self.matchmaker.receive_offer(offer, loop.time())
+        offer_id = self.matchmaker.receive_offer(offer, loop.time(), relay_url=relay_url)
         self.metrics.offers.inc()
         self.metrics.offers_by_nat.labels(offer.nat).inc()
         self._offers[offer_id] = _Waiter(request, future, offer.nat)
@@ -412,7 +430,7 @@ class Broker:
                 event.offer_id, owner, event.volunteer_id, _wall(deadline, now)
             )
             self._recording[event.offer_id] = self._spawn(record)
-        waiter.future.set_result(PollOffer(event.offer_id, event.sdp))
+        waiter.future.set_result(PollOffer(event.offer_id, event.sdp, relay_url=event.relay_url))
 
     def _settle_poll(self, poll_id: int, reply: PollOffer | PollIdle) -> None:
         waiter = self._polls.pop(poll_id, None)
@@ -487,6 +505,7 @@ class Broker:
                 owner,
                 _wall(record.deadline, now),
                 record.passed_over,
+                record.relay_url,
             )
             if mine:
                 self._shared[record.offer_id] = shared
@@ -522,6 +541,7 @@ class Broker:
             now,
             offer_id=offer.offer_id,
             deadline=deadline,
+            relay_url=offer.relay_url,
         )
         self._process_events()
 
@@ -577,6 +597,7 @@ class Broker:
                 now,
                 offer_id=offer.offer_id,
                 deadline=now + (offer.deadline - time.time()),
+                relay_url=offer.relay_url,
             )
             self._process_events()
 

@@ -420,6 +420,7 @@ class Tunnel:
                 webrtc.with_dtls_role(offer, self.config.dtls_role),
                 nat=self.nat,
                 relay=self.relay,
+                egress=self.pin,
             )
             await peer.accept_answer(answer)
             opened: asyncio.Future[Any] = asyncio.ensure_future(peer.opened.wait())

@@ -86,12 +86,17 @@ class BrokerClient:
             return BrokerUnavailable(f"broker answered HTTP {status} with an unexpected body")
 
     async def offer(
-        self, sdp: str, nat: NatKind = "unknown", relay: bool = False, timeout: float = 30.0
+        self,
+        sdp: str,
+        nat: NatKind = "unknown",
+        relay: bool = False,
+        timeout: float = 30.0,
+        egress: str | None = None,
     ) -> str:
-        """Post a client's offer; return the volunteer's answer SDP."""
-        status, body = await self._post(
-            "/v1/client/offer", messages.encode(messages.ClientOffer(sdp, nat, relay)), timeout
-        )
+        """Post a client's offer (for the egress of pin `egress`); return the volunteer's
+        answer SDP."""
+        offer = messages.ClientOffer(sdp, nat, relay, egress)
+        status, body = await self._post("/v1/client/offer", messages.encode(offer), timeout)
         if status == 200:
             return self._decode(messages.decode_client_answer, body).sdp
         if status == 503:

@@ -175,7 +175,7 @@ class Volunteer:
         )
         # Listen at once: the client sends as soon as the channel is open, before the
         # WebSocket to the egress exists; those messages wait in the relay's queue.
-        relay = ClientRelay(self, peer)
+        relay = ClientRelay(self, peer, offer.relay_url or self.config.egress_url)
         try:
             answer = await peer.answer(offer.sdp)
             await broker.answer(self.config.volunteer_id, offer.offer_id, answer)
@@ -205,9 +205,11 @@ class Volunteer:
 class ClientRelay:
     """One client's DataChannel, copied to and from one WebSocket to the egress."""
 
-    def __init__(self, volunteer: Volunteer, peer: webrtc.Peer):
+    def __init__(self, volunteer: Volunteer, peer: webrtc.Peer, egress_url: str):
         self.volunteer = volunteer
         self.peer = peer
+        #: where this client's datagrams go: the egress the broker named for it, or ours
+        self.egress_url = egress_url
         self.closed = peer.dead
         self._ws: asyncio.Future[aiohttp.ClientWebSocketResponse] = (
             asyncio.get_running_loop().create_future()
@@ -233,7 +235,7 @@ class ClientRelay:
         await ws.send_bytes(data)
 
     async def run(self, http: aiohttp.ClientSession) -> None:
-        url = self.volunteer.config.egress_url
+        url = self.egress_url
         try:
             ws = await http.ws_connect(
                 url, max_msg_size=MAX_DATAGRAM_SIZE + 1024, compress=0, heartbeat=30.0

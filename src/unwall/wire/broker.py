@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from unwall.transport.quic import normalize_pin
 from unwall.wire.nat import NAT_KINDS, NatKind
 
 PROTOCOL_VERSION: Final = 1
@@ -42,9 +43,11 @@ UNSUPPORTED_VERSION: Final = "unsupported_version"
 UNKNOWN_OFFER: Final = "unknown_offer"
 NO_VOLUNTEER: Final = "no_volunteer"
 NO_COMPATIBLE_VOLUNTEER: Final = "no_compatible_volunteer"
+UNKNOWN_EGRESS: Final = "unknown_egress"
 
 ERROR_STATUS: Final[dict[str, int]] = {
     BAD_REQUEST: 400,
+    UNKNOWN_EGRESS: 400,
     UNKNOWN_OFFER: 404,
     TOO_LARGE: 413,
     UNSUPPORTED_VERSION: 422,
@@ -104,11 +107,13 @@ class VolunteerPoll:
 
 @dataclass(frozen=True)
 class PollOffer:
-    """Broker -> volunteer: a client's offer to answer; ``turn``: credentials to use."""
+    """Broker -> volunteer: a client's offer to answer; ``turn``: credentials to use;
+    ``relay_url``: the egress to relay this client to (None: the volunteer's own)."""
 
     offer_id: str
     sdp: str
     turn: tuple[TurnServer, ...] = ()
+    relay_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,12 +142,14 @@ class ClientOffer:
     """Client -> broker, POST /v1/client/offer.
 
     ``nat`` is the client's NAT kind (`unknown` when absent); ``relay`` says the client has
-    a TURN server, so any volunteer will do.
+    a TURN server, so any volunteer will do; ``egress`` is the pin of the egress its bridge
+    line names (the broker finds that egress's relay URL in its operator's list).
     """
 
     sdp: str
     nat: NatKind = "unknown"
     relay: bool = False
+    egress: str | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,8 @@ def encode(msg: Message) -> bytes:
         case PollOffer():
             obj.update(status="offer", offer_id=msg.offer_id, sdp=msg.sdp)
             _put_turn(obj, msg.turn)
+            if msg.relay_url is not None:
+                obj["relay_url"] = msg.relay_url
         case PollIdle():
             obj.update(status="idle")
             _put_turn(obj, msg.turn)
@@ -206,6 +215,8 @@ def encode(msg: Message) -> bytes:
         case ClientOffer():
             obj.update(sdp=msg.sdp)
             _put_nat(obj, msg.nat, msg.relay)
+            if msg.egress is not None:
+                obj["egress"] = msg.egress
         case ClientAnswer():
             obj.update(status="answer", sdp=msg.sdp)
         case BrokerError():
@@ -260,7 +271,13 @@ def decode_volunteer_answer(body: bytes) -> VolunteerAnswer:
 def decode_client_offer(body: bytes) -> ClientOffer:
     """Decode the body of POST /v1/client/offer."""
     obj = _load(body, MAX_BODY)
-    return ClientOffer(sdp=_sdp(obj), nat=_nat(obj), relay=_flag(obj, "relay"))
+    egress = None
+    if "egress" in obj:
+        try:
+            egress = normalize_pin(_str(obj, "egress"))
+        except ValueError as exc:
+            raise _bad(f"field 'egress': {exc}") from None
+    return ClientOffer(sdp=_sdp(obj), nat=_nat(obj), relay=_flag(obj, "relay"), egress=egress)
 
 
 # -- decoding: responses --------------------------------------------------------------------
@@ -272,7 +289,12 @@ def decode_poll_response(body: bytes) -> PollOffer | PollIdle:
     status = _status(obj, ("offer", "idle"))
     if status == "idle":
         return PollIdle(turn=_turn(obj))
-    return PollOffer(offer_id=_offer_id(obj), sdp=_sdp(obj), turn=_turn(obj))
+    relay_url = None
+    if "relay_url" in obj:
+        relay_url = _str(obj, "relay_url")
+        if not relay_url.startswith(("ws://", "wss://")) or len(relay_url) > 2048:
+            raise _bad("field 'relay_url' must be a ws:// or wss:// URL")
+    return PollOffer(offer_id=_offer_id(obj), sdp=_sdp(obj), turn=_turn(obj), relay_url=relay_url)
 
 
 def decode_answer_accepted(body: bytes) -> AnswerAccepted:

@@ -337,6 +337,20 @@ export function turnServers(turn) {
 }
 
 /**
+ * The egress a poll answer names for its client (`relay_url`, when the operator runs
+ * several): a ws:// or wss:// URL, else null (use the one of the broker's config).
+ */
+export function relayUrl(value) {
+  if (typeof value !== "string" || value.length > 2048) return null;
+  try {
+    const url = new URL(value);
+    return url.protocol === "ws:" || url.protocol === "wss:" ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
  * RTCConfiguration.iceServers from the operator's STUN URLs and TURN servers with
  * credentials (both already cleaned by stunUrls and turnServers). No servers is an empty
  * list: a server with an empty `urls` is an error in browsers.

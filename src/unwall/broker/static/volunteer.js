@@ -17,6 +17,7 @@ import {
   TokenBucket,
   iceServerList,
   randomVolunteerId,
+  relayUrl,
   stunUrls,
   turnServers,
 } from "./logic.js";
@@ -361,19 +362,21 @@ export class BrowserVolunteer extends EventTarget {
       this._clearError(ERROR_BROKER);
       this._takeTurn(reply);
       if (reply.status === "offer" && typeof reply.offer_id === "string" && typeof reply.sdp === "string") {
-        this._accept(reply.offer_id, reply.sdp);
+        this._accept(reply.offer_id, reply.sdp, relayUrl(reply.relay_url));
       }
     }
   }
 
   // ----- one client -------------------------------------------------------------------
 
-  _accept(offerId, sdp) {
+  _accept(offerId, sdp, egressUrl = null) {
     // Counted against capacity from now on, so that the next poll reports it; counted as
-    // helped only once its DataChannel opens.
+    // helped only once its DataChannel opens. `egressUrl`: the egress the broker names for
+    // this client (several egresses), else the one of the broker's config.
     const client = {
       id: this._nextClientId++,
       offerId,
+      egressUrl,
       pc: null,
       channel: null,
       ws: null,
@@ -531,7 +534,7 @@ export class BrowserVolunteer extends EventTarget {
 
     let ws;
     try {
-      ws = new this._WebSocket(this._config.egressUrl);
+      ws = new this._WebSocket(client.egressUrl ?? this._config.egressUrl);
     } catch {
       this._egressFailed(client);
       return;
