@@ -49,11 +49,14 @@ async def test_socks5_download_20mb(bridge: LocalBridge, site: DemoSite) -> None
     assert sha256(body) == digest
 
 
-async def test_http_proxy_download_20mb(bridge: LocalBridge, site: DemoSite) -> None:
+async def test_http_proxy_download_5mb(bridge: LocalBridge, site: DemoSite) -> None:
+    # 5 MB: what windows and flow control do with 20 MB is the SOCKS test's; this one is
+    # about the HTTP proxy.
+    size = 5_000_000
     await bridge.start_all()
-    _, digest = site.blob(SIZE)
+    _, digest = site.blob(size)
     code, body, err = await curl(
-        "--proxy", f"http://127.0.0.1:{bridge.http_port}", f"{site.url}/blob/{SIZE}"
+        "--proxy", f"http://127.0.0.1:{bridge.http_port}", f"{site.url}/blob/{size}"
     )
     assert code == 0, err
     assert sha256(body) == digest

@@ -75,7 +75,9 @@ async def test_browser_volunteer_carries_a_download(
     dtls_role: str,
 ) -> None:
     bridge = browser_bridge
-    size = 20_000_000
+    # 4 MB, more than the relay's 1 MiB queues and the streams' windows: what a browser
+    # volunteer moves per second is the benchmarks' business, not this test's.
+    size = 4_000_000
     _, digest = site.blob(size)
     await bridge.start_broker()
     await bridge.start_egress()
@@ -103,6 +105,9 @@ async def test_browser_volunteer_carries_a_download(
         assert int(await _widget_attr(page, "data-clients-total")) >= 1
         assert "Helping 1 person now" in await page.inner_text("[data-unwall-widget]")
         await page.screenshot(path=str(artifacts / f"widget-helping-{dtls_role}.png"))
+
+        if dtls_role != "client":
+            return  # what follows does not depend on the DTLS role: checked once
 
         # Off: every connection closes at once; the client notices and says so.
         await switch.click()

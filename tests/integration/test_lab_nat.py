@@ -4,7 +4,7 @@ One lab for the module: four home networks, one per NAT kind, each a router name
 with the kernel's NAT in front of one volunteer host; the box's NAT in front of the
 censored host is changed between cells. Every cell starts one volunteer (headless, or the
 widget in Debian's Chromium with its default flags: mDNS host candidates on) in one home,
-and a client with the lab's STUN server, then either downloads 5 MB through the client's
+and a client with the lab's STUN server, then either downloads 1 MB through the client's
 SOCKS5 (sha256 equal) or, where the pair cannot meet without a relay, checks that the
 client says so in words and then succeeds once it is given TURN.
 
@@ -40,7 +40,7 @@ NEEDS_RELAY = {
     ("symmetric", "port-restricted"),
     ("symmetric", "symmetric"),
 }
-SIZE = 5_000_000
+SIZE = 1_000_000
 RESULTS: dict[str, dict[str, Any]] = {}
 
 
@@ -162,9 +162,11 @@ async def test_nat_matrix(
             assert await _download() == want
             record["direct"] = True
         else:
-            # The client says why, in words, and does not keep trying the impossible.
-            await client.wait_for("TURN", 40)
             record["direct"] = False
+            if volunteer_kind == "headless":
+                # The client says why, in words, and does not keep trying the impossible
+                # (the broker's matching, whatever kind the volunteer: checked once, here).
+                await client.wait_for("TURN", 40)
             client.stop()
             turn = lab["turn"]
             user, password = manager.client_turn_credentials()
