@@ -136,6 +136,11 @@ async def one_run(sessions: int, seconds: float) -> dict[str, float | int]:
             after_5 = rss_mb(egress.pid)
             await asyncio.sleep(25.0)
             after_30 = rss_mb(egress.pid)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{bridge.egress_port}/v1/health") as resp,
+            ):
+                held = await resp.json()
         finally:
             await bridge.stop_all()
     server.close()
@@ -144,6 +149,8 @@ async def one_run(sessions: int, seconds: float) -> dict[str, float | int]:
         "rss_peak_mb": round(peak, 1),
         "rss_after_5s_mb": round(after_5, 1),
         "rss_after_30s_mb": round(after_30, 1),
+        "sessions_after": held["sessions"],
+        "connections_after": held["connections"],
         "streams_ok": outcomes["ok"],
         "streams_busy": outcomes["busy"],
         "streams_other": sum(n for k, n in outcomes.items() if k not in ("ok", "busy")),

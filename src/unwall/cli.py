@@ -125,6 +125,19 @@ BROKER_OPTIONS = [
         repeat=True,
     ),
     Option(
+        "--trusted-proxy",
+        "a front (CIDR) the broker sits behind: requests from it are counted by the "
+        "rightmost X-Forwarded-For address that is not a front; repeatable",
+        default=[],
+        repeat=True,
+    ),
+    Option(
+        "--offers-per-minute",
+        "client offers one address may post per minute (bursts of a quarter of that)",
+        120.0,
+        positive_float,
+    ),
+    Option(
         "--redis",
         "share the volunteer pool, waiting offers and answers with other brokers through "
         "this Redis server (redis://HOST:PORT/DB); default: this broker alone, in memory",
@@ -487,6 +500,15 @@ def _apply_host_addresses(options: dict[str, Any]) -> None:
         webrtc.set_host_addresses(options["host_address"])
 
 
+def _networks(entries: list[str], flag: str) -> tuple[str, ...]:
+    import ipaddress
+
+    try:
+        return tuple(str(ipaddress.ip_network(entry, strict=False)) for entry in entries)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
 def _egress_list(entries: list[str]) -> dict[str, str]:
     """`--egress PIN=URL` entries as {pin: url}; raise UsageError on a malformed one."""
     from unwall.transport.quic import normalize_pin
@@ -505,6 +527,7 @@ def _egress_list(entries: list[str]) -> dict[str, str]:
 
 
 async def _broker(options: dict[str, Any]) -> None:
+    from unwall.broker.guard import Rate
     from unwall.broker.server import BrokerConfig, run_broker
     from unwall.broker.turn import make_issuer
 
@@ -521,6 +544,10 @@ async def _broker(options: dict[str, Any]) -> None:
         turn=turn,
         redis_url=options["redis"],
         egresses=_egress_list(options["egress"]),
+        trusted_proxies=_networks(options["trusted_proxy"], "--trusted-proxy"),
+        offer_rate=Rate(
+            options["offers_per_minute"] / 60, max(1.0, options["offers_per_minute"] / 4)
+        ),
     )
     if config.redis_url is not None:
         from unwall.broker.pool import check_redis_url

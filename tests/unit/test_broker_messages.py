@@ -438,6 +438,7 @@ def test_error_status_table() -> None:
         "unknown_egress": 400,
         "no_volunteer": 503,
         "no_compatible_volunteer": 503,
+        "rate_limited": 429,
     }
     assert BrokerError("no_volunteer", "").status == 503
     assert BrokerError("from_the_future", "").status == 500

@@ -34,11 +34,12 @@ from __future__ import annotations
 import bisect
 import heapq
 import secrets
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
+from unwall.broker.guard import GROUPS_MIN_POOL, NetworkShares, volunteer_group
 from unwall.wire.broker import ClientOffer, VolunteerAnswer, VolunteerKind, VolunteerPoll
 from unwall.wire.nat import NAT_KINDS, RESTRICTIVENESS, NatKind, can_connect
 
@@ -52,6 +53,9 @@ class MatchmakerConfig:
     poll_timeout: float = 20.0
     answer_timeout: float = 10.0
     volunteer_ttl: float = 60.0
+    #: the harvest guard (unwall.broker.guard): client networks see a part of the pool,
+    #: and no volunteer network gets more than its share of offers
+    guard: bool = True
 
     def __post_init__(self) -> None:
         for name in ("poll_timeout", "answer_timeout", "volunteer_ttl"):
@@ -133,6 +137,8 @@ class VolunteerRecord:
     poll_id: int | None  # its open poll
     nat: NatKind = "unknown"
     relay: bool = False  # it has a TURN server of its own
+    network: str = ""  # the /24 or /48 it polls from ("" unknown)
+    group: int = 0  # its group (guard.volunteer_group)
 
     @property
     def is_full(self) -> bool:
@@ -164,6 +170,9 @@ class OfferRecord:
     relay: bool = False  # the client has a TURN server
     passed_over: bool = False  # free volunteers were there, none it could connect to
     relay_url: str | None = None  # the egress the volunteer relays it to (None: its own)
+    network: str = ""  # the client's /24 or /48 ("" unknown)
+    #: the volunteer groups its network may use (guard.network_groups); None: any
+    groups: frozenset[int] | None = None
 
 
 class MatchStore(Protocol):
@@ -305,7 +314,8 @@ def pick_volunteer(
 # -- the matchmaker -------------------------------------------------------------------------
 
 _TimerKind = Literal["poll", "offer", "volunteer"]
-_Bucket = tuple[bool, NatKind]  # (relay, NAT kind) of a volunteer
+_Bucket = tuple[bool, NatKind, int]  # (relay, NAT kind, group) of a volunteer
+_HeapKey = tuple[bool, NatKind, int | None]  # a bucket, or (relay, NAT kind, None): any group
 
 
 def random_offer_id() -> str:
@@ -332,16 +342,18 @@ class Matchmaker:
         # pick_volunteer ranks within one kind, with stale entries skipped (and compacted)
         # lazily. Picking looks at the top of each of these few heaps, so a poll or an offer
         # costs O(log N) whatever N volunteers poll, not a scan of every open poll.
-        self._free: dict[_Bucket, list[tuple[float, float, int]]] = {}
+        self._free: dict[_HeapKey, list[tuple[float, float, int]]] = {}
         self._free_bucket: dict[int, _Bucket] = {}
-        self._free_live: dict[_Bucket, int] = {}
+        self._free_live: dict[_HeapKey, int] = {}
         self._next_poll_id = 1
         self._next_seq = 1
+        self._shares = NetworkShares()
+        self._networks: Counter[str] = Counter()  # volunteers known, by network
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def receive_poll(self, poll: VolunteerPoll, now: float) -> int:
-        """A volunteer polls and reports its load; returns the new poll's id."""
+    def receive_poll(self, poll: VolunteerPoll, now: float, network: str = "") -> int:
+        """A volunteer polls (from `network`) and reports its load; returns the poll's id."""
         store = self._store
         poll_id = self._next_poll_id
         self._next_poll_id += 1
@@ -361,7 +373,13 @@ class Matchmaker:
             poll_id=poll_id,
             nat=poll.nat,
             relay=poll.relay,
+            network=network,
+            group=volunteer_group(poll.volunteer_id),
         )
+        if old is None or old.network != network:
+            if old is not None:
+                self._networks[old.network] -= 1
+            self._networks[network] += 1
         store.put_volunteer(volunteer)
         deadline = now + self.config.poll_timeout
         record = PollRecord(poll_id, poll.volunteer_id, now, deadline)
@@ -379,11 +397,15 @@ class Matchmaker:
         offer_id: str | None = None,
         deadline: float | None = None,
         relay_url: str | None = None,
+        network: str = "",
+        groups: frozenset[int] | None = None,
     ) -> str:
         """A client offers; returns the offer's id. The offer waits in the queue if need be.
 
         An offer another broker received (through the shared pool) keeps its id and its
-        deadline. ``relay_url`` travels with the offer to the volunteer it is handed to."""
+        deadline. ``relay_url`` travels with the offer to the volunteer it is handed to.
+        ``network`` is the client's; ``groups`` the volunteer groups that network may use
+        (applied once the pool has ``guard.GROUPS_MIN_POOL`` volunteers)."""
         if offer_id is None:
             offer_id = self._new_offer_id()
             while self._store.get_offer(offer_id) is not None:
@@ -399,6 +421,8 @@ class Matchmaker:
                 nat=offer.nat,
                 relay=offer.relay,
                 relay_url=relay_url,
+                network=network,
+                groups=groups,
             )
         )
         self._next_seq += 1
@@ -451,10 +475,17 @@ class Matchmaker:
             self._store.delete_offer(offer.offer_id)
         return queued
 
-    def can_place(self, nat: NatKind, relay: bool) -> bool:
+    def can_place(
+        self,
+        nat: NatKind,
+        relay: bool,
+        network: str = "",
+        groups: frozenset[int] | None = None,
+        now: float = 0.0,
+    ) -> bool:
         """Whether an offer of this kind would be handed to a volunteer at once."""
-        probe = OfferRecord("", "", 0, 0.0, nat=nat, relay=relay)
-        return self._free_bucket != {} and self._pick(probe) is not None
+        probe = OfferRecord("", "", 0, 0.0, nat=nat, relay=relay, network=network, groups=groups)
+        return self._free_bucket != {} and self._pick(probe, now) is not None
 
     def offer_deadline(self, offer_id: str) -> float | None:
         offer = self._store.get_offer(offer_id)
@@ -521,7 +552,7 @@ class Matchmaker:
         for offer in store.queued_offers():
             if not self._free_bucket:
                 return
-            pick = self._pick(offer)
+            pick = self._pick(offer, now)
             if pick is None:
                 if not offer.passed_over:
                     store.put_offer(replace(offer, passed_over=True))
@@ -532,42 +563,66 @@ class Matchmaker:
     def _index_poll(self, poll: PollRecord, volunteer: VolunteerRecord) -> None:
         if volunteer.is_full:
             return  # never handed an offer until it reports room in a new poll
-        bucket = (volunteer.relay, volunteer.nat)
-        heap = self._free.setdefault(bucket, [])
-        heapq.heappush(heap, (volunteer.load, poll.opened, poll.poll_id))
+        bucket = (volunteer.relay, volunteer.nat, volunteer.group)
         self._free_bucket[poll.poll_id] = bucket
-        live = self._free_live[bucket] = self._free_live.get(bucket, 0) + 1
-        if len(heap) > 2 * live + 64:  # mostly stale entries: keep memory in proportion
-            heap[:] = [entry for entry in heap if self._free_bucket.get(entry[2]) == bucket]
-            heapq.heapify(heap)
+        entry = (volunteer.load, poll.opened, poll.poll_id)
+        # Each free poll is in two heaps: its kind's, and its kind's within its group (for
+        # the offers of client networks that may use only some groups).
+        for key in ((volunteer.relay, volunteer.nat, None), bucket):
+            heap = self._free.setdefault(key, [])
+            heapq.heappush(heap, entry)
+            live = self._free_live[key] = self._free_live.get(key, 0) + 1
+            if len(heap) > 2 * live + 64:  # mostly stale entries: keep memory in proportion
+                heap[:] = [e for e in heap if self._in_heap(e[2], key)]
+                heapq.heapify(heap)
+
+    def _in_heap(self, poll_id: int, key: _HeapKey) -> bool:
+        bucket = self._free_bucket.get(poll_id)
+        return bucket is not None and bucket[:2] == key[:2] and key[2] in (None, bucket[2])
 
     def _unindex_poll(self, poll_id: int) -> None:
         bucket = self._free_bucket.pop(poll_id, None)
         if bucket is not None:
+            self._free_live[(bucket[0], bucket[1], None)] -= 1
             self._free_live[bucket] -= 1
 
-    def _pick(self, offer: OfferRecord) -> tuple[PollRecord, VolunteerRecord] | None:
-        """pick_volunteer's choice, from the top of each kind's heap."""
+    def _pick(self, offer: OfferRecord, now: float) -> tuple[PollRecord, VolunteerRecord] | None:
+        """pick_volunteer's choice, from the top of each kind's heap, within the harvest
+        guard: only the groups the client's network may use (in a pool big enough to
+        split), and no volunteer of a network that has had more than its share."""
+        guard = self.config.guard
+        groups = offer.groups
+        if not guard or groups is None or self._store.count_volunteers() < GROUPS_MIN_POOL:
+            groups = None
+        networks = sum(1 for count in self._networks.values() if count > 0)
         best: tuple[int, float, float, int] | None = None
         chosen: tuple[PollRecord, VolunteerRecord] | None = None
-        for bucket, heap in self._free.items():
-            relay, nat = bucket
+        skipped: list[tuple[list[tuple[float, float, int]], tuple[float, float, int]]] = []
+        for key, heap in self._free.items():
+            relay, nat, group = key
+            if group is not None if groups is None else group not in groups:
+                continue
             if not (offer.relay or relay or can_connect(offer.nat, nat)):
                 continue
             while heap:
                 _, _, poll_id = heap[0]
-                poll = self._store.get_poll(poll_id) if poll_id in self._free_bucket else None
+                poll = self._store.get_poll(poll_id) if self._in_heap(poll_id, key) else None
                 volunteer = self._store.get_volunteer(poll.volunteer_id) if poll else None
                 if poll is None or volunteer is None or volunteer.is_full:
                     heapq.heappop(heap)  # stale: gone, or no longer free
                     if poll is not None:
                         self._unindex_poll(poll_id)
                     continue
+                if guard and self._shares.over(volunteer.network, networks, now):
+                    skipped.append((heap, heapq.heappop(heap)))  # put back below
+                    continue
                 restrictive = -1 if relay else RESTRICTIVENESS[nat]
                 rank = (-restrictive, volunteer.load, poll.opened, poll.poll_id)
                 if best is None or rank < best:
                     best, chosen = rank, (poll, volunteer)
                 break
+        for heap, entry in skipped:
+            heapq.heappush(heap, entry)
         return chosen
 
     def _hand(
@@ -576,6 +631,7 @@ class Matchmaker:
         store = self._store
         store.delete_poll(poll_id)
         self._unindex_poll(poll_id)
+        self._shares.add(volunteer.network, now)
         volunteer = replace(volunteer, handed=volunteer.handed + 1, poll_id=None)
         self._touch(volunteer, now)
         store.put_offer(
@@ -623,6 +679,9 @@ class Matchmaker:
         if volunteer.last_seen + self.config.volunteer_ttl > now:
             return
         self._store.delete_volunteer(volunteer_id)
+        self._networks[volunteer.network] -= 1
+        if self._networks[volunteer.network] <= 0:
+            del self._networks[volunteer.network]
         self._events.append(VolunteerForgotten(volunteer_id))
 
     def _add_timer(self, deadline: float, kind: _TimerKind, key: str) -> None:

@@ -20,8 +20,8 @@ all its state in memory.
 Redis keys, under a prefix (``unwall:`` by default):
 
 ``queue``              sorted set: published offer ids, by publication time (FIFO)
-``offer:ID``           hash: sdp, nat, relay, relay_url, owner, deadline (Unix time),
-                       passed_over, volunteer (once handed); expires with the offer
+``offer:ID``           hash: sdp, nat, relay, relay_url, network, owner, deadline (Unix
+                       time), passed_over, volunteer (once handed); expires with it
 ``inbox:BROKER``       list: JSON answers for offers BROKER holds
 ``volunteers``         sorted set: volunteer id -> last poll (Unix time)
 ``volunteers:NAT``     the same, per NAT kind
@@ -72,6 +72,7 @@ class SharedOffer:
     deadline: float  # Unix time
     passed_over: bool = False
     relay_url: str | None = None  # the egress its client's bridge line names
+    network: str = ""  # its client's /24 or /48 (which volunteer groups it may use)
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ class RedisPool(Pool):
                         "deadline": repr(offer.deadline),
                         "passed_over": int(offer.passed_over),
                         "relay_url": offer.relay_url or "",
+                        "network": offer.network,
                     },
                 )
                 pipe.hdel(key, "volunteer")  # waiting again, for anyone
@@ -419,6 +421,7 @@ def _offer(offer_id: str, fields: dict[str, str]) -> SharedOffer | None:
             deadline=float(fields.get("deadline", "0")),
             passed_over=fields.get("passed_over") == "1",
             relay_url=fields.get("relay_url") or None,
+            network=fields.get("network", ""),
         )
     except ValueError:
         return None

@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import ipaddress
 import logging
+import math
 import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field, replace
@@ -35,7 +37,8 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 
-from unwall import serving
+from unwall import logs, serving
+from unwall.broker.guard import Rate, RateLimits, network_groups, network_of
 from unwall.broker.matchmaker import (
     Matchmaker,
     MatchmakerConfig,
@@ -53,6 +56,7 @@ from unwall.wire.broker import (
     NO_COMPATIBLE_VOLUNTEER,
     NO_VOLUNTEER,
     PROTOCOL_VERSION,
+    RATE_LIMITED,
     TOO_LARGE,
     UNKNOWN_EGRESS,
     UNKNOWN_OFFER,
@@ -64,6 +68,7 @@ from unwall.wire.broker import (
     MessageError,
     PollIdle,
     PollOffer,
+    VolunteerPoll,
     decode_client_offer,
     decode_volunteer_answer,
     decode_volunteer_poll,
@@ -96,6 +101,17 @@ class BrokerConfig:
     turn: TurnIssuer | None = None
     #: Redis URL of a pool shared with other brokers; None: this broker alone, in memory
     redis_url: str | None = None
+    #: the harvest guard: client networks see a part of the pool, no volunteer network
+    #: gets more than its share (unwall.broker.guard); off only to measure without it
+    guard: bool = True
+    #: offers per client address, and polls per volunteer address; None: no limit
+    offer_rate: Rate | None = field(default_factory=lambda: Rate(2.0, 30))
+    poll_rate: Rate | None = field(default_factory=lambda: Rate(10.0, 100))
+    #: long-polls one volunteer address may hold open at once
+    polls_per_address: int = 128
+    #: fronts (CIDRs) whose X-Forwarded-For names the real client (the rightmost address
+    #: not itself a front); empty: the connecting address is the client's
+    trusted_proxies: tuple[str, ...] = ()
     #: the operator's egresses by pin: a client whose offer names one of these pins is
     #: relayed to that egress's URL; empty: every volunteer relays to its own egress
     egresses: dict[str, str] = field(default_factory=dict)
@@ -115,7 +131,19 @@ class BrokerConfig:
 
     def matchmaker_config(self) -> MatchmakerConfig:
         ttl = self.volunteer_ttl if self.volunteer_ttl is not None else 3 * self.poll_timeout
-        return MatchmakerConfig(self.poll_timeout, self.answer_timeout, ttl)
+        return MatchmakerConfig(self.poll_timeout, self.answer_timeout, ttl, guard=self.guard)
+
+    def source(self, request: web.BaseRequest) -> str | None:
+        """The address a request comes from: the connecting one, or, from a trusted front,
+        the rightmost X-Forwarded-For address that is not itself a front."""
+        remote = request.remote
+        if not self.trusted_proxies or not _in_networks(remote, self.trusted_proxies):
+            return remote
+        forwarded = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
+        for hop in reversed(forwarded):
+            if hop and not _in_networks(hop, self.trusted_proxies):
+                return hop
+        return remote
 
 
 class _Gone(enum.Enum):
@@ -145,6 +173,16 @@ def _mark_gone(waiters: Iterable[_Waiter[_T]]) -> None:
     for waiter in waiters:
         if not waiter.future.done() and _peer_gone(waiter.request):
             waiter.future.set_result(_GONE)
+
+
+def _in_networks(address: str | None, networks: tuple[str, ...]) -> bool:
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
 
 
 def _wall(deadline: float, now: float) -> float:
@@ -225,6 +263,9 @@ class Broker:
         #: offers handed to a volunteer here: their record in the pool, being written
         self._recording: dict[str, asyncio.Task[bool]] = {}
         self._claim_wanted = asyncio.Event()
+        self._offer_limits = RateLimits(config.offer_rate) if config.offer_rate else None
+        self._poll_limits = RateLimits(config.poll_rate) if config.poll_rate else None
+        self._open_polls: dict[str, int] = {}  # open long-polls, by volunteer address
         self._tasks: set[asyncio.Task[object]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._polls: dict[int, _Waiter[PollOffer | PollIdle]] = {}
@@ -241,8 +282,35 @@ class Broker:
         if self._closing:
             return _reply(PollIdle())
         loop = asyncio.get_running_loop()
+        source = self.config.source(request) or ""
+        self._limit(self._poll_limits, source, loop.time(), "polls")
+        if self._open_polls.get(source, 0) >= self.config.polls_per_address:
+            raise _too_many(
+                f"{self.config.polls_per_address} volunteers already poll from this "
+                "address; try again later",
+                self.config.poll_timeout,
+            )
+        self._open_polls[source] = self._open_polls.get(source, 0) + 1
+        try:
+            return await self._volunteer_poll(request, poll, network_of(source))
+        finally:
+            self._open_polls[source] -= 1
+            if self._open_polls[source] <= 0:
+                del self._open_polls[source]
+
+    def _limit(self, limits: RateLimits | None, source: str, now: float, what: str) -> None:
+        if limits is None:
+            return
+        wait = limits.take(source, now)
+        if wait > 0:
+            raise _too_many(f"too many {what} from this address; try again later", wait)
+
+    async def _volunteer_poll(
+        self, request: web.Request, poll: VolunteerPoll, network: str
+    ) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
         future: asyncio.Future[PollOffer | PollIdle | _Gone] = loop.create_future()
-        poll_id = self.matchmaker.receive_poll(poll, loop.time())
+        poll_id = self.matchmaker.receive_poll(poll, loop.time(), network)
         self._polls[poll_id] = _Waiter(request, future)
         self._process_events()
         if self.pool is not None:
@@ -324,8 +392,17 @@ class Broker:
         if self._closing:
             return _reply(_SHUTTING_DOWN)
         loop = asyncio.get_running_loop()
+        source = self.config.source(request) or ""
+        self._limit(self._offer_limits, source, loop.time(), "offers")
+        network = network_of(source)
         future: asyncio.Future[ClientAnswer | BrokerError | _Gone] = loop.create_future()
-        offer_id = self.matchmaker.receive_offer(offer, loop.time(), relay_url=relay_url)
+        offer_id = self.matchmaker.receive_offer(
+            offer,
+            loop.time(),
+            relay_url=relay_url,
+            network=network,
+            groups=network_groups(network, time.time()) if network else None,
+        )
         self.metrics.offers.inc()
         self.metrics.offers_by_nat.labels(offer.nat).inc()
         self._offers[offer_id] = _Waiter(request, future, offer.nat)
@@ -506,6 +583,7 @@ class Broker:
                 _wall(record.deadline, now),
                 record.passed_over,
                 record.relay_url,
+                record.network,
             )
             if mine:
                 self._shared[record.offer_id] = shared
@@ -542,6 +620,8 @@ class Broker:
             offer_id=offer.offer_id,
             deadline=deadline,
             relay_url=offer.relay_url,
+            network=offer.network,
+            groups=network_groups(offer.network, time.time()) if offer.network else None,
         )
         self._process_events()
 
@@ -580,7 +660,9 @@ class Broker:
                 return
             if offer.deadline <= time.time():
                 continue  # its broker withdraws it
-            if not self.matchmaker.can_place(offer.nat, offer.relay):
+            groups = network_groups(offer.network, time.time()) if offer.network else None
+            now = loop.time()
+            if not self.matchmaker.can_place(offer.nat, offer.relay, offer.network, groups, now):
                 if not offer.passed_over:
                     await pool.mark_passed_over(offer.offer_id)
                 continue
@@ -598,6 +680,8 @@ class Broker:
                 offer_id=offer.offer_id,
                 deadline=now + (offer.deadline - time.time()),
                 relay_url=offer.relay_url,
+                network=offer.network,
+                groups=groups,
             )
             self._process_events()
 
@@ -719,12 +803,34 @@ async def _read_body(request: web.BaseRequest) -> bytes:
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn a client's mistake into its JSON error response: one log line, no traceback."""
+    """Turn a client's mistake into its JSON error response: one log line, no traceback
+    (for refusals of a rate limit, at most one line every few seconds)."""
     try:
         return await handler(request)
+    except _TooMany as exc:
+        allowed, left_out = _RATE_LIMITED_LOG.allow()
+        if allowed:
+            more = f" ({left_out} more since the last line)" if left_out else ""
+            log.warning("%s %s: rate limited%s", request.method, request.path, more)
+        response = _reply(exc.to_broker_error())
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
     except MessageError as exc:
         log.info("%s %s: %s: %s", request.method, request.path, exc.code, exc.message)
         return _reply(exc.to_broker_error())
+
+
+class _TooMany(MessageError):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(RATE_LIMITED, message)
+        self.retry_after = retry_after
+
+
+def _too_many(message: str, retry_after: float) -> _TooMany:
+    return _TooMany(message, retry_after)
+
+
+_RATE_LIMITED_LOG: Final = logs.Throttle(10.0)
 
 
 BROKER_KEY: Final = web.AppKey("unwall_broker", Broker)

@@ -44,6 +44,7 @@ UNKNOWN_OFFER: Final = "unknown_offer"
 NO_VOLUNTEER: Final = "no_volunteer"
 NO_COMPATIBLE_VOLUNTEER: Final = "no_compatible_volunteer"
 UNKNOWN_EGRESS: Final = "unknown_egress"
+RATE_LIMITED: Final = "rate_limited"
 
 ERROR_STATUS: Final[dict[str, int]] = {
     BAD_REQUEST: 400,
@@ -53,6 +54,7 @@ ERROR_STATUS: Final[dict[str, int]] = {
     UNSUPPORTED_VERSION: 422,
     NO_VOLUNTEER: 503,
     NO_COMPATIBLE_VOLUNTEER: 503,
+    RATE_LIMITED: 429,
 }
 
 _VOLUNTEER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
