@@ -7,9 +7,10 @@ The attack of the issue's row 2, done for real on loopback: N QUIC sessions (82 
 issue) reach a real `unwall egress` process straight through its relay WebSocket, as a
 fake volunteer would carry them, and open streams as fast as they can for S seconds to
 a local server that holds each connection for a second. The egress's RSS (from /proc) is
-read before, at its peak, and 5 s and 30 s after the flood stops; streams opened and
-refused as `busy` are counted. Several runs, each against a fresh egress; the median and
-spread are printed and written as JSON.
+read before, at its peak, and 5 s and 30 s after the flood stops; then a second flood,
+and its peak and what is held 30 s after (a leak would grow; memory kept for reuse does
+not); streams opened and refused as `busy` are counted. Several runs, each against a fresh
+egress; the median and spread are printed and written as JSON.
 """
 
 from __future__ import annotations
@@ -99,7 +100,37 @@ async def _worker(session: QuicSession, port: int, until: float, outcomes: Count
             session.stream_finished(stream)
 
 
+async def _flood(
+    bridge: LocalBridge, egress_pid: int, sessions: int, seconds: float, port: int
+) -> tuple[float, Counter[str]]:
+    """One flood; returns the egress's peak RSS during it, and the streams' outcomes."""
+    outcomes: Counter[str] = Counter()
+    async with aiohttp.ClientSession() as http:
+        opened = await asyncio.gather(
+            *(_attacker(http, bridge.egress_url, bridge.pin) for _ in range(sessions))
+        )
+        until = time.monotonic() + seconds
+        workers = [
+            asyncio.ensure_future(_worker(attacker.session, port, until, outcomes))
+            for attacker in opened
+            for _ in range(WORKERS_PER_SESSION)
+        ]
+        peak = 0.0
+        while not all(w.done() for w in workers):
+            peak = max(peak, rss_mb(egress_pid))
+            await asyncio.sleep(0.25)
+        for attacker in opened:
+            attacker.session.close(0, "done")
+        await asyncio.sleep(0.5)
+        for attacker in opened:
+            await attacker.close()
+    return peak, outcomes
+
+
 async def one_run(sessions: int, seconds: float) -> dict[str, float | int]:
+    """Two floods, 30 s apart, against one egress: what it holds after each, and whether
+    the second grows it further (a leak would) or reuses what the first left."""
+
     async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(HOLD)
         writer.close()
@@ -112,30 +143,14 @@ async def one_run(sessions: int, seconds: float) -> dict[str, float | int]:
             egress = await bridge.start_egress()
             await asyncio.sleep(1.0)
             before = rss_mb(egress.pid)
-            outcomes: Counter[str] = Counter()
-            async with aiohttp.ClientSession() as http:
-                opened = await asyncio.gather(
-                    *(_attacker(http, bridge.egress_url, bridge.pin) for _ in range(sessions))
-                )
-                until = time.monotonic() + seconds
-                workers = [
-                    asyncio.ensure_future(_worker(attacker.session, port, until, outcomes))
-                    for attacker in opened
-                    for _ in range(WORKERS_PER_SESSION)
-                ]
-                peak = before
-                while not all(w.done() for w in workers):
-                    peak = max(peak, rss_mb(egress.pid))
-                    await asyncio.sleep(0.25)
-                for attacker in opened:
-                    attacker.session.close(0, "done")
-                await asyncio.sleep(0.5)
-                for attacker in opened:
-                    await attacker.close()
+            peak, outcomes = await _flood(bridge, egress.pid, sessions, seconds, port)
             await asyncio.sleep(5.0)
             after_5 = rss_mb(egress.pid)
             await asyncio.sleep(25.0)
             after_30 = rss_mb(egress.pid)
+            peak_2, _ = await _flood(bridge, egress.pid, sessions, seconds, port)
+            await asyncio.sleep(30.0)
+            after_2 = rss_mb(egress.pid)
             async with (
                 aiohttp.ClientSession() as http,
                 http.get(f"http://127.0.0.1:{bridge.egress_port}/v1/health") as resp,
@@ -149,6 +164,8 @@ async def one_run(sessions: int, seconds: float) -> dict[str, float | int]:
         "rss_peak_mb": round(peak, 1),
         "rss_after_5s_mb": round(after_5, 1),
         "rss_after_30s_mb": round(after_30, 1),
+        "rss_second_peak_mb": round(peak_2, 1),
+        "rss_after_second_30s_mb": round(after_2, 1),
         "sessions_after": held["sessions"],
         "connections_after": held["connections"],
         "streams_ok": outcomes["ok"],

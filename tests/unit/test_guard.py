@@ -138,3 +138,17 @@ def test_no_volunteer_network_gets_more_than_its_share() -> None:
     print(f"offers to 30 fake idle volunteers of one /24, of 100: {before} -> {after}")
     assert before >= 85  # least loaded first: nearly all of them
     assert after <= 25  # the bound, 2/11 of recent offers, after a first sample of 20
+
+
+def test_a_network_over_its_share_still_serves_when_no_other_can() -> None:
+    mm = Matchmaker(MatchmakerConfig(poll_timeout=1000, answer_timeout=1000))
+    for i in range(3):  # three networks known ...
+        mm.receive_poll(_poll(f"other{i}"), 0.0, network=f"203.0.{i}.0/24")
+    for n in range(3):  # ... and busy: their polls are taken
+        mm.receive_offer(ClientOffer(f"v=0 {n}"), 0.5)
+    _assigned(mm)
+    volunteer = _poll("busy-one")
+    for n in range(40):  # one network takes every offer: far over its share
+        mm.receive_poll(volunteer, 1.0 + n, network="198.51.100.0/24")
+        mm.receive_offer(ClientOffer(f"v=0 x{n}"), 1.0 + n)
+        assert len(_assigned(mm)) == 1, n  # no one else is free: it serves all the same

@@ -345,6 +345,7 @@ class Matchmaker:
         self._free: dict[_HeapKey, list[tuple[float, float, int]]] = {}
         self._free_bucket: dict[int, _Bucket] = {}
         self._free_live: dict[_HeapKey, int] = {}
+        self._kinds: set[tuple[bool, NatKind]] = set()  # (relay, NAT) with a heap
         self._next_poll_id = 1
         self._next_seq = 1
         self._shares = NetworkShares()
@@ -378,8 +379,8 @@ class Matchmaker:
         )
         if old is None or old.network != network:
             if old is not None:
-                self._networks[old.network] -= 1
-            self._networks[network] += 1
+                self._count_network(old.network, -1)
+            self._count_network(network, +1)
         store.put_volunteer(volunteer)
         deadline = now + self.config.poll_timeout
         record = PollRecord(poll_id, poll.volunteer_id, now, deadline)
@@ -560,11 +561,19 @@ class Matchmaker:
             poll, volunteer = pick
             self._hand(offer, volunteer, poll.poll_id, now)
 
+    def _count_network(self, network: str, delta: int) -> None:
+        count = self._networks[network] + delta
+        if count > 0:
+            self._networks[network] = count
+        else:
+            self._networks.pop(network, None)
+
     def _index_poll(self, poll: PollRecord, volunteer: VolunteerRecord) -> None:
         if volunteer.is_full:
             return  # never handed an offer until it reports room in a new poll
         bucket = (volunteer.relay, volunteer.nat, volunteer.group)
         self._free_bucket[poll.poll_id] = bucket
+        self._kinds.add((volunteer.relay, volunteer.nat))
         entry = (volunteer.load, poll.opened, poll.poll_id)
         # Each free poll is in two heaps: its kind's, and its kind's within its group (for
         # the offers of client networks that may use only some groups).
@@ -589,21 +598,31 @@ class Matchmaker:
     def _pick(self, offer: OfferRecord, now: float) -> tuple[PollRecord, VolunteerRecord] | None:
         """pick_volunteer's choice, from the top of each kind's heap, within the harvest
         guard: only the groups the client's network may use (in a pool big enough to
-        split), and no volunteer of a network that has had more than its share."""
+        split), and a volunteer of a network that has had more than its share only if no
+        other can serve."""
         guard = self.config.guard
         groups = offer.groups
         if not guard or groups is None or self._store.count_volunteers() < GROUPS_MIN_POOL:
             groups = None
-        networks = sum(1 for count in self._networks.values() if count > 0)
-        best: tuple[int, float, float, int] | None = None
+        networks = len(self._networks)
+        Rank = tuple[int, float, float, int]
+        best: Rank | None = None  # among volunteers of networks within their share
         chosen: tuple[PollRecord, VolunteerRecord] | None = None
+        best_over: Rank | None = None  # among the others: the fallback
+        chosen_over: tuple[PollRecord, VolunteerRecord] | None = None
         skipped: list[tuple[list[tuple[float, float, int]], tuple[float, float, int]]] = []
-        for key, heap in self._free.items():
-            relay, nat, group = key
-            if group is not None if groups is None else group not in groups:
+        keys = [
+            (relay, nat, group)
+            for relay, nat in self._kinds
+            if offer.relay or relay or can_connect(offer.nat, nat)
+            for group in (groups if groups is not None else (None,))
+        ]
+        for key in keys:
+            heap = self._free.get(key)
+            if not heap:
                 continue
-            if not (offer.relay or relay or can_connect(offer.nat, nat)):
-                continue
+            relay, nat, _ = key
+            restrictive = -1 if relay else RESTRICTIVENESS[nat]
             while heap:
                 _, _, poll_id = heap[0]
                 poll = self._store.get_poll(poll_id) if self._in_heap(poll_id, key) else None
@@ -613,16 +632,19 @@ class Matchmaker:
                     if poll is not None:
                         self._unindex_poll(poll_id)
                     continue
+                rank = (-restrictive, volunteer.load, poll.opened, poll.poll_id)
                 if guard and self._shares.over(volunteer.network, networks, now):
+                    if best_over is None or rank < best_over:
+                        best_over, chosen_over = rank, (poll, volunteer)
                     skipped.append((heap, heapq.heappop(heap)))  # put back below
                     continue
-                restrictive = -1 if relay else RESTRICTIVENESS[nat]
-                rank = (-restrictive, volunteer.load, poll.opened, poll.poll_id)
                 if best is None or rank < best:
                     best, chosen = rank, (poll, volunteer)
                 break
         for heap, entry in skipped:
             heapq.heappush(heap, entry)
+        if chosen is None:
+            return chosen_over
         return chosen
 
     def _hand(
@@ -679,9 +701,7 @@ class Matchmaker:
         if volunteer.last_seen + self.config.volunteer_ttl > now:
             return
         self._store.delete_volunteer(volunteer_id)
-        self._networks[volunteer.network] -= 1
-        if self._networks[volunteer.network] <= 0:
-            del self._networks[volunteer.network]
+        self._count_network(volunteer.network, -1)
         self._events.append(VolunteerForgotten(volunteer_id))
 
     def _add_timer(self, deadline: float, kind: _TimerKind, key: str) -> None:
