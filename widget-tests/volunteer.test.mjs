@@ -414,7 +414,8 @@ describe("BrowserVolunteer: relay", () => {
     for (const m of early) channel.receive(m);
     assert.equal(sockets.length, 1);
     const socket = sockets[0];
-    assert.equal(socket.url, "ws://egress.test/v1/relay");
+    // The offer's id rides along, for the egress's report of who carried the session.
+    assert.equal(socket.url, "ws://egress.test/v1/relay?offer=offer-1");
     assert.equal(socket.binaryType, "arraybuffer");
     assert.deepEqual(socket.sent, []);
 
@@ -705,11 +706,12 @@ describe("BrowserVolunteer: several egresses", () => {
     const env = await makeEnv(BrowserVolunteer, { capacity: 4 });
     env.volunteer.start();
     await env.clock.advance(0);
-    assert.equal((await offerWith(env, "a", "wss://second.test/v1/relay")).url, "wss://second.test/v1/relay");
-    assert.equal((await offerWith(env, "b", undefined)).url, "ws://egress.test/v1/relay");
+    const relayed = async (id, url) => (await offerWith(env, id, url)).url;
+    assert.equal(await relayed("a", "wss://second.test/v1/relay"), "wss://second.test/v1/relay?offer=a");
+    assert.equal(await relayed("b", undefined), "ws://egress.test/v1/relay?offer=b");
     // Not a WebSocket URL, or not a URL at all: the config's egress, never something else.
-    assert.equal((await offerWith(env, "c", "https://evil.test/")).url, "ws://egress.test/v1/relay");
-    assert.equal((await offerWith(env, "d", "not a url")).url, "ws://egress.test/v1/relay");
+    assert.equal(await relayed("c", "https://evil.test/"), "ws://egress.test/v1/relay?offer=c");
+    assert.equal(await relayed("d", "not a url"), "ws://egress.test/v1/relay?offer=d");
     env.volunteer.stop();
   });
 });

@@ -125,6 +125,12 @@ BROKER_OPTIONS = [
         repeat=True,
     ),
     Option(
+        "--report-secret",
+        "accept egresses' reports of the sessions volunteers carried (POST "
+        "/v1/egress/carried) with this secret; then a new volunteer earns its room: one "
+        "client, and one more per session carried (better set in the --config file)",
+    ),
+    Option(
         "--trusted-proxy",
         "a front (CIDR) the broker sits behind: requests from it are counted by the "
         "rightmost X-Forwarded-For address that is not a front; repeatable",
@@ -189,6 +195,18 @@ EGRESS_OPTIONS = [
         positive_float,
     ),
     Option(
+        "--report-to",
+        "a broker to tell which volunteers carried sessions (so that they earn clients; "
+        "the broker needs the same --report-secret); repeatable",
+        default=[],
+        repeat=True,
+    ),
+    Option(
+        "--report-secret",
+        "the secret the brokers of --report-to know this egress by (better set in the "
+        "--config file than here)",
+    ),
+    Option(
         "--no-retry",
         "create sessions without a QUIC Retry first (saves clients one round trip at "
         "connect; a relay can then take handshake slots without reading our replies)",
@@ -198,6 +216,12 @@ EGRESS_OPTIONS = [
 
 VOLUNTEER_OPTIONS = [
     Option("--broker", "broker URL", None, url),
+    Option(
+        "--metrics",
+        "serve Prometheus metrics on this address, e.g. 127.0.0.1:9108 (default: none)",
+        None,
+        host_port,
+    ),
     Option("--egress", "egress relay URL, e.g. ws://HOST:7000/v1/relay", None, url),
     Option("--capacity", "most clients served at once", 8, positive_int),
     Option(
@@ -544,6 +568,7 @@ async def _broker(options: dict[str, Any]) -> None:
         turn=turn,
         redis_url=options["redis"],
         egresses=_egress_list(options["egress"]),
+        report_secret=options["report_secret"],
         trusted_proxies=_networks(options["trusted_proxy"], "--trusted-proxy"),
         offer_rate=Rate(
             options["offers_per_minute"] / 60, max(1.0, options["offers_per_minute"] / 4)
@@ -591,7 +616,11 @@ async def _egress(options: dict[str, Any]) -> None:
         session_stream_rate=options["session_stream_rate"],
         session_rate=options["session_rate"],
         retry=not options["no_retry"],
+        report_to=tuple(options["report_to"]),
+        report_secret=options["report_secret"],
     )
+    if config.report_to and not config.report_secret:
+        raise UsageError("--report-to needs --report-secret (the brokers' own)")
     await run_egress(config, identity)
 
 
@@ -635,6 +664,7 @@ async def _volunteer(options: dict[str, Any]) -> None:
                 turn_password=options["turn_password"],
                 nat=options["nat"],
                 webrtc=options["webrtc"],
+                metrics=options["metrics"],
             )
         )
     except ValueError as exc:

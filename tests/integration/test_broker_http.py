@@ -402,7 +402,7 @@ async def test_metrics(broker: Broker) -> None:
     assert "unwall_broker_offers_total 2.0" in lines
     assert "unwall_broker_answers_total 1.0" in lines
     assert "unwall_broker_no_volunteer_total 1.0" in lines
-    assert "unwall_broker_volunteers 1.0" in lines
+    assert "unwall_broker_volunteers 8.0" in lines
     assert "unwall_broker_waiting_offers 0.0" in lines
 
 
@@ -536,10 +536,10 @@ async def test_no_compatible_volunteer_is_its_own_503_and_counted(broker: Broker
     lines = await broker.metrics()
     assert "unwall_broker_offers_incompatible_total 1.0" in lines
     assert "unwall_broker_no_volunteer_total 0.0" in lines
-    assert 'unwall_broker_offers_by_nat_total{nat="port-restricted"} 1.0' in lines
-    assert 'unwall_broker_offers_by_nat_total{nat="symmetric"} 1.0' in lines
+    assert 'unwall_broker_offers_by_nat_total{nat="port-restricted"} 8.0' in lines
+    assert 'unwall_broker_offers_by_nat_total{nat="symmetric"} 8.0' in lines
     assert 'unwall_broker_offers_by_nat_total{nat="none"} 0.0' in lines
-    assert 'unwall_broker_volunteers_by_nat{nat="symmetric"} 1.0' in lines
+    assert 'unwall_broker_volunteers_by_nat{nat="symmetric"} 8.0' in lines
     assert 'unwall_broker_volunteers_by_nat{nat="unknown"} 0.0' in lines
 
 

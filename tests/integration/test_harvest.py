@@ -10,10 +10,12 @@ import asyncio
 import sys
 from pathlib import Path
 
+import aiohttp
 from test_broker_http import OFFER_SDP, serving
 
 from unwall.broker.guard import Rate
 from unwall.broker.server import BrokerConfig
+from unwall.local import LocalBridge
 from unwall.wire.broker import ClientOffer, decode_error, encode
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
@@ -93,3 +95,33 @@ def _poll(n: int) -> bytes:
     from unwall.wire.broker import VolunteerPoll
 
     return encode(VolunteerPoll(f"volunteer-{n:04d}", 8, 0, "headless"))
+
+
+async def test_the_egress_reports_who_carried_and_the_broker_credits_them(
+    bridge: LocalBridge,
+) -> None:
+    """With a report secret on both sides, a volunteer that carried a client's handshake is
+    credited on the broker (and a report with the wrong secret is refused)."""
+    secret = "a-report-secret-for-tests"
+    await bridge.start_broker(extra=("--report-secret", secret))
+    await bridge.start_egress(extra=("--report-to", bridge.broker_url, "--report-secret", secret))
+    await bridge.start_volunteer()
+    await bridge.start_client()
+    deadline = asyncio.get_running_loop().time() + 15
+    carried = 0.0
+    async with aiohttp.ClientSession() as http:
+        while asyncio.get_running_loop().time() < deadline:
+            async with http.get(f"{bridge.broker_url}/metrics") as resp:
+                for line in (await resp.text()).splitlines():
+                    if line.startswith("unwall_broker_carried_total "):
+                        carried = float(line.split()[1])
+            if carried >= 1:
+                break
+            await asyncio.sleep(0.3)
+        assert carried >= 1
+        async with http.post(
+            f"{bridge.broker_url}/v1/egress/carried",
+            json={"version": 1, "offers": ["x"]},
+            headers={"Authorization": "Bearer wrong"},
+        ) as resp:
+            assert resp.status == 401

@@ -111,7 +111,7 @@ async def test_incompatible_nat_is_one_clear_line(caplog: pytest.LogCaptureFixtu
     async with broker(BrokerConfig(poll_timeout=1.0, answer_timeout=0.5)) as (url, _):
         async with running(volunteer(url, "symmetric").run()):
             await until(
-                lambda: has_metric(url, 'unwall_broker_volunteers_by_nat{nat="symmetric"} 1.0'),
+                lambda: has_metric(url, 'unwall_broker_volunteers_by_nat{nat="symmetric"} 8.0'),
                 "the volunteer's NAT kind at the broker",
             )
             tunnel = Tunnel(TunnelConfig(broker_url=url, pin=PIN, nat="port-restricted"))
@@ -130,7 +130,7 @@ async def test_incompatible_nat_is_one_clear_line(caplog: pytest.LogCaptureFixtu
         line,
     ), line
     assert "NAT kind port-restricted (set with --nat)" in caplog.text
-    assert 'unwall_broker_offers_by_nat_total{nat="port-restricted"} 1.0' in lines
+    assert 'unwall_broker_offers_by_nat_total{nat="port-restricted"} 8.0' in lines
     assert "unwall_broker_offers_incompatible_total 1.0" in lines
     assert tunnel.last_error.startswith("your network's NAT is port-restricted")
 
@@ -145,14 +145,14 @@ async def test_client_and_volunteer_measure_their_nat_at_start(
             with caplog.at_level(logging.INFO, logger="unwall"):
                 async with running(volunteer(url, None, ice_servers=ice).run()):
                     await until(
-                        lambda: has_metric(url, 'unwall_broker_volunteers_by_nat{nat="none"} 1.0'),
+                        lambda: has_metric(url, 'unwall_broker_volunteers_by_nat{nat="none"} 8.0'),
                         "the volunteer's measured NAT kind at the broker",
                     )
                     tunnel = Tunnel(TunnelConfig(broker_url=url, pin=PIN, ice_servers=ice))
                     async with running(tunnel.run()):
                         await until(
                             lambda: has_metric(
-                                url, 'unwall_broker_offers_by_nat_total{nat="none"} 1.0'
+                                url, 'unwall_broker_offers_by_nat_total{nat="none"} 8.0'
                             ),
                             "the client's measured NAT kind at the broker",
                         )
@@ -168,7 +168,7 @@ async def test_without_stun_the_nat_is_unknown_and_absent_on_the_wire(
         with caplog.at_level(logging.INFO, logger="unwall"):
             async with running(volunteer(url, None).run()):
                 await until(
-                    lambda: has_metric(url, 'unwall_broker_volunteers_by_nat{nat="unknown"} 1.0'),
+                    lambda: has_metric(url, 'unwall_broker_volunteers_by_nat{nat="unknown"} 8.0'),
                     "an unknown volunteer",
                 )
     assert "NAT kind unknown: no stun: ICE server to measure it with" in caplog.text

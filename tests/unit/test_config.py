@@ -556,6 +556,11 @@ stream_wait = 1
         "turn_secret": "kept out of the process list",
         "turn_url": ["turn:turn.example:3478", "turn:turn.example:3478?transport=tcp"],
         "turn_ttl": 86400.0,
+        "egress": [],
+        "report_secret": None,
+        "trusted_proxy": [],
+        "offers_per_minute": 120.0,
+        "redis": None,
     }
     assert real(["egress", *config], EGRESS_OPTIONS, "egress") == {
         "listen": ("127.0.0.1", 7001),
@@ -569,6 +574,9 @@ stream_wait = 1
         "session_connections": 256,
         "session_stream_rate": 50.0,
         "session_rate": None,
+        "report_to": [],
+        "report_secret": None,
+        "no_retry": None,
     }
     assert real(["volunteer", *config], VOLUNTEER_OPTIONS, "volunteer") == {
         "broker": "https://broker.example/",
@@ -582,6 +590,7 @@ stream_wait = 1
         "turn_password": None,
         "nat": "symmetric",
         "webrtc": "chromium",
+        "metrics": None,
     }
     client = real(["client", *config], CLIENT_OPTIONS, "client")
     assert client["broker"] == "http://127.0.0.1:8080/"

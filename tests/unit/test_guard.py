@@ -99,13 +99,13 @@ def test_a_small_pool_is_not_split() -> None:
     assert len(_assigned(mm)) == 1
 
 
-def _offers_to_fakes(guarded: bool) -> int:
+def _offers_to_fakes(guarded: bool, earned: bool = False, spread: bool = False) -> int:
     """30 volunteers of one /24 that always report themselves idle, 10 of ten other /24s
     that report their load, 100 offers from as many networks: how many the fakes get."""
     mm = Matchmaker(MatchmakerConfig(poll_timeout=1000, answer_timeout=1000, guard=guarded))
     polls = {}
-    for i in range(30):
-        polls[_poll(f"fake{i}").volunteer_id] = ("198.51.100.0/24", True)
+    for i in range(30):  # one /24, or (spread) a /24 each
+        polls[_poll(f"fake{i}").volunteer_id] = (f"198.51.{100 + i * spread}.0/24", True)
     for i in range(10):
         polls[_poll(f"home{i}").volunteer_id] = (f"203.0.{i}.0/24", False)
     clients: dict[str, int] = dict.fromkeys(polls, 0)
@@ -113,7 +113,9 @@ def _offers_to_fakes(guarded: bool) -> int:
     def poll(volunteer_id: str, now: float) -> None:
         network, fake = polls[volunteer_id]
         load = 0 if fake else clients[volunteer_id]
-        mm.receive_poll(VolunteerPoll(volunteer_id, 8, load, "headless"), now, network)
+        # With earning on, the genuine ones have carried sessions before; the fakes none.
+        proven = (0 if fake else 20) if earned else None
+        mm.receive_poll(VolunteerPoll(volunteer_id, 8, load, "headless"), now, network, proven)
 
     for volunteer_id in polls:
         poll(volunteer_id, 0.0)
@@ -135,9 +137,54 @@ def _offers_to_fakes(guarded: bool) -> int:
 
 def test_no_volunteer_network_gets_more_than_its_share() -> None:
     before, after = _offers_to_fakes(guarded=False), _offers_to_fakes(guarded=True)
-    print(f"offers to 30 fake idle volunteers of one /24, of 100: {before} -> {after}")
+    earned = _offers_to_fakes(guarded=True, earned=True)
+    print(
+        f"offers to 30 fake idle volunteers of one /24, of 100: {before} before, {after} "
+        f"with the guard, {earned} when volunteers also earn their room"
+    )
     assert before >= 85  # least loaded first: nearly all of them
     assert after <= 25  # the bound, 2/11 of recent offers, after a first sample of 20
+    assert earned <= after
+
+
+def test_fakes_in_many_networks_must_earn_their_offers() -> None:
+    """A censor with a /24 for each of its 30 fakes escapes the network bound; what
+    limits it then is that a volunteer gets one offer a minute until the egress has seen
+    it carry sessions."""
+    shared = _offers_to_fakes(guarded=True, spread=True)
+    earned = _offers_to_fakes(guarded=True, earned=True, spread=True)
+    print(f"30 fakes in 30 /24s, of 100 offers: {shared} with the guard, {earned} earning too")
+    assert earned < shared
+    assert earned <= 60  # 30 fakes, one offer each a minute, over the 100 s of offers
+
+
+def test_a_new_volunteer_earns_its_room() -> None:
+    from unwall.broker.matchmaker import EARNED_WINDOW
+
+    mm = Matchmaker(MatchmakerConfig(poll_timeout=1000, answer_timeout=1000))
+    newcomer = VolunteerPoll("volunteer-newcomer", 8, 0, "headless")
+    mm.receive_poll(newcomer, 0.0, proven=0)
+    mm.receive_offer(ClientOffer("v=0 a"), 1.0)
+    assert len(_assigned(mm)) == 1
+    # It says it carries no one, but it has had an offer within the window: no more yet.
+    mm.receive_poll(newcomer, 2.0, proven=0)
+    mm.receive_offer(ClientOffer("v=0 b"), 3.0)
+    assert _assigned(mm) == []
+    # The egress saw it carry that session: room for one more at once.
+    mm.receive_poll(newcomer, 4.0, proven=1)
+    assert len(_assigned(mm)) == 1
+    # A volunteer the broker keeps no record of (no --report-secret) is believed.
+    mm2 = Matchmaker(MatchmakerConfig(poll_timeout=1000, answer_timeout=1000))
+    for n in range(8):
+        mm2.receive_poll(newcomer, float(n), proven=None)
+        mm2.receive_offer(ClientOffer(f"v=0 {n}"), float(n))
+        assert len(_assigned(mm2)) == 1
+    # And the window passes: a newcomer that carried nothing gets another chance.
+    mm.receive_poll(
+        VolunteerPoll("volunteer-newcomer", 8, 0, "headless"), 5.0 + EARNED_WINDOW, proven=1
+    )
+    mm.receive_offer(ClientOffer("v=0 c"), 6.0 + EARNED_WINDOW)
+    assert len(_assigned(mm)) == 1
 
 
 def test_a_network_over_its_share_still_serves_when_no_other_can() -> None:

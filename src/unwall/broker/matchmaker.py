@@ -139,14 +139,40 @@ class VolunteerRecord:
     relay: bool = False  # it has a TURN server of its own
     network: str = ""  # the /24 or /48 it polls from ("" unknown)
     group: int = 0  # its group (guard.volunteer_group)
+    #: sessions the egress saw it carry (None: the broker keeps no such record, and
+    #: believes every report)
+    proven: int | None = None
+    #: when offers were handed to it, within EARNED_WINDOW (kept while it is earning)
+    recent: tuple[float, ...] = ()
+
+    @property
+    def earning(self) -> bool:
+        """Whether its reports are capped by what it has shown (see `room`)."""
+        return self.proven is not None and self.proven < self.capacity
+
+    @property
+    def room(self) -> int:
+        """The clients it may have: what it reports, but while it is earning no more than
+        EARNED_BASE plus the sessions it has been seen to carry."""
+        if self.proven is None or not self.earning:
+            return self.capacity
+        return min(self.capacity, EARNED_BASE + self.proven)
+
+    @property
+    def taken(self) -> int:
+        """Its load as the broker counts it: reported clients plus offers handed since,
+        and, while it is earning, at least the offers handed to it within EARNED_WINDOW
+        (whatever it reports)."""
+        taken = self.clients + self.handed
+        return max(taken, len(self.recent)) if self.earning else taken
 
     @property
     def is_full(self) -> bool:
-        return self.clients + self.handed >= self.capacity
+        return self.taken >= self.room
 
     @property
     def load(self) -> float:
-        return (self.clients + self.handed) / self.capacity
+        return self.taken / self.room
 
 
 @dataclass(frozen=True)
@@ -315,7 +341,13 @@ def pick_volunteer(
 
 _TimerKind = Literal["poll", "offer", "volunteer"]
 _Bucket = tuple[bool, NatKind, int]  # (relay, NAT kind, group) of a volunteer
-_HeapKey = tuple[bool, NatKind, int | None]  # a bucket, or (relay, NAT kind, None): any group
+_HeapKey = tuple[bool, NatKind, int | None]
+
+#: A volunteer that has not yet been seen carrying sessions may have this many clients, and
+#: one more per session the egress has seen it carry, up to its capacity ...
+EARNED_BASE = 1
+#: ... counting every offer handed to it within this many seconds.
+EARNED_WINDOW = 60.0  # a bucket, or (relay, NAT kind, None): any group
 
 
 def random_offer_id() -> str:
@@ -353,8 +385,13 @@ class Matchmaker:
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def receive_poll(self, poll: VolunteerPoll, now: float, network: str = "") -> int:
-        """A volunteer polls (from `network`) and reports its load; returns the poll's id."""
+    def receive_poll(
+        self, poll: VolunteerPoll, now: float, network: str = "", proven: int | None = None
+    ) -> int:
+        """A volunteer polls (from `network`) and reports its load; returns the poll's id.
+
+        `proven`: sessions the egress has seen it carry, when the broker keeps that record
+        (then a volunteer earns its room: see VolunteerRecord.room); None: no record."""
         store = self._store
         poll_id = self._next_poll_id
         self._next_poll_id += 1
@@ -376,6 +413,8 @@ class Matchmaker:
             relay=poll.relay,
             network=network,
             group=volunteer_group(poll.volunteer_id),
+            proven=proven,
+            recent=tuple(t for t in old.recent if t > now - EARNED_WINDOW) if old else (),
         )
         if old is None or old.network != network:
             if old is not None:
@@ -654,7 +693,10 @@ class Matchmaker:
         store.delete_poll(poll_id)
         self._unindex_poll(poll_id)
         self._shares.add(volunteer.network, now)
-        volunteer = replace(volunteer, handed=volunteer.handed + 1, poll_id=None)
+        recent = volunteer.recent
+        if volunteer.earning:
+            recent = (*(t for t in recent if t > now - EARNED_WINDOW), now)
+        volunteer = replace(volunteer, handed=volunteer.handed + 1, poll_id=None, recent=recent)
         self._touch(volunteer, now)
         store.put_offer(
             replace(

@@ -26,6 +26,8 @@ Redis keys, under a prefix (``unwall:`` by default):
 ``volunteers``         sorted set: volunteer id -> last poll (Unix time)
 ``volunteers:NAT``     the same, per NAT kind
 ``brokers``            sorted set: broker id -> last heartbeat (Unix time)
+``answered:ID``        the volunteer that answered offer ID, until an egress reports it
+``proven``             hash: volunteer id -> sessions the egress saw it carry
 """
 
 from __future__ import annotations
@@ -143,6 +145,19 @@ class Pool(ABC):
         """Answers for this broker's offers, as they come (across engine outages)."""
 
     @abstractmethod
+    async def record_answered(self, offer_id: str, volunteer_id: str, ttl: float) -> None:
+        """Remember who answered an offer, for an egress's report that it was carried."""
+
+    @abstractmethod
+    async def credit(self, offer_id: str) -> int:
+        """Credit the volunteer that answered `offer_id` with a carried session; 1 if one
+        was credited, 0 if the offer was unknown, too old, or credited already."""
+
+    @abstractmethod
+    async def proven(self, volunteer_id: str) -> int:
+        """Sessions the volunteer has been seen to carry, across the pool."""
+
+    @abstractmethod
     async def note_volunteer(self, volunteer_id: str, nat: NatKind, now: float) -> None: ...
 
     @abstractmethod
@@ -168,7 +183,7 @@ return 1
 
 
 class RedisPool(Pool):
-    """The pool in a Redis server (any Redis >= 5, or a compatible server)."""
+    """The pool in a Redis server (Redis 6.2 or newer, or a compatible server)."""
 
     def __init__(self, url: str, prefix: str = "unwall:", broker_id: str | None = None) -> None:
         check_redis_url(url)
@@ -366,6 +381,24 @@ class RedisPool(Pool):
                 yield Delivery(str(message["offer_id"]), str(message["sdp"]))
             except (ValueError, KeyError, TypeError):
                 log.warning("shared pool: a malformed answer in this broker's inbox; dropped")
+
+    async def record_answered(self, offer_id: str, volunteer_id: str, ttl: float) -> None:
+        key = self._key("answered", offer_id)
+        await self._run(self._redis.set(key, volunteer_id, ex=max(1, int(ttl))))
+
+    async def credit(self, offer_id: str) -> int:
+        async def run() -> int:
+            volunteer_id = await self._redis.getdel(self._key("answered", offer_id))
+            if volunteer_id is None:
+                return 0
+            await self._redis.hincrby(self._key("proven"), str(volunteer_id), 1)
+            return 1
+
+        return int(await self._run(run()))
+
+    async def proven(self, volunteer_id: str) -> int:
+        value = await self._run(self._redis.hget(self._key("proven"), volunteer_id))
+        return int(value or 0)
 
     async def note_volunteer(self, volunteer_id: str, nat: NatKind, now: float) -> None:
         async def run() -> None:

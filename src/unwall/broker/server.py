@@ -22,11 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hmac
 import ipaddress
+import json
 import logging
 import math
 import time
-from collections.abc import Coroutine, Iterable
+from collections import OrderedDict
+from collections.abc import Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Generic, TypeVar
@@ -35,9 +38,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
-from unwall import logs, serving
+from unwall import logs, metrics, serving
 from unwall.broker.guard import Rate, RateLimits, network_groups, network_of
 from unwall.broker.matchmaker import (
     Matchmaker,
@@ -84,6 +89,12 @@ DISCONNECT_CHECK_INTERVAL: Final = 1.0
 CLAIM_INTERVAL: Final = 0.1
 #: How many of the oldest shared offers one look considers.
 CLAIM_BATCH: Final = 64
+#: An answered offer can be reported carried for this long (seconds) ...
+ANSWERED_MEMORY: Final = 300.0
+#: ... and at most this many answered offers and earning volunteers are remembered.
+MAX_REMEMBERED: Final = 200_000
+#: Offer ids one report may carry.
+MAX_REPORT: Final = 1000
 
 
 @dataclass
@@ -112,6 +123,9 @@ class BrokerConfig:
     #: fronts (CIDRs) whose X-Forwarded-For names the real client (the rightmost address
     #: not itself a front); empty: the connecting address is the client's
     trusted_proxies: tuple[str, ...] = ()
+    #: the secret egresses present when they report the sessions volunteers carried
+    #: (POST /v1/egress/carried); set, volunteers earn their room; None: reports believed
+    report_secret: str | None = None
     #: the operator's egresses by pin: a client whose offer names one of these pins is
     #: relayed to that egress's URL; empty: every volunteer relays to its own egress
     egresses: dict[str, str] = field(default_factory=dict)
@@ -214,27 +228,22 @@ class _Metrics:
             "none the client's NAT can connect to.",
             registry=self.registry,
         )
-        self.offers_by_nat = Counter(
-            prefix + "offers_by_nat",
-            "Client offers received, by the NAT kind the client reported.",
-            ["nat"],
+        self.offers_by_nat: dict[NatKind, int] = dict.fromkeys(NAT_KINDS, 0)
+        self.volunteers_by_nat: dict[NatKind, int] = dict.fromkeys(NAT_KINDS, 0)
+        self.rate_limited = Counter(
+            prefix + "rate_limited",
+            "Requests refused 429 rate_limited, by what was limited (offers, polls).",
+            ["what"],
             registry=self.registry,
         )
-        self.volunteers_by_nat = Gauge(
-            prefix + "volunteers_by_nat",
-            "Volunteers that polled within volunteer_ttl, by the NAT kind they reported.",
-            ["nat"],
+        for what in ("offers", "polls"):
+            self.rate_limited.labels(what)
+        self.carried = Counter(
+            prefix + "carried",
+            "Sessions egresses reported carried by volunteers this broker knows.",
             registry=self.registry,
         )
-        for kind in NAT_KINDS:  # every series exists from the start, at zero
-            self.offers_by_nat.labels(kind)
-            self.volunteers_by_nat.labels(kind)
-        volunteers = Gauge(
-            prefix + "volunteers",
-            "Volunteers that polled within volunteer_ttl.",
-            registry=self.registry,
-        )
-        volunteers.set_function(lambda: matchmaker.volunteer_count)
+        self.registry.register(_PeopleCounts(self, prefix))
         polls = Gauge(
             prefix + "open_polls", "Volunteer long-polls being held.", registry=self.registry
         )
@@ -245,6 +254,45 @@ class _Metrics:
             registry=self.registry,
         )
         waiting.set_function(lambda: matchmaker.waiting_offer_count)
+        self.pool_up: Gauge | None = None  # with a shared pool only
+
+    def add_pool_gauge(self) -> None:
+        self.pool_up = Gauge(
+            "unwall_broker_pool_up",
+            "1 while the shared pool (Redis) is reachable, 0 while it is not.",
+            registry=self.registry,
+        )
+
+
+class _PeopleCounts(Collector):
+    """Counts of people, rounded up to a multiple of 8 when scraped (unwall.metrics)."""
+
+    def __init__(self, owner: _Metrics, prefix: str) -> None:
+        self._owner = owner
+        self._prefix = prefix
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        note = f" (rounded up to a multiple of {metrics.BIN})"
+        offers = CounterMetricFamily(
+            self._prefix + "offers_by_nat",
+            "Client offers received, by the NAT kind the client reported" + note + ".",
+            labels=["nat"],
+        )
+        volunteers = GaugeMetricFamily(
+            self._prefix + "volunteers_by_nat",
+            "Volunteers that polled within volunteer_ttl, by their NAT kind" + note + ".",
+            labels=["nat"],
+        )
+        for kind in NAT_KINDS:
+            offers.add_metric([kind], metrics.rounded(self._owner.offers_by_nat[kind]))
+            volunteers.add_metric([kind], metrics.rounded(self._owner.volunteers_by_nat[kind]))
+        yield offers
+        yield volunteers
+        yield GaugeMetricFamily(
+            self._prefix + "volunteers",
+            "Volunteers that polled within volunteer_ttl" + note + ".",
+            value=metrics.rounded(sum(self._owner.volunteers_by_nat.values())),
+        )
 
 
 class Broker:
@@ -255,6 +303,8 @@ class Broker:
         self.matchmaker = Matchmaker(config.matchmaker_config())
         self.metrics = _Metrics(self.matchmaker)
         self.pool = pool
+        if pool is not None:
+            self.metrics.add_pool_gauge()
         #: offers claimed from the pool, which another broker holds: their owner
         self._remote_owner: dict[str, str] = {}
         #: this broker's offers now waiting in the pool, and the timers that expire them
@@ -266,6 +316,10 @@ class Broker:
         self._offer_limits = RateLimits(config.offer_rate) if config.offer_rate else None
         self._poll_limits = RateLimits(config.poll_rate) if config.poll_rate else None
         self._open_polls: dict[str, int] = {}  # open long-polls, by volunteer address
+        #: answered offers (volunteer, when), until an egress reports them carried
+        self._answered: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        #: sessions each volunteer was seen to carry
+        self._earned: OrderedDict[str, int] = OrderedDict()
         self._tasks: set[asyncio.Task[object]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._polls: dict[int, _Waiter[PollOffer | PollIdle]] = {}
@@ -285,6 +339,7 @@ class Broker:
         source = self.config.source(request) or ""
         self._limit(self._poll_limits, source, loop.time(), "polls")
         if self._open_polls.get(source, 0) >= self.config.polls_per_address:
+            self.metrics.rate_limited.labels("polls").inc()
             raise _too_many(
                 f"{self.config.polls_per_address} volunteers already poll from this "
                 "address; try again later",
@@ -303,6 +358,7 @@ class Broker:
             return
         wait = limits.take(source, now)
         if wait > 0:
+            self.metrics.rate_limited.labels(what).inc()
             raise _too_many(f"too many {what} from this address; try again later", wait)
 
     async def _volunteer_poll(
@@ -310,7 +366,8 @@ class Broker:
     ) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PollOffer | PollIdle | _Gone] = loop.create_future()
-        poll_id = self.matchmaker.receive_poll(poll, loop.time(), network)
+        proven = await self._proven(poll.volunteer_id)
+        poll_id = self.matchmaker.receive_poll(poll, loop.time(), network, proven)
         self._polls[poll_id] = _Waiter(request, future)
         self._process_events()
         if self.pool is not None:
@@ -384,7 +441,60 @@ class Broker:
                 "or it was not given to this volunteer; poll again",
             )
         self.metrics.answers.inc()
+        if self.config.report_secret is not None:
+            await self._record_answered(answer.offer_id, answer.volunteer_id)
         return _reply(AnswerAccepted())
+
+    # -- volunteers earn their room (the egress reports what they carried) ----------------
+
+    async def _proven(self, volunteer_id: str) -> int | None:
+        if self.config.report_secret is None:
+            return None
+        if self.pool is not None and self.pool.problem is None:
+            with contextlib.suppress(PoolUnavailable):
+                return await self.pool.proven(volunteer_id)
+        return self._earned.get(volunteer_id, 0)
+
+    async def _record_answered(self, offer_id: str, volunteer_id: str) -> None:
+        if self.pool is not None and self.pool.problem is None:
+            with contextlib.suppress(PoolUnavailable):
+                await self.pool.record_answered(offer_id, volunteer_id, ANSWERED_MEMORY)
+                return
+        self._answered[offer_id] = (volunteer_id, time.monotonic())
+        while len(self._answered) > MAX_REMEMBERED:
+            self._answered.popitem(last=False)
+
+    async def egress_carried(self, request: web.Request) -> web.StreamResponse:
+        """An egress reports offers whose relays carried a completed QUIC handshake."""
+        secret = self.config.report_secret
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if secret is None or not hmac.compare_digest(given.encode(), secret.encode()):
+            return web.json_response(
+                {"version": PROTOCOL_VERSION, "error": "unauthorized", "message": "no"},
+                status=401,
+            )
+        try:
+            body = json.loads(await _read_body(request))
+            offers = [str(o) for o in body["offers"]][:MAX_REPORT]
+        except (ValueError, KeyError, TypeError):
+            raise MessageError(BAD_REQUEST, 'expected {"offers": [offer ids]}') from None
+        credited = 0
+        for offer_id in offers:
+            volunteer_id: str | None = None
+            if self.pool is not None and self.pool.problem is None:
+                with contextlib.suppress(PoolUnavailable):
+                    credited += await self.pool.credit(offer_id)
+                    continue
+            remembered = self._answered.pop(offer_id, None)
+            if remembered is not None and time.monotonic() - remembered[1] < ANSWERED_MEMORY:
+                volunteer_id = remembered[0]
+                self._earned[volunteer_id] = self._earned.get(volunteer_id, 0) + 1
+                self._earned.move_to_end(volunteer_id)
+                while len(self._earned) > MAX_REMEMBERED:
+                    self._earned.popitem(last=False)
+                credited += 1
+        self.metrics.carried.inc(credited)
+        return web.json_response({"version": PROTOCOL_VERSION, "credited": credited})
 
     async def client_offer(self, request: web.Request) -> web.StreamResponse:
         offer = decode_client_offer(await _read_body(request))
@@ -404,7 +514,7 @@ class Broker:
             groups=network_groups(network, time.time()) if network else None,
         )
         self.metrics.offers.inc()
-        self.metrics.offers_by_nat.labels(offer.nat).inc()
+        self.metrics.offers_by_nat[offer.nat] += 1
         self._offers[offer_id] = _Waiter(request, future, offer.nat)
         self._process_events()
         try:
@@ -457,8 +567,9 @@ class Broker:
         return self.matchmaker.volunteers_by_nat()
 
     async def metrics_text(self, request: web.Request) -> web.StreamResponse:
-        for kind, count in (await self._volunteers_by_nat()).items():
-            self.metrics.volunteers_by_nat.labels(kind).set(count)
+        self.metrics.volunteers_by_nat.update(await self._volunteers_by_nat())
+        if self.pool is not None and self.metrics.pool_up is not None:
+            self.metrics.pool_up.set(0 if self.pool.problem else 1)
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -906,6 +1017,7 @@ def create_app(config: BrokerConfig) -> web.Application:
     app.router.add_post("/v1/volunteer/poll", broker.volunteer_poll)
     app.router.add_post("/v1/volunteer/answer", broker.volunteer_answer)
     app.router.add_post("/v1/client/offer", broker.client_offer)
+    app.router.add_post("/v1/egress/carried", broker.egress_carried)
     app.router.add_get("/v1/health", broker.health)
     app.router.add_get("/metrics", broker.metrics_text)
     app.router.add_get("/v1/volunteer/config", _volunteer_config(config))

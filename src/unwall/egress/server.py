@@ -15,16 +15,22 @@ import errno
 import gc
 import logging
 import os
+import re
 import resource
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import aiohttp
 from aiohttp import WSMsgType, web
+from aioquic.quic import events
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
-from unwall import logs, serving
+from unwall import logs, metrics, serving
 from unwall.egress.identity import EgressIdentity
 from unwall.egress.policy import EgressPolicy, NameNotResolved, PolicyDenied
 from unwall.egress.router import NewSession, Retry, SessionRouter
@@ -47,6 +53,10 @@ from unwall.wire.streamheader import (
 )
 
 log = logging.getLogger("unwall.egress")
+
+#: Seconds between reports of carried sessions to the brokers.
+REPORT_INTERVAL: Final = 2.0
+_OFFER_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 #: A relay's queue toward its volunteer; above this, datagrams are dropped (QUIC recovers).
 PATH_QUEUE_BYTES = 1 << 20
@@ -74,13 +84,25 @@ class EgressConfig:
     grace: float = 60.0
     #: answer each new Initial with a QUIC Retry bound to its relay connection first
     retry: bool = True
+    #: brokers to tell which offers' relays carried a completed handshake, and the secret
+    #: they know egresses by (their --report-secret); none: no reports
+    report_to: tuple[str, ...] = ()
+    report_secret: str | None = None
 
 
 class RelayPath:
     """One volunteer's WebSocket, as a place to send datagrams without blocking."""
 
-    def __init__(self, ws: web.WebSocketResponse, name: str, address: str | None = None) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        name: str,
+        address: str | None = None,
+        offer: str | None = None,
+    ) -> None:
         self.name = name
+        #: the broker's offer this relay serves, as the volunteer says (for reports)
+        self.offer = offer
         self.ws = ws
         self.address = address
         #: names this relay connection in Retry tokens
@@ -92,6 +114,79 @@ class RelayPath:
 
     async def close(self) -> None:
         await self._queue.close()
+
+
+class EgressMetrics:
+    """The egress's Prometheus metrics (docs/metrics.md)."""
+
+    def __init__(self, egress: Egress) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        prefix = "unwall_egress_"
+        registry = self.registry
+        metrics.people_gauge(
+            registry, prefix + "sessions", "QUIC sessions open", lambda: len(egress.router.sessions)
+        )
+        metrics.people_gauge(
+            registry,
+            prefix + "pending_sessions",
+            "Sessions whose handshake has not completed",
+            lambda: egress.router.pending_count,
+        )
+        relays = Gauge(prefix + "relays", "Volunteer relay WebSockets open.", registry=registry)
+        relays.set_function(lambda: len(egress._paths))
+        connections = Gauge(
+            prefix + "connections", "Outbound connections open now.", registry=registry
+        )
+        connections.set_function(lambda: egress.connections)
+        self.sessions_total = Counter(
+            prefix + "sessions_opened",
+            "Sessions created (after a Retry, if any).",
+            registry=registry,
+        )
+        self.streams = Counter(
+            prefix + "streams",
+            "Streams by outcome: the reply status sent (ok, busy, not_allowed, ...).",
+            ["status"],
+            registry=registry,
+        )
+        for status in StreamStatus:
+            self.streams.labels(status.name.lower())
+        self.bytes = Counter(
+            prefix + "bytes",
+            "Bytes carried for clients: up (client to destination) and down.",
+            ["direction"],
+            registry=registry,
+        )
+        self.up = self.bytes.labels("up")
+        self.down = self.bytes.labels("down")
+        self.path_switches = Counter(
+            prefix + "path_switches",
+            "Sessions that moved to another volunteer's relay.",
+            registry=registry,
+        )
+        registry.register(_RouterCounts(egress.router, prefix))
+
+
+class _RouterCounts(Collector):
+    """The session router's own counters, read when scraped."""
+
+    def __init__(self, router: SessionRouter, prefix: str) -> None:
+        self._router = router
+        self._prefix = prefix
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        router = self._router
+        for name, text, value in (
+            ("retries_sent", "QUIC Retries sent to new Initials.", router.retries_sent),
+            ("bad_tokens", "Initials with a forged, late or misplaced token.", router.bad_tokens),
+            ("datagrams_dropped", "Datagrams that named no session.", router.dropped),
+            (
+                "pending_refused",
+                "New sessions refused: their relay or address held its share of handshakes.",
+                router.refused_pending,
+            ),
+        ):
+            yield CounterMetricFamily(self._prefix + name, text, value=value)
 
 
 class Egress:
@@ -108,17 +203,22 @@ class Egress:
         #: sessions without a path, and since when
         self._pathless: dict[QuicSession, float] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        #: offers whose relays carried a completed handshake, not yet reported
+        self._carried: set[str] = set()
         self.max_connections = config.max_connections or connection_budget()
         self.connections = 0  # outbound, now
         self._memory = MemoryReturn()
-        self._session_connections: Counter[QuicSession] = Counter()
+        self._session_connections: Tally[QuicSession] = Tally()
         self._opens: dict[QuicSession, tuple[float, float]] = {}  # tokens, when
         self._buckets: dict[QuicSession, TokenBucket] = {}  # --session-rate
         self.busy_refusals = 0
         self._busy_log = logs.Throttle(10.0)
+        self.metrics = EgressMetrics(self)
         self.app = web.Application()
         self.app.router.add_get("/v1/relay", self._relay)
         self.app.router.add_get("/v1/health", self._health)
+        self.app.router.add_get("/metrics", metrics.handler(self.metrics.registry))
         self.app.on_startup.append(self._on_startup)
         self.app.on_shutdown.append(self._on_shutdown)
 
@@ -138,12 +238,49 @@ class Egress:
             connection,
             name=name,
             on_stream=lambda stream: self._spawn(self._serve_stream(session, stream)),
-            on_event=lambda event: self.router.on_event(session, event),
+            on_event=lambda event: self._on_event(session, event),
         )
         session.closed.add_done_callback(lambda fut: log.info("%s closed: %s", name, fut.result()))
         session.closed.add_done_callback(lambda _: self._forget_session(session))
         log.info("%s opened (datagrams up to %d bytes)", name, configuration.max_datagram_size)
+        self.metrics.sessions_total.inc()
         return session
+
+    def _on_event(self, session: QuicSession, event: events.QuicEvent) -> None:
+        self.router.on_event(session, event)
+        if isinstance(event, events.HandshakeCompleted) and self.config.report_to:
+            # Which volunteer carried it: the relay it was heard on, and that relay's offer.
+            for path in self._paths:
+                if path.send == session._sender and path.offer is not None:
+                    self._carried.add(path.offer)
+                    break
+
+    async def _report(self) -> None:
+        """Tell the brokers, every few seconds, which offers' relays carried a session."""
+        headers = {"Authorization": f"Bearer {self.config.report_secret or ''}"}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            while True:
+                await asyncio.sleep(REPORT_INTERVAL)
+                if not self._carried:
+                    continue
+                offers, self._carried = sorted(self._carried), set()
+                body = {"version": 1, "offers": offers}
+                for url in self.config.report_to:
+                    try:
+                        async with http.post(
+                            url.rstrip("/") + "/v1/egress/carried", json=body, headers=headers
+                        ) as resp:
+                            if resp.status != 200:
+                                log.warning("the broker refused our report (HTTP %d)", resp.status)
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        log.warning("could not report to a broker: %s", exc)
+
+    def _meter(self, to_client: int, to_destination: int) -> None:
+        """Bytes as they go (here the TCP side of a pipe is the destination)."""
+        if to_client:
+            self.metrics.down.inc(to_client)
+        if to_destination:
+            self.metrics.up.inc(to_destination)
 
     def _forget_session(self, session: QuicSession) -> None:
         self._opens.pop(session, None)
@@ -175,6 +312,7 @@ class Egress:
             self._pathless.pop(session, None)
             if session.datagrams_in:
                 log.info("%s moved to %s", session.name, path.name)
+                self.metrics.path_switches.inc()
                 session.switch_path(path.send)
             else:
                 session.set_sender(path.send)
@@ -251,13 +389,14 @@ class Egress:
             session.stream_finished(stream)
             return
         reader, writer = connection
+        self.metrics.streams.labels("ok").inc()
         try:
             await stream.write(StreamReply(StreamStatus.OK).encode())
         except (quic.StreamReset, quic.SessionClosed):
             writer.transport.abort()
             session.stream_finished(stream)
             return
-        result = await pipe(reader, writer, stream, self._bucket(session))
+        result = await pipe(reader, writer, stream, self._bucket(session), self._meter)
         log.debug(
             "%s stream %d to %s done: %d B up, %d B down%s",
             session.name,
@@ -275,6 +414,7 @@ class Egress:
             raise HeaderError(str(exc)) from None
 
     async def _refuse(self, stream: QuicStream, status: StreamStatus, reason: str) -> None:
+        self.metrics.streams.labels(status.name.lower()).inc()
         with contextlib.suppress(quic.StreamReset, quic.SessionClosed):
             await stream.write(StreamReply(status, reason).encode())
             stream.write_eof()
@@ -313,7 +453,10 @@ class Egress:
         await ws.prepare(request)
         self._path_count += 1
         where = f" ({request.remote})" if logs.showing() else ""
-        path = RelayPath(ws, f"path-{self._path_count}{where}", request.remote)
+        offer = request.query.get("offer")
+        if offer is not None and not _OFFER_ID.fullmatch(offer):
+            offer = None
+        path = RelayPath(ws, f"path-{self._path_count}{where}", request.remote, offer)
         self._paths.add(path)
         log.info("%s: volunteer relay connected", path.name)
         try:
@@ -348,6 +491,8 @@ class Egress:
 
     async def _on_startup(self, app: web.Application) -> None:
         self._sweeper = asyncio.create_task(self._sweep())
+        if self.config.report_to:
+            self._reporter = asyncio.create_task(self._report())
 
     async def _sweep(self) -> None:
         """Close sessions that have had no path for longer than the grace period."""
@@ -374,6 +519,8 @@ class Egress:
     async def _on_shutdown(self, app: web.Application) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._reporter is not None:
+            self._reporter.cancel()
         for session in self.router.sessions:
             session.close(quic.ERROR_SHUTDOWN, "egress shutting down")
         await asyncio.gather(

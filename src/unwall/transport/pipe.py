@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from unwall.transport.quic import QuicStream, SessionClosed, StreamReset
@@ -29,9 +30,11 @@ async def pipe(
     writer: asyncio.StreamWriter,
     stream: QuicStream,
     bucket: TokenBucket | None = None,
+    meter: Callable[[int, int], None] | None = None,
 ) -> PipeResult:
     """Copy until both directions end. `bucket` paces both directions together (shared by
-    every stream of one session at the egress, `--session-rate`)."""
+    every stream of one session at the egress, `--session-rate`); `meter` is told of the
+    bytes as they go: (TCP to stream, stream to TCP)."""
     result = PipeResult()
 
     async def tcp_to_stream() -> None:
@@ -40,6 +43,8 @@ async def pipe(
                 await bucket.take(len(data))
             await stream.write(data)
             result.bytes_up += len(data)
+            if meter is not None:
+                meter(len(data), 0)
         stream.write_eof()
 
     async def stream_to_tcp() -> None:
@@ -48,6 +53,8 @@ async def pipe(
                 await bucket.take(len(data))
             writer.write(data)
             result.bytes_down += len(data)
+            if meter is not None:
+                meter(0, len(data))
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()

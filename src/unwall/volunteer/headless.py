@@ -12,11 +12,18 @@ import contextlib
 import json
 import logging
 import secrets
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from yarl import URL
 
+from unwall import metrics
 from unwall.transport import webrtc
 from unwall.transport.broker_client import BrokerClient, BrokerUnavailable, OfferGone
 from unwall.transport.droptail import DropTailQueue
@@ -51,6 +58,8 @@ class VolunteerConfig:
     nat: NatKind | None = None
     #: the WebRTC engine (unwall.transport.webrtc.ENGINES)
     webrtc: str = "aiortc"
+    #: serve Prometheus metrics on this (host, port); None: no metrics server
+    metrics: tuple[str, int] | None = None
 
 
 @dataclass
@@ -106,13 +115,39 @@ class Volunteer:
             self.config.ice_servers, webrtc.pinned_host_addresses(), self.config.nat
         )
         reporter = asyncio.create_task(self._report_stats())
+        runner = await self._serve_metrics() if self.config.metrics else None
         try:
             async with aiohttp.ClientSession() as http:
                 await self._poll_loop(http)
         finally:
             reporter.cancel()
+            if runner is not None:
+                await runner.cleanup()
             await self.stop()
             log.info("volunteer stopped: %s", self.stats.summary())
+
+    def metrics_registry(self) -> CollectorRegistry:
+        """The volunteer's Prometheus metrics (docs/metrics.md)."""
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(_VolunteerCounts(self))
+        metrics.people_gauge(
+            registry,
+            "unwall_volunteer_clients",
+            "Clients this volunteer carries now",
+            lambda: self.stats.clients_now,
+        )
+        return registry
+
+    async def _serve_metrics(self) -> web.AppRunner:
+        assert self.config.metrics is not None
+        host, port = self.config.metrics
+        app = web.Application()
+        app.router.add_get("/metrics", metrics.handler(self.metrics_registry()))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        log.info("metrics on http://%s:%d/metrics", host, port)
+        return runner
 
     async def _poll_loop(self, http: aiohttp.ClientSession) -> None:
         broker = BrokerClient(http, self.config.broker_url)
@@ -175,7 +210,10 @@ class Volunteer:
         )
         # Listen at once: the client sends as soon as the channel is open, before the
         # WebSocket to the egress exists; those messages wait in the relay's queue.
-        relay = ClientRelay(self, peer, offer.relay_url or self.config.egress_url)
+        # The offer's id tells the egress whose relay carried the session (its reports
+        # let the broker trust us with more clients).
+        egress = URL(offer.relay_url or self.config.egress_url)
+        relay = ClientRelay(self, peer, str(egress.update_query(offer=offer.offer_id)))
         try:
             answer = await peer.answer(offer.sdp)
             await broker.answer(self.config.volunteer_id, offer.offer_id, answer)
@@ -200,6 +238,35 @@ class Volunteer:
             self._capacity_freed.set()
             await relay.to_egress.close()
             await peer.close()
+
+
+class _VolunteerCounts(Collector):
+    def __init__(self, volunteer: Volunteer) -> None:
+        self._volunteer = volunteer
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self._volunteer.stats
+        yield CounterMetricFamily(
+            "unwall_volunteer_clients_served",
+            f"Clients whose data channel opened (rounded up to a multiple of {metrics.BIN}).",
+            value=metrics.rounded(stats.clients_total),
+        )
+        moved = CounterMetricFamily(
+            "unwall_volunteer_bytes", "Bytes relayed, by direction.", labels=["direction"]
+        )
+        moved.add_metric(["to_egress"], stats.bytes_to_egress)
+        moved.add_metric(["to_clients"], stats.bytes_to_clients)
+        yield moved
+        yield CounterMetricFamily(
+            "unwall_volunteer_dropped",
+            "Messages dropped because a relay queue was full (QUIC resends them).",
+            value=stats.dropped,
+        )
+        nat = GaugeMetricFamily(
+            "unwall_volunteer_nat", "This volunteer's NAT kind (1 for the kind).", labels=["nat"]
+        )
+        nat.add_metric([self._volunteer.nat], 1)
+        yield nat
 
 
 class ClientRelay:

@@ -534,7 +534,11 @@ export class BrowserVolunteer extends EventTarget {
 
     let ws;
     try {
-      ws = new this._WebSocket(client.egressUrl ?? this._config.egressUrl);
+      // The offer's id tells the egress whose relay carried the session (its reports let
+      // the broker trust this volunteer with more people).
+      const relay = new URL(client.egressUrl ?? this._config.egressUrl);
+      relay.searchParams.set("offer", client.offerId);
+      ws = new this._WebSocket(relay.href);
     } catch {
       this._egressFailed(client);
       return;
