@@ -199,3 +199,16 @@ def test_a_network_over_its_share_still_serves_when_no_other_can() -> None:
         mm.receive_poll(volunteer, 1.0 + n, network="198.51.100.0/24")
         mm.receive_offer(ClientOffer(f"v=0 x{n}"), 1.0 + n)
         assert len(_assigned(mm)) == 1, n  # no one else is free: it serves all the same
+
+
+def test_fresh_ids_buy_a_network_no_more_newcomer_offers() -> None:
+    from unwall.broker.matchmaker import NEWCOMERS_PER_NETWORK
+
+    mm = Matchmaker(MatchmakerConfig(poll_timeout=1000, answer_timeout=1000))
+    got = 0
+    for n in range(40):  # a new volunteer id for every poll, all from one /24
+        poll = VolunteerPoll(f"volunteer-fresh-{n:04d}", 8, 0, "headless")
+        mm.receive_poll(poll, float(n), network="198.51.100.0/24", proven=0)
+        mm.receive_offer(ClientOffer(f"v=0 {n}"), float(n))
+        got += len(_assigned(mm))
+    assert got == NEWCOMERS_PER_NETWORK

@@ -48,6 +48,22 @@ def network_of(address: str | None) -> str:
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
+def limit_key(address: str | None) -> str:
+    """What a rate limit counts by: an IPv4 address, or an IPv6 /64 (one customer's
+    link, where each device may take addresses at will)."""
+    if not address:
+        return ""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def _hash(*parts: str) -> bytes:
     return hashlib.sha256("\0".join(parts).encode()).digest()
 
@@ -159,6 +175,7 @@ __all__ = [
     "NetworkShares",
     "Rate",
     "RateLimits",
+    "limit_key",
     "network_groups",
     "network_of",
     "volunteer_group",

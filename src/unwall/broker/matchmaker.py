@@ -346,8 +346,13 @@ _HeapKey = tuple[bool, NatKind, int | None]
 #: A volunteer that has not yet been seen carrying sessions may have this many clients, and
 #: one more per session the egress has seen it carry, up to its capacity ...
 EARNED_BASE = 1
-#: ... counting every offer handed to it within this many seconds.
-EARNED_WINDOW = 60.0  # a bucket, or (relay, NAT kind, None): any group
+#: ... counting every offer handed to it within this many seconds; and all the new
+#: volunteers of one network together get at most this many offers in that window.
+EARNED_WINDOW = 60.0
+NEWCOMERS_PER_NETWORK = 4
+#: At most this many free polls of one heap are passed over (their network has had its
+#: share, or its newcomers theirs) in looking for a volunteer.
+MAX_PASSED = 64  # a bucket, or (relay, NAT kind, None): any group
 
 
 def random_offer_id() -> str:
@@ -382,6 +387,8 @@ class Matchmaker:
         self._next_seq = 1
         self._shares = NetworkShares()
         self._networks: Counter[str] = Counter()  # volunteers known, by network
+        #: when offers went to volunteers not yet seen carrying anyone, by their network
+        self._newcomer_offers: dict[str, deque[float]] = {}
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -594,11 +601,31 @@ class Matchmaker:
                 return
             pick = self._pick(offer, now)
             if pick is None:
-                if not offer.passed_over:
+                # Passed over: free volunteers, none it can connect to (not merely none of
+                # its network's groups, which is no reason to tell it to get a TURN server).
+                nat_bound = (
+                    offer.groups is None or self._pick(replace(offer, groups=None), now) is None
+                )
+                if nat_bound and not offer.passed_over:
                     store.put_offer(replace(offer, passed_over=True))
                 continue
             poll, volunteer = pick
             self._hand(offer, volunteer, poll.poll_id, now)
+
+    def _newcomers_spent(self, volunteer: VolunteerRecord, now: float) -> bool:
+        """Whether `volunteer` is new (earning, nothing carried yet) and its network's new
+        volunteers together had their offers for the window: fresh ids do not buy more."""
+        if volunteer.proven != 0:
+            return False
+        times = self._newcomer_offers.get(volunteer.network)
+        if times is None:
+            return False
+        while times and times[0] <= now - EARNED_WINDOW:
+            times.popleft()
+        if not times:
+            del self._newcomer_offers[volunteer.network]
+            return False
+        return len(times) >= NEWCOMERS_PER_NETWORK
 
     def _count_network(self, network: str, delta: int) -> None:
         count = self._networks[network] + delta
@@ -662,6 +689,7 @@ class Matchmaker:
                 continue
             relay, nat, _ = key
             restrictive = -1 if relay else RESTRICTIVENESS[nat]
+            passed = 0
             while heap:
                 _, _, poll_id = heap[0]
                 poll = self._store.get_poll(poll_id) if self._in_heap(poll_id, key) else None
@@ -672,10 +700,19 @@ class Matchmaker:
                         self._unindex_poll(poll_id)
                     continue
                 rank = (-restrictive, volunteer.load, poll.opened, poll.poll_id)
+                if self._newcomers_spent(volunteer, now):
+                    skipped.append((heap, heapq.heappop(heap)))  # put back below
+                    passed += 1
+                    if passed >= MAX_PASSED:
+                        break
+                    continue
                 if guard and self._shares.over(volunteer.network, networks, now):
                     if best_over is None or rank < best_over:
                         best_over, chosen_over = rank, (poll, volunteer)
                     skipped.append((heap, heapq.heappop(heap)))  # put back below
+                    passed += 1
+                    if passed >= MAX_PASSED:
+                        break  # a network with thousands of polls costs no more than this
                     continue
                 if best is None or rank < best:
                     best, chosen = rank, (poll, volunteer)
@@ -693,6 +730,8 @@ class Matchmaker:
         store.delete_poll(poll_id)
         self._unindex_poll(poll_id)
         self._shares.add(volunteer.network, now)
+        if volunteer.proven == 0:
+            self._newcomer_offers.setdefault(volunteer.network, deque()).append(now)
         recent = volunteer.recent
         if volunteer.earning:
             recent = (*(t for t in recent if t > now - EARNED_WINDOW), now)

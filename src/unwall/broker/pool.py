@@ -52,6 +52,8 @@ log = logging.getLogger("unwall.broker")
 
 #: How often the pool checks that its engine answers, and brokers say they are alive.
 HEARTBEAT: Final = 1.0
+#: Redis is unreachable once this many heartbeats in a row have failed.
+HEARTBEATS_MISSED: Final = 2
 #: A broker not heard from for this long no longer counts.
 BROKER_TTL: Final = 5.0
 #: Seconds an offer's record outlives its deadline (for a late answer's clear refusal).
@@ -111,8 +113,9 @@ class Pool(ABC):
     async def publish(self, offer: SharedOffer) -> None: ...
 
     @abstractmethod
-    async def head(self, limit: int) -> list[SharedOffer]:
-        """The oldest published offers still waiting, oldest first."""
+    async def head(self, limit: int, start: int = 0) -> list[SharedOffer]:
+        """Published offers still waiting, oldest first: `limit` of them from the
+        `start`-th oldest."""
 
     @abstractmethod
     async def claim(self, offer_id: str) -> bool:
@@ -182,6 +185,32 @@ return 1
 """
 
 
+# Queue an offer unless a volunteer was handed it: KEYS offer hash, queue; ARGV offer id,
+# ttl, now, then field/value pairs.
+_PUBLISH: Final = """
+if redis.call('HEXISTS', KEYS[1], 'volunteer') == 1 then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[1])
+return 1
+"""
+
+# Mark an offer passed over, only while it exists (never recreating it without a ttl).
+_PASSED_OVER: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'passed_over', 1) end
+return 0
+"""
+
+# Credit the volunteer that answered an offer, once: KEYS answered key, proven hash.
+_CREDIT: Final = """
+local volunteer = redis.call('GET', KEYS[1])
+if not volunteer then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HINCRBY', KEYS[2], volunteer, 1)
+return 1
+"""
+
+
 class RedisPool(Pool):
     """The pool in a Redis server (Redis 6.2 or newer, or a compatible server)."""
 
@@ -201,6 +230,9 @@ class RedisPool(Pool):
         self._changed = asyncio.Event()
         self._heart: asyncio.Task[None] | None = None
         self._forward = self._redis.register_script(_FORWARD)
+        self._publish = self._redis.register_script(_PUBLISH)
+        self._passed_over = self._redis.register_script(_PASSED_OVER)
+        self._credit = self._redis.register_script(_CREDIT)
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -210,8 +242,9 @@ class RedisPool(Pool):
         return self._problem
 
     def _failed(self, exc: BaseException) -> PoolUnavailable:
-        self._set_problem(f"redis unreachable ({_short(exc)}); is redis-server running?")
-        return PoolUnavailable(self._problem or "redis unreachable")
+        """An operation failed: it raises, but only the heartbeat decides that Redis is
+        unreachable (one slow reply must not make the broker take its offers back)."""
+        return PoolUnavailable(f"redis unreachable ({_short(exc)}); is redis-server running?")
 
     def _set_problem(self, problem: str | None) -> None:
         was_usable = self._problem is None
@@ -227,7 +260,7 @@ class RedisPool(Pool):
         try:
             await self._beat()
         except RedisError as exc:
-            self._failed(exc)
+            self._set_problem(str(self._failed(exc)))
         self._heart = asyncio.create_task(self._heartbeat())
 
     async def close(self) -> None:
@@ -248,12 +281,25 @@ class RedisPool(Pool):
         self._set_problem(None)
 
     async def _heartbeat(self) -> None:
+        failures = 0
         while True:
             await asyncio.sleep(HEARTBEAT)
             try:
                 await self._beat()
+                failures = 0
+                await self._trim()
             except RedisError as exc:
-                self._failed(exc)
+                failures += 1
+                if failures >= HEARTBEATS_MISSED:
+                    self._set_problem(str(self._failed(exc)))
+
+    async def _trim(self) -> None:
+        """Forget volunteers not seen for an hour (the counts use their own ttl)."""
+        cutoff = time.time() - 3600
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in ("volunteers", *(f"volunteers:{kind}" for kind in NAT_KINDS)):
+                pipe.zremrangebyscore(self._key(key), "-inf", cutoff)
+            await pipe.execute()
 
     async def wait_change(self) -> bool:
         await self._changed.wait()
@@ -267,34 +313,29 @@ class RedisPool(Pool):
             raise self._failed(exc) from None
 
     async def publish(self, offer: SharedOffer) -> None:
-        key = self._key("offer", offer.offer_id)
+        """Queue an offer; one that a volunteer was handed meanwhile (by another broker,
+        while this one could not tell) stays handed, and is not queued again."""
         ttl = max(1, int(offer.deadline - time.time() + OFFER_GRACE))
+        fields: dict[str, str | int] = {
+            "sdp": offer.sdp,
+            "nat": offer.nat,
+            "relay": int(offer.relay),
+            "owner": offer.owner,
+            "deadline": repr(offer.deadline),
+            "passed_over": int(offer.passed_over),
+            "relay_url": offer.relay_url or "",
+            "network": offer.network,
+        }
+        args: list[str | int | float] = [offer.offer_id, ttl, time.time()]
+        for name, value in fields.items():
+            args += [name, value]
+        keys = [self._key("offer", offer.offer_id), self._key("queue")]
+        await self._run(self._publish(keys=keys, args=args))
 
-        async def run() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(
-                    key,
-                    mapping={
-                        "sdp": offer.sdp,
-                        "nat": offer.nat,
-                        "relay": int(offer.relay),
-                        "owner": offer.owner,
-                        "deadline": repr(offer.deadline),
-                        "passed_over": int(offer.passed_over),
-                        "relay_url": offer.relay_url or "",
-                        "network": offer.network,
-                    },
-                )
-                pipe.hdel(key, "volunteer")  # waiting again, for anyone
-                pipe.expire(key, ttl)
-                pipe.zadd(self._key("queue"), {offer.offer_id: time.time()}, nx=True)
-                await pipe.execute()
-
-        await self._run(run())
-
-    async def head(self, limit: int) -> list[SharedOffer]:
+    async def head(self, limit: int, start: int = 0) -> list[SharedOffer]:
         async def run() -> list[SharedOffer]:
-            ids = [str(i) for i in await self._redis.zrange(self._key("queue"), 0, limit - 1)]
+            queue = self._key("queue")
+            ids = [str(i) for i in await self._redis.zrange(queue, start, start + limit - 1)]
             if not ids:
                 return []
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -318,13 +359,7 @@ class RedisPool(Pool):
         return bool(await self._run(self._redis.zrem(self._key("queue"), offer_id)))
 
     async def mark_passed_over(self, offer_id: str) -> None:
-        key = self._key("offer", offer_id)
-
-        async def run() -> None:
-            if await self._redis.exists(key):
-                await self._redis.hset(key, "passed_over", 1)
-
-        await self._run(run())
+        await self._run(self._passed_over(keys=[self._key("offer", offer_id)]))
 
     async def withdraw(self, offer_id: str) -> SharedOffer | None:
         key = self._key("offer", offer_id)
@@ -370,9 +405,8 @@ class RedisPool(Pool):
         while True:
             try:
                 item = await self._redis.blpop([inbox], timeout=1)
-            except RedisError as exc:
-                self._failed(exc)
-                await asyncio.sleep(HEARTBEAT)
+            except RedisError:
+                await asyncio.sleep(HEARTBEAT)  # the heartbeat says whether Redis is gone
                 continue
             if item is None:
                 continue
@@ -387,14 +421,8 @@ class RedisPool(Pool):
         await self._run(self._redis.set(key, volunteer_id, ex=max(1, int(ttl))))
 
     async def credit(self, offer_id: str) -> int:
-        async def run() -> int:
-            volunteer_id = await self._redis.getdel(self._key("answered", offer_id))
-            if volunteer_id is None:
-                return 0
-            await self._redis.hincrby(self._key("proven"), str(volunteer_id), 1)
-            return 1
-
-        return int(await self._run(run()))
+        keys = [self._key("answered", offer_id), self._key("proven")]
+        return int(await self._run(self._credit(keys=keys)))
 
     async def proven(self, volunteer_id: str) -> int:
         value = await self._run(self._redis.hget(self._key("proven"), volunteer_id))

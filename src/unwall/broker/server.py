@@ -43,7 +43,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from unwall import logs, metrics, serving
-from unwall.broker.guard import Rate, RateLimits, network_groups, network_of
+from unwall.broker.guard import Rate, RateLimits, limit_key, network_groups, network_of
 from unwall.broker.matchmaker import (
     Matchmaker,
     MatchmakerConfig,
@@ -87,8 +87,9 @@ log = logging.getLogger("unwall.broker")
 DISCONNECT_CHECK_INTERVAL: Final = 1.0
 #: With a shared pool and a free volunteer, how often to look for offers other brokers hold.
 CLAIM_INTERVAL: Final = 0.1
-#: How many of the oldest shared offers one look considers.
+#: Shared offers are read this many at a time, up to CLAIM_SCAN in one look.
 CLAIM_BATCH: Final = 64
+CLAIM_SCAN: Final = 512
 #: An answered offer can be reported carried for this long (seconds) ...
 ANSWERED_MEMORY: Final = 300.0
 #: ... and at most this many answered offers and earning volunteers are remembered.
@@ -336,7 +337,8 @@ class Broker:
         if self._closing:
             return _reply(PollIdle())
         loop = asyncio.get_running_loop()
-        source = self.config.source(request) or ""
+        address = self.config.source(request)
+        source = limit_key(address)
         self._limit(self._poll_limits, source, loop.time(), "polls")
         if self._open_polls.get(source, 0) >= self.config.polls_per_address:
             self.metrics.rate_limited.labels("polls").inc()
@@ -347,7 +349,7 @@ class Broker:
             )
         self._open_polls[source] = self._open_polls.get(source, 0) + 1
         try:
-            return await self._volunteer_poll(request, poll, network_of(source))
+            return await self._volunteer_poll(request, poll, network_of(address))
         finally:
             self._open_polls[source] -= 1
             if self._open_polls[source] <= 0:
@@ -370,7 +372,7 @@ class Broker:
         poll_id = self.matchmaker.receive_poll(poll, loop.time(), network, proven)
         self._polls[poll_id] = _Waiter(request, future)
         self._process_events()
-        if self.pool is not None:
+        if self.pool is not None and self.pool.problem is None:
             self._spawn(self.pool.note_volunteer(poll.volunteer_id, poll.nat, time.time()))
             self._claim_wanted.set()
         try:
@@ -386,8 +388,12 @@ class Broker:
             recording = self._recording.pop(reply.offer_id, None)
             if recording is not None:
                 # The answer may come on another broker: the pool must know who holds what.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(recording), 2.0)
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(recording), 2.0)
+                except asyncio.CancelledError:
+                    self._give_back_poll(poll_id)
+                    raise
         if self.config.turn is not None:
             reply = replace(reply, turn=(self.config.turn.issue(time.time()),))
         response = _reply(reply)
@@ -502,9 +508,9 @@ class Broker:
         if self._closing:
             return _reply(_SHUTTING_DOWN)
         loop = asyncio.get_running_loop()
-        source = self.config.source(request) or ""
-        self._limit(self._offer_limits, source, loop.time(), "offers")
-        network = network_of(source)
+        address = self.config.source(request)
+        self._limit(self._offer_limits, limit_key(address), loop.time(), "offers")
+        network = network_of(address)
         future: asyncio.Future[ClientAnswer | BrokerError | _Gone] = loop.create_future()
         offer_id = self.matchmaker.receive_offer(
             offer,
@@ -585,7 +591,7 @@ class Broker:
                     self._settle_poll(event.poll_id, PollIdle())
                 case OfferAnswered():
                     self._settle_offer(event.offer_id, ClientAnswer(event.sdp))
-                    if self.pool is not None:
+                    if self.pool is not None and self.pool.problem is None:
                         # Its record in the pool goes, so that no other answer is taken.
                         self._spawn(self.pool.withdraw(event.offer_id))
                 case OfferExpired():
@@ -611,7 +617,7 @@ class Broker:
             # Back to the queue; the matchmaker may hand it on at once (more events).
             self.matchmaker.abandon_poll(event.poll_id, now)
             return
-        if self.pool is not None:
+        if self.pool is not None and self.pool.problem is None:
             owner = self._remote_owner.get(event.offer_id, self.pool.broker_id)
             deadline = self.matchmaker.offer_deadline(event.offer_id) or now
             record = self.pool.record_handed(
@@ -655,7 +661,7 @@ class Broker:
     def _drop_offer(self, offer_id: str) -> None:
         self._offers.pop(offer_id, None)
         self.matchmaker.abandon_offer(offer_id, asyncio.get_running_loop().time())
-        if self._forget_shared(offer_id) and self.pool is not None:
+        if self._forget_shared(offer_id) and self.pool is not None and not self.pool.problem:
             self._spawn(self.pool.withdraw(offer_id))
         self._process_events()
 
@@ -766,7 +772,15 @@ class Broker:
         pool = self.pool
         assert pool is not None
         loop = asyncio.get_running_loop()
-        for offer in await pool.head(CLAIM_BATCH):
+        # Page through the queue, so that offers nobody here can serve do not hide the
+        # ones behind them (up to CLAIM_SCAN a look).
+        offers: list[SharedOffer] = []
+        for start in range(0, CLAIM_SCAN, CLAIM_BATCH):
+            page = await pool.head(CLAIM_BATCH, start)
+            offers += page
+            if len(page) < CLAIM_BATCH:
+                break
+        for offer in offers:
             if not self.matchmaker.has_free_polls:
                 return
             if offer.deadline <= time.time():
@@ -774,8 +788,10 @@ class Broker:
             groups = network_groups(offer.network, time.time()) if offer.network else None
             now = loop.time()
             if not self.matchmaker.can_place(offer.nat, offer.relay, offer.network, groups, now):
-                if not offer.passed_over:
-                    await pool.mark_passed_over(offer.offer_id)
+                if not offer.passed_over and not self.matchmaker.can_place(
+                    offer.nat, offer.relay, now=now
+                ):
+                    await pool.mark_passed_over(offer.offer_id)  # its NAT, not its groups
                 continue
             if not await pool.claim(offer.offer_id):
                 continue  # another broker was first

@@ -132,17 +132,17 @@ class EgressMetrics:
             "Sessions whose handshake has not completed",
             lambda: egress.router.pending_count,
         )
-        relays = Gauge(prefix + "relays", "Volunteer relay WebSockets open.", registry=registry)
-        relays.set_function(lambda: len(egress._paths))
+        metrics.people_gauge(
+            registry,
+            prefix + "relays",
+            "Volunteer relay WebSockets open",
+            lambda: len(egress._paths),
+        )
         connections = Gauge(
             prefix + "connections", "Outbound connections open now.", registry=registry
         )
         connections.set_function(lambda: egress.connections)
-        self.sessions_total = Counter(
-            prefix + "sessions_opened",
-            "Sessions created (after a Retry, if any).",
-            registry=registry,
-        )
+        self.sessions_opened = 0  # exported rounded, by _RouterCounts
         self.streams = Counter(
             prefix + "streams",
             "Streams by outcome: the reply status sent (ok, busy, not_allowed, ...).",
@@ -164,15 +164,16 @@ class EgressMetrics:
             "Sessions that moved to another volunteer's relay.",
             registry=registry,
         )
-        registry.register(_RouterCounts(egress.router, prefix))
+        registry.register(_RouterCounts(egress.router, prefix, self))
 
 
 class _RouterCounts(Collector):
     """The session router's own counters, read when scraped."""
 
-    def __init__(self, router: SessionRouter, prefix: str) -> None:
+    def __init__(self, router: SessionRouter, prefix: str, owner: EgressMetrics) -> None:
         self._router = router
         self._prefix = prefix
+        self._owner = owner
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         router = self._router
@@ -187,6 +188,11 @@ class _RouterCounts(Collector):
             ),
         ):
             yield CounterMetricFamily(self._prefix + name, text, value=value)
+        yield CounterMetricFamily(
+            self._prefix + "sessions_opened",
+            f"Sessions created (rounded up to a multiple of {metrics.BIN}).",
+            value=metrics.rounded(self._owner.sessions_opened),
+        )
 
 
 class Egress:
@@ -243,7 +249,7 @@ class Egress:
         session.closed.add_done_callback(lambda fut: log.info("%s closed: %s", name, fut.result()))
         session.closed.add_done_callback(lambda _: self._forget_session(session))
         log.info("%s opened (datagrams up to %d bytes)", name, configuration.max_datagram_size)
-        self.metrics.sessions_total.inc()
+        self.metrics.sessions_opened += 1
         return session
 
     def _on_event(self, session: QuicSession, event: events.QuicEvent) -> None:
