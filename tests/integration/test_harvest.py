@@ -23,8 +23,8 @@ import enumeration
 
 
 async def test_one_network_learns_a_small_part_of_the_pool() -> None:
-    before = await enumeration.run(seconds=5.0, guard=False)
-    after = await enumeration.run(seconds=5.0, guard=True)
+    before = await enumeration.run(seconds=3.0, guard=False)
+    after = await enumeration.run(seconds=3.0, guard=True)
     print(f"an enumerator from one /24 learned {before['learned']} -> {after['learned']} of 100")
     assert before["learned"] >= 80, before
     # Two groups of sixteen: 12.5 volunteers expected (binomial spread), never the pool.

