@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from spread import summarize
 
 from unwall.local import LocalBridge, free_port
 from unwall.wire.broker import (
@@ -196,17 +197,7 @@ def main() -> int:
     else:
         runs = [asyncio.run(idle_polls(args.polls)) for _ in range(args.runs)]
         summary = {"polls": args.polls, "runs": runs}
-        for figure in runs[0]:
-            values = [float(run[figure]) for run in runs]
-            summary[figure] = {
-                "median": statistics.median(values),
-                "min": min(values),
-                "max": max(values),
-            }
-            print(
-                f"{figure:>18}: median {statistics.median(values):9.2f} "
-                f"(min {min(values):.2f}, max {max(values):.2f})"
-            )
+        summary.update(summarize(runs, digits=2))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import aiohttp
+from spread import summarize
 
 from unwall.local import LocalBridge
 from unwall.transport import quic
@@ -187,17 +187,7 @@ def main() -> int:
         "seconds": args.seconds,
         "runs": args.runs,
     }
-    for figure in runs[0]:
-        values = [float(run[figure]) for run in runs]
-        summary[figure] = {
-            "median": statistics.median(values),
-            "min": min(values),
-            "max": max(values),
-        }
-        print(
-            f"{figure:>18}: median {statistics.median(values):9.1f}"
-            f"  (min {min(values):.1f}, max {max(values):.1f})"
-        )
+    summary.update(summarize(runs, digits=1))
     summary["each_run"] = runs
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

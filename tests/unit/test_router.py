@@ -128,28 +128,7 @@ async def test_a_completed_handshake_frees_its_slot() -> None:
     """A real client's session leaves `pending` when its handshake completes."""
     created: list[NewSession] = []
     router = SessionRouter(_router(created)._factory, pending_per_path=1)
-    client = QuicSession(
-        FlowControlledConnection(configuration=quic.client_configuration(1200)), name="c"
-    )
-    server: list[QuicSession] = []
-
-    def to_egress(data: bytes) -> None:
-        session = router.route(data, "ws", "addr")
-        if session is not None:
-            if not server:
-                server.append(session)
-                session._on_event = lambda event: router.on_event(session, event)
-                session.set_sender(client.datagram_received)
-            session.datagram_received(data)
-
-    client.set_sender(to_egress)
-    client.connect()
-    await asyncio.wait_for(client.ready, 5)
-    for _ in range(50):
-        if router.pending_count == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert router.pending_count == 0
+    client, _ = await _connect(router)
     assert router.route(_junk_initial(), "ws", "addr") is not None  # the slot is free again
     client.close(0, "done")
     await asyncio.sleep(0)
@@ -207,6 +186,19 @@ async def test_a_token_works_only_on_its_relay_and_only_for_a_while() -> None:
 async def test_a_real_client_connects_through_a_retry() -> None:
     created: list[NewSession] = []
     router = _retry_router(created)
+    client, server = await _connect(router, b"relay")
+    assert router.retries_sent == 1 and len(created) == 1
+    # Both ends completed (the client checked the Retry's connection IDs in the egress's
+    # transport parameters), and the session left `pending`.
+    await asyncio.wait_for(server.ready, 5)
+    await _until_settled(router)
+    client.close(0, "done")
+    await asyncio.sleep(0)
+
+
+async def _connect(router: SessionRouter, binding: bytes = b"") -> tuple[QuicSession, QuicSession]:
+    """A real client's handshake through `router`, Retry included when it sends one;
+    returns (client, the egress's session), once the pending slot is settled."""
     client = QuicSession(
         FlowControlledConnection(configuration=quic.client_configuration(1200)), name="c"
     )
@@ -214,7 +206,7 @@ async def test_a_real_client_connects_through_a_retry() -> None:
     loop = asyncio.get_running_loop()
 
     def to_egress(data: bytes) -> None:
-        routed = router.route(data, "ws", "addr", loop.time(), b"relay")
+        routed = router.route(data, "ws", "addr", loop.time(), binding)
         if isinstance(routed, Retry):
             loop.call_soon(client.datagram_received, routed.packet)
         elif routed is not None:
@@ -227,14 +219,13 @@ async def test_a_real_client_connects_through_a_retry() -> None:
     client.set_sender(to_egress)
     client.connect()
     await asyncio.wait_for(client.ready, 5)
-    assert router.retries_sent == 1 and len(created) == 1
-    # Both ends completed (the client checked the Retry's connection IDs in the egress's
-    # transport parameters), and the session left `pending`.
-    await asyncio.wait_for(server[0].ready, 5)
+    await _until_settled(router)
+    return client, server[0]
+
+
+async def _until_settled(router: SessionRouter) -> None:
     for _ in range(50):
         if router.pending_count == 0:
             break
         await asyncio.sleep(0.01)
     assert router.pending_count == 0
-    client.close(0, "done")
-    await asyncio.sleep(0)

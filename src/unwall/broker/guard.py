@@ -33,17 +33,25 @@ GROUP_PERIOD: Final = 6 * 3600.0
 GROUPS_MIN_POOL: Final = 64
 
 
-def network_of(address: str | None) -> str:
-    """The /24 (IPv4) or /48 (IPv6) of an address, as text; "" for none or not an IP
-    (a Unix socket, a test client): such requests share no network limits."""
+def _ip(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as an IP (IPv4-mapped IPv6 as IPv4); None for none or not an IP."""
     if not address:
-        return ""
+        return None
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return ""
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+        return ip.ipv4_mapped
+    return ip
+
+
+def network_of(address: str | None) -> str:
+    """The /24 (IPv4) or /48 (IPv6) of an address, as text; "" for none or not an IP
+    (a Unix socket, a test client): such requests share no network limits."""
+    ip = _ip(address)
+    if ip is None:
+        return ""
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
@@ -51,15 +59,10 @@ def network_of(address: str | None) -> str:
 def limit_key(address: str | None) -> str:
     """What a rate limit counts by: an IPv4 address, or an IPv6 /64 (one customer's
     link, where each device may take addresses at will)."""
-    if not address:
-        return ""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
+    ip = _ip(address)
+    if ip is None:
+        return address or ""
+    if ip.version == 6:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
 

@@ -73,6 +73,7 @@ from unwall.wire.broker import (
     MessageError,
     PollIdle,
     PollOffer,
+    VolunteerAnswer,
     VolunteerPoll,
     decode_client_offer,
     decode_volunteer_answer,
@@ -198,6 +199,11 @@ def _in_networks(address: str | None, networks: tuple[str, ...]) -> bool:
     except ValueError:
         return False
     return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def _groups(network: str) -> frozenset[int] | None:
+    """The volunteer groups a client network may use now (None: no network known)."""
+    return network_groups(network, time.time()) if network else None
 
 
 def _wall(deadline: float, now: float) -> float:
@@ -342,7 +348,7 @@ class Broker:
         self._limit(self._poll_limits, source, loop.time(), "polls")
         if self._open_polls.get(source, 0) >= self.config.polls_per_address:
             self.metrics.rate_limited.labels("polls").inc()
-            raise _too_many(
+            raise _TooMany(
                 f"{self.config.polls_per_address} volunteers already poll from this "
                 "address; try again later",
                 self.config.poll_timeout,
@@ -361,7 +367,7 @@ class Broker:
         wait = limits.take(source, now)
         if wait > 0:
             self.metrics.rate_limited.labels(what).inc()
-            raise _too_many(f"too many {what} from this address; try again later", wait)
+            raise _TooMany(f"too many {what} from this address; try again later", wait)
 
     async def _volunteer_poll(
         self, request: web.Request, poll: VolunteerPoll, network: str
@@ -419,12 +425,7 @@ class Broker:
         now = asyncio.get_running_loop().time()
         if self.pool is not None and answer.offer_id in self._remote_owner:
             # Handed out here, held by another broker: the pool checks it and passes it on.
-            try:
-                accepted = await self.pool.forward_answer(
-                    answer.offer_id, answer.volunteer_id, answer.sdp
-                )
-            except PoolUnavailable:
-                accepted = False
+            accepted = await self._forward_answer(answer)
             if accepted:
                 self._remote_owner.pop(answer.offer_id, None)
                 self.matchmaker.receive_answer(answer, now)  # this broker's bookkeeping
@@ -434,12 +435,7 @@ class Broker:
             self._process_events()
             if not accepted and self.pool is not None:
                 # Handed out by another broker, perhaps: the pool knows, and forwards it.
-                try:
-                    accepted = await self.pool.forward_answer(
-                        answer.offer_id, answer.volunteer_id, answer.sdp
-                    )
-                except PoolUnavailable:
-                    accepted = False
+                accepted = await self._forward_answer(answer)
         if not accepted:
             raise MessageError(
                 UNKNOWN_OFFER,
@@ -450,6 +446,13 @@ class Broker:
         if self.config.report_secret is not None:
             await self._record_answered(answer.offer_id, answer.volunteer_id)
         return _reply(AnswerAccepted())
+
+    async def _forward_answer(self, answer: VolunteerAnswer) -> bool:
+        assert self.pool is not None
+        try:
+            return await self.pool.forward_answer(answer.offer_id, answer.volunteer_id, answer.sdp)
+        except PoolUnavailable:
+            return False
 
     # -- volunteers earn their room (the egress reports what they carried) ----------------
 
@@ -517,7 +520,7 @@ class Broker:
             loop.time(),
             relay_url=relay_url,
             network=network,
-            groups=network_groups(network, time.time()) if network else None,
+            groups=_groups(network),
         )
         self.metrics.offers.inc()
         self.metrics.offers_by_nat[offer.nat] += 1
@@ -722,23 +725,25 @@ class Broker:
         mine = offer.owner == self.pool.broker_id
         if mine and not self._forget_shared(offer.offer_id):
             return  # answered, expired or abandoned meanwhile
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadline = now + (offer.deadline - time.time())
-        if deadline <= now:
+        if offer.deadline <= time.time():
             if mine:
                 self._settle_offer(offer.offer_id, self._no_volunteer())
             return
         if not mine:
             self._remote_owner[offer.offer_id] = offer.owner
+        self._match_here(offer, _groups(offer.network))
+
+    def _match_here(self, offer: SharedOffer, groups: frozenset[int] | None) -> None:
+        """Give a shared offer to this broker's matchmaker, with its id and deadline."""
+        now = asyncio.get_running_loop().time()
         self.matchmaker.receive_offer(
             ClientOffer(offer.sdp, offer.nat, offer.relay),
             now,
             offer_id=offer.offer_id,
-            deadline=deadline,
+            deadline=now + (offer.deadline - time.time()),
             relay_url=offer.relay_url,
             network=offer.network,
-            groups=network_groups(offer.network, time.time()) if offer.network else None,
+            groups=groups,
         )
         self._process_events()
 
@@ -785,7 +790,7 @@ class Broker:
                 return
             if offer.deadline <= time.time():
                 continue  # its broker withdraws it
-            groups = network_groups(offer.network, time.time()) if offer.network else None
+            groups = _groups(offer.network)
             now = loop.time()
             if not self.matchmaker.can_place(offer.nat, offer.relay, offer.network, groups, now):
                 if not offer.passed_over and not self.matchmaker.can_place(
@@ -800,17 +805,7 @@ class Broker:
                     continue  # expired or abandoned meanwhile
             else:
                 self._remote_owner[offer.offer_id] = offer.owner
-            now = loop.time()
-            self.matchmaker.receive_offer(
-                ClientOffer(offer.sdp, offer.nat, offer.relay),
-                now,
-                offer_id=offer.offer_id,
-                deadline=now + (offer.deadline - time.time()),
-                relay_url=offer.relay_url,
-                network=offer.network,
-                groups=groups,
-            )
-            self._process_events()
+            self._match_here(offer, groups)
 
     async def _claimer(self) -> None:
         assert self.pool is not None
@@ -951,10 +946,6 @@ class _TooMany(MessageError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(RATE_LIMITED, message)
         self.retry_after = retry_after
-
-
-def _too_many(message: str, retry_after: float) -> _TooMany:
-    return _TooMany(message, retry_after)
 
 
 _RATE_LIMITED_LOG: Final = logs.Throttle(10.0)
