@@ -535,7 +535,7 @@ def _networks(entries: list[str], flag: str) -> tuple[str, ...]:
 
 def _egress_list(entries: list[str]) -> dict[str, str]:
     """`--egress PIN=URL` entries as {pin: url}; raise UsageError on a malformed one."""
-    from unwall.transport.quic import normalize_pin
+    from unwall.wire.pin import normalize_pin
 
     egresses: dict[str, str] = {}
     for entry in entries:

@@ -96,13 +96,17 @@ class Broker:
             result: dict[str, Any] = await resp.json()
             return result
 
+    async def counts(self) -> dict[str, int]:
+        """The exact counts behind /v1/health (which rounds them), from the broker itself."""
+        return await self.app[BROKER_KEY].counts()
+
     async def until(self, key: str, value: int) -> None:
-        """Wait (briefly) until /v1/health shows ``key == value``."""
+        """Wait (briefly) until the broker's exact count ``key`` is ``value``."""
         for _ in range(100):
-            if (await self.health())[key] == value:
+            if (await self.counts())[key] == value:
                 return
             await asyncio.sleep(0.01)
-        raise AssertionError(f"{key} never became {value}: {await self.health()}")
+        raise AssertionError(f"{key} never became {value}: {await self.counts()}")
 
     def open_polls(self) -> int:
         return self.app[BROKER_KEY].matchmaker.open_poll_count
@@ -192,7 +196,7 @@ async def test_no_volunteer_is_503_after_answer_timeout(broker: Broker) -> None:
     assert error.code == "no_volunteer"
     assert "try again" in error.message
     assert 0.45 <= elapsed < 1.5
-    assert (await broker.health())["waiting_offers"] == 0
+    assert (await broker.counts())["waiting_offers"] == 0
 
 
 async def test_full_volunteer_gets_no_offer(broker: Broker) -> None:
@@ -206,7 +210,7 @@ async def test_poll_is_answered_idle_after_poll_timeout(broker: Broker) -> None:
     started = time.monotonic()
     assert await broker.poll("patient") == PollIdle()
     assert 0.45 <= time.monotonic() - started < 1.5
-    assert (await broker.health())["volunteers"] == 1
+    assert (await broker.counts())["volunteers"] == 1
 
 
 async def hang_up(broker: Broker, request: Callable[[Broker], Coroutine[Any, Any, object]]) -> None:
@@ -322,7 +326,7 @@ async def test_sdp_without_a_data_channel_is_400(
     assert error.code == "bad_request"
     assert error.message == message
     # Turned away before it reached the matchmaker: nothing waits for a volunteer.
-    assert (await broker.health())["waiting_offers"] == 0
+    assert (await broker.counts())["waiting_offers"] == 0
 
 
 async def test_bad_poll_fields_are_400(broker: Broker) -> None:
@@ -382,7 +386,13 @@ async def test_health(broker: Broker) -> None:
     }
     polling = asyncio.create_task(broker.poll("healthy"))
     await broker.until("volunteers", 1)
+    # Anyone may ask: one volunteer is not told apart from eight.
+    assert (await broker.health())["volunteers"] == 8
     await polling
+    polls = [asyncio.create_task(broker.poll(f"healthy-{i}")) for i in range(9)]
+    await broker.until("volunteers", 10)
+    assert (await broker.health())["volunteers"] == 16
+    await asyncio.gather(*polls)
 
 
 async def test_metrics(broker: Broker) -> None:

@@ -20,8 +20,9 @@ from unwall.egress.identity import (
     load_identity,
     save_identity,
 )
-from unwall.transport.quic import normalize_pin, spki_pin
+from unwall.transport.quic import spki_pin
 from unwall.wire.bridgeline import BridgeLine
+from unwall.wire.pin import normalize_pin
 
 
 @pytest.fixture(scope="module")

@@ -125,7 +125,7 @@ Event = OfferAssigned | PollReleased | OfferAnswered | OfferExpired | VolunteerF
 # -- records and their store ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VolunteerRecord:
     volunteer_id: str
     kind: VolunteerKind
@@ -175,7 +175,7 @@ class VolunteerRecord:
         return self.taken / self.room
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PollRecord:
     poll_id: int
     volunteer_id: str
@@ -183,7 +183,7 @@ class PollRecord:
     deadline: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OfferRecord:
     offer_id: str
     sdp: str

@@ -173,7 +173,7 @@ _SHUTTING_DOWN: Final = BrokerError(NO_VOLUNTEER, "the broker is shutting down; 
 _T = TypeVar("_T")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Waiter(Generic[_T]):
     request: web.BaseRequest
     future: asyncio.Future[_T | _Gone]
@@ -542,12 +542,23 @@ class Broker:
                 self.metrics.no_volunteer.inc()
         return _reply(reply)
 
+    async def counts(self) -> dict[str, int]:
+        """Exact counts: volunteers seen (across the pool, if shared) and offers waiting
+        here. Never served as they are: /v1/health rounds them (metrics.rounded)."""
+        return {
+            "volunteers": sum((await self._volunteers_by_nat()).values()),
+            "waiting_offers": self.matchmaker.waiting_offer_count + len(self._shared),
+        }
+
     async def health(self, request: web.Request) -> web.StreamResponse:
+        # Rounded up to a multiple of 8, as the metrics are: anyone may ask, and an exact
+        # count would show one volunteer, or one client, come and go.
+        counts = await self.counts()
         body: dict[str, object] = {
             "version": PROTOCOL_VERSION,
             "status": "ok",
-            "volunteers": sum((await self._volunteers_by_nat()).values()),
-            "waiting_offers": self.matchmaker.waiting_offer_count + len(self._shared),
+            "volunteers": metrics.rounded(counts["volunteers"]),
+            "waiting_offers": metrics.rounded(counts["waiting_offers"]),
         }
         if self.pool is None:
             return web.json_response(body)
@@ -1014,7 +1025,7 @@ def create_app(config: BrokerConfig) -> web.Application:
     """The broker as an aiohttp application; ``app[BROKER_KEY]`` is its :class:`Broker`."""
     pool: Pool | None = None
     if config.redis_url is not None:
-        from unwall.broker.pool import RedisPool
+        from unwall.broker.redis_pool import RedisPool
 
         pool = RedisPool(config.redis_url)
     broker = Broker(config, pool)

@@ -31,6 +31,7 @@ from unwall.transport.broker_client import (
 from unwall.transport.natcheck import learn_nat, stun_server_of
 from unwall.transport.quic import FlowControlledConnection, PinMismatch, QuicSession, QuicStream
 from unwall.wire.nat import NatKind
+from unwall.wire.pin import normalize_pin
 
 log = logging.getLogger("unwall.client")
 
@@ -123,7 +124,7 @@ class VolunteerPath:
 class Tunnel:
     def __init__(self, config: TunnelConfig) -> None:
         self.config = config
-        self.pin = quic.normalize_pin(config.pin)
+        self.pin = normalize_pin(config.pin)
         self.ice_servers = webrtc.ice_servers_with_credentials(
             config.ice_servers, config.turn_user, config.turn_password
         )

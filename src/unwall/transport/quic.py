@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -136,23 +135,6 @@ def key_pin(public_key: CertificatePublicKeyTypes) -> str:
     )
     digest = hashlib.sha256(spki).digest()
     return "sha256:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def normalize_pin(pin: str) -> str:
-    """Check a pin's form and return it canonical; raise ValueError with a useful message."""
-    pin = pin.strip()
-    prefix, _, value = pin.partition(":")
-    if prefix != "sha256" or not value:
-        raise ValueError(f"egress pin {pin!r} must look like 'sha256:<base64url>'")
-    if not re.fullmatch(r"[A-Za-z0-9_-]+={0,2}", value):
-        raise ValueError(f"egress pin {pin!r} is not valid base64url")
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except ValueError as exc:
-        raise ValueError(f"egress pin {pin!r} is not valid base64url") from exc
-    if len(raw) != 32:
-        raise ValueError(f"egress pin {pin!r} must hold a 32-byte SHA-256 digest")
-    return "sha256:" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def clamp_datagram_size(size: int) -> int:

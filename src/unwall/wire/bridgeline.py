@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from unwall.transport.quic import normalize_pin
+from unwall.wire.pin import normalize_pin
 
 PREFIX = "unwall1"
 

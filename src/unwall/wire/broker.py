@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from unwall.transport.quic import normalize_pin
 from unwall.wire.nat import NAT_KINDS, NatKind
+from unwall.wire.pin import normalize_pin
 
 PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final[tuple[int, ...]] = (PROTOCOL_VERSION,)
@@ -91,7 +91,7 @@ class TurnServer:
     credential: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VolunteerPoll:
     """Volunteer -> broker, POST /v1/volunteer/poll: asks for work and reports its load.
 
