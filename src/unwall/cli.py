@@ -128,7 +128,8 @@ BROKER_OPTIONS = [
         "--report-secret",
         "accept egresses' reports of the sessions volunteers carried (POST "
         "/v1/egress/carried) with this secret; then a new volunteer earns its room: one "
-        "client, and one more per session carried (better set in the --config file)",
+        "client, and one more per client network it carried a session for (better set in "
+        "the --config file)",
     ),
     Option(
         "--trusted-proxy",

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from unwall.broker import server
+from unwall.broker import matchmaker, server
 from unwall.broker.server import BROKER_KEY, BrokerConfig, create_app, run_broker
 from unwall.broker.turn import TurnIssuer, turn_password
 from unwall.wire.broker import (
@@ -66,9 +66,11 @@ class Broker:
     app: web.Application
     http: aiohttp.ClientSession
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        async with self.http.post(self.url + path, data=body, headers=JSON) as resp:
-            return resp.status, await resp.read()
+    async def post(
+        self, path: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        async with self.http.post(self.url + path, data=body, headers=JSON | (headers or {})) as r:
+            return r.status, await r.read()
 
     async def poll(
         self, name: str, capacity: int = 8, clients: int = 0, nat: NatKind = "unknown"
@@ -82,8 +84,21 @@ class Broker:
         msg = VolunteerAnswer(f"volunteer-{name}", offer_id, ANSWER_SDP)
         return await self.post("/v1/volunteer/answer", encode(msg))
 
-    async def offer(self, nat: NatKind = "unknown", relay: bool = False) -> tuple[int, bytes]:
-        return await self.post("/v1/client/offer", encode(ClientOffer(OFFER_SDP, nat, relay)))
+    async def offer(
+        self, nat: NatKind = "unknown", relay: bool = False, forwarded_for: str | None = None
+    ) -> tuple[int, bytes]:
+        """A client's offer; `forwarded_for` names the client through a trusted front."""
+        headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else None
+        body = encode(ClientOffer(OFFER_SDP, nat, relay))
+        return await self.post("/v1/client/offer", body, headers)
+
+    async def report_carried(self, secret: str, *offer_ids: str) -> int:
+        """An egress's report that these offers' relays carried sessions: credited."""
+        auth = {"Authorization": f"Bearer {secret}"}
+        body = json.dumps({"offers": list(offer_ids)}).encode()
+        status, reply = await self.post("/v1/egress/carried", body, auth)
+        assert status == 200, reply
+        return int(json.loads(reply)["credited"])
 
     async def metrics(self) -> set[str]:
         async with self.http.get(self.url + "/metrics") as resp:
@@ -367,6 +382,56 @@ async def test_version_2_is_422_with_supported_versions(broker: Broker) -> None:
     assert error.code == "unsupported_version"
     assert error.supported == (1,)
     assert json.loads(body)["supported"] == [1]
+
+
+async def carry(
+    volunteer: str, client: str, poll_on: Broker, offer_on: Broker, answer_on: Broker
+) -> str:
+    """One session: `volunteer` polls `poll_on`, a client at address `client` (through the
+    trusted front) offers on `offer_on`, and the volunteer answers on `answer_on`; the
+    offer's id."""
+    polling = asyncio.create_task(poll_on.poll(volunteer))
+    for _ in range(100):
+        if (await poll_on.counts())["volunteers"] >= 1 and poll_on.open_polls() >= 1:
+            break
+        await asyncio.sleep(0.01)
+    offering = asyncio.create_task(offer_on.offer(forwarded_for=client))
+    offer = await polling
+    assert isinstance(offer, PollOffer), offer
+    assert (await answer_on.answer(volunteer, offer.offer_id))[0] == 200
+    assert (await offering)[0] == 200
+    return offer.offer_id
+
+
+EARNING = BrokerConfig(
+    poll_timeout=2.0, answer_timeout=2.0, report_secret="s3cret", trusted_proxies=("127.0.0.0/8",)
+)
+
+
+@pytest.fixture
+def no_earning_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offers handed within the last minute do not count as load (test_guard.py tests
+    that rule): one volunteer can carry several sessions in a row."""
+    monkeypatch.setattr(matchmaker, "EARNED_WINDOW", 0.0)
+
+
+@pytest.mark.usefixtures("no_earning_window")
+async def test_volunteers_earn_by_the_client_networks_they_carried() -> None:
+    """What a volunteer has proven counts client networks, not sessions: a censor that runs
+    its own clients through its own fake volunteer proves one network however often."""
+    async with serving(EARNING, handler_cancellation=True) as broker:
+        state = broker.app[BROKER_KEY]
+        assert await state.proven("volunteer-v") == 0
+        first = await carry("v", "198.51.100.7", broker, broker, broker)
+        assert await broker.report_carried("s3cret", first) == 1
+        assert await broker.report_carried("s3cret", first) == 0  # once only
+        assert await state.proven("volunteer-v") == 1
+        for client in ("198.51.100.8", "198.51.100.200"):  # the same /24
+            assert await broker.report_carried("s3cret", await carry("v", client, *[broker] * 3))
+        assert await state.proven("volunteer-v") == 1
+        assert await broker.report_carried("s3cret", await carry("v", "203.0.113.9", *[broker] * 3))
+        assert await state.proven("volunteer-v") == 2
+        assert await state.proven("volunteer-other") == 0
 
 
 async def test_answer_to_unknown_offer_is_404(broker: Broker) -> None:

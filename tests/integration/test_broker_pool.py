@@ -11,15 +11,17 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from redis_server import RedisServer, redis_server
-from test_broker_http import ANSWER_SDP, Broker, serving
+from test_broker_http import ANSWER_SDP, Broker, carry, serving
+from test_broker_http import no_earning_window as no_earning_window  # a fixture
 
-from unwall.broker.server import BrokerConfig
+from unwall.broker.server import BROKER_KEY, BrokerConfig
 from unwall.wire.broker import (
     ClientAnswer,
     PollIdle,
@@ -119,6 +121,32 @@ async def test_each_offer_goes_to_exactly_one_volunteer(brokers: list[Broker]) -
         assert (await brokers[(i + 1) % 3].answer(f"v{i}", offer.offer_id))[0] == 200
     results = await asyncio.gather(*clients)
     assert [status for status, _ in results] == [200] * 12
+
+
+@pytest.mark.usefixtures("no_earning_window")
+async def test_what_volunteers_proved_is_shared_and_counted_in_client_networks(
+    redis: RedisServer,
+) -> None:
+    """Offers posted on A, taken by a volunteer polling B, answered on C, reported to any:
+    the credit (the offer's client network, kept with the offer in Redis) is seen by every
+    broker, and more sessions from the same /24 prove nothing more."""
+    config = replace(_config(redis), report_secret="s3cret", trusted_proxies=("127.0.0.0/8",))
+    async with AsyncExitStack() as stack:
+        a, b, c = [
+            await stack.enter_async_context(serving(config, handler_cancellation=True))
+            for _ in range(3)
+        ]
+        states = [broker.app[BROKER_KEY] for broker in (a, b, c)]
+        first = await carry("w", "198.51.100.7", b, a, c)
+        assert await a.report_carried("s3cret", first) == 1
+        assert await b.report_carried("s3cret", first) == 0  # once, across the pool
+        assert [await s.proven("volunteer-w") for s in states] == [1, 1, 1]
+        assert await c.report_carried("s3cret", await carry("w", "198.51.100.99", b, a, c))
+        assert [await s.proven("volunteer-w") for s in states] == [1, 1, 1]
+        # Answered on the broker that handed it out (the offer's network from its own
+        # matchmaker), and from another /24.
+        assert await b.report_carried("s3cret", await carry("w", "203.0.113.9", b, a, b))
+        assert [await s.proven("volunteer-w") for s in states] == [2, 2, 2]
 
 
 async def test_volunteers_are_counted_across_brokers(brokers: list[Broker]) -> None:

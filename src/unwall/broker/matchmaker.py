@@ -139,8 +139,8 @@ class VolunteerRecord:
     relay: bool = False  # it has a TURN server of its own
     network: str = ""  # the /24 or /48 it polls from ("" unknown)
     group: int = 0  # its group (guard.volunteer_group)
-    #: sessions the egress saw it carry (None: the broker keeps no such record, and
-    #: believes every report)
+    #: the client networks the egress saw it carry sessions for (None: the broker keeps no
+    #: such record, and believes every report)
     proven: int | None = None
     #: when offers were handed to it, within EARNED_WINDOW (kept while it is earning)
     recent: tuple[float, ...] = ()
@@ -344,7 +344,8 @@ _Bucket = tuple[bool, NatKind, int]  # (relay, NAT kind, group) of a volunteer
 _HeapKey = tuple[bool, NatKind, int | None]
 
 #: A volunteer that has not yet been seen carrying sessions may have this many clients, and
-#: one more per session the egress has seen it carry, up to its capacity ...
+#: one more per client network the egress has seen it carry a session for, up to its
+#: capacity ...
 EARNED_BASE = 1
 #: ... counting every offer handed to it within this many seconds; and all the new
 #: volunteers of one network together get at most this many offers in that window.
@@ -397,8 +398,9 @@ class Matchmaker:
     ) -> int:
         """A volunteer polls (from `network`) and reports its load; returns the poll's id.
 
-        `proven`: sessions the egress has seen it carry, when the broker keeps that record
-        (then a volunteer earns its room: see VolunteerRecord.room); None: no record."""
+        `proven`: client networks the egress has seen it carry sessions for, when the
+        broker keeps that record (then a volunteer earns its room: see
+        VolunteerRecord.room); None: no record."""
         store = self._store
         poll_id = self._next_poll_id
         self._next_poll_id += 1
@@ -537,6 +539,11 @@ class Matchmaker:
     def offer_deadline(self, offer_id: str) -> float | None:
         offer = self._store.get_offer(offer_id)
         return None if offer is None else offer.deadline
+
+    def offer_network(self, offer_id: str) -> str | None:
+        """The client network of an offer still here ("" unknown), or None."""
+        offer = self._store.get_offer(offer_id)
+        return None if offer is None else offer.network
 
     @property
     def has_free_polls(self) -> bool:

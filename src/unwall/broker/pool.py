@@ -27,8 +27,11 @@ Redis keys, under a prefix (``unwall:`` by default):
 ``volunteers``         sorted set: volunteer id -> last poll (Unix time)
 ``volunteers:NAT``     the same, per NAT kind
 ``brokers``            sorted set: broker id -> last heartbeat (Unix time)
-``answered:ID``        the volunteer that answered offer ID, until an egress reports it
-``proven``             hash: volunteer id -> sessions the egress saw it carry
+``answered:ID``        hash: volunteer, network: who answered offer ID and its client's
+                       network, until an egress reports it carried
+``proven:VOLUNTEER``   set: the client networks the egress saw the volunteer carry
+                       sessions for (at most MAX_PROVEN_NETWORKS); expires PROVEN_MEMORY
+                       after the last
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ HEARTBEATS_MISSED: Final = 2
 BROKER_TTL: Final = 5.0
 #: Seconds an offer's record outlives its deadline (for a late answer's clear refusal).
 OFFER_GRACE: Final = 5.0
+#: What a volunteer has proven is counted in client networks, up to this many, and
+#: forgotten after this long without a new report (seconds).
+MAX_PROVEN_NETWORKS: Final = 256
+PROVEN_MEMORY: Final = 30 * 86400.0
 
 
 class PoolUnavailable(Exception):
@@ -125,30 +132,37 @@ class Pool(ABC):
 
     @abstractmethod
     async def record_handed(
-        self, offer_id: str, owner: str, volunteer_id: str, deadline: float
-    ) -> None: ...
+        self, offer_id: str, owner: str, volunteer_id: str, deadline: float, network: str
+    ) -> None:
+        """An offer (of a client in `network`) was handed to a volunteer here."""
 
     @abstractmethod
-    async def forward_answer(self, offer_id: str, volunteer_id: str, sdp: str) -> bool:
-        """Send a volunteer's answer to the broker holding the offer; False if the offer
-        was not handed to that volunteer (or is gone)."""
+    async def forward_answer(self, offer_id: str, volunteer_id: str, sdp: str) -> str | None:
+        """Send a volunteer's answer to the broker holding the offer, and return the
+        offer's client network; None if the offer was not handed to that volunteer (or is
+        gone)."""
 
     @abstractmethod
     def deliveries(self) -> AsyncIterator[Delivery]:
         """Answers for this broker's offers, as they come (across engine outages)."""
 
     @abstractmethod
-    async def record_answered(self, offer_id: str, volunteer_id: str, ttl: float) -> None:
-        """Remember who answered an offer, for an egress's report that it was carried."""
+    async def record_answered(
+        self, offer_id: str, volunteer_id: str, network: str, ttl: float
+    ) -> None:
+        """Remember who answered an offer, and its client's network, for an egress's
+        report that it was carried."""
 
     @abstractmethod
     async def credit(self, offer_id: str) -> int:
-        """Credit the volunteer that answered `offer_id` with a carried session; 1 if one
-        was credited, 0 if the offer was unknown, too old, or credited already."""
+        """Credit the volunteer that answered `offer_id` with a session carried for the
+        offer's client network; 1 if the report was for a known offer, 0 if the offer was
+        unknown, too old, or credited already."""
 
     @abstractmethod
     async def proven(self, volunteer_id: str) -> int:
-        """Sessions the volunteer has been seen to carry, across the pool."""
+        """The client networks the volunteer has been seen to carry sessions for, across
+        the pool (at most MAX_PROVEN_NETWORKS)."""
 
     @abstractmethod
     async def note_volunteer(self, volunteer_id: str, nat: NatKind, now: float) -> None: ...

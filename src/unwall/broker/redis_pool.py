@@ -21,7 +21,9 @@ from unwall.broker.pool import (
     BROKER_TTL,
     HEARTBEAT,
     HEARTBEATS_MISSED,
+    MAX_PROVEN_NETWORKS,
     OFFER_GRACE,
+    PROVEN_MEMORY,
     Delivery,
     Pool,
     PoolUnavailable,
@@ -38,11 +40,12 @@ _FORWARD: Final = """
 local offer = KEYS[1]
 if redis.call('HGET', offer, 'volunteer') ~= ARGV[1] then return 0 end
 local owner = redis.call('HGET', offer, 'owner')
+local network = redis.call('HGET', offer, 'network') or ''
 redis.call('DEL', offer)
 local inbox = ARGV[3] .. 'inbox:' .. owner
 redis.call('RPUSH', inbox, ARGV[2])
 redis.call('EXPIRE', inbox, 120)
-return 1
+return {1, network}
 """
 
 
@@ -64,10 +67,13 @@ return 0
 
 # Credit the volunteer that answered an offer, once: KEYS answered key, proven hash.
 _CREDIT: Final = """
-local volunteer = redis.call('GET', KEYS[1])
+local volunteer = redis.call('HGET', KEYS[1], 'volunteer')
 if not volunteer then return 0 end
+local network = redis.call('HGET', KEYS[1], 'network') or ''
 redis.call('DEL', KEYS[1])
-redis.call('HINCRBY', KEYS[2], volunteer, 1)
+local proven = ARGV[1] .. 'proven:' .. volunteer
+if redis.call('SCARD', proven) < tonumber(ARGV[2]) then redis.call('SADD', proven, network) end
+redis.call('EXPIRE', proven, ARGV[3])
 return 1
 """
 
@@ -239,27 +245,32 @@ class RedisPool(Pool):
         return bool(await self._run(self._redis.exists(self._key("offer", offer_id))))
 
     async def record_handed(
-        self, offer_id: str, owner: str, volunteer_id: str, deadline: float
+        self, offer_id: str, owner: str, volunteer_id: str, deadline: float, network: str
     ) -> None:
         key = self._key("offer", offer_id)
         ttl = max(1, int(deadline - time.time() + OFFER_GRACE))
 
         async def run() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping={"owner": owner, "volunteer": volunteer_id})
+                pipe.hset(
+                    key, mapping={"owner": owner, "volunteer": volunteer_id, "network": network}
+                )
                 pipe.expire(key, ttl)
                 await pipe.execute()
 
         await self._run(run())
 
-    async def forward_answer(self, offer_id: str, volunteer_id: str, sdp: str) -> bool:
+    async def forward_answer(self, offer_id: str, volunteer_id: str, sdp: str) -> str | None:
         payload = json.dumps({"offer_id": offer_id, "sdp": sdp})
         result = await self._run(
             self._forward(
                 keys=[self._key("offer", offer_id)], args=[volunteer_id, payload, self.prefix]
             )
         )
-        return bool(result)
+        if not isinstance(result, list) or len(result) != 2:
+            return None
+        network = result[1]
+        return network.decode() if isinstance(network, bytes) else str(network)
 
     async def deliveries(self) -> AsyncIterator[Delivery]:
         inbox = self._key("inbox", self.broker_id)
@@ -277,17 +288,26 @@ class RedisPool(Pool):
             except (ValueError, KeyError, TypeError):
                 log.warning("shared pool: a malformed answer in this broker's inbox; dropped")
 
-    async def record_answered(self, offer_id: str, volunteer_id: str, ttl: float) -> None:
+    async def record_answered(
+        self, offer_id: str, volunteer_id: str, network: str, ttl: float
+    ) -> None:
         key = self._key("answered", offer_id)
-        await self._run(self._redis.set(key, volunteer_id, ex=max(1, int(ttl))))
+
+        async def run() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping={"volunteer": volunteer_id, "network": network})
+                pipe.expire(key, max(1, int(ttl)))
+                await pipe.execute()
+
+        await self._run(run())
 
     async def credit(self, offer_id: str) -> int:
-        keys = [self._key("answered", offer_id), self._key("proven")]
-        return int(await self._run(self._credit(keys=keys)))
+        keys = [self._key("answered", offer_id)]
+        args: list[str | int] = [self.prefix, MAX_PROVEN_NETWORKS, int(PROVEN_MEMORY)]
+        return int(await self._run(self._credit(keys=keys, args=args)))
 
     async def proven(self, volunteer_id: str) -> int:
-        value = await self._run(self._redis.hget(self._key("proven"), volunteer_id))
-        return int(value or 0)
+        return int(await self._run(self._redis.scard(self._key("proven", volunteer_id))))
 
     async def note_volunteer(self, volunteer_id: str, nat: NatKind, now: float) -> None:
         async def run() -> None:

@@ -53,7 +53,7 @@ from unwall.broker.matchmaker import (
     PollReleased,
     VolunteerForgotten,
 )
-from unwall.broker.pool import Pool, PoolUnavailable, SharedOffer
+from unwall.broker.pool import MAX_PROVEN_NETWORKS, Pool, PoolUnavailable, SharedOffer
 from unwall.broker.turn import TurnIssuer
 from unwall.wire.broker import (
     BAD_REQUEST,
@@ -323,10 +323,10 @@ class Broker:
         self._offer_limits = RateLimits(config.offer_rate) if config.offer_rate else None
         self._poll_limits = RateLimits(config.poll_rate) if config.poll_rate else None
         self._open_polls: dict[str, int] = {}  # open long-polls, by volunteer address
-        #: answered offers (volunteer, when), until an egress reports them carried
-        self._answered: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        #: sessions each volunteer was seen to carry
-        self._earned: OrderedDict[str, int] = OrderedDict()
+        #: answered offers (volunteer, client network, when), until an egress reports them
+        self._answered: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        #: the client networks each volunteer was seen to carry sessions for
+        self._earned: OrderedDict[str, set[str]] = OrderedDict()
         self._tasks: set[asyncio.Task[object]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._polls: dict[int, _Waiter[PollOffer | PollIdle]] = {}
@@ -374,7 +374,7 @@ class Broker:
     ) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PollOffer | PollIdle | _Gone] = loop.create_future()
-        proven = await self._proven(poll.volunteer_id)
+        proven = await self.proven(poll.volunteer_id)
         poll_id = self.matchmaker.receive_poll(poll, loop.time(), network, proven)
         self._polls[poll_id] = _Waiter(request, future)
         self._process_events()
@@ -423,9 +423,11 @@ class Broker:
     async def volunteer_answer(self, request: web.Request) -> web.StreamResponse:
         answer = decode_volunteer_answer(await _read_body(request))
         now = asyncio.get_running_loop().time()
+        # The client's network, while the matchmaker still has the offer (for the credit).
+        network = self.matchmaker.offer_network(answer.offer_id)
         if self.pool is not None and answer.offer_id in self._remote_owner:
             # Handed out here, held by another broker: the pool checks it and passes it on.
-            accepted = await self._forward_answer(answer)
+            accepted = await self._forward_answer(answer) is not None
             if accepted:
                 self._remote_owner.pop(answer.offer_id, None)
                 self.matchmaker.receive_answer(answer, now)  # this broker's bookkeeping
@@ -435,7 +437,8 @@ class Broker:
             self._process_events()
             if not accepted and self.pool is not None:
                 # Handed out by another broker, perhaps: the pool knows, and forwards it.
-                accepted = await self._forward_answer(answer)
+                network = await self._forward_answer(answer)
+                accepted = network is not None
         if not accepted:
             raise MessageError(
                 UNKNOWN_OFFER,
@@ -444,32 +447,36 @@ class Broker:
             )
         self.metrics.answers.inc()
         if self.config.report_secret is not None:
-            await self._record_answered(answer.offer_id, answer.volunteer_id)
+            await self._record_answered(answer.offer_id, answer.volunteer_id, network or "")
         return _reply(AnswerAccepted())
 
-    async def _forward_answer(self, answer: VolunteerAnswer) -> bool:
+    async def _forward_answer(self, answer: VolunteerAnswer) -> str | None:
+        """The pool's verdict on an answer to an offer another broker holds: the offer's
+        client network if it was handed to this volunteer, else None."""
         assert self.pool is not None
         try:
             return await self.pool.forward_answer(answer.offer_id, answer.volunteer_id, answer.sdp)
         except PoolUnavailable:
-            return False
+            return None
 
     # -- volunteers earn their room (the egress reports what they carried) ----------------
 
-    async def _proven(self, volunteer_id: str) -> int | None:
+    async def proven(self, volunteer_id: str) -> int | None:
+        """The client networks a volunteer was seen to carry sessions for (None: the broker
+        believes every report)."""
         if self.config.report_secret is None:
             return None
         if self.pool is not None and self.pool.problem is None:
             with contextlib.suppress(PoolUnavailable):
                 return await self.pool.proven(volunteer_id)
-        return self._earned.get(volunteer_id, 0)
+        return len(self._earned.get(volunteer_id, ()))
 
-    async def _record_answered(self, offer_id: str, volunteer_id: str) -> None:
+    async def _record_answered(self, offer_id: str, volunteer_id: str, network: str) -> None:
         if self.pool is not None and self.pool.problem is None:
             with contextlib.suppress(PoolUnavailable):
-                await self.pool.record_answered(offer_id, volunteer_id, ANSWERED_MEMORY)
+                await self.pool.record_answered(offer_id, volunteer_id, network, ANSWERED_MEMORY)
                 return
-        self._answered[offer_id] = (volunteer_id, time.monotonic())
+        self._answered[offer_id] = (volunteer_id, network, time.monotonic())
         while len(self._answered) > MAX_REMEMBERED:
             self._answered.popitem(last=False)
 
@@ -495,9 +502,13 @@ class Broker:
                     credited += await self.pool.credit(offer_id)
                     continue
             remembered = self._answered.pop(offer_id, None)
-            if remembered is not None and time.monotonic() - remembered[1] < ANSWERED_MEMORY:
-                volunteer_id = remembered[0]
-                self._earned[volunteer_id] = self._earned.get(volunteer_id, 0) + 1
+            if remembered is not None and time.monotonic() - remembered[2] < ANSWERED_MEMORY:
+                volunteer_id, network, _ = remembered
+                # Counted in client networks: a censor running its own clients through its
+                # own fake volunteer proves one network, however many sessions it makes.
+                networks = self._earned.setdefault(volunteer_id, set())
+                if len(networks) < MAX_PROVEN_NETWORKS:
+                    networks.add(network)
                 self._earned.move_to_end(volunteer_id)
                 while len(self._earned) > MAX_REMEMBERED:
                     self._earned.popitem(last=False)
@@ -635,7 +646,11 @@ class Broker:
             owner = self._remote_owner.get(event.offer_id, self.pool.broker_id)
             deadline = self.matchmaker.offer_deadline(event.offer_id) or now
             record = self.pool.record_handed(
-                event.offer_id, owner, event.volunteer_id, _wall(deadline, now)
+                event.offer_id,
+                owner,
+                event.volunteer_id,
+                _wall(deadline, now),
+                self.matchmaker.offer_network(event.offer_id) or "",
             )
             self._recording[event.offer_id] = self._spawn(record)
         waiter.future.set_result(PollOffer(event.offer_id, event.sdp, relay_url=event.relay_url))
