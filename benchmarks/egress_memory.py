@@ -43,7 +43,7 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-class _Attacker:
+class RelaySession:
     """One QUIC session straight through a relay WebSocket of its own."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, pin: str) -> None:
@@ -73,8 +73,8 @@ class _Attacker:
         self.reader.cancel()
 
 
-async def _attacker(http: aiohttp.ClientSession, url: str, pin: str) -> _Attacker:
-    attacker = _Attacker(await http.ws_connect(url, max_msg_size=0), pin)
+async def relay_session(http: aiohttp.ClientSession, url: str, pin: str) -> RelaySession:
+    attacker = RelaySession(await http.ws_connect(url, max_msg_size=0), pin)
     await asyncio.wait_for(attacker.session.ready, 20)
     return attacker
 
@@ -107,7 +107,7 @@ async def _flood(
     outcomes: Counter[str] = Counter()
     async with aiohttp.ClientSession() as http:
         opened = await asyncio.gather(
-            *(_attacker(http, bridge.egress_url, bridge.pin) for _ in range(sessions))
+            *(relay_session(http, bridge.egress_url, bridge.pin) for _ in range(sessions))
         )
         until = time.monotonic() + seconds
         workers = [
