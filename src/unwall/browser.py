@@ -85,6 +85,22 @@ async def chromium_in(
             await browser.close()
 
 
+@contextlib.asynccontextmanager
+async def chromium_here(*args: str) -> AsyncIterator[Any]:
+    """A Playwright Browser running Debian's Chromium in this machine's own network, for
+    pages on loopback (the client's status page); `args` are extra command-line flags."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_FLAGS, *args]
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
 # -- Firefox ESR --------------------------------------------------------------------------
 #
 # Playwright cannot drive Debian's firefox-esr (it needs its own patched build), so Firefox

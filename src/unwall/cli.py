@@ -47,6 +47,20 @@ ICE_OPTIONS = [
 ]
 
 
+def page_address(text: str) -> tuple[str, int] | None:
+    """HOST:PORT on loopback for the client's status page, or 'off'."""
+    if text.strip().lower() == "off":
+        return None
+    host, port = host_port(text)
+    from unwall.client.page import check_page_address
+
+    try:
+        check_page_address(host)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return host, port
+
+
 def nat_kind(text: str) -> NatKind:
     try:
         return parse_nat_kind(text)
@@ -270,6 +284,25 @@ CLIENT_OPTIONS = [
         60.0,
         positive_float,
     ),
+    Option(
+        "--page",
+        "the status page's address, on loopback only (open it in a browser), or 'off'",
+        ("127.0.0.1", 8119),
+        page_address,
+    ),
+    Option(
+        "--pac-list",
+        "a file of names (one a line, e.g. example.org): the status page's /proxy.pac then "
+        "sends only these and their subdomains through unwall; default: everything",
+        None,
+        Path,
+    ),
+    Option(
+        "--self-test-url",
+        "the page the status page's self-test fetches through the tunnel",
+        None,
+        url,
+    ),
     *PEER_OPTIONS,
 ]
 
@@ -332,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--socks", type=host_port, default=("127.0.0.1", 1080))
     demo.add_argument("--http", type=host_port, default=("127.0.0.1", 8118))
+    demo.add_argument(
+        "--page",
+        type=host_port,
+        default=("127.0.0.1", 8119),
+        help="the client's status page (loopback)",
+    )
     demo.add_argument(
         "--check", action="store_true", help="fetch the test page, exit 0 on success, 1 on failure"
     )
@@ -450,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.role == "demo":
             from unwall.local import demo
 
-            return _run(demo(args.socks, args.http, check=args.check))
+            return _run(demo(args.socks, args.http, check=args.check, page=args.page))
         if args.role == "lab":
             return _lab(args)
         if args.role == "bench":
@@ -683,7 +722,10 @@ async def _volunteer(options: dict[str, Any]) -> None:
 
 
 async def _client(options: dict[str, Any]) -> None:
+    from unwall.client.page import PageConfig, StatusPage, serve_page
     from unwall.client.proxy import LocalProxies
+    from unwall.client.status import ClientStatus
+    from unwall.client.statusline import StatusLine
     from unwall.client.tunnel import Tunnel, TunnelConfig
     from unwall.wire.bridgeline import BridgeLine, BridgeLineError
 
@@ -727,9 +769,15 @@ async def _client(options: dict[str, Any]) -> None:
     proxies = LocalProxies(tunnel)
     socks_host, socks_port = options["socks"]
     http_host, http_port = options["http"]
+    status = ClientStatus(tunnel, proxies)
+    page: Any = None
+    status_line = StatusLine(sys.stdout) if StatusLine.wanted(sys.stdout) else None
     try:
-        await proxies.start_socks(socks_host, socks_port)
-        await proxies.start_http(http_host, http_port)
+        socks = await proxies.start_socks(socks_host, socks_port)
+        http = await proxies.start_http(http_host, http_port)
+        # The addresses bound (a port 0 becomes the one the system chose).
+        socks_host, socks_port = socks.sockets[0].getsockname()[:2]
+        http_host, http_port = http.sockets[0].getsockname()[:2]
         log.info(
             "SOCKS5 proxy on %s:%d, HTTP proxy on %s:%d",
             socks_host,
@@ -737,8 +785,29 @@ async def _client(options: dict[str, Any]) -> None:
             http_host,
             http_port,
         )
-        await tunnel.run()
+        if options["page"] is not None:
+            page_config = PageConfig(
+                socks=(socks_host, socks_port),
+                http=(http_host, http_port),
+                pac_list=options["pac_list"],
+                self_test_url=options["self_test_url"],
+            )
+            page_host, page_port = options["page"]
+            try:
+                page = await serve_page(StatusPage(page_config, status.snapshot), *options["page"])
+            except OSError as exc:
+                raise UsageError(f"{exc.strerror}; choose another with --page HOST:PORT") from None
+            bound = page.addresses[0][1] if page.addresses else page_port
+            shown = f"[{page_host}]" if ":" in page_host else page_host
+            log.info("status page on http://%s:%d/ (open it in a browser)", shown, bound)
+        if status_line is not None:
+            status_line.around_logging()
+        await status.run(tunnel.run(), status_line)
     finally:
+        if status_line is not None:
+            status_line.close()
+        if page is not None:
+            await page.cleanup()
         await proxies.close()
         await _close_engines()
 

@@ -232,6 +232,9 @@ class LocalBridge:
             f"{LOOPBACK}:{http_port}",
             "--host-address",
             self.host,
+            # Its status page on a port of its own (several clients may run here at once),
+            # unless the caller names one.
+            *(() if "--page" in extra else ("--page", f"{LOOPBACK}:0")),
             *extra,
         )
         await self._wait_port(role, socks_port)
@@ -514,18 +517,28 @@ async def fetch_via_http_proxy(proxy_port: int, url: str) -> tuple[int, bytes]:
 # -- unwall demo ---------------------------------------------------------------------------
 
 
-async def demo(socks: tuple[str, int], http: tuple[str, int], *, check: bool) -> int:
+async def demo(
+    socks: tuple[str, int],
+    http: tuple[str, int],
+    *,
+    check: bool,
+    page: tuple[str, int] = (LOOPBACK, 8119),
+) -> int:
     print("unwall demo: starting broker, egress, volunteer and client on this machine ...")
     with tempfile.TemporaryDirectory(prefix="unwall-demo-") as tmp:
         workdir = Path(tmp)
         bridge = LocalBridge(workdir=workdir, socks_port=socks[1], http_port=http[1])
         site = DemoSite(workdir)
         try:
-            for port, what in ((socks[1], "SOCKS5"), (http[1], "HTTP proxy")):
+            for port, flag, what in (
+                (socks[1], "socks", "SOCKS5"),
+                (http[1], "http", "HTTP proxy"),
+                (page[1], "page", "the client's status page"),
+            ):
                 if not _port_free(port):
                     print(
                         f"unwall demo: port {port} ({what}) is in use; pick another with "
-                        f"--{'socks' if what == 'SOCKS5' else 'http'} 127.0.0.1:PORT",
+                        f"--{flag} 127.0.0.1:PORT",
                         file=sys.stderr,
                     )
                     return 1
@@ -534,7 +547,13 @@ async def demo(socks: tuple[str, int], http: tuple[str, int], *, check: bool) ->
                 "demo mode: the egress may reach loopback destinations (127.0.0.0/8); "
                 "a real egress refuses them"
             )
-            await bridge.start_all()
+            await bridge.start_broker()
+            await bridge.start_egress()
+            await bridge.start_volunteer()
+            page_url = f"http://{page[0]}:{page[1]}/"
+            await bridge.start_client(
+                extra=("--page", f"{page[0]}:{page[1]}", "--self-test-url", site.url + "/")
+            )
             status, body, ttfb = await fetch_via_socks(bridge.socks_port, site.url + "/")
             ok = status == 200 and body == TEST_PAGE
             if not ok:
@@ -551,10 +570,19 @@ async def demo(socks: tuple[str, int], http: tuple[str, int], *, check: bool) ->
                 )
                 return 1
             print(f"fetched {site.url}/ through the bridge (HTTP proxy): HTTP {status}")
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(page_url + "status.json") as response,
+            ):
+                shown = (await response.json())["state"]
+            if shown != "connected":
+                print(f"unwall demo: FAILED: the client's page says {shown!r}, not connected")
+                return 1
+            print(f"the client's status page at {page_url} says: connected")
             if check:
                 print("unwall demo --check: OK")
                 return 0
-            _print_usage(bridge, site)
+            _print_usage(bridge, site, page_url)
             await asyncio.Event().wait()
             return 0
         except RoleFailed as exc:
@@ -582,9 +610,14 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _print_usage(bridge: LocalBridge, site: DemoSite) -> None:
+def _print_usage(bridge: LocalBridge, site: DemoSite, page_url: str) -> None:
     print(
         f"""
+Open these two pages in a browser:
+  {page_url:<30}  the client's status page: what a censored user sees
+  {bridge.broker_url + "/":<30}  the broker's page with the volunteer widget: what a
+  {"":<30}  volunteer sees (flip its switch to become a bridge)
+
 unwall is running on this machine:
   SOCKS5 proxy  127.0.0.1:{bridge.socks_port}   (names are resolved at the egress)
   HTTP proxy    127.0.0.1:{bridge.http_port}

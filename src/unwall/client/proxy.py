@@ -93,6 +93,11 @@ class LocalProxies:
         self._tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
 
+    @property
+    def open_connections(self) -> int:
+        """Applications' connections being served now."""
+        return len(self._tasks)
+
     async def start_socks(self, host: str, port: int) -> asyncio.Server:
         return await self._listen(self._serve_socks, host, port)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,21 @@ TURN_HINT = "--ice-server turn:HOST:PORT with --turn-user and --turn-password"
 
 class TunnelUnavailable(Exception):
     """No session to the egress could be had in time; the message says why."""
+
+
+class Problem(enum.Enum):
+    """Why the tunnel is not up (what the status page and line tell the user)."""
+
+    BROKER_UNREACHABLE = "broker_unreachable"
+    NO_VOLUNTEER = "no_volunteer"
+    NO_COMPATIBLE = "no_compatible"  # volunteers, but none that can reach this NAT
+    VOLUNTEER_UNREACHABLE = "volunteer_unreachable"  # WebRTC to the volunteer failed
+    EGRESS_UNREACHABLE = "egress_unreachable"  # volunteers, but the QUIC handshake failed
+    PIN_MISMATCH = "pin_mismatch"
+
+
+class _PathFailed(TunnelUnavailable):
+    """A volunteer's WebRTC path could not be opened."""
 
 
 @dataclass
@@ -144,8 +160,15 @@ class Tunnel:
         self._path_count = 0
         self._closing: set[asyncio.Task[None]] = set()
         self.last_error = "the tunnel is starting"
+        #: why the tunnel is down, when it is and the reason is known (with last_error)
+        self.problem: Problem | None = None
         self.first_ready_at: float | None = None
+        #: when the tunnel last became ready (loop time), None while it is down
+        self.ready_since: float | None = None
         self.switches = 0
+        #: bytes of QUIC datagrams sent and received through volunteers
+        self.bytes_up = 0
+        self.bytes_down = 0
 
     # -- what the proxies call --------------------------------------------------------------
 
@@ -161,6 +184,21 @@ class Tunnel:
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
+
+    @property
+    def volunteers(self) -> int:
+        """Volunteer paths open now (one carries, the others stand by)."""
+        return sum(1 for path in self._pool if not path.dead.is_set())
+
+    def _fail(self, problem: Problem, message: str) -> None:
+        self.problem, self.last_error = problem, message
+
+    def _sender(self, path: VolunteerPath) -> Any:
+        def send(data: bytes) -> None:
+            self.bytes_up += len(data)
+            path.send(data)
+
+        return send
 
     # -- the main loop --------------------------------------------------------------------
 
@@ -204,7 +242,8 @@ class Tunnel:
                 try:
                     session = await self._handshake(path)
                 except (TunnelUnavailable, PinMismatch) as exc:
-                    self.last_error = str(exc)
+                    kind = Problem.PIN_MISMATCH if isinstance(exc, PinMismatch) else None
+                    self._fail(kind or Problem.EGRESS_UNREACHABLE, str(exc))
                     log.warning("%s; retrying in %.0f s", exc, backoff)
                     self._discard(path)
                     await asyncio.sleep(backoff)
@@ -215,18 +254,24 @@ class Tunnel:
                 self._start_keepalive(session)
                 log.info("tunnel ready: session with the egress established, pin verified")
             else:
-                session.switch_path(path.send)
+                session.switch_path(self._sender(path))
                 session.ping()
                 self.switches += 1
                 log.info("tunnel moved to a new volunteer (%s)", path.name)
             self.active = path
+            now = asyncio.get_running_loop().time()
             if self.first_ready_at is None:
-                self.first_ready_at = asyncio.get_running_loop().time()
+                self.first_ready_at = now
+            if self.ready_since is None:
+                self.ready_since = now
+            self.problem = None
             self._ready.set()
             why = await self._watch(session, path)
             self._ready.clear()
             self.active = None
             if session.is_closed:
+                self.ready_since = None
+                self.problem = None  # connecting again
                 self.last_error = f"the session with the egress ended: {session.closed.result()}"
                 log.warning("%s", self.last_error)
                 self.session = None
@@ -265,7 +310,7 @@ class Tunnel:
             FlowControlledConnection(configuration=configuration), name="tunnel", pin=self.pin
         )
         self.session = session
-        session.set_sender(path.send)
+        session.set_sender(self._sender(path))
         session.connect()
         try:
             await asyncio.wait_for(asyncio.shield(session.ready), HANDSHAKE_TIMEOUT)
@@ -313,14 +358,16 @@ class Tunnel:
     async def _wait_out_grace(self, session: QuicSession) -> None:
         """No volunteer left: keep the session for the grace period, then give up."""
         session.set_sender(None)
-        self.last_error = "no volunteer is reachable right now"
+        self.ready_since = None
+        self._fail(Problem.NO_VOLUNTEER, "no volunteer is reachable right now")
         log.warning("no volunteer left; streams wait up to %.0f s for a new one", self.config.grace)
         try:
             await asyncio.wait_for(self._next_path(), self.config.grace)
         except TimeoutError:
-            self.last_error = (
+            self._fail(
+                Problem.NO_VOLUNTEER,
                 f"no volunteer was reachable for {self.config.grace:.0f} s; "
-                "the session was closed and its connections failed"
+                "the session was closed and its connections failed",
             )
             log.error("%s", self.last_error)
             session.close(quic.ERROR_PATH_LOST, "no volunteer within the grace period")
@@ -349,7 +396,7 @@ class Tunnel:
             except (NoVolunteer, BrokerUnavailable, TunnelUnavailable) as exc:
                 reason = self._no_compatible() if isinstance(exc, NoCompatibleVolunteer) else exc
                 if not self._ready.is_set():
-                    self.last_error = str(reason)
+                    self._fail(_problem_of(exc), str(reason))
                 log.warning("%s; retrying in %.0f s", reason, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
@@ -365,6 +412,8 @@ class Tunnel:
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             backoff = 1.0
+            if not self._ready.is_set() and self.problem is not Problem.PIN_MISMATCH:
+                self.problem = None  # a volunteer at last: connecting
             path.on_datagram = self._datagram_in
             self._pool.append(path)
             self._pool_changed.set()
@@ -394,6 +443,7 @@ class Tunnel:
 
     def _datagram_in(self, data: bytes) -> None:
         # Any path may deliver: the egress answers on the one it last heard from.
+        self.bytes_down += len(data)
         if self.session is not None:
             self.session.datagram_received(data)
 
@@ -442,17 +492,27 @@ class Tunnel:
                     if path.dead.is_set()
                     else f"timed out after {PATH_SETUP_TIMEOUT:.0f} s"
                 )
-                raise TunnelUnavailable(self._webrtc_failed(how))
+                raise _PathFailed(self._webrtc_failed(how))
             connected = True
         except webrtc.EngineUnavailable as exc:
-            raise TunnelUnavailable(f"the WebRTC engine failed: {exc}") from exc
+            raise _PathFailed(f"the WebRTC engine failed: {exc}") from exc
         except ValueError as exc:  # the engine's verdict on a malformed answer
-            raise TunnelUnavailable(f"the volunteer's answer was malformed: {exc}") from exc
+            raise _PathFailed(f"the volunteer's answer was malformed: {exc}") from exc
         finally:
             if not connected:
                 await peer.close()
         log.info("connected to a volunteer (%s)", path.name)
         return path
+
+
+def _problem_of(exc: Exception) -> Problem:
+    if isinstance(exc, NoCompatibleVolunteer):
+        return Problem.NO_COMPATIBLE
+    if isinstance(exc, NoVolunteer):
+        return Problem.NO_VOLUNTEER
+    if isinstance(exc, BrokerUnavailable):
+        return Problem.BROKER_UNREACHABLE
+    return Problem.VOLUNTEER_UNREACHABLE
 
 
 def _silence_limit(session: QuicSession) -> float:
