@@ -1,6 +1,17 @@
 // Fakes for driving BrowserVolunteer in node: a manual clock, a scripted broker (fetch),
 // and RTCPeerConnection / RTCDataChannel / WebSocket stand-ins that tests operate by hand.
 
+import { readFileSync } from "node:fs";
+
+import { translator } from "../src/unwall/broker/static/i18n.js";
+
+/** The catalogues, read from disk (the widget fetches them), and English's translator. */
+export function catalogue(lang) {
+  return JSON.parse(readFileSync(new URL(`../src/unwall/broker/static/i18n/${lang}.json`, import.meta.url)));
+}
+export const EN = catalogue("en");
+export const T = translator(EN, "en");
+
 /** Let every pending promise chain run. */
 export async function flush(rounds = 10) {
   for (let i = 0; i < rounds; i += 1) await new Promise((resolve) => setImmediate(resolve));
@@ -207,6 +218,17 @@ export function makeRTC({ gather = "auto" } = {}) {
       this.remoteDescription = { ...description };
     }
 
+    createDataChannel(label) {
+      if (this.closed) throw new DOMException("closed", "InvalidStateError");
+      this.channels = [...(this.channels ?? []), label];
+      return new FakeDataChannel(label, "connecting");
+    }
+
+    async createOffer() {
+      if (this.closed) throw new DOMException("closed", "InvalidStateError");
+      return { type: "offer", sdp: "v=0\r\noffer-without-candidates\r\n" };
+    }
+
     async createAnswer() {
       if (this.closed) throw new DOMException("closed", "InvalidStateError");
       if (instances.failCreateAnswer) throw new DOMException("no answer", "OperationError");
@@ -336,6 +358,7 @@ export async function makeEnv(BrowserVolunteer, options = {}) {
     now: clock.now,
     random: () => 0.5,
     volunteerId: "test-volunteer-0001",
+    selfCheck: false, // its own tests (selfcheck.test.mjs) turn it on
     ...volunteerOptions,
   });
   volunteer.addEventListener("status", (e) => statuses.push(e.detail));

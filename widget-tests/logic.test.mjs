@@ -14,9 +14,13 @@ import {
   TokenBucket,
   formatBytes,
   randomVolunteerId,
+  ERROR_WEBRTC_BLOCKED,
+  formatDuration,
   sparklinePoints,
   statusLine,
 } from "../src/unwall/broker/static/logic.js";
+import { pickLanguage, supportedLanguage, translator } from "../src/unwall/broker/static/i18n.js";
+import { T, catalogue } from "./fakes.mjs";
 
 describe("TokenBucket", () => {
   // Each step: [bytes taken, at time (ms), expected delay (ms)].
@@ -149,12 +153,43 @@ describe("formatBytes", () => {
   }
 });
 
+describe("languages", () => {
+  test("picked from data-lang, then the browser's languages", () => {
+    assert.equal(pickLanguage(["fa-IR", "en-US"]), "fa");
+    assert.equal(pickLanguage([undefined, "de-DE", "ru"]), "ru");
+    assert.equal(pickLanguage(["zh-TW"]), "zh-Hant");
+    assert.equal(pickLanguage(["zh-Hant-HK"]), "zh-Hant");
+    assert.equal(pickLanguage(["zh-CN"]), "zh-Hans");
+    assert.equal(pickLanguage(["zh"]), "zh-Hans");
+    assert.equal(pickLanguage(["ES-mx"]), "es");
+    assert.equal(pickLanguage(["de", "fr"]), "en");
+    assert.equal(pickLanguage([]), "en");
+    assert.equal(supportedLanguage("x".repeat(100)), null);
+  });
+
+  test("durations", () => {
+    assert.equal(formatDuration(42_500, T), "42 s");
+    assert.equal(formatDuration(12 * 60_000 + 5_000, T), "12 min");
+    assert.equal(formatDuration(3 * 3_600_000 + 5 * 60_000, T), "3 h 5 min");
+    assert.equal(formatDuration(-5, T), "0 s");
+  });
+});
+
 describe("statusLine", () => {
   const cases = [
     [{ state: "off" }, "Off"],
     ["off", "Off"],
     [{ state: "starting" }, "Starting…"],
-    [{ state: "idle" }, "Waiting for someone to help"],
+    [{ state: "checking" }, "Checking that this browser can help…"],
+    [{ state: "idle" }, "Ready. No one needs help right now."],
+    [
+      { state: "idle", reach: "hard" },
+      "Ready, but few people can reach this browser: this network seems to block or scramble WebRTC connections.",
+    ],
+    [
+      { state: "error", kind: ERROR_WEBRTC_BLOCKED },
+      "This browser can't relay: WebRTC is blocked here (no connection path could be found).",
+    ],
     [{ state: "helping", clients: 1 }, "Helping 1 person now"],
     [{ state: "helping", clients: 2 }, "Helping 2 people now"],
     [{ state: "helping", clients: 12 }, "Helping 12 people now"],
@@ -186,8 +221,26 @@ describe("statusLine", () => {
     [null, "Off"],
   ];
   for (const [state, expected] of cases) {
-    test(`${JSON.stringify(state)} -> ${expected}`, () => assert.equal(statusLine(state), expected));
+    test(`${JSON.stringify(state)} -> ${expected}`, () => assert.equal(statusLine(state, T), expected));
   }
+
+  test("in other languages, with their plural forms", () => {
+    const ru = translator(catalogue("ru"), "ru", catalogue("en"));
+    assert.equal(statusLine({ state: "helping", clients: 1 }, ru), "Сейчас помогаете 1 человеку");
+    assert.equal(statusLine({ state: "helping", clients: 3 }, ru), "Сейчас помогаете 3 людям");
+    assert.equal(statusLine({ state: "helping", clients: 21 }, ru), "Сейчас помогаете 21 человеку");
+    const zh = translator(catalogue("zh-Hans"), "zh-Hans", catalogue("en"));
+    assert.equal(statusLine({ state: "error", kind: ERROR_BROKER, retryMs: 4000 }, zh), "无法连接 unwall 服务器。4 秒后重试。");
+    const fa = translator(catalogue("fa"), "fa", catalogue("en"));
+    assert.equal(statusLine({ state: "helping", clients: 2 }, fa), "اکنون به 2 نفر کمک می‌کنید");
+  });
+
+  test("a message a catalogue lacks falls back to English, then to its key", () => {
+    const partial = translator({ "status.off": "Aus" }, "de", catalogue("en"));
+    assert.equal(statusLine("off", partial), "Aus");
+    assert.equal(statusLine("starting", partial), "Starting…");
+    assert.equal(translator({}, "en")("no.such.key"), "no.such.key");
+  });
 
   test("the error kinds are the volunteer's names", () => {
     assert.deepEqual([ERROR_BROKER, ERROR_WEBRTC, ERROR_EGRESS, ERROR_OFFER, ERROR_ANSWER, ERROR_CONNECT], [

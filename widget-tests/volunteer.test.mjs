@@ -7,7 +7,7 @@ import {
   ICE_GATHER_TIMEOUT_MS,
 } from "../src/unwall/broker/static/volunteer.js";
 import { statusLine } from "../src/unwall/broker/static/logic.js";
-import { CONFIG, OFFER_SDP, bytes, connectedClient, deliverOffer, makeEnv } from "./fakes.mjs";
+import { CONFIG, OFFER_SDP, T, bytes, connectedClient, deliverOffer, makeEnv } from "./fakes.mjs";
 
 const MiB = 1 << 20;
 const POLL = "/v1/volunteer/poll";
@@ -147,7 +147,7 @@ describe("BrowserVolunteer: signalling", () => {
     assert.equal(env.broker.pending(POLL).length, 1);
     assert.deepEqual(lastStatus(env), { state: "error", kind: "offer-unusable", clients: 0 });
     assert.equal(
-      statusLine(lastStatus(env)),
+      statusLine(lastStatus(env), T),
       "Couldn't answer a person who needed help: this browser can't use their offer.",
     );
     env.volunteer.stop();
@@ -185,7 +185,7 @@ describe("BrowserVolunteer: a person counts as helped once their channel opens",
     await deliverOffer(env);
     await clock.advance(CHANNEL_OPEN_TIMEOUT_MS);
     assert.deepEqual(lastStatus(env), { state: "error", kind: "connect-failed", clients: 0 });
-    assert.equal(statusLine(lastStatus(env)), CONNECT_FAILED);
+    assert.equal(statusLine(lastStatus(env), T), CONNECT_FAILED);
     assert.ok(!env.statuses.some((s) => s.state === "helping"), JSON.stringify(env.statuses));
     assert.deepEqual(volunteer.stats(), {
       clientsNow: 0,
@@ -235,7 +235,7 @@ describe("BrowserVolunteer: a person counts as helped once their channel opens",
     pc.setIceConnectionState("failed");
     await env.clock.advance(0);
     assert.deepEqual(lastStatus(env), { state: "error", kind: "connect-failed", clients: 1 });
-    assert.equal(statusLine(lastStatus(env)), `${CONNECT_FAILED} Helping 1 person now.`);
+    assert.equal(statusLine(lastStatus(env), T), `${CONNECT_FAILED} Helping 1 person now.`);
     env.volunteer.stop();
   });
 
@@ -281,7 +281,7 @@ describe("BrowserVolunteer: a person counts as helped once their channel opens",
       assert.equal(env.pcs[0].closeCalls, 1);
       assert.deepEqual(lastStatus(env), { state: "error", kind: "answer-undelivered", clients: 0 });
       assert.equal(
-        statusLine(lastStatus(env)),
+        statusLine(lastStatus(env), T),
         "Couldn't answer a person who needed help: the unwall server didn't take the answer.",
       );
       env.volunteer.stop();
@@ -336,7 +336,7 @@ describe("BrowserVolunteer: broker trouble", () => {
     broker.one(CONFIG_PATH).fail();
     await clock.advance(0);
     assert.deepEqual(lastStatus(env), { state: "error", kind: "broker-unreachable", clients: 0, retryMs: 1000 });
-    assert.equal(statusLine(lastStatus(env)), "Can't reach the unwall server. Retrying in 1 s.");
+    assert.equal(statusLine(lastStatus(env), T), "Can't reach the unwall server. Retrying in 1 s.");
     await clock.advance(999);
     assert.equal(broker.all(CONFIG_PATH).length, 1);
     await clock.advance(1);
@@ -390,7 +390,7 @@ describe("BrowserVolunteer: broker trouble", () => {
     env.volunteer.start();
     await env.clock.advance(0);
     assert.deepEqual(lastStatus(env), { state: "error", kind: "webrtc-unavailable", clients: 0 });
-    assert.equal(statusLine(lastStatus(env)), "This browser can't relay: WebRTC is unavailable.");
+    assert.equal(statusLine(lastStatus(env), T), "This browser can't relay: WebRTC is unavailable.");
     assert.equal(env.broker.requests.length, 0);
     assert.equal(env.volunteer.running, false);
     await env.clock.advance(60_000);
@@ -561,7 +561,7 @@ describe("BrowserVolunteer: closing", () => {
     env.sockets[0].refuse();
     await clock.advance(0);
     assert.deepEqual(lastStatus(env), { state: "error", kind: "egress-unreachable", clients: 0, retryMs: 1000 });
-    assert.equal(statusLine(lastStatus(env)), "Can't reach the unwall exit server. Retrying in 1 s.");
+    assert.equal(statusLine(lastStatus(env), T), "Can't reach the unwall exit server. Retrying in 1 s.");
     assert.equal(pc.closeCalls, 1);
     assert.equal(channel.closeCalls, 1);
     assert.equal(volunteer.stats().clientsNow, 0);

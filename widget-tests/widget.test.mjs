@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 
 import { defaultBrokerUrl, mount, widgets } from "../src/unwall/broker/static/unwall-widget.js";
 import { BrowserVolunteer } from "../src/unwall/broker/static/volunteer.js";
-import { CONFIG, FakeBroker, FakeClock, OFFER_SDP, makeRTC, makeWebSocket } from "./fakes.mjs";
+import { CONFIG, FakeBroker, FakeClock, OFFER_SDP, T, makeRTC, makeWebSocket } from "./fakes.mjs";
 import { FakeDocument, FakeStorage } from "./dom.mjs";
 
 const POLL = "/v1/volunteer/poll";
@@ -24,6 +24,7 @@ function setup(storageEntries = {}, attributes = {}) {
     clearTimeout: clock.clearTimeout,
     now: clock.now,
     random: () => 0.5,
+    selfCheck: false,
   };
   return { clock, broker, pcs: rtc.pcs, sockets: ws.sockets, storage, doc, element, volunteerOptions };
 }
@@ -45,7 +46,7 @@ async function openClient(env, offerId) {
 describe("widget", () => {
   test("first visit: everything there, switched off", () => {
     const env = setup();
-    const widget = mount(env.element, { volunteerOptions: env.volunteerOptions });
+    const widget = mount(env.element, { t: T, volunteerOptions: env.volunteerOptions });
     const { element } = env;
     assert.ok(widgets.includes(widget));
     assert.ok(element.classList.contains("unwall-widget"));
@@ -64,6 +65,7 @@ describe("widget", () => {
       "People helped now: 0",
       "People helped in total: 0",
       "Data relayed: 0 B",
+      "Time on: 0 s",
     ]);
     assert.ok(element.querySelector("polyline"));
     assert.equal(element.getAttribute("data-state"), "off");
@@ -79,8 +81,8 @@ describe("widget", () => {
   test("the stylesheet is injected once, next to the script", () => {
     const env = setup();
     const second = env.doc.placeholder();
-    const a = mount(env.element, { volunteerOptions: env.volunteerOptions });
-    const b = mount(second, { volunteerOptions: env.volunteerOptions });
+    const a = mount(env.element, { t: T, volunteerOptions: env.volunteerOptions });
+    const b = mount(second, { t: T, volunteerOptions: env.volunteerOptions });
     const links = env.doc.querySelectorAll("link[data-unwall-widget-style]");
     assert.equal(links.length, 1);
     assert.equal(links[0].getAttribute("rel"), "stylesheet");
@@ -93,7 +95,7 @@ describe("widget", () => {
   test("switching on and off: persisted, relays, counts, closes everything", async () => {
     const env = setup({}, { "data-broker": "http://broker.test", "data-capacity": "3" });
     const { element, clock, broker } = env;
-    const widget = mount(element, { volunteerOptions: env.volunteerOptions });
+    const widget = mount(element, { t: T, volunteerOptions: env.volunteerOptions });
     element.querySelector("button").click();
     assert.equal(element.querySelector("button").getAttribute("aria-checked"), "true");
     assert.equal(env.storage.getItem("unwall.enabled"), "1");
@@ -103,7 +105,7 @@ describe("widget", () => {
 
     await clock.advance(0);
     assert.equal(element.getAttribute("data-state"), "idle");
-    assert.equal(text(element, "unwall-widget__status"), "Waiting for someone to help");
+    assert.equal(text(element, "unwall-widget__status"), "Ready. No one needs help right now.");
     const poll = broker.one(POLL);
     assert.equal(poll.url, "http://broker.test/v1/volunteer/poll");
     assert.equal(poll.body.capacity, 3);
@@ -125,10 +127,17 @@ describe("widget", () => {
       "People helped now: 1",
       "People helped in total: 1",
       "Data relayed: 1.5 kB",
+      "Time on: 1 s",
     ]);
+    assert.equal(env.storage.getItem("unwall.msOn"), "1000", "the time on is remembered");
     const points = element.querySelector("polyline").getAttribute("points").split(" ");
     assert.equal(points.length, 60);
     assert.equal(points.at(-1), "120,0", "the latest second is the peak");
+    // The last hour, a point a minute: this minute holds what was relayed.
+    const hour = element.querySelectorAll("polyline")[1].getAttribute("points").split(" ");
+    assert.equal(hour.length, 60);
+    assert.equal(hour.at(-1), "120,0");
+    assert.equal(element.getAttribute("data-hour-bytes"), "1500");
 
     const volunteer = element.unwallVolunteer;
     element.querySelector("button").click();
@@ -149,7 +158,7 @@ describe("widget", () => {
 
   test("if it was on, it starts on load; the total carries over", async () => {
     const env = setup({ "unwall.enabled": "1", "unwall.totalHelped": "41" });
-    const widget = mount(env.element, { brokerUrl: "http://broker.test", volunteerOptions: env.volunteerOptions });
+    const widget = mount(env.element, { t: T, brokerUrl: "http://broker.test", volunteerOptions: env.volunteerOptions });
     assert.equal(env.element.querySelector("button").getAttribute("aria-checked"), "true");
     assert.ok(env.element.unwallVolunteer);
     assert.equal(env.element.getAttribute("data-clients-total"), "41");
@@ -163,14 +172,14 @@ describe("widget", () => {
 
   test("a garbage total shows 0", () => {
     const env = setup({ "unwall.totalHelped": "NaN" });
-    const widget = mount(env.element, { volunteerOptions: env.volunteerOptions });
+    const widget = mount(env.element, { t: T, volunteerOptions: env.volunteerOptions });
     assert.equal(lines(env.element)[1], "People helped in total: 0");
     widget.destroy();
   });
 
   test("errors are shown and styled distinctly", async () => {
     const env = setup({ "unwall.enabled": "1" });
-    const widget = mount(env.element, {
+    const widget = mount(env.element, { t: T,
       brokerUrl: "http://broker.test",
       volunteerOptions: { ...env.volunteerOptions, RTCPeerConnection: undefined },
     });
@@ -186,14 +195,14 @@ describe("widget", () => {
 
   test("an answered offer whose connection fails: nobody counted, and the reason shown", async () => {
     const env = setup({ "unwall.enabled": "1" });
-    const widget = mount(env.element, { brokerUrl: "http://broker.test", volunteerOptions: env.volunteerOptions });
+    const widget = mount(env.element, { t: T, brokerUrl: "http://broker.test", volunteerOptions: env.volunteerOptions });
     await env.clock.advance(0);
     env.broker.one(POLL).respond(200, { version: 1, status: "offer", offer_id: "x", sdp: OFFER_SDP });
     await env.clock.advance(0);
     env.broker.one("/v1/volunteer/answer").respond(200, { version: 1, status: "ok" });
     await env.clock.advance(1000);
     const status = env.element.querySelector("[aria-live]");
-    assert.equal(status.textContent, "Waiting for someone to help");
+    assert.equal(status.textContent, "Ready. No one needs help right now.");
     assert.equal(env.element.getAttribute("data-clients-now"), "0");
     env.pcs[0].setIceConnectionState("failed");
     await env.clock.advance(1000);
@@ -210,7 +219,7 @@ describe("widget", () => {
 
   test("data-max-rate reaches the volunteer", () => {
     const env = setup({}, { "data-max-rate": "250000", "data-capacity": "nope" });
-    const widget = mount(env.element, { volunteerOptions: env.volunteerOptions });
+    const widget = mount(env.element, { t: T, volunteerOptions: env.volunteerOptions });
     assert.equal(widget.maxRate, 250000);
     assert.equal(widget.capacity, 4);
     widget.setEnabled(true);

@@ -358,8 +358,8 @@ window.RTCPeerConnection = class extends NativePeerConnection {{
     }});
   }}
 }};
-const {{ widgets }} = await import({widget});
-const widget = widgets[0];
+const {{ mountedWidgets }} = await import({widget});
+const [widget] = await mountedWidgets();
 widget.setEnabled(true);
 setInterval(() => {{
   const el = widget.element;

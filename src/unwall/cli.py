@@ -232,6 +232,12 @@ EGRESS_OPTIONS = [
 VOLUNTEER_OPTIONS = [
     Option("--broker", "broker URL", None, url),
     Option(
+        "--check",
+        "check this volunteer (broker, egress, NAT, who could reach it), print the verdict "
+        "and exit: 0 when ready, 1 when not",
+        is_switch=True,
+    ),
+    Option(
         "--metrics",
         "serve Prometheus metrics on this address, e.g. 127.0.0.1:9108 (default: none)",
         None,
@@ -685,7 +691,7 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _volunteer(options: dict[str, Any]) -> None:
+async def _volunteer(options: dict[str, Any]) -> int:
     from unwall.volunteer.headless import Volunteer, VolunteerConfig
 
     if not options["broker"] or not options["egress"]:
@@ -709,6 +715,17 @@ async def _volunteer(options: dict[str, Any]) -> None:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if options["check"]:
+        import aiohttp
+
+        try:
+            await volunteer.learn_nat()
+            async with aiohttp.ClientSession() as http:
+                check = await volunteer.self_check(http)
+        finally:
+            await _close_engines()
+        print(f"unwall volunteer: {check.line()}")
+        return 0 if check.ready else 1
     log.info(
         "volunteer serving up to %d clients (broker %s, egress %s)",
         options["capacity"],
@@ -719,6 +736,7 @@ async def _volunteer(options: dict[str, Any]) -> None:
         await volunteer.run()
     finally:
         await _close_engines()
+    return 0
 
 
 async def _client(options: dict[str, Any]) -> None:

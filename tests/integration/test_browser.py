@@ -91,7 +91,8 @@ async def test_browser_volunteer_carries_a_download(
         await switch.click()
         assert await switch.get_attribute("aria-checked") == "true"
         await _wait_attr(page, "data-state", "idle")
-        assert "Waiting for someone to help" in await page.inner_text("[data-unwall-widget]")
+        shown = await page.inner_text("[data-unwall-widget]")
+        assert "Ready. No one needs help right now." in shown
 
         client = await _start_client(bridge, "--dtls-role", dtls_role)
         await _wait_attr(page, "data-clients-now", "1")

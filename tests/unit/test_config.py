@@ -591,6 +591,7 @@ stream_wait = 1
         "nat": "symmetric",
         "webrtc": "chromium",
         "metrics": None,
+        "check": None,
     }
     client = real(["client", *config], CLIENT_OPTIONS, "client")
     assert client["broker"] == "http://127.0.0.1:8080/"
@@ -598,6 +599,8 @@ stream_wait = 1
     assert client["http"] == ("127.0.0.1", 3128)
     assert client["stream_wait"] == 1.0
     assert client["webrtc"] == "aiortc"  # the default engine
+    assert client["page"] == ("127.0.0.1", 8119)  # the status page, by default
+    assert client["pac_list"] is None and client["self_test_url"] is None
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from unwall.transport.droptail import DropTailQueue
 from unwall.transport.natcheck import learn_nat_kind
 from unwall.transport.quic import MAX_DATAGRAM_SIZE
 from unwall.transport.ratelimit import TokenBucket
+from unwall.volunteer.selfcheck import SelfCheck, Verdict, self_check
 from unwall.wire import broker as messages
 from unwall.wire.nat import NatKind
 
@@ -69,16 +71,26 @@ class VolunteerStats:
     bytes_to_egress: int = 0
     bytes_to_clients: int = 0
     dropped: int = 0
+    seconds_on: int = 0  # since it started
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
     def summary(self) -> str:
         return (
-            f"clients now {self.clients_now}, total {self.clients_total}; "
+            f"clients now {self.clients_now}, helped {self.clients_total}; "
             f"relayed {self.bytes_to_egress / 1e6:.1f} MB to the egress, "
-            f"{self.bytes_to_clients / 1e6:.1f} MB to clients; {self.dropped} messages dropped"
+            f"{self.bytes_to_clients / 1e6:.1f} MB to clients; {self.dropped} messages "
+            f"dropped; on for {_duration(self.seconds_on)}"
         )
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 class Volunteer:
@@ -99,6 +111,13 @@ class Volunteer:
         self.nat: NatKind = config.nat or "unknown"
         #: TURN credentials the broker handed us with its last answer (used after our own)
         self.broker_turn: tuple[messages.TurnServer, ...] = ()
+        #: the self-check at start (None until it has run)
+        self.check: SelfCheck | None = None
+        self._started: float | None = None
+
+    def _count_time_on(self) -> None:
+        if self._started is not None:
+            self.stats.seconds_on = int(time.monotonic() - self._started)
 
     @property
     def relay(self) -> bool:
@@ -106,24 +125,53 @@ class Volunteer:
         return webrtc.has_turn(self.ice_servers) or bool(self.broker_turn)
 
     def stats_json(self) -> str:
-        """The statistics as JSON, for whatever embeds the volunteer."""
-        return json.dumps(self.stats.as_dict())
+        """The statistics as JSON, for whatever embeds the volunteer, with the self-check's
+        verdict under "check"."""
+        self._count_time_on()
+        stats: dict[str, object] = {**self.stats.as_dict()}
+        stats["check"] = self.check.as_dict() if self.check is not None else None
+        return json.dumps(stats)
 
-    async def run(self) -> None:
-        """Poll the broker for clients until cancelled; then stop every relay."""
+    async def learn_nat(self) -> None:
         self.nat = await learn_nat_kind(
             self.config.ice_servers, webrtc.pinned_host_addresses(), self.config.nat
         )
+
+    async def self_check(self, http: aiohttp.ClientSession) -> SelfCheck:
+        """Reach the broker and the egress (with the NAT measured), log the verdict in one
+        line, and keep it in `check`."""
+        self.check = await self_check(
+            http, self.config.broker_url, self.config.egress_url, self.nat, self.relay
+        )
+        log.log(
+            logging.INFO if self.check.ready else logging.WARNING,
+            "self-check: %s",
+            self.check.line(),
+        )
+        return self.check
+
+    async def run(self) -> None:
+        """Measure the NAT, then poll the broker for clients (while checking itself) until
+        cancelled; then stop every relay. A failed check is logged and polling goes on
+        (the broker or the egress may come back)."""
+        self._started = time.monotonic()
+        await self.learn_nat()
         reporter = asyncio.create_task(self._report_stats())
         runner = await self._serve_metrics() if self.config.metrics else None
+        checking: asyncio.Task[SelfCheck] | None = None
         try:
             async with aiohttp.ClientSession() as http:
+                # Beside the first polls, not before them: a slow egress delays no client.
+                checking = asyncio.create_task(self.self_check(http))
                 await self._poll_loop(http)
         finally:
             reporter.cancel()
+            if checking is not None:
+                checking.cancel()
             if runner is not None:
                 await runner.cleanup()
             await self.stop()
+            self._count_time_on()
             log.info("volunteer stopped: %s", self.stats.summary())
 
     def metrics_registry(self) -> CollectorRegistry:
@@ -188,6 +236,7 @@ class Volunteer:
     async def _report_stats(self) -> None:
         while True:
             await asyncio.sleep(self.config.stats_interval)
+            self._count_time_on()
             log.info("stats: %s", self.stats.summary())
 
     async def stop(self) -> None:
@@ -267,6 +316,16 @@ class _VolunteerCounts(Collector):
         )
         nat.add_metric([self._volunteer.nat], 1)
         yield nat
+        check = self._volunteer.check
+        if check is not None:
+            verdict = GaugeMetricFamily(
+                "unwall_volunteer_check",
+                "The self-check's verdict at start (1 for the verdict).",
+                labels=["verdict"],
+            )
+            for kind in Verdict:
+                verdict.add_metric([kind.value], 1 if check.verdict is kind else 0)
+            yield verdict
 
 
 class ClientRelay:

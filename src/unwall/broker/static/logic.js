@@ -12,6 +12,8 @@ export const ERROR_WEBRTC = "webrtc-unavailable";
 export const ERROR_EGRESS = "egress-unreachable";
 /** This browser could not take a client's offer (setRemoteDescription or createAnswer failed). */
 export const ERROR_OFFER = "offer-unusable";
+/** WebRTC exists in this browser but finds no way out (no ICE candidate at all). */
+export const ERROR_WEBRTC_BLOCKED = "webrtc-blocked";
 /** The broker did not take the answer to an offer (an HTTP error, or no answer at all). */
 export const ERROR_ANSWER = "answer-undelivered";
 /** The answer went out, but the client's DataChannel never opened (ICE or DTLS failed). */
@@ -97,14 +99,10 @@ export function formatBytes(n) {
   return `${text} ${UNITS[unit]}`;
 }
 
-function helping(n) {
-  return `Helping ${n} ${n === 1 ? "person" : "people"} now`;
-}
-
 /** After a failure with one client, the others it still carries (" Helping 2 people now."). */
-function stillHelping(s) {
+function stillHelping(s, t) {
   const n = Number(s.clients) || 0;
-  return n > 0 ? ` ${helping(n)}.` : "";
+  return n > 0 ? ` ${t("status.helping", { n })}.` : "";
 }
 
 function retrySeconds(ms) {
@@ -112,52 +110,65 @@ function retrySeconds(ms) {
   return Math.max(1, s);
 }
 
+const ERROR_KEYS = {
+  [ERROR_BROKER]: "error.broker",
+  [ERROR_WEBRTC]: "error.webrtc",
+  [ERROR_WEBRTC_BLOCKED]: "error.webrtc_blocked",
+  [ERROR_EGRESS]: "error.egress",
+  [ERROR_OFFER]: "error.offer",
+  [ERROR_ANSWER]: "error.answer",
+  [ERROR_CONNECT]: "error.connect",
+};
+
+/** Errors about one client: the widget goes on helping the others. */
+const ONE_CLIENT = new Set([ERROR_OFFER, ERROR_ANSWER, ERROR_CONNECT]);
+
 /**
- * The one-line status shown to the volunteer. `state` is an object as emitted by the
- * volunteer's `status` event (`{state: "helping", clients: 2}`, `{state: "error", kind,
- * retryMs}`), or just the state's name.
+ * The one-line status shown to the volunteer, in the language of `t` (i18n.js
+ * `translator`). `state` is an object as emitted by the volunteer's `status` event
+ * (`{state: "helping", clients: 2}`, `{state: "error", kind, retryMs}`, `{state: "idle",
+ * reach: "hard"}`), or just the state's name.
  */
-export function statusLine(state) {
+export function statusLine(state, t) {
   const s = typeof state === "string" ? { state } : state ?? { state: "off" };
   switch (s.state) {
-    case "off":
-      return "Off";
     case "starting":
-      return "Starting…";
+      return t("status.starting");
+    case "checking":
+      return t("status.checking");
     case "idle":
-      return "Waiting for someone to help";
+      return t(s.reach === "hard" ? "status.hard_to_reach" : "status.idle");
     case "helping":
-      return helping(Number(s.clients) || 0);
-    case "error":
-      switch (s.kind) {
-        case ERROR_BROKER:
-          return `Can't reach the unwall server. Retrying in ${retrySeconds(s.retryMs)} s.`;
-        case ERROR_WEBRTC:
-          return "This browser can't relay: WebRTC is unavailable.";
-        case ERROR_EGRESS:
-          return `Can't reach the unwall exit server. Retrying in ${retrySeconds(s.retryMs)} s.`;
-        case ERROR_OFFER:
-          return "Couldn't answer a person who needed help: this browser can't use their offer." + stillHelping(s);
-        case ERROR_ANSWER:
-          return "Couldn't answer a person who needed help: the unwall server didn't take the answer." + stillHelping(s);
-        case ERROR_CONNECT:
-          return "Couldn't connect to a person who needed help (their network or yours blocks it)." + stillHelping(s);
-        default:
-          return "Something went wrong.";
-      }
+      return t("status.helping", { n: Number(s.clients) || 0 });
+    case "error": {
+      const key = ERROR_KEYS[s.kind];
+      if (!key) return t("error.other");
+      const text = t(key, { seconds: retrySeconds(s.retryMs) });
+      return ONE_CLIENT.has(s.kind) ? text + stillHelping(s, t) : text;
+    }
     default:
-      return "Off";
+      return t("status.off");
   }
 }
 
+/** A duration for people, in the language of `t`: "42 s", "12 min", "3 h 5 min". */
+export function formatDuration(ms, t) {
+  const seconds = Math.max(0, Math.floor((Number(ms) || 0) / 1000));
+  if (seconds < 60) return t("duration.seconds", { n: seconds });
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return t("duration.minutes", { m: minutes, n: minutes });
+  return t("duration.hours", { h: Math.floor(minutes / 60), m: minutes % 60, n: minutes % 60 });
+}
+
 /**
- * Bytes relayed per second over the last `size` seconds (a ring buffer).
- * `samples(now)` lists them oldest first, ending with the current (partial) second;
- * seconds with no traffic are 0.
+ * Bytes relayed per second over the last `size` seconds (a ring buffer); with `slotMs`
+ * 60000, per minute over the last `size` minutes. `samples(now)` lists them oldest first,
+ * ending with the current (partial) slot; slots with no traffic are 0.
  */
 export class ThroughputHistory {
-  constructor(size = 60) {
+  constructor(size = 60, slotMs = 1000) {
     this.size = size;
+    this.slotMs = slotMs;
     this.values = new Array(size).fill(0);
     this.seconds = new Array(size).fill(null);
   }
@@ -169,7 +180,7 @@ export class ThroughputHistory {
   add(bytes, now) {
     const n = Number(bytes);
     if (!Number.isFinite(n) || n <= 0) return;
-    const second = Math.floor(now / 1000);
+    const second = Math.floor(now / this.slotMs);
     const i = this._slot(second);
     if (this.seconds[i] === second) {
       this.values[i] += n;
@@ -181,7 +192,7 @@ export class ThroughputHistory {
   }
 
   samples(now) {
-    const current = Math.floor(now / 1000);
+    const current = Math.floor(now / this.slotMs);
     const out = [];
     for (let second = current - this.size + 1; second <= current; second += 1) {
       const i = this._slot(second);
@@ -217,6 +228,7 @@ export function sparklinePoints(samples, width, height) {
 
 export const ENABLED_KEY = "unwall.enabled";
 export const TOTAL_HELPED_KEY = "unwall.totalHelped";
+export const TIME_ON_KEY = "unwall.msOn";
 
 /**
  * The widget's remembered state in a Storage-like object (localStorage). Storage may be
@@ -277,6 +289,19 @@ export class PersistedState {
     this.totalHelped = total;
     return this.totalHelped;
   }
+
+  /** How long (ms) the switch has been on in this browser, over every visit. */
+  get msOn() {
+    const raw = this._get(TIME_ON_KEY);
+    if (typeof raw !== "string" || !/^\d{1,15}$/.test(raw.trim())) return 0;
+    return Number(raw.trim());
+  }
+
+  addTimeOn(ms) {
+    const add = Math.max(0, Math.floor(Number(ms) || 0));
+    if (add > 0) this._set(TIME_ON_KEY, String(this.msOn + add));
+    return this.msOn;
+  }
 }
 
 const ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -334,6 +359,33 @@ export function turnServers(turn) {
     out.push({ urls, username, credential });
   }
   return out;
+}
+
+/**
+ * What a gathered SDP says about who can reach this browser: "blocked" (no candidate at
+ * all), "hard" (a STUN server was given but no server-reflexive candidate came, so UDP is
+ * likely blocked; or two of them from one local socket with different ports, a NAT that
+ * maps each destination apart), else "ok". A TURN server lets anyone in: "ok" whenever a
+ * candidate came.
+ */
+export function iceReach(sdp, stunServers = 0, turn = false) {
+  const candidates = String(sdp ?? "")
+    .split(/\r?\n/)
+    .filter((line) => line.startsWith("a=candidate:"))
+    .map((line) => line.split(" "));
+  if (candidates.length === 0) return "blocked";
+  if (turn) return "ok";
+  const reflexive = candidates.filter((c) => c[7] === "srflx");
+  if (stunServers > 0 && reflexive.length === 0) return "hard";
+  const ports = new Map(); // local socket -> mapped ports seen
+  for (const c of reflexive) {
+    const at = (name) => c[c.indexOf(name) + 1];
+    const local = `${at("raddr")}:${at("rport")}`;
+    if (!ports.has(local)) ports.set(local, new Set());
+    ports.get(local).add(c[5]);
+  }
+  for (const seen of ports.values()) if (seen.size > 1) return "hard";
+  return "ok";
 }
 
 /**

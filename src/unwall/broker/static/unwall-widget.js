@@ -6,20 +6,24 @@
 // On load it mounts into every [data-unwall-widget] element. Options on the element:
 // data-broker (the broker's URL; default: where this script came from, minus /widget/...),
 // data-capacity (clients at once, default 4), data-max-rate (bytes per second over both
-// directions; default: no cap).
+// directions; default: no cap), data-lang (its language: en, zh-Hans, zh-Hant, fa, ru, es;
+// default: the first of the browser's languages there is a catalogue for, else English).
 //
 // For tests and embedders, each mounted element has `unwallVolunteer` (the running
 // BrowserVolunteer, or null while off) and keeps data-state (off|starting|idle|helping|
 // error), data-clients-now (people whose data channel is open), data-clients-total (people
 // helped in total, as shown) and data-bytes-relayed (both directions, since the page
 // loaded) current.
-// window.unwallWidgets lists the mounted widgets.
+// window.unwallWidgets lists the mounted widgets; mountedWidgets() resolves to them once the
+// page's placeholders are mounted (after their catalogues have loaded).
 
 import { BrowserVolunteer } from "./volunteer.js";
+import { direction, loadCatalogue, pickLanguage, translator } from "./i18n.js";
 import {
   PersistedState,
   ThroughputHistory,
   formatBytes,
+  formatDuration,
   sparklinePoints,
   statusLine,
 } from "./logic.js";
@@ -33,6 +37,33 @@ const TICK_MS = 1000;
 
 /** Every widget mounted on this page. */
 export const widgets = [];
+
+/** English, once loaded: what a widget mounted without a translator speaks. */
+let english = {};
+const englishLoaded = loadCatalogue("en", { base: SCRIPT_URL }).then((catalogue) => {
+  english = catalogue;
+  return catalogue;
+});
+
+/** The translator for `lang` (English filling in anything its catalogue lacks). */
+export async function translatorFor(lang, { fetch } = {}) {
+  const fallback = await (fetch ? loadCatalogue("en", { base: SCRIPT_URL, fetch }) : englishLoaded);
+  const catalogue = lang === "en" ? fallback : await loadCatalogue(lang, { base: SCRIPT_URL, fetch });
+  return translator(catalogue, lang, fallback);
+}
+
+/** The language a widget on `element` speaks: its data-lang, else the browser's. */
+export function languageOf(element, win = globalThis) {
+  const nav = win.navigator ?? {};
+  const browser = Array.isArray(nav.languages) && nav.languages.length ? nav.languages : [nav.language];
+  return pickLanguage([element.dataset?.lang, ...browser]);
+}
+
+/** Mount a widget in its language (loading the catalogue first); see `mount`. */
+export async function mountLocalized(element, options = {}) {
+  const t = options.t ?? (await translatorFor(languageOf(element)));
+  return mount(element, { ...options, t });
+}
 
 let idCounter = 0;
 
@@ -76,8 +107,9 @@ function localStorageOf(win) {
 
 /**
  * Mount a widget into `element`. Options override the element's data attributes:
- * {brokerUrl, capacity, maxRate, storage, volunteerOptions, createVolunteer}.
- * Mounting an element twice returns the first widget.
+ * {brokerUrl, capacity, maxRate, storage, volunteerOptions, createVolunteer, t}; `t` is
+ * the translator it speaks (i18n.js; default English, once loaded: mountLocalized waits
+ * for its language). Mounting an element twice returns the first widget.
  */
 export function mount(element, options = {}) {
   if (element.unwallWidget) return element.unwallWidget;
@@ -91,7 +123,9 @@ export function mount(element, options = {}) {
   const maxRate = options.maxRate ?? positiveInt(data.maxRate) ?? null;
   const state = new PersistedState(options.storage !== undefined ? options.storage : localStorageOf(win));
   const history = new ThroughputHistory(60);
+  const hour = new ThroughputHistory(60, 60_000);
   const now = () => win.performance?.now?.() ?? Date.now();
+  const t = options.t ?? translator(english, "en");
 
   // ----- the DOM ---------------------------------------------------------------------
   idCounter += 1;
@@ -99,8 +133,10 @@ export function mount(element, options = {}) {
   element.classList.add("unwall-widget");
   element.setAttribute("role", "region");
   element.setAttribute("aria-labelledby", titleId);
+  element.setAttribute("lang", t.lang);
+  element.setAttribute("dir", direction(t.lang));
 
-  const title = el(doc, "h2", "unwall-widget__title", "Help people get past censorship");
+  const title = el(doc, "h2", "unwall-widget__title", t("widget.title"));
   title.id = titleId;
 
   const button = el(doc, "button", "unwall-widget__switch");
@@ -110,12 +146,12 @@ export function mount(element, options = {}) {
   const track = el(doc, "span", "unwall-widget__track");
   track.setAttribute("aria-hidden", "true");
   track.appendChild(el(doc, "span", "unwall-widget__knob"));
-  const label = el(doc, "span", "unwall-widget__label", "Be a bridge");
-  const onOff = el(doc, "span", "unwall-widget__onoff", "Off");
+  const label = el(doc, "span", "unwall-widget__label", t("widget.switch"));
+  const onOff = el(doc, "span", "unwall-widget__onoff", t("widget.off"));
   onOff.setAttribute("aria-hidden", "true");
   button.append(track, label, onOff);
 
-  const status = el(doc, "p", "unwall-widget__status", statusLine({ state: "off" }));
+  const status = el(doc, "p", "unwall-widget__status", statusLine({ state: "off" }, t));
   status.setAttribute("aria-live", "polite");
 
   const list = el(doc, "ul", "unwall-widget__stats");
@@ -126,29 +162,38 @@ export function mount(element, options = {}) {
     list.appendChild(item);
     return number;
   };
-  const nowValue = line("People helped now: ", "0");
-  const totalValue = line("People helped in total: ", String(state.totalHelped));
-  const bytesValue = line("Data relayed: ", formatBytes(0));
+  const nowValue = line(t("widget.now"), "0");
+  const totalValue = line(t("widget.total"), String(state.totalHelped));
+  const bytesValue = line(t("widget.bytes"), formatBytes(0));
+  const timeValue = line(t("widget.time_on"), formatDuration(state.msOn, t));
 
-  const svg = doc.createElementNS(SVG_NS, "svg");
-  svg.setAttribute("class", "unwall-widget__spark");
-  svg.setAttribute("viewBox", `0 -2 ${SPARK_WIDTH} ${SPARK_HEIGHT + 4}`);
-  svg.setAttribute("preserveAspectRatio", "none");
-  svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", "Data relayed per second over the last minute");
-  const polyline = doc.createElementNS(SVG_NS, "polyline");
-  polyline.setAttribute("fill", "none");
-  polyline.setAttribute("vector-effect", "non-scaling-stroke");
-  polyline.setAttribute("points", sparklinePoints(history.samples(now()), SPARK_WIDTH, SPARK_HEIGHT));
-  svg.appendChild(polyline);
+  const chart = (className, labelKey, samples) => {
+    const svg = doc.createElementNS(SVG_NS, "svg");
+    svg.setAttribute("class", className);
+    svg.setAttribute("viewBox", `0 -2 ${SPARK_WIDTH} ${SPARK_HEIGHT + 4}`);
+    svg.setAttribute("preserveAspectRatio", "none");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", t(labelKey));
+    const title = doc.createElementNS(SVG_NS, "title");
+    title.textContent = t(labelKey);
+    const polyline = doc.createElementNS(SVG_NS, "polyline");
+    polyline.setAttribute("fill", "none");
+    polyline.setAttribute("vector-effect", "non-scaling-stroke");
+    polyline.setAttribute("points", sparklinePoints(samples, SPARK_WIDTH, SPARK_HEIGHT));
+    svg.append(title, polyline);
+    return [svg, polyline];
+  };
+  const [svg, polyline] = chart("unwall-widget__spark", "widget.spark", history.samples(now()));
+  const [hourSvg, hourLine] = chart("unwall-widget__spark unwall-widget__hour", "widget.hour", hour.samples(now()));
 
-  element.replaceChildren(title, button, status, list, svg);
+  element.replaceChildren(title, button, status, list, svg, hourSvg);
 
   // ----- behaviour -------------------------------------------------------------------
   let volunteer = null;
   let credited = 0; // the volunteer's clientsTotal already added to the persisted total
   let lastBytes = 0;
   let ticker = null;
+  let onSince = null; // when the time on was last counted, while the switch is on
 
   const widget = {
     element,
@@ -166,7 +211,7 @@ export function mount(element, options = {}) {
   };
 
   function renderStatus(s) {
-    status.textContent = statusLine(s);
+    status.textContent = statusLine(s, t);
     status.classList.toggle("unwall-widget__status--error", s.state === "error");
     element.setAttribute("data-state", s.state);
   }
@@ -187,7 +232,19 @@ export function mount(element, options = {}) {
   }
 
   function drawSparkline() {
-    polyline.setAttribute("points", sparklinePoints(history.samples(now()), SPARK_WIDTH, SPARK_HEIGHT));
+    const at = now();
+    polyline.setAttribute("points", sparklinePoints(history.samples(at), SPARK_WIDTH, SPARK_HEIGHT));
+    hourLine.setAttribute("points", sparklinePoints(hour.samples(at), SPARK_WIDTH, SPARK_HEIGHT));
+    element.setAttribute("data-hour-bytes", String(hour.samples(at).reduce((a, b) => a + b, 0)));
+  }
+
+  function countTimeOn() {
+    if (onSince === null) return;
+    const at = now();
+    state.addTimeOn(at - onSince);
+    onSince = at;
+    timeValue.textContent = formatDuration(state.msOn, t);
+    element.setAttribute("data-ms-on", String(state.msOn));
   }
 
   function tick() {
@@ -195,9 +252,11 @@ export function mount(element, options = {}) {
       const s = volunteer.stats();
       const bytes = s.bytesToEgress + s.bytesToClients;
       history.add(bytes - lastBytes, now());
+      hour.add(bytes - lastBytes, now());
       lastBytes = bytes;
       renderStats(s);
     }
+    countTimeOn();
     drawSparkline();
   }
 
@@ -216,8 +275,9 @@ export function mount(element, options = {}) {
     on = Boolean(on);
     if (persist) state.enabled = on;
     button.setAttribute("aria-checked", on ? "true" : "false");
-    onOff.textContent = on ? "On" : "Off";
+    onOff.textContent = t(on ? "widget.on" : "widget.off");
     if (on) {
+      if (onSince === null) onSince = now();
       const v = ensureVolunteer();
       element.unwallVolunteer = v;
       if (ticker === null) ticker = win.setInterval(tick, TICK_MS);
@@ -229,6 +289,7 @@ export function mount(element, options = {}) {
       if (ticker !== null) win.clearInterval(ticker);
       ticker = null;
       tick();
+      onSince = null;
       renderStatus({ state: "off" });
     }
   }
@@ -252,12 +313,24 @@ export function mount(element, options = {}) {
   return widget;
 }
 
-function mountAll() {
-  for (const element of document.querySelectorAll("[data-unwall-widget]")) mount(element);
+async function mountAll() {
+  for (const element of document.querySelectorAll("[data-unwall-widget]")) {
+    if (!element.unwallWidget) await mountLocalized(element);
+  }
+  return widgets;
+}
+
+let autoMounted = Promise.resolve(widgets);
+
+/** The widgets of the page's placeholders, once mounted (each in its language). */
+export function mountedWidgets() {
+  return autoMounted;
 }
 
 if (typeof window !== "undefined") window.unwallWidgets = widgets;
 if (typeof document !== "undefined") {
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", mountAll, { once: true });
-  else mountAll();
+  autoMounted =
+    document.readyState === "loading"
+      ? new Promise((resolve) => document.addEventListener("DOMContentLoaded", () => resolve(mountAll()), { once: true }))
+      : mountAll();
 }

@@ -13,7 +13,9 @@ import {
   ERROR_EGRESS,
   ERROR_OFFER,
   ERROR_WEBRTC,
+  ERROR_WEBRTC_BLOCKED,
   QUEUE_BYTES,
+  iceReach,
   TokenBucket,
   iceServerList,
   randomVolunteerId,
@@ -30,6 +32,8 @@ export const CHANNEL_OPEN_TIMEOUT_MS = 20000;
 export const REQUEST_TIMEOUT_MS = 60000;
 /** Byte counters are reported at most this often (client counts at once). */
 export const STATS_INTERVAL_MS = 500;
+/** The self-check's WebSocket to the egress must open within this. */
+export const CHECK_TIMEOUT_MS = 10000;
 
 const EGRESS = "egress";
 const CLIENT = "client";
@@ -72,6 +76,8 @@ export class BrowserVolunteer extends EventTarget {
     this.capacity = Math.max(1, Math.floor(Number(options.capacity ?? 4)) || 4);
     this.maxRate = Number(options.maxRate) > 0 ? Number(options.maxRate) : null;
     this.volunteerId = options.volunteerId ?? randomVolunteerId(options.crypto ?? g.crypto);
+    // Before the first poll: can it reach the egress, and can anyone reach it (ICE)?
+    this.selfCheck = options.selfCheck ?? true;
 
     // Platform functions are called through wrappers so that the browser's own are never
     // called with a `this` they reject.
@@ -108,6 +114,10 @@ export class BrowserVolunteer extends EventTarget {
     this._nextClientId = 1;
     this._stats = { clientsNow: 0, clientsTotal: 0, bytesToEgress: 0, bytesToClients: 0, dropped: 0 };
     this.status = { state: "off" };
+    this._checking = false;
+    this._probes = new Set();
+    // What the self-check found: "ok", "hard" (few clients can reach us), or null (none yet).
+    this.reach = null;
   }
 
   /**
@@ -156,6 +166,7 @@ export class BrowserVolunteer extends EventTarget {
     try {
       for (const controller of this._controllers) controller.abort();
       this._controllers.clear();
+      for (const end of [...this._probes]) end(false);
       for (const sleep of this._sleeps) {
         this._clearTimeout(sleep.timer);
         sleep.resolve();
@@ -186,8 +197,9 @@ export class BrowserVolunteer extends EventTarget {
     }
     if (!this._running) return { state: "off" };
     if (!this._config) return { state: "starting" };
+    if (this._checking) return { state: "checking" };
     if (clients > 0) return { state: "helping", clients };
-    return { state: "idle" };
+    return this.reach === "hard" ? { state: "idle", reach: "hard" } : { state: "idle" };
   }
 
   _updateStatus() {
@@ -338,6 +350,7 @@ export class BrowserVolunteer extends EventTarget {
     this._brokerBackoff.reset();
     this._clearError(ERROR_BROKER);
     this._updateStatus();
+    if (this.selfCheck && !(await this._check(gen))) return;
 
     while (gen === this._gen) {
       if (this._clients.size >= this.capacity) {
@@ -569,6 +582,87 @@ export class BrowserVolunteer extends EventTarget {
       if (!client.wsOpen) this._egressFailed(client);
       else this._closeClient(client);
     };
+  }
+
+  // ----- the self-check ----------------------------------------------------------------
+
+  /**
+   * Before the first poll: the egress takes a WebSocket (retried with backoff until it
+   * does), and a throwaway peer connection gathers ICE candidates: none at all is WebRTC
+   * blocked (no poll then: nobody could be helped); no server-reflexive one although a
+   * STUN server was given, or a NAT that maps each destination apart, is "hard" to reach.
+   * Returns whether to go on polling.
+   */
+  async _check(gen) {
+    this._checking = true;
+    this._updateStatus();
+    try {
+      while (gen === this._gen) {
+        if (await this._egressAnswers()) break;
+        if (gen !== this._gen) return false;
+        const delay = this._egressBackoff.next();
+        this._setError(ERROR_EGRESS, delay);
+        await this._sleep(delay);
+      }
+      if (gen !== this._gen) return false;
+      this._egressBackoff.reset();
+      this._clearError(ERROR_EGRESS);
+      const sdp = await this._gatherOnce();
+      if (gen !== this._gen) return false;
+      this.reach = iceReach(sdp, this._config.stunUrls.length, this._turn.length > 0);
+      if (this.reach === "blocked") {
+        this._error = { kind: ERROR_WEBRTC_BLOCKED };
+        return false;
+      }
+      return true;
+    } finally {
+      this._checking = false;
+      this._updateStatus();
+    }
+  }
+
+  _egressAnswers() {
+    return new Promise((resolve) => {
+      let ws;
+      let timer = null;
+      const done = (ok) => {
+        if (timer !== null) this._clearTimeout(timer);
+        timer = null;
+        this._probes.delete(done);
+        if (ws) {
+          ws.onopen = ws.onerror = ws.onclose = null;
+          safely(() => ws.close());
+        }
+        resolve(ok);
+      };
+      try {
+        ws = new this._WebSocket(this._config.egressUrl);
+      } catch {
+        resolve(false);
+        return;
+      }
+      this._probes.add(done); // stop() ends it at once
+      timer = this._setTimeout(() => done(false), CHECK_TIMEOUT_MS);
+      ws.onopen = () => done(true);
+      ws.onerror = () => done(false);
+      ws.onclose = () => done(false);
+    });
+  }
+
+  async _gatherOnce() {
+    let pc;
+    try {
+      pc = this._newPeerConnection();
+      pc.createDataChannel("unwall-check");
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      await this._gathered({ pc });
+      return pc.localDescription?.sdp ?? "";
+    } catch {
+      return "";
+    } finally {
+      if (pc) safely(() => pc.close());
+    }
   }
 
   _egressFailed(client) {
