@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import aiohttp
-from spread import summarize
+from spread import report
 
 from unwall.local import LocalBridge
 from unwall.transport import quic
@@ -182,15 +181,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     runs = [asyncio.run(one_run(args.sessions, args.seconds)) for _ in range(args.runs)]
-    summary: dict[str, object] = {
-        "sessions": args.sessions,
-        "seconds": args.seconds,
-        "runs": args.runs,
-    }
-    summary.update(summarize(runs, digits=1))
-    summary["each_run"] = runs
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    settings = {"sessions": args.sessions, "seconds": args.seconds, "runs": args.runs}
+    report(settings, runs, args.json, digits=1)
     return 0
 
 

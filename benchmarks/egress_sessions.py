@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import aiohttp
 from egress_memory import RelaySession, relay_session, rss_mb
-from spread import summarize
+from spread import report
 
 from unwall.local import LocalBridge, cpu_seconds
 from unwall.transport.quic import QuicSession, read_header
@@ -189,16 +188,13 @@ def main() -> int:
         asyncio.run(one_run(args.sessions, args.seconds, args.streams_per_second, args.size))
         for _ in range(args.runs)
     ]
-    summary: dict[str, object] = {
+    settings = {
         "sessions": args.sessions,
         "seconds": args.seconds,
         "streams_per_second_per_session": args.streams_per_second,
         "stream_bytes": args.size,
     }
-    summary.update(summarize(runs, digits=2))
-    summary["each_run"] = runs
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    report(settings, runs, args.json, digits=2)
     return 0
 
 

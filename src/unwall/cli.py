@@ -305,8 +305,9 @@ CLIENT_OPTIONS = [
     ),
     Option(
         "--self-test-url",
-        "the page the status page's self-test fetches through the tunnel",
-        None,
+        "the page the status page's self-test fetches through the tunnel (default: "
+        "https://example.com/, the documentation domain reserved by IANA)",
+        "https://example.com/",
         url,
     ),
     *PEER_OPTIONS,

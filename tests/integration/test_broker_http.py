@@ -147,9 +147,32 @@ async def serving(config: BrokerConfig, *, handler_cancellation: bool) -> AsyncI
             yield Broker(url, runner.app, http)
     finally:
         started = time.monotonic()
-        await runner.cleanup()
+        cleanup = asyncio.ensure_future(runner.cleanup())
+        done, _ = await asyncio.wait({cleanup}, timeout=10.0)
+        if not done:
+            # Say what is stuck rather than hang until the suite's timeout.
+            stacks = [
+                f"{task.get_name()}:\n{_awaiting(task)}"
+                for task in asyncio.all_tasks()
+                if task is not asyncio.current_task()
+            ]
+            cleanup.cancel()
+            raise AssertionError("the broker did not shut down in 10 s:\n" + "\n".join(stacks))
+        await cleanup
     # A handler left waiting on a future nobody settles would hold shutdown up for seconds.
     assert time.monotonic() - started < 1.0, "a request handler was left hanging"
+
+
+def _awaiting(task: asyncio.Task[Any]) -> str:
+    """What a suspended task waits on: its chain of awaited coroutines, innermost last."""
+    lines = []
+    coro: Any = task.get_coro()
+    while coro is not None and len(lines) < 20:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+    return "\n".join(lines) + "\n"
 
 
 CONFIG = BrokerConfig(poll_timeout=0.5, answer_timeout=0.5)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from pages import one_page
 
 from unwall.browser import chromium_in, chromium_missing
 from unwall.local import DemoSite, LocalBridge, RoleProcess, download_via_socks, local_bridge
@@ -161,20 +161,8 @@ NEWS_PAGE = """<!doctype html>
 @contextlib.asynccontextmanager
 async def embedding_site(host: str, broker_url: str) -> AsyncIterator[str]:
     """Another origin (same address, another port) whose page embeds the widget."""
-    page = NEWS_PAGE.format(broker=broker_url)
-
-    async def index(request: web.Request) -> web.Response:
-        return web.Response(text=page, content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/", index)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, 0).start()
-        yield f"http://{host}:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with one_page(host, NEWS_PAGE.format(broker=broker_url)) as origin:
+        yield origin
 
 
 def _cors_complaints(messages: list[str]) -> list[str]:

@@ -88,7 +88,7 @@ async def test_graceful_volunteer_stop(bridge: LocalBridge, site: DemoSite) -> N
     assert code == 0
     assert loop.time() - started < 3.0, "a graceful stop finishes quickly"
     text = carrier.log_path.read_text()
-    assert "volunteer stopped: clients now 0, total " in text
+    assert "volunteer stopped: clients now 0, helped " in text
     assert "Traceback" not in text
     result = await asyncio.wait_for(task, 120)
     assert result.sha256 == digest

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from pages import one_page
 
 from unwall.broker.server import STATIC_DIR, BrokerConfig, create_app
 from unwall.browser import chromium_here, chromium_missing
@@ -77,6 +78,7 @@ async def test_every_language_from_the_browser(broker_url: str, artifacts: Path)
                 left = [text for text in english_texts if text in shown]
                 assert left == [], f"{lang}: still in English: {left}"
             await page.screenshot(path=str(artifacts / f"widget-page-{lang}.png"), full_page=True)
+            await widget.screenshot(path=str(artifacts / f"widget-{lang}.png"))
             if lang == "fa":
                 await _right_to_left(page)
             else:
@@ -119,25 +121,37 @@ async def test_data_lang_wins_on_another_site(broker_url: str, artifacts: Path) 
         "<div data-unwall-widget data-lang='ru'></div></body></html>"
     )
 
-    async def index(_: web.Request) -> web.Response:
-        return web.Response(text=page_html, content_type="text/html")
+    async with one_page(LOOPBACK, page_html) as site, chromium_here() as browser:
+        context = await browser.new_context(locale="en-US")
+        page = await context.new_page()
+        await page.goto(f"{site}/")
+        await page.wait_for_selector("[data-unwall-widget][data-state]", timeout=15_000)
+        words = catalogue("ru")
+        assert await page.text_content(".unwall-widget__title") == words["widget.title"]
+        assert await page.text_content(".unwall-widget__onoff") == words["widget.off"]
+        await page.screenshot(path=str(artifacts / "widget-data-lang-ru.png"))
+        await context.close()
 
-    app = web.Application()
-    app.router.add_get("/", index)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, LOOPBACK, port).start()
-    try:
-        async with chromium_here() as browser:
-            context = await browser.new_context(locale="en-US")
-            page = await context.new_page()
-            await page.goto(f"http://{LOOPBACK}:{port}/")
-            await page.wait_for_selector("[data-unwall-widget][data-state]", timeout=15_000)
-            words = catalogue("ru")
-            assert await page.text_content(".unwall-widget__title") == words["widget.title"]
-            assert await page.text_content(".unwall-widget__onoff") == words["widget.off"]
-            await page.screenshot(path=str(artifacts / "widget-data-lang-ru.png"))
-            await context.close()
-    finally:
-        await runner.cleanup()
+
+async def test_the_widget_says_what_is_wrong_in_its_language(
+    broker_url: str, artifacts: Path
+) -> None:
+    """Switched on against a broker whose egress does not answer (its URL is a closed
+    port): the self-check says so, in Spanish."""
+    words = catalogue("es")
+    async with chromium_here() as browser:
+        context = await browser.new_context(locale="es-ES")
+        page = await context.new_page()
+        await page.goto(broker_url + "/")
+        await _ready(page, "es")
+        await page.click(".unwall-widget__switch")
+        await page.wait_for_function(
+            "() => document.querySelector('[data-unwall-widget]').dataset.state === 'error'",
+            timeout=20_000,
+        )
+        shown = await page.text_content(".unwall-widget__status") or ""
+        expected = words["error.egress"].split("{seconds}")[0]
+        assert shown.startswith(expected), shown
+        assert await page.text_content(".unwall-widget__onoff") == words["widget.on"]
+        await page.screenshot(path=str(artifacts / "widget-egress-unreachable-es.png"))
+        await context.close()

@@ -600,7 +600,8 @@ stream_wait = 1
     assert client["stream_wait"] == 1.0
     assert client["webrtc"] == "aiortc"  # the default engine
     assert client["page"] == ("127.0.0.1", 8119)  # the status page, by default
-    assert client["pac_list"] is None and client["self_test_url"] is None
+    assert client["pac_list"] is None
+    assert client["self_test_url"] == "https://example.com/"
 
 
 @pytest.mark.parametrize(

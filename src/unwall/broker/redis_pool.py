@@ -34,6 +34,10 @@ from unwall.wire.nat import NAT_KINDS, NatKind
 
 log = logging.getLogger("unwall.broker")
 
+#: Closing waits at most this long (seconds) for each step: a broker shutting down while
+#: Redis is gone must not hang.
+CLOSE_TIMEOUT: Final = 2.0
+
 
 # Forward an answer only if the offer was handed to this volunteer; first answer wins.
 _FORWARD: Final = """
@@ -96,6 +100,7 @@ class RedisPool(Pool):
         self._problem: str | None = None
         self._changed = asyncio.Event()
         self._heart: asyncio.Task[None] | None = None
+        self._closed = False
         self._forward = self._redis.register_script(_FORWARD)
         self._publish = self._redis.register_script(_PUBLISH)
         self._passed_over = self._redis.register_script(_PASSED_OVER)
@@ -131,13 +136,19 @@ class RedisPool(Pool):
         self._heart = asyncio.create_task(self._heartbeat())
 
     async def close(self) -> None:
+        # The loops stop at this flag, not only on cancellation: a cancel that lands inside
+        # a redis-py command can come out as a RedisError (or, on Python 3.11, be lost in
+        # a timeout), and a loop that caught it would run on, and be waited for, forever.
+        self._closed = True
         if self._heart is not None:
             self._heart.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heart
-        with contextlib.suppress(RedisError):
-            await self._redis.zrem(self._key("brokers"), self.broker_id)
-        await self._redis.aclose()
+            await asyncio.wait({self._heart}, timeout=CLOSE_TIMEOUT)
+        with contextlib.suppress(RedisError, TimeoutError):
+            await asyncio.wait_for(
+                self._redis.zrem(self._key("brokers"), self.broker_id), CLOSE_TIMEOUT
+            )
+        with contextlib.suppress(RedisError, TimeoutError):
+            await asyncio.wait_for(self._redis.aclose(), CLOSE_TIMEOUT)
 
     async def _beat(self) -> None:
         now = time.time()
@@ -149,7 +160,7 @@ class RedisPool(Pool):
 
     async def _heartbeat(self) -> None:
         failures = 0
-        while True:
+        while not self._closed:
             await asyncio.sleep(HEARTBEAT)
             try:
                 await self._beat()
@@ -274,7 +285,7 @@ class RedisPool(Pool):
 
     async def deliveries(self) -> AsyncIterator[Delivery]:
         inbox = self._key("inbox", self.broker_id)
-        while True:
+        while not self._closed:
             try:
                 item = await self._redis.blpop([inbox], timeout=1)
             except RedisError:

@@ -835,7 +835,7 @@ class Broker:
 
     async def _claimer(self) -> None:
         assert self.pool is not None
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._claim_wanted.wait(), CLAIM_INTERVAL)
             self._claim_wanted.clear()
@@ -852,7 +852,7 @@ class Broker:
     async def _follow_pool(self) -> None:
         """Take published offers back while the pool is unreachable; share again after."""
         assert self.pool is not None
-        while True:
+        while not self._closing:
             usable = await self.pool.wait_change()
             if usable:
                 self._process_events()  # publishes what waits here
@@ -917,7 +917,7 @@ class Broker:
         for offer_id in list(self._offers):
             self._settle_offer(offer_id, _SHUTTING_DOWN)
         for task in self._background:
-            task.cancel()
+            task.cancel()  # and they stop at self._closing, should a cancel be lost
         for offer_id in list(self._shared):
             self._forget_shared(offer_id)
             if self.pool is not None:
