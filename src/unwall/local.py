@@ -218,29 +218,40 @@ class LocalBridge:
         broker: str | None = None,
     ) -> RoleProcess:
         socks_port = socks_port or self.socks_port
-        http_port = http_port or self.http_port
         role = await self.spawn(
-            "client",
+            "client", *self.client_args(pin, extra, socks_port, http_port, broker)
+        )
+        await self._wait_port(role, socks_port)
+        if wait_ready:
+            await self.wait_log(role, "tunnel ready", timeout=60)
+        return role
+
+    def client_args(
+        self,
+        pin: str | None = None,
+        extra: tuple[str, ...] = (),
+        socks_port: int | None = None,
+        http_port: int | None = None,
+        broker: str | None = None,
+    ) -> list[str]:
+        """A client's command line from its role on (`client --broker ...`)."""
+        return [
             "client",
             "--broker",
             broker or self.broker_url,
             "--pin",
             pin or self.pin,
             "--socks",
-            f"{LOOPBACK}:{socks_port}",
+            f"{LOOPBACK}:{socks_port or self.socks_port}",
             "--http",
-            f"{LOOPBACK}:{http_port}",
+            f"{LOOPBACK}:{http_port or self.http_port}",
             "--host-address",
             self.host,
             # Its status page on a port of its own (several clients may run here at once),
             # unless the caller names one.
             *(() if "--page" in extra else ("--page", f"{LOOPBACK}:0")),
             *extra,
-        )
-        await self._wait_port(role, socks_port)
-        if wait_ready:
-            await self.wait_log(role, "tunnel ready", timeout=60)
-        return role
+        ]
 
     async def wait_log(self, role: RoleProcess, text: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -241,24 +241,10 @@ async def test_a_terminal_gets_one_status_line(bridge: LocalBridge) -> None:
     await bridge.start_egress()
     await bridge.start_volunteer()
     master, slave = pty.openpty()
-    args = [
-        sys.executable,
-        "-m",
-        "unwall",
-        "client",
-        "--broker",
-        bridge.broker_url,
-        "--pin",
-        bridge.pin,
-        "--socks",
-        f"{LOOPBACK}:{free_port()}",
-        "--http",
-        f"{LOOPBACK}:{free_port()}",
-        "--host-address",
-        bridge.host,
-        "--page",
-        "off",
-    ]
+    client = bridge.client_args(
+        extra=("--page", "off"), socks_port=free_port(), http_port=free_port()
+    )
+    args = [sys.executable, "-m", "unwall", *client]
     process = await asyncio.create_subprocess_exec(
         *args, stdin=asyncio.subprocess.DEVNULL, stdout=slave, stderr=slave,
         env={**os.environ, "TERM": "xterm", "COLUMNS": "200"},

@@ -144,12 +144,7 @@ class StatusPage:
     async def _only_loopback(
         self, request: web.Request, handler: Callable[[web.Request], object]
     ) -> web.StreamResponse:
-        host = (
-            request.host.rsplit(":", 1)[0]
-            if not request.host.startswith("[")
-            else (request.host.split("]", 1)[0] + "]")
-        )
-        if not is_loopback(host):
+        if not is_loopback(request.url.host or ""):
             return web.Response(status=403, text="this page answers only to localhost\n")
         response = await handler(request)  # type: ignore[misc]
         assert isinstance(response, web.StreamResponse)

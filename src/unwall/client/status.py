@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from unwall.client.tunnel import Problem
+from unwall.units import human_duration, human_rate
 
 if TYPE_CHECKING:
     from unwall.client.proxy import LocalProxies
@@ -166,9 +167,8 @@ class StatusTracker:
             last = Sample(0.0, False, None, "starting", 0, 0, 0, 0, 0, None)
         state = state_of(last.ready, last.problem)
         title, advice = WORDS[state]
-        window = NOW_WINDOW
-        down = list(self._down)[-window:]
-        up = list(self._up)[-window:]
+        down = list(self._down)[-NOW_WINDOW:]
+        up = list(self._up)[-NOW_WINDOW:]
         return Snapshot(
             state=state.value,
             title=title,
@@ -189,24 +189,6 @@ class StatusTracker:
             history_down=[round(v, 1) for v in self._down],
             history_up=[round(v, 1) for v in self._up],
         )
-
-
-def human_rate(rate: float) -> str:
-    """Bytes a second, as a person reads it: 0 B/s, 950 B/s, 12.3 kB/s, 1.2 MB/s."""
-    for unit, size in (("MB/s", 1e6), ("kB/s", 1e3)):
-        if rate >= size:
-            return f"{rate / size:.1f} {unit}"
-    return f"{rate:.0f} B/s"
-
-
-def human_duration(seconds: float) -> str:
-    """5 s, 3 min 12 s, 2 h 5 min."""
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60} s"
-    return f"{whole // 3600} h {whole % 3600 // 60} min"
 
 
 def status_line(snapshot: Snapshot) -> str:

@@ -71,10 +71,6 @@ class Problem(enum.Enum):
     PIN_MISMATCH = "pin_mismatch"
 
 
-class _PathFailed(TunnelUnavailable):
-    """A volunteer's WebRTC path could not be opened."""
-
-
 @dataclass
 class TunnelConfig:
     broker_url: str
@@ -242,8 +238,9 @@ class Tunnel:
                 try:
                     session = await self._handshake(path)
                 except (TunnelUnavailable, PinMismatch) as exc:
-                    kind = Problem.PIN_MISMATCH if isinstance(exc, PinMismatch) else None
-                    self._fail(kind or Problem.EGRESS_UNREACHABLE, str(exc))
+                    wrong_pin = isinstance(exc, PinMismatch)
+                    problem = Problem.PIN_MISMATCH if wrong_pin else Problem.EGRESS_UNREACHABLE
+                    self._fail(problem, str(exc))
                     log.warning("%s; retrying in %.0f s", exc, backoff)
                     self._discard(path)
                     await asyncio.sleep(backoff)
@@ -492,12 +489,12 @@ class Tunnel:
                     if path.dead.is_set()
                     else f"timed out after {PATH_SETUP_TIMEOUT:.0f} s"
                 )
-                raise _PathFailed(self._webrtc_failed(how))
+                raise TunnelUnavailable(self._webrtc_failed(how))
             connected = True
         except webrtc.EngineUnavailable as exc:
-            raise _PathFailed(f"the WebRTC engine failed: {exc}") from exc
+            raise TunnelUnavailable(f"the WebRTC engine failed: {exc}") from exc
         except ValueError as exc:  # the engine's verdict on a malformed answer
-            raise _PathFailed(f"the volunteer's answer was malformed: {exc}") from exc
+            raise TunnelUnavailable(f"the volunteer's answer was malformed: {exc}") from exc
         finally:
             if not connected:
                 await peer.close()

@@ -31,6 +31,7 @@ from unwall.transport.droptail import DropTailQueue
 from unwall.transport.natcheck import learn_nat_kind
 from unwall.transport.quic import MAX_DATAGRAM_SIZE
 from unwall.transport.ratelimit import TokenBucket
+from unwall.units import human_duration
 from unwall.volunteer.selfcheck import SelfCheck, Verdict, self_check
 from unwall.wire import broker as messages
 from unwall.wire.nat import NatKind
@@ -71,26 +72,26 @@ class VolunteerStats:
     bytes_to_egress: int = 0
     bytes_to_clients: int = 0
     dropped: int = 0
-    seconds_on: int = 0  # since it started
+    #: when the volunteer started (monotonic clock); None before
+    started: float | None = None
+
+    @property
+    def seconds_on(self) -> int:
+        return 0 if self.started is None else int(time.monotonic() - self.started)
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        counts = asdict(self)
+        del counts["started"]
+        counts["seconds_on"] = self.seconds_on
+        return counts
 
     def summary(self) -> str:
         return (
             f"clients now {self.clients_now}, helped {self.clients_total}; "
             f"relayed {self.bytes_to_egress / 1e6:.1f} MB to the egress, "
             f"{self.bytes_to_clients / 1e6:.1f} MB to clients; {self.dropped} messages "
-            f"dropped; on for {_duration(self.seconds_on)}"
+            f"dropped; on for {human_duration(self.seconds_on)}"
         )
-
-
-def _duration(seconds: int) -> str:
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 class Volunteer:
@@ -113,11 +114,6 @@ class Volunteer:
         self.broker_turn: tuple[messages.TurnServer, ...] = ()
         #: the self-check at start (None until it has run)
         self.check: SelfCheck | None = None
-        self._started: float | None = None
-
-    def _count_time_on(self) -> None:
-        if self._started is not None:
-            self.stats.seconds_on = int(time.monotonic() - self._started)
 
     @property
     def relay(self) -> bool:
@@ -127,7 +123,6 @@ class Volunteer:
     def stats_json(self) -> str:
         """The statistics as JSON, for whatever embeds the volunteer, with the self-check's
         verdict under "check"."""
-        self._count_time_on()
         stats: dict[str, object] = {**self.stats.as_dict()}
         stats["check"] = self.check.as_dict() if self.check is not None else None
         return json.dumps(stats)
@@ -154,7 +149,7 @@ class Volunteer:
         """Measure the NAT, then poll the broker for clients (while checking itself) until
         cancelled; then stop every relay. A failed check is logged and polling goes on
         (the broker or the egress may come back)."""
-        self._started = time.monotonic()
+        self.stats.started = time.monotonic()
         await self.learn_nat()
         reporter = asyncio.create_task(self._report_stats())
         runner = await self._serve_metrics() if self.config.metrics else None
@@ -171,7 +166,6 @@ class Volunteer:
             if runner is not None:
                 await runner.cleanup()
             await self.stop()
-            self._count_time_on()
             log.info("volunteer stopped: %s", self.stats.summary())
 
     def metrics_registry(self) -> CollectorRegistry:
@@ -236,7 +230,6 @@ class Volunteer:
     async def _report_stats(self) -> None:
         while True:
             await asyncio.sleep(self.config.stats_interval)
-            self._count_time_on()
             log.info("stats: %s", self.stats.summary())
 
     async def stop(self) -> None:

@@ -46,9 +46,9 @@ const englishLoaded = loadCatalogue("en", { base: SCRIPT_URL }).then((catalogue)
 });
 
 /** The translator for `lang` (English filling in anything its catalogue lacks). */
-export async function translatorFor(lang, { fetch } = {}) {
-  const fallback = await (fetch ? loadCatalogue("en", { base: SCRIPT_URL, fetch }) : englishLoaded);
-  const catalogue = lang === "en" ? fallback : await loadCatalogue(lang, { base: SCRIPT_URL, fetch });
+export async function translatorFor(lang) {
+  const fallback = await englishLoaded;
+  const catalogue = lang === "en" ? fallback : await loadCatalogue(lang, { base: SCRIPT_URL });
   return translator(catalogue, lang, fallback);
 }
 
