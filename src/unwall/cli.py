@@ -76,6 +76,14 @@ def webrtc_engine(text: str) -> str:
     return text
 
 
+def carrier_kind(text: str) -> str:
+    from unwall.transport.webrtc import CARRIERS
+
+    if text not in CARRIERS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(CARRIERS)}, not {text!r}")
+    return text
+
+
 #: What a WebRTC peer (client or headless volunteer) takes besides its ICE servers.
 PEER_OPTIONS = [
     *ICE_OPTIONS,
@@ -95,10 +103,18 @@ PEER_OPTIONS = [
     Option(
         "--webrtc",
         "WebRTC engine: aiortc (in this process) or chromium (Debian's Chromium, headless, "
-        "carries the WebRTC hop: on the wire it is a browser's, byte for byte; it needs "
-        "/usr/bin/chromium and is slower on lossy paths)",
+        "carries the WebRTC hop: on the wire it is a browser's video call, byte for byte; it "
+        "needs /usr/bin/chromium)",
         "aiortc",
         webrtc_engine,
+    ),
+    Option(
+        "--carrier",
+        "how datagrams cross the WebRTC hop: media (in a video call's frames; --webrtc "
+        "chromium only, and its default) or datachannel (the aiortc engine's only one); a "
+        "peer that has only the data channel is served over it either way",
+        None,
+        carrier_kind,
     ),
 ]
 
@@ -711,6 +727,7 @@ async def _volunteer(options: dict[str, Any]) -> int:
                 turn_password=options["turn_password"],
                 nat=options["nat"],
                 webrtc=options["webrtc"],
+                carrier=options["carrier"],
                 metrics=options["metrics"],
             )
         )
@@ -781,6 +798,7 @@ async def _client(options: dict[str, Any]) -> None:
                 turn_password=options["turn_password"],
                 nat=options["nat"],
                 webrtc=options["webrtc"],
+                carrier=options["carrier"],
             )
         )
     except ValueError as exc:

@@ -3,7 +3,8 @@
 Run by test_webrtc_engines.py inside a network namespace of its own (`unshare -n`), so
 that Chromium sees only the address set up here. Prints one JSON object: what arrived on
 each side, the SDP facts, and what happened when the engine's browser was killed.
-Usage: python engine_pair.py OFFERER ANSWERER ADDRESS
+Usage: python engine_pair.py OFFERER ANSWERER ADDRESS [CARRIER]
+(CARRIER: what both ends prefer; default: each engine's own)
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def _network(address: str) -> None:
     webrtc.set_host_addresses([address])
 
 
-async def main(offerer_engine: str, answerer_engine: str) -> dict[str, object]:
-    offerer = webrtc.engine(offerer_engine).new_peer([])
-    answerer = webrtc.engine(answerer_engine).new_peer([])
+async def main(
+    offerer_engine: str, answerer_engine: str, carrier: str | None = None
+) -> dict[str, object]:
+    offerer = webrtc.engine(offerer_engine).new_peer([], carrier=carrier)
+    answerer = webrtc.engine(answerer_engine).new_peer([], carrier=carrier)
     got: dict[str, list[bytes]] = {"offerer": [], "answerer": []}
     offerer.on_message = got["offerer"].append
     answerer.on_message = got["answerer"].append
@@ -53,7 +56,9 @@ async def main(offerer_engine: str, answerer_engine: str) -> dict[str, object]:
             sent[name].add(hashlib.sha256(data).hexdigest())
             assert peer.send(data)
         if i % 20 == 0:
-            await asyncio.sleep(0.01)  # no flood: nothing should need dropping
+            # No flood: nothing should need dropping. The media carrier starts at its start
+            # bitrate (2.5 Mbit/s), and holds no more than a quarter of a second of it.
+            await asyncio.sleep(0.1 if offerer.carrier == webrtc.MEDIA else 0.01)
     deadline = asyncio.get_running_loop().time() + 10
     while (len(got["offerer"]) < COUNT or len(got["answerer"]) < COUNT) and (
         asyncio.get_running_loop().time() < deadline
@@ -69,7 +74,11 @@ async def main(offerer_engine: str, answerer_engine: str) -> dict[str, object]:
         == sent["offerer"],
         "max_message_size": [offerer.remote_max_message_size, answerer.remote_max_message_size],
         "local_sdp_kept": offerer.local_sdp == offer and answerer.local_sdp == answer,
+        "carriers": [offerer.carrier, answerer.carrier],
     }
+    counts = getattr(offerer, "carrier_counts", None)
+    if counts is not None:
+        result["offerer_counts"] = await counts()
     # A browser that dies takes its peers with it, at once, and says so.
     if "chromium" in (offerer_engine, answerer_engine):
         pid = webrtc.engine("chromium").pid  # type: ignore[attr-defined]
@@ -111,4 +120,5 @@ async def _connect(offerer_engine: str, answerer_engine: str) -> tuple[webrtc.Pe
 
 if __name__ == "__main__":
     _network(sys.argv[3])
-    print(json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2]))))
+    carrier = sys.argv[4] if len(sys.argv) > 4 else None
+    print(json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2], carrier))))

@@ -85,6 +85,9 @@ async def test_the_page_follows_the_tunnel_and_its_chart_moves(
         await bridge.start_volunteer()
         await states_seen(page, "connected", timeout=60)
         assert await page.text_content("#title") == "Connected"
+        # the default engine: said as it is, not "a video call"
+        seen = await page.text_content("#seen-as") or ""
+        assert "data channel" in seen and "not a browser's" in seen, seen
         assert await page.text_content("#volunteers") != "0"
         assert f"127.0.0.1:{bridge.http_port}" == await page.text_content("#http")
         assert f"127.0.0.1:{bridge.socks_port}" == await page.text_content("#socks")

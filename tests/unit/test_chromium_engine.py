@@ -64,5 +64,5 @@ async def test_the_page_opens_once_and_its_session_is_not_on_the_command_line(
     statuses, page = out.read_text().split("\n", 1)
     # again: 403; the URL token on the control socket: 403; a wrong token: 403
     assert statuses.split() == ["403", "403", "403"]
-    assert "RTCPeerConnection" in page
+    assert "openPeer" in page and "/control" in page
     assert "__SESSION__" not in page  # the session token was filled in

@@ -11,12 +11,14 @@ import pytest
 from unwall.client.page import check_page_address, pac_file, read_pac_list
 from unwall.client.status import (
     HISTORY,
+    SEEN_AS,
     WORDS,
     Sample,
     State,
     StatusTracker,
     human_duration,
     human_rate,
+    seen_as,
     state_of,
     status_line,
 )
@@ -52,6 +54,31 @@ def test_every_problem_is_a_state_with_words() -> None:
     assert set(WORDS) == set(State)
     for title, advice in WORDS.values():
         assert title and len(advice) > 40
+
+
+def test_what_the_network_sees_is_said_for_every_engine_and_carrier() -> None:
+    """Only a browser's media is called a video call; every other pair says what gives it
+    away (issue 21: the page told every user "only a video call")."""
+    from unwall.transport.webrtc import CARRIERS, ENGINES, check_carrier
+
+    usable = set()
+    for engine in ENGINES:
+        for carrier in CARRIERS:
+            try:
+                check_carrier(engine, carrier)
+            except ValueError:
+                continue
+            usable.add((engine, carrier))
+    assert set(SEEN_AS) == usable
+    assert "video call from a Chromium browser" in seen_as("chromium", "media")
+    for pair in usable - {("chromium", "media")}:
+        assert "not" in SEEN_AS[pair] and "censor" in SEEN_AS[pair], pair
+    assert seen_as("aiortc", None) == ""
+    tracker = StatusTracker()
+    said = seen_as("aiortc", "datachannel")
+    assert tracker.snapshot(sample(1.0, seen_as=said)).seen_as == said
+    # only while connected
+    assert tracker.snapshot(sample(1.0, ready=False, seen_as=said)).seen_as == ""
 
 
 def test_rates_now_and_history() -> None:

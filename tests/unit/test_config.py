@@ -590,6 +590,7 @@ stream_wait = 1
         "turn_password": None,
         "nat": "symmetric",
         "webrtc": "chromium",
+        "carrier": None,
         "metrics": None,
         "check": None,
     }

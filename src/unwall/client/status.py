@@ -50,8 +50,7 @@ WORDS: Final[dict[State, tuple[str, str]]] = {
     ),
     State.CONNECTED: (
         "Connected",
-        "Sites you open through the proxy below travel encrypted through volunteers to the "
-        "egress. The network you are on sees only a video call.",
+        "Sites you open through the proxy below travel encrypted through volunteers to the egress.",
     ),
     State.NO_VOLUNTEER: (
         "No volunteer is free right now",
@@ -89,6 +88,32 @@ WORDS: Final[dict[State, tuple[str, str]]] = {
     ),
 }
 
+#: What the network the user is on can see of the tunnel, by WebRTC engine and carrier
+#: (docs/fingerprints.md): said as it is, never better.
+SEEN_AS: Final[dict[tuple[str, str], str]] = {
+    ("chromium", "media"): (
+        "The network you are on sees a video call from a Chromium browser: its handshake, "
+        "and video, as any call has."
+    ),
+    ("chromium", "datachannel"): (
+        "The network you are on sees a Chromium browser's WebRTC data channel, not a video "
+        "call (this volunteer cannot carry video): a careful censor can tell it from a call."
+    ),
+    ("aiortc", "datachannel"): (
+        "The network you are on sees a WebRTC data channel whose handshake is not a "
+        "browser's: a careful censor can single it out. --webrtc chromium makes it a "
+        "browser's video call."
+    ),
+}
+
+
+def seen_as(engine: str, carrier: str | None) -> str:
+    """The sentence of SEEN_AS for this engine and carrier ("" while nothing carries)."""
+    if carrier is None:
+        return ""
+    return SEEN_AS.get((engine, carrier), "")
+
+
 _FROM_PROBLEM: Final = {
     Problem.BROKER_UNREACHABLE: State.BROKER_UNREACHABLE,
     Problem.NO_VOLUNTEER: State.NO_VOLUNTEER,
@@ -119,6 +144,7 @@ class Sample:
     bytes_up: int
     bytes_down: int
     ready_since: float | None
+    seen_as: str = ""  # what the network sees of the carrying path (SEEN_AS)
 
 
 @dataclass(frozen=True)
@@ -127,6 +153,7 @@ class Snapshot:
     title: str
     advice: str
     detail: str  # empty while connected
+    seen_as: str  # what the network sees, while connected (SEEN_AS)
     volunteers: int
     connections: int
     switches: int
@@ -174,6 +201,7 @@ class StatusTracker:
             title=title,
             advice=advice,
             detail="" if state is State.CONNECTED else last.detail,
+            seen_as=last.seen_as if state is State.CONNECTED else "",
             volunteers=last.volunteers,
             connections=last.connections,
             switches=last.switches,
@@ -231,6 +259,7 @@ class ClientStatus:
             bytes_up=tunnel.bytes_up,
             bytes_down=tunnel.bytes_down,
             ready_since=tunnel.ready_since,
+            seen_as=seen_as(tunnel.config.webrtc, tunnel.carrier),
         )
 
     def snapshot(self) -> Snapshot:
@@ -261,6 +290,7 @@ class ClientStatus:
 
 __all__ = [
     "HISTORY",
+    "SEEN_AS",
     "WORDS",
     "ClientStatus",
     "Sample",
@@ -269,6 +299,7 @@ __all__ = [
     "StatusTracker",
     "human_duration",
     "human_rate",
+    "seen_as",
     "state_of",
     "status_line",
 ]

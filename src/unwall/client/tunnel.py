@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from unwall.transport import quic, webrtc
+from unwall.transport import quic, reordering, webrtc
 from unwall.transport.broker_client import (
     BrokerClient,
     BrokerUnavailable,
@@ -96,6 +96,8 @@ class TunnelConfig:
     nat: NatKind | None = None
     #: the WebRTC engine (unwall.transport.webrtc.ENGINES)
     webrtc: str = "aiortc"
+    #: the carrier this end prefers (unwall.transport.webrtc.CARRIERS; None: the engine's)
+    carrier: str | None = None
 
 
 class VolunteerPath:
@@ -146,6 +148,7 @@ class Tunnel:
                 f"the WebRTC engine must be one of {', '.join(webrtc.ENGINES)}, "
                 f"not {config.webrtc!r}"
             )
+        self.wanted_carrier = webrtc.check_carrier(config.webrtc, config.carrier)
         self.nat: NatKind = config.nat or "unknown"
         self.udp_silent = False
         self.session: QuicSession | None = None
@@ -180,6 +183,12 @@ class Tunnel:
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
+
+    @property
+    def carrier(self) -> str | None:
+        """How the carrying path moves datagrams (webrtc.CARRIERS), None with no path."""
+        active = self.active
+        return active.peer.carrier if active is not None and active.peer.is_open else None
 
     @property
     def volunteers(self) -> int:
@@ -304,7 +313,11 @@ class Tunnel:
             webrtc.quic_datagram_size(path.peer.remote_max_message_size)
         )
         session = QuicSession(
-            FlowControlledConnection(configuration=configuration), name="tunnel", pin=self.pin
+            FlowControlledConnection(
+                configuration=configuration, receive_window=reordering.CLIENT_RECEIVE_WINDOW
+            ),
+            name="tunnel",
+            pin=self.pin,
         )
         self.session = session
         session.set_sender(self._sender(path))
@@ -457,7 +470,7 @@ class Tunnel:
 
     async def _open_path(self, broker: BrokerClient) -> VolunteerPath:
         peer = webrtc.engine(self.config.webrtc).new_peer(
-            self.ice_servers, max_buffered=CHANNEL_BUFFER_BYTES
+            self.ice_servers, max_buffered=CHANNEL_BUFFER_BYTES, carrier=self.wanted_carrier
         )
         self._path_count += 1
         path = VolunteerPath(peer, f"path-{self._path_count}")
@@ -498,7 +511,7 @@ class Tunnel:
         finally:
             if not connected:
                 await peer.close()
-        log.info("connected to a volunteer (%s)", path.name)
+        log.info("connected to a volunteer (%s, over %s)", path.name, peer.carrier)
         return path
 
 

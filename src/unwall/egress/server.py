@@ -34,7 +34,7 @@ from unwall import logs, metrics, serving
 from unwall.egress.identity import EgressIdentity
 from unwall.egress.policy import EgressPolicy, NameNotResolved, PolicyDenied
 from unwall.egress.router import NewSession, Retry, SessionRouter
-from unwall.transport import quic
+from unwall.transport import quic, reordering
 from unwall.transport.droptail import DropTailQueue
 from unwall.transport.pipe import pipe
 from unwall.transport.quic import (
@@ -239,6 +239,7 @@ class Egress:
             configuration=configuration,
             original_destination_connection_id=new.original_destination_cid,
             retry_source_connection_id=new.retry_source_cid,
+            receive_window=reordering.EGRESS_RECEIVE_WINDOW,
         )
         session = QuicSession(
             connection,

@@ -98,6 +98,10 @@ class Box:
         if decision is None:
             packet.accept()  # type: ignore[attr-defined]
             return
+        if decision.repeat:  # decided and logged already; queued before its mark was set
+            packet.set_mark(decision.mark)  # type: ignore[attr-defined]
+            packet.repeat()  # type: ignore[attr-defined]
+            return
         flow = decision.flow
         key = flow.key
         row = FlowRow(key.protocol, key.client, key.client_port, key.server, key.server_port)

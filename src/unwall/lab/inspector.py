@@ -2,17 +2,21 @@
 
 Only the first packets of a flow reach it (netfilter asks while the flow's conntrack mark
 is unset); once it decides, the mark carries the verdict and the kernel applies it to the
-rest of the flow without asking again.
+rest of the flow without asking again. How long "the first packets" last is the rules'
+business: with `[datachannel]` on, a WebRTC flow stays undecided until the rule can say
+whether it carries media or only a data channel (`_carrier_watch`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
 from unwall.lab.analyzers import Analyzer, Finding, FullyEncryptedAnalyzer, analyzers_for
+from unwall.lab.analyzers.carrier import DATACHANNEL, MEDIA, CarrierAnalyzer
 from unwall.lab.profile import FINGERPRINT_KEYS, WEBRTC_ANALYZERS, CensorProfile, name_matches
 
 #: conntrack marks: the verdict of a decided flow
@@ -25,6 +29,13 @@ DECIDE_AFTER_PACKETS = 10
 #: with WebRTC rules on, a WebRTC flow is watched until its DTLS handshake has shown what
 #: it shows in the clear (ICE checks on several candidate pairs come first), at most this long
 WEBRTC_DECIDE_AFTER_PACKETS = 60
+#: with `[datachannel]` on, a WebRTC flow is watched until it shows media or more data
+#: channel bytes than the rule allows; this caps the user-space work one flow can cost
+#: (a flow that trickles keepalives and nothing else is let go after this many packets)
+CARRIER_WATCH_PACKETS = 10_000
+#: how long a verdict is remembered for the packets of its flow that netfilter queued
+#: before the mark was set (a fast flow has dozens in the queue when it is decided)
+REMEMBER_VERDICT_SECONDS = 10.0
 #: the box's own findings: why it suspects a flow of circumvention
 SUSPECTED = "suspected"
 
@@ -67,6 +78,8 @@ class Decision:
     #: None: undecided, let this packet through and ask again for the next one
     mark: int | None
     new_flow: bool
+    #: the flow was decided already: this packet was queued before its mark was set
+    repeat: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,8 @@ class Inspector:
         self.profile = profile
         self._inside = ipaddress.IPv4Network(inside_net)
         self._flows: dict[FlowKey, Flow] = {}
+        #: decided flows, oldest first, with when: see REMEMBER_VERDICT_SECONDS
+        self._decided: OrderedDict[FlowKey, tuple[Flow, float]] = OrderedDict()
 
     def _key(self, packet: ParsedPacket) -> tuple[FlowKey, bool]:
         """The flow's key (client first) and whether this packet comes from the client."""
@@ -125,6 +140,13 @@ class Inspector:
         if parsed is None:
             return None
         key, from_client = self._key(parsed)
+        decided = self._decided.get(key)
+        fresh = parsed.syn_only  # a new TCP connection on the same 5-tuple is a new flow
+        if decided is not None and not fresh and now - decided[1] < REMEMBER_VERDICT_SECONDS:
+            # Queued before the verdict's mark was set: the same verdict. Judged afresh,
+            # the middle of a flow would look like nothing at all and be allowed, and its
+            # mark would overwrite the verdict on the whole flow.
+            return Decision(decided[0], [], decided[0].verdict, False, repeat=True)
         flow = self._flows.get(key)
         new_flow = flow is None
         if flow is None:
@@ -134,6 +156,8 @@ class Inspector:
                 flow.analyzers = list(analyzers_for(protocol, key.server_port, key.client_port))
                 if protocol == "tcp" and self.profile.fet_block:
                     flow.analyzers.append(FullyEncryptedAnalyzer())
+                if protocol == "udp" and self.profile.datachannel.active:
+                    flow.analyzers.append(CarrierAnalyzer())
             self._flows[key] = flow
         flow.packets += 1
         found: list[Finding] = []
@@ -150,14 +174,30 @@ class Inspector:
         flow.findings += found
         mark = self._decide(flow, found, new_flow, gap)
         if mark is not None:
+            carrier = _carrier(flow)
+            if carrier is not None:  # what the flow carried up to the verdict, for the log
+                summary = carrier.summary()
+                found += summary
+                flow.findings += summary
             flow.verdict = mark
             self._flows.pop(key, None)  # decided: the kernel handles the rest
+            self._remember(key, flow, now)
         return Decision(flow, found, mark, new_flow)
+
+    def _remember(self, key: FlowKey, flow: Flow, now: float) -> None:
+        self._decided.pop(key, None)
+        self._decided[key] = (flow, now)
+        while self._decided:
+            _, (_, decided_at) = next(iter(self._decided.items()))
+            if now - decided_at < REMEMBER_VERDICT_SECONDS:
+                break
+            self._decided.popitem(last=False)
 
     def _suspicions(self, flow: Flow, found: list[Finding]) -> list[Finding]:
         """The box's own findings on these: fingerprints its WebRTC rules object to (once
         the flow shows it is WebRTC: an ICE check or DTLS-SRTP, not any DTLS, such as a
-        VPN's), and fully encrypted first payloads when its FET rule is on."""
+        VPN's), a WebRTC flow that carried a data channel and no media when its
+        `[datachannel]` rule is on, and fully encrypted first payloads when its FET rule is."""
         objections = []
         if self.profile.fet_block:
             for finding in found:
@@ -166,6 +206,7 @@ class Inspector:
                     objections.append(Finding("box", SUSPECTED, reason))
         rules = self.profile.webrtc
         seen = flow.findings + found
+        objections += self._carrier_objection(flow, seen)
         if not rules.active or not any(_is_webrtc(f) for f in seen):
             return objections
         for finding in seen:
@@ -178,13 +219,44 @@ class Inspector:
                     objections.append(Finding("box", SUSPECTED, objection))
         return objections
 
+    def _carrier_watch(self, flow: Flow, seen: list[Finding]) -> CarrierAnalyzer | None:
+        """The flow's carrier analyzer, if the `[datachannel]` rule applies to this flow: a
+        WebRTC flow (STUN first, or the DTLS and STUN analyzers say so) not yet judged."""
+        carrier = _carrier(flow)
+        if (
+            carrier is None
+            or carrier.done
+            or flow.packets >= CARRIER_WATCH_PACKETS
+            or not (carrier.stun_seen or any(_is_webrtc(f) for f in seen))
+            or any(f.key == SUSPECTED and f.value.startswith("carrier ") for f in seen)
+        ):
+            return None
+        return carrier
+
+    def _carrier_objection(self, flow: Flow, seen: list[Finding]) -> list[Finding]:
+        carrier = self._carrier_watch(flow, seen)
+        if carrier is None:
+            return []
+        tally = carrier.tally
+        objection = self.profile.datachannel.objection(
+            tally.bytes(DATACHANNEL), tally.packets(*MEDIA)
+        )
+        return [] if objection is None else [Finding("box", SUSPECTED, objection)]
+
+    def _carrier_pending(self, flow: Flow) -> bool:
+        """A WebRTC flow whose carrier the `[datachannel]` rule cannot judge yet."""
+        carrier = self._carrier_watch(flow, flow.findings)
+        if carrier is None:
+            return False
+        tally = carrier.tally
+        return not self.profile.datachannel.decided(tally.bytes(DATACHANNEL), tally.packets(*MEDIA))
+
     def _decide(
         self, flow: Flow, found: list[Finding], new_flow: bool, gap: bool = False
     ) -> int | None:
         profile = self.profile
         for suspected in (f for f in found if f.key == SUSPECTED):
-            fet = suspected.value.startswith("fet ")
-            action = profile.fet_action if fet else profile.webrtc.action
+            action = _action(profile, suspected.value)
             if action == "drop":
                 flow.reason = suspected.value
                 return MARK_DROP
@@ -209,6 +281,8 @@ class Inspector:
         webrtc_watch = profile.webrtc.active and flow.packets < WEBRTC_DECIDE_AFTER_PACKETS
         if webrtc_watch and _webrtc_pending(flow):
             return None
+        if self._carrier_pending(flow):
+            return None
         analyzers_done = all(analyzer.done for analyzer in flow.analyzers)
         if flow.packets >= DECIDE_AFTER_PACKETS or (analyzers_done and flow.packets >= 3):
             flow.reason = "nothing to object to"
@@ -219,6 +293,20 @@ class Inspector:
         for key, flow in list(self._flows.items()):
             if now - flow.first_seen > idle:
                 del self._flows[key]
+
+
+def _action(profile: CensorProfile, suspicion: str) -> str:
+    """What the profile does with a flow suspected for this reason: each rule has its own."""
+    rule = suspicion.split(" ", 1)[0]
+    if rule == "fet":
+        return profile.fet_action
+    if rule == "carrier":
+        return profile.datachannel.action
+    return profile.webrtc.action
+
+
+def _carrier(flow: Flow) -> CarrierAnalyzer | None:
+    return next((a for a in flow.analyzers if isinstance(a, CarrierAnalyzer)), None)
 
 
 def _is_webrtc(finding: Finding) -> bool:

@@ -34,6 +34,11 @@ action = "drop"                 # "drop", or "flag": let it through, report it a
 # patterns are
 # shell-style (* matches anything)
 
+[datachannel]                   # "calls" that carry no call (see unwall.lab.analyzers.carrier)
+block = false                   # true: a WebRTC flow that, after its DTLS handshake, carried
+after_bytes = 65536             # more than this many bytes of DTLS application data (a data
+action = "drop"                 # channel's SCTP) and no SRTP; "drop", or "flag" (report only)
+
 [fet]                           # fully encrypted traffic (the GFW's rule of 2021-2023;
 block = false                   # see unwall.lab.analyzers.fet): true judges the first TCP
 action = "drop"                 # payload of every flow; "drop", or "flag" (report only)
@@ -55,6 +60,9 @@ seed = 1                        # optional: the same losses for the same packets
 loss = 0.02
 ```
 See `unwall.lab.link` for the model and its presets.
+
+Profiles that ship with the lab are in `SHIPPED_PROFILES` (src/unwall/lab/profiles/):
+`browser-calls-only.toml` is the strictest for WebRTC (only a browser's, only calls).
 """
 
 from __future__ import annotations
@@ -69,6 +77,8 @@ from typing import Any
 
 from unwall.lab.link import LinkError, LinkSpec, link_from_dict, parse_rate
 
+#: the profiles that ship with the lab, one TOML file each
+SHIPPED_PROFILES = Path(__file__).resolve().parent / "profiles"
 ACTIONS = ("rst", "drop")
 WEBRTC_ACTIONS = ("drop", "flag")
 #: the fingerprints the box's DTLS and STUN analyzers give a WebRTC flow
@@ -88,6 +98,7 @@ _KEYS = {
     "udp": {"block"},
     "webrtc": {"allow", "block", "action"},
     "fet": {"block", "action"},
+    "datachannel": {"block", "after_bytes", "action"},
 }
 
 Patterns = tuple[tuple[str, tuple[str, ...]], ...]
@@ -149,8 +160,53 @@ class WebRtcRules:
         return None
 
 
+#: the default of `[datachannel] after_bytes`: a page of chat is less, a tunnel soon more
+DATACHANNEL_AFTER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class DataChannelRule:
+    """A WebRTC flow that carries a data channel and no media is not a call: once it has
+    carried more than `after_bytes` of DTLS application data with no SRTP, it is suspected.
+    A single SRTP or SRTCP packet clears it (a call may have a data channel too)."""
+
+    block: bool = False
+    after_bytes: int = DATACHANNEL_AFTER_BYTES
+    action: str = "drop"
+
+    @property
+    def active(self) -> bool:
+        return self.block
+
+    def decided(self, datachannel_bytes: int, media_packets: int) -> bool:
+        """Whether the rule can say anything more about a flow with these counts."""
+        return media_packets > 0 or datachannel_bytes > self.after_bytes
+
+    def objection(self, datachannel_bytes: int, media_packets: int) -> str | None:
+        """Why a flow with these counts is suspected, or None."""
+        if media_packets or datachannel_bytes <= self.after_bytes:
+            return None
+        return (
+            f"carrier datachannel-only {datachannel_bytes} bytes of DTLS application data "
+            f"and no SRTP (more than {self.after_bytes})"
+        )
+
+
 class ProfileError(ValueError):
     pass
+
+
+def _datachannel_rule(table: dict[str, Any]) -> DataChannelRule:
+    block = table.get("block", False)
+    after = table.get("after_bytes", DATACHANNEL_AFTER_BYTES)
+    action = table.get("action", "drop")
+    if not isinstance(block, bool):
+        raise ProfileError("[datachannel] block must be true or false")
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise ProfileError("[datachannel] after_bytes must be a whole number of bytes >= 0")
+    if action not in WEBRTC_ACTIONS:
+        raise ProfileError(f"[datachannel] action must be one of {WEBRTC_ACTIONS}, not {action!r}")
+    return DataChannelRule(block=block, after_bytes=after, action=action)
 
 
 def _names(values: Any, where: str) -> tuple[str, ...]:
@@ -184,6 +240,7 @@ class CensorProfile:
     webrtc: WebRtcRules = field(default_factory=WebRtcRules)
     fet_block: bool = False
     fet_action: str = "drop"
+    datachannel: DataChannelRule = field(default_factory=DataChannelRule)
     link: LinkSpec = field(default_factory=LinkSpec)
     source: str = field(default="built-in", compare=False)
 
@@ -257,6 +314,7 @@ class CensorProfile:
             raise ProfileError("[fet] block must be true or false")
         if fet_action not in WEBRTC_ACTIONS:
             raise ProfileError(f"[fet] action must be one of {WEBRTC_ACTIONS}, not {fet_action!r}")
+        datachannel = _datachannel_rule(tables["datachannel"])
         try:
             link = link_from_dict(document["link"]) if "link" in document else LinkSpec()
         except LinkError as exc:
@@ -276,6 +334,7 @@ class CensorProfile:
             webrtc=rules,
             fet_block=fet_block,
             fet_action=fet_action,
+            datachannel=datachannel,
             link=link,
             source=source,
         )

@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-PREFIX = "uwlab-"
+#: the lab's namespaces are named PREFIX...; UNWALL_LAB_PREFIX gives a second lab on the same
+#: machine names of its own (with UNWALL_LAB_STATE for its state)
+PREFIX = os.environ.get("UNWALL_LAB_PREFIX", "uwlab-")
 CENSORED = PREFIX + "censored"
 BOX = PREFIX + "box"
 INTERNET = PREFIX + "internet"

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
 )
 
-from unwall.transport import bbr
+from unwall.transport import bbr, reordering
 
 log = logging.getLogger("unwall.quic")
 HeaderT = TypeVar("HeaderT", covariant=True)
@@ -188,9 +188,13 @@ class FlowControlledConnection(QuicConnection):
     aioquic's frame writing and only hide the "used" counters it would double on.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(
+        self, *, receive_window: int = reordering.DEFAULT_RECEIVE_WINDOW, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self._bbr = bbr.install(self)
+        #: how late a packet may arrive and be taken (reordering.py)
+        self.reordering = reordering.install(self, receive_window)
         self._consumed: dict[int, int] = {}
         #: bytes delivered to the application and not yet read by it
         self._app_buffered = 0

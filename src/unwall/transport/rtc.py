@@ -54,6 +54,7 @@ from unwall.transport.webrtc import (
     Engine,
     IceServer,
     Peer,
+    check_carrier,
     pinned_host_addresses,
 )
 
@@ -859,6 +860,10 @@ class AiortcPeer(Peer):
             await pc.setRemoteDescription(offer_description(offer_sdp))
             if pc.sctp is None:
                 raise ValueError("the offer has no data channel")
+            # A client that would rather carry media (protocol.md §3): this engine has only
+            # the data channel, and says so by neither sending nor taking video.
+            for transceiver in pc.getTransceivers():
+                transceiver.direction = "inactive"
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises many kinds on hostile SDP
             raise ValueError(f"{type(exc).__name__}: {exc}") from exc
@@ -908,5 +913,7 @@ class AiortcEngine(Engine):
         *,
         relay_only: bool = False,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
+        carrier: str | None = None,
     ) -> Peer:
+        check_carrier(self.name, carrier)  # the data channel only
         return AiortcPeer(ice_servers, relay_only, max_buffered)

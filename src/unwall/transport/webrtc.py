@@ -1,4 +1,4 @@
-"""The seam between unwall and a WebRTC stack: one peer connection carrying one data channel.
+"""The seam between unwall and a WebRTC stack: one peer connection carrying QUIC datagrams.
 
 The client (`unwall.client.tunnel`) and the headless volunteer (`unwall.volunteer.headless`)
 use only this module. Each engine implements `Peer` in a module of its own, and nothing
@@ -6,10 +6,15 @@ else imports an engine's library:
 
 - ``aiortc`` (`unwall.transport.rtc`, the default): WebRTC in Python, in this process;
 - ``chromium`` (`unwall.transport.chromium`): Debian's Chromium, headless, carries the
-  WebRTC hop and hands the channel's messages to this process over a loopback WebSocket,
-  so that what leaves the machine is a browser's DTLS, STUN and SCTP, byte for byte (the
-  box's fingerprints cannot tell it from a video call). It costs a browser process and
-  Chromium's SCTP (see benchmarks/README.md: slower on lossy paths).
+  WebRTC hop and hands the datagrams to this process over a loopback WebSocket, so that
+  what leaves the machine is a browser's DTLS, STUN and SRTP, byte for byte. It costs a
+  browser process.
+
+A peer carries the datagrams in one of two carriers (protocol.md §3): a data channel
+(``datachannel``: every engine; on the wire, DTLS application data) or the encoded frames of
+a video call (``media``: the Chromium engine's default; on the wire, SRTP like any call). The
+offer says which carriers the offering end can use; the answer settles it, and an end that
+knows only the data channel still works with one that prefers media.
 
 What is engine-agnostic lives here too: ICE server lists, the DTLS role of an offer, the
 host addresses ICE may offer.
@@ -31,6 +36,10 @@ DATA_CHANNEL_LABEL = "unwall"
 DEFAULT_MAX_BUFFERED = 1 << 20
 
 ENGINES = ("aiortc", "chromium")
+#: how datagrams travel between client and volunteer (protocol.md §3)
+CARRIERS = ("media", "datachannel")
+MEDIA = "media"
+DATACHANNEL = "datachannel"
 
 #: UNWALL_RTC_RELIABLE=1 asks for the old reliable, ordered channel (16 KiB datagrams), for
 #: before/after measurements (benchmarks/README.md, issue 9).
@@ -141,13 +150,29 @@ def quic_datagram_size(remote_max_message_size: int | None) -> int:
 # -- the peer -----------------------------------------------------------------------------------
 
 
+def check_carrier(engine_name: str, carrier: str | None) -> str:
+    """The carrier an engine uses when asked for `carrier` (None: the engine's default);
+    ValueError, in words for a person, when the engine cannot."""
+    if carrier is None:
+        return MEDIA if engine_name == "chromium" else DATACHANNEL
+    if carrier not in CARRIERS:
+        raise ValueError(f"the carrier must be one of {', '.join(CARRIERS)}, not {carrier!r}")
+    if carrier == MEDIA and engine_name != "chromium":
+        raise ValueError(
+            "the media carrier needs a browser's video path: use it with --webrtc chromium"
+        )
+    return carrier
+
+
 class Peer(abc.ABC):
     """One peer connection with one data channel (label `unwall`, unordered, no
-    retransmissions: protocol.md §3), in one of two roles.
+    retransmissions: protocol.md §3), in one of two roles, and with the media carrier a
+    video track each way whose frames carry the datagrams instead.
 
     The offering side (the client) calls `offer`, passes the SDP to the volunteer through
     the broker, then `accept_answer`; the answering side (a volunteer) calls `answer`.
-    Either way `opened` is set when the channel opens, and `dead` (with `why_dead`) when
+    Either way `opened` is set when the carrier can carry (`carrier` then says which one),
+    and `dead` (with `why_dead`) when
     the channel closes, ICE fails or the connection fails; a dead peer stays dead.
     Messages arrive in `on_message` (binary ones only; set it before the channel opens so
     that nothing is missed). `close` is always safe to call.
@@ -160,6 +185,8 @@ class Peer(abc.ABC):
         self.why_dead = ""
         self.dropped = 0
         self.on_message: Callable[[bytes], None] | None = None
+        #: the carrier in use once `opened` is set (CARRIERS)
+        self.carrier = DATACHANNEL
 
     def kill(self, why: str) -> None:
         if not self.dead.is_set():
@@ -226,9 +253,12 @@ class Engine(abc.ABC):
         *,
         relay_only: bool = False,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
+        carrier: str | None = None,
     ) -> Peer:
         """A peer with exactly these ICE servers (never a default one); ``relay_only``
-        offers and uses relay candidates only."""
+        offers and uses relay candidates only. ``carrier`` is the one this end prefers
+        (None: the engine's default, `check_carrier`); the other end may settle for the data
+        channel."""
 
     async def close(self) -> None:  # noqa: B027 (an engine with nothing to close)
         """Release what the engine holds (a browser process); its peers die with it."""

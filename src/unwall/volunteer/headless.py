@@ -61,6 +61,8 @@ class VolunteerConfig:
     nat: NatKind | None = None
     #: the WebRTC engine (unwall.transport.webrtc.ENGINES)
     webrtc: str = "aiortc"
+    #: the carrier this end prefers (unwall.transport.webrtc.CARRIERS; None: the engine's)
+    carrier: str | None = None
     #: serve Prometheus metrics on this (host, port); None: no metrics server
     metrics: tuple[str, int] | None = None
 
@@ -101,6 +103,7 @@ class Volunteer:
                 f"the WebRTC engine must be one of {', '.join(webrtc.ENGINES)}, "
                 f"not {config.webrtc!r}"
             )
+        self.carrier = webrtc.check_carrier(config.webrtc, config.carrier)
         self.config = config
         self.stats = VolunteerStats()
         self._relays: set[asyncio.Task[None]] = set()
@@ -248,7 +251,7 @@ class Volunteer:
     ) -> None:
         # Our own servers first: aiortc uses only the first TURN server it is given.
         peer = webrtc.engine(self.config.webrtc).new_peer(
-            [*self.ice_servers, *offer.turn], max_buffered=QUEUE_BYTES
+            [*self.ice_servers, *offer.turn], max_buffered=QUEUE_BYTES, carrier=self.carrier
         )
         # Listen at once: the client sends as soon as the channel is open, before the
         # WebSocket to the egress exists; those messages wait in the relay's queue.
@@ -261,7 +264,7 @@ class Volunteer:
             await broker.answer(self.config.volunteer_id, offer.offer_id, answer)
             await asyncio.wait_for(peer.opened.wait(), CHANNEL_OPEN_TIMEOUT)
             self.stats.clients_total += 1
-            log.info("client connected (%d now)", self.stats.clients_now)
+            log.info("client connected (%d now, over %s)", self.stats.clients_now, peer.carrier)
             await relay.run(http)
         except OfferGone:
             log.info("a client gave up before our answer reached it")

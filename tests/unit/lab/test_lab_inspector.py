@@ -25,6 +25,7 @@ from unwall.lab.inspector import (
     MARK_ALLOW,
     MARK_DROP,
     MARK_RST,
+    REMEMBER_VERDICT_SECONDS,
     Decision,
     FlowKey,
     Inspector,
@@ -459,14 +460,24 @@ def test_a_decided_flow_is_forgotten() -> None:
     packets = tcp_flow(TLS_NEWS)
     decided = feed(inspector, packets)[-1]
     assert decided.mark == MARK_RST
-    # The kernel handles the rest of the flow; should another packet of the same 5-tuple
-    # come, it starts afresh.
-    again = inspector.packet(packets[-1], 1.0)
+    # The kernel handles the rest of the flow. A packet netfilter queued before the mark
+    # was set gets the same verdict (judged afresh, the middle of a flow looks innocent and
+    # its mark would overwrite the verdict); a SYN on the same 5-tuple, or any packet some
+    # time later, starts afresh.
+    straggler = inspector.packet(packets[-1], 1.0)
+    assert straggler is not None
+    assert (straggler.mark, straggler.repeat, straggler.new_findings) == (MARK_RST, True, [])
+    assert straggler.flow is decided.flow
+    syn = inspector.packet(packets[0], 1.0)
+    assert syn is not None and syn.new_flow and not syn.repeat
+    inspector = Inspector(CensorProfile.from_dict(SNI_RST))
+    decided = feed(inspector, packets)[-1]
+    again = inspector.packet(packets[-1], 1.0 + REMEMBER_VERDICT_SECONDS)
     assert again is not None
     assert again.new_flow
     assert again.flow is not decided.flow
     assert again.flow.packets == 1
-    assert again.flow.first_seen == 1.0
+    assert again.flow.first_seen == 1.0 + REMEMBER_VERDICT_SECONDS
     assert decided.flow.verdict == MARK_RST  # the old flow keeps its verdict
 
 

@@ -41,6 +41,7 @@ function draw(status) {
   state.dataset.state = status.state;
   $("title").textContent = status.title;
   $("advice").textContent = status.advice;
+  $("seen-as").textContent = status.seen_as;
   $("detail").textContent = status.detail;
   $("volunteers").textContent = status.volunteers;
   $("connections").textContent = status.connections;
@@ -77,6 +78,7 @@ function stopped() {
     "This page is served by unwall's client. Start it again (unwall client --bridge ...) " +
     "and this page comes back by itself.";
   $("detail").textContent = "";
+  $("seen-as").textContent = "";
   document.title = "unwall: not running";
 }
 

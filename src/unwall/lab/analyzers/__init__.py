@@ -2,10 +2,12 @@
 
 Each analyzer is fed the transport payload of a flow's first packets and returns
 `Finding`s, e.g. `Finding("tls", "sni", "news.example")`. `analyzers_for` picks the
-analyzers a new flow gets. Nothing here touches a socket or a clock.
+analyzers a new flow gets (the box adds `CarrierAnalyzer` to UDP flows, and the FET one to
+TCP flows, when a rule of its profile needs them). Nothing here touches a socket or a clock.
 """
 
 from .analyzer import Analyzer, Finding, FlowAnalyzer
+from .carrier import CarrierAnalyzer
 from .catalog import analyzers_for
 from .clienthello import ClientHello, parse_client_hello
 from .dns import DnsAnalyzer, forge_response
@@ -20,6 +22,7 @@ from .tls import TlsAnalyzer
 __all__ = [
     "MAX_BUFFER",
     "Analyzer",
+    "CarrierAnalyzer",
     "ClientHello",
     "DnsAnalyzer",
     "DtlsAnalyzer",

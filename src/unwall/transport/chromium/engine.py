@@ -4,18 +4,23 @@ Why: the box fingerprints WebRTC (docs/fingerprints.md). aiortc's DTLS is OpenSS
 1.2 only, with its own ClientHello and ServerHello; nothing in Python makes it Chromium's.
 Here Debian's Chromium itself (/usr/bin/chromium, headless, one process per unwall
 process, started on first use) runs every peer connection, so what leaves the machine is a
-browser's DTLS 1.3, STUN and SCTP, byte for byte.
+browser's DTLS 1.3, STUN, SRTP and SCTP, byte for byte.
 
-How: this process serves one page (`chromium_engine.html`) and two WebSocket routes on
-127.0.0.1, at a random port and behind a random token; Chromium opens the page, which
-keeps a control WebSocket to us and one WebSocket per peer connection. Text frames are
-commands and events (JSON); binary frames are the data channel's messages, unchanged.
-Chromium is started in its own process group with a parent-death signal: it never
-outlives us, and `close` ends the group.
+How: this process serves one page (`engine.html`, with `peer.js`, `media.js` and
+`carrier-worker.js` beside it) and two WebSocket routes on 127.0.0.1, at a random port and
+behind a random token; Chromium opens the page, which keeps a control WebSocket to us and one
+WebSocket per peer connection. Text frames are commands and events (JSON); binary frames are
+QUIC datagrams, unchanged. Chromium is started in its own process group with a parent-death
+signal: it never outlives us, and `close` ends the group.
 
-What it costs: a browser process (about 150 MB), one loopback WebSocket hop per message,
-and Chromium's SCTP, whose loss-based congestion control is slow on lossy paths
-(benchmarks/README.md, issue 9).
+Carriers (protocol.md §3): with the media carrier (the default here) the datagrams ride in
+the encoded frames of a video call, paced by Chromium's own congestion controller (GoogCC)
+and repaired by NACK/RTX: on the wire, SRTP like any call, and about the link's speed on lossy
+paths. With the data channel (an older peer, or `carrier="datachannel"`) they ride
+Chromium's SCTP, whose loss-based congestion control backs off on every random loss.
+
+What it costs: a browser process (about 150 MB), one loopback WebSocket hop per message, and
+with media a video encoder and decoder at each end.
 """
 
 from __future__ import annotations
@@ -38,21 +43,33 @@ from aiohttp import WSMsgType, web
 from unwall.transport.droptail import DropTailQueue
 from unwall.transport.webrtc import (
     DATA_CHANNEL_LABEL,
+    DATACHANNEL,
     DEFAULT_MAX_BUFFERED,
+    MEDIA,
     RELIABLE,
     Engine,
     EngineUnavailable,
     IceServer,
     Peer,
+    check_carrier,
 )
 from unwall.wire.broker import TurnServer
 
 log = logging.getLogger("unwall.chromium")
 
 CHROMIUM = "/usr/bin/chromium"
-PAGE = Path(__file__).with_name("chromium_engine.html")
+HERE = Path(__file__).parent
+PAGE = HERE / "engine.html"
+#: the page's scripts, served as they are (they hold no secret)
+SCRIPTS = ("peer.js", "media.js", "carrier-worker.js")
 #: From starting Chromium to its page's first word.
 START_TIMEOUT = 30.0
+#: UNWALL_CARRIER_TRACE=FILE appends each media peer's carrier counts to FILE every second
+#: (JSON lines), for measurements (benchmarks/README.md).
+CARRIER_TRACE = os.environ.get("UNWALL_CARRIER_TRACE")
+#: UNWALL_MEDIA='{"startKbps": 4000}' overrides the media carrier's settings (media.js
+#: DEFAULTS), for measurements
+MEDIA_SETTINGS: dict[str, Any] = json.loads(os.environ.get("UNWALL_MEDIA") or "{}")
 #: From asking for an offer or answer to having it (ICE gathering included).
 SDP_TIMEOUT = 20.0
 
@@ -112,10 +129,15 @@ def _die_with_parent() -> None:  # pragma: no cover (runs in the child, before e
 class ChromiumPeer(Peer):
     """`webrtc.Peer` carried by the engine's Chromium."""
 
-    def __init__(self, engine: ChromiumEngine, config: dict[str, Any], max_buffered: int) -> None:
+    def __init__(
+        self, engine: ChromiumEngine, config: dict[str, Any], max_buffered: int, carrier: str
+    ) -> None:
         super().__init__(max_buffered)
         self._engine = engine
         self._config = config
+        self._wanted = carrier
+        self._counts: asyncio.Future[dict[str, Any]] | None = None
+        self._trace: asyncio.Future[None] | None = None
         self._ws: web.WebSocketResponse | None = None
         self._out: DropTailQueue | None = None
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -134,7 +156,14 @@ class ChromiumPeer(Peer):
         if kind == "open":
             size = event.get("maxMessageSize")
             self._max_message_size = int(size) if isinstance(size, int) and size > 0 else None
+            self.carrier = MEDIA if event.get("carrier") == MEDIA else DATACHANNEL
             self.opened.set()
+            if CARRIER_TRACE and self.carrier == MEDIA:
+                self._trace = asyncio.ensure_future(self._trace_counts(CARRIER_TRACE))
+        elif kind == "counts":
+            if self._counts is not None and not self._counts.done():
+                counts = event.get("counts")
+                self._counts.set_result(counts if isinstance(counts, dict) else {})
         elif kind == "dead":
             self.kill(str(event.get("why") or "closed"))
         else:
@@ -168,7 +197,13 @@ class ChromiumPeer(Peer):
     async def offer(self) -> str:
         channel = {"ordered": True} if RELIABLE else {"ordered": False, "maxRetransmits": 0}
         await self._engine._open(
-            self, {"role": "offer", "label": DATA_CHANNEL_LABEL, "channel": channel}
+            self,
+            {
+                "role": "offer",
+                "label": DATA_CHANNEL_LABEL,
+                "channel": channel,
+                "carriers": self._carriers(),
+            },
         )
         self._local_sdp = str((await self._expect("sdp", input_error=False))["sdp"])
         return self._local_sdp
@@ -189,9 +224,37 @@ class ChromiumPeer(Peer):
         if "m=application" not in offer_sdp or "webrtc-datachannel" not in offer_sdp:
             raise ValueError("the offer has no data channel")
         self._remote_sdp = offer_sdp
-        await self._engine._open(self, {"role": "answer", "offer": offer_sdp})
+        await self._engine._open(
+            self, {"role": "answer", "offer": offer_sdp, "carriers": self._carriers()}
+        )
         self._local_sdp = str((await self._expect("sdp", input_error=True))["sdp"])
         return self._local_sdp
+
+    def _carriers(self) -> list[str]:
+        return [MEDIA, DATACHANNEL] if self._wanted == MEDIA else [DATACHANNEL]
+
+    async def carrier_counts(self) -> dict[str, Any]:
+        """What the media carrier's worker counted (frames and datagrams each way, drops,
+        the estimate it follows); {} with the data channel. For tests and measurements."""
+        if self._ws is None or self._ws.closed:
+            return {}
+        self._counts = asyncio.get_running_loop().create_future()
+        await self._ws.send_str(json.dumps({"type": "counts"}))
+        return await asyncio.wait_for(self._counts, 5)
+
+    async def _trace_counts(self, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(Exception):
+            while not self.dead.is_set():
+                await asyncio.sleep(1)
+                counts = await self.carrier_counts()
+                with open(path, "a") as out:
+                    out.write(
+                        json.dumps(
+                            {"t": loop.time(), "pid": os.getpid(), "peer": self.id, **counts}
+                        )
+                        + "\n"
+                    )
 
     def send(self, data: bytes) -> bool:
         if not self.is_open or self._out is None or not self._out.put(data):
@@ -217,6 +280,8 @@ class ChromiumPeer(Peer):
 
     async def close(self) -> None:
         self.kill("closed")
+        if self._trace is not None:
+            self._trace.cancel()
         self._engine._forget(self)
         if self._out is not None:
             await self._out.close()
@@ -254,8 +319,14 @@ class ChromiumEngine(Engine):
         *,
         relay_only: bool = False,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
+        carrier: str | None = None,
     ) -> Peer:
-        return ChromiumPeer(self, _ice_config(ice_servers, relay_only), max_buffered)
+        return ChromiumPeer(
+            self,
+            _ice_config(ice_servers, relay_only),
+            max_buffered,
+            check_carrier(self.name, carrier),
+        )
 
     @property
     def pid(self) -> int | None:
@@ -276,6 +347,7 @@ class ChromiumEngine(Engine):
             "id": peer.id,
             "config": peer._config,
             "maxBuffered": peer.max_buffered,
+            "media": MEDIA_SETTINGS,
             **command,
         }
         try:
@@ -331,6 +403,14 @@ class ChromiumEngine(Engine):
         self._session = secrets.token_urlsafe(24).encode()
         page = PAGE.read_text().replace("__SESSION__", self._session.decode())
         return web.Response(text=page, content_type="text/html")
+
+    async def _script(self, request: web.Request) -> web.StreamResponse:
+        name = request.path.lstrip("/")
+        return web.Response(
+            text=(HERE / name).read_text(),
+            content_type="text/javascript",
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def _control_ws(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request) or self._control is not None:
@@ -389,6 +469,8 @@ class ChromiumEngine(Engine):
             raise EngineUnavailable(missing)
         app = web.Application()
         app.router.add_get("/engine", self._page)
+        for script in SCRIPTS:
+            app.router.add_get(f"/{script}", self._script)
         app.router.add_get("/control", self._control_ws)
         app.router.add_get("/peer/{id}", self._peer_ws)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
