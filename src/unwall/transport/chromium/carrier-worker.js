@@ -16,7 +16,8 @@
 // neither would then grow: the two would wait for each other. So while datagrams have been
 // waiting for room within the last BUSY_MS (a download is under way), the frames are filled to
 // the budget with padding, as a call's encoder fills its target; idle, the call sends only the
-// encoder's own small frames.
+// encoder's own small frames. Once the estimate nears the ceiling (the encoding's maximum)
+// there is nothing left to grow, and no padding: on a fast path it cost CPU the data needed.
 // Receiving, the trailer is read, each frame number is taken once (frames are sometimes delivered
 // twice), the datagrams go to the page, and the decoder gets the encoder's frame back unchanged.
 // SRTP encrypts all of it: the box sees a video call's packets, sizes and timing.
@@ -34,6 +35,7 @@ const settings = {
   minQueueBytes: 256 * 1024,
   burstSeconds: 0.1, // unused credit is kept this long at most
   busyMs: 1000, // padding while datagrams waited for room this recently
+  ceilingBps: 50e6, // no padding once the estimate is near this (the encoding's maximum)
 };
 
 let rateBps = 0; // the congestion controller's estimate, bits per second
@@ -95,7 +97,8 @@ function carry(frame, controller) {
   tokens -= size;
   if (queueHead < queue.length) backlogAt = now;
   let padding = 0;
-  if (now - backlogAt < settings.busyMs && tokens > 0) {
+  const growing = rateBps < 0.9 * settings.ceilingBps; // padding would buy nothing more
+  if (growing && now - backlogAt < settings.busyMs && tokens > 0) {
     padding = Math.floor(tokens);
     tokens = 0;
   }

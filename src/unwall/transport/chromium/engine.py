@@ -73,6 +73,15 @@ MEDIA_SETTINGS: dict[str, Any] = json.loads(os.environ.get("UNWALL_MEDIA") or "{
 #: From asking for an offer or answer to having it (ICE gathering included).
 SDP_TIMEOUT = 20.0
 
+#: GoogCC's field trials for the media carrier (benchmarks/README.md, issue 21). UNWALL_
+#: FIELD_TRIALS replaces them ("" for Chromium's own), for measurements.
+FIELD_TRIALS = os.environ.get(
+    "UNWALL_FIELD_TRIALS",
+    "WebRTC-Bwe-LossBasedBweV2/Enabled:false/"
+    "WebRTC-BweLossExperiment/Enabled-0.5,0.9,1000000/"
+    "WebRTC-Bwe-ProbingConfiguration/p1:4,p2:8,step_size:2/",
+)
+
 FLAGS = [
     "--headless",
     "--disable-gpu",
@@ -482,6 +491,8 @@ class ChromiumEngine(Engine):
         profile = Path(self._profile.name)
         self._ready = asyncio.Event()
         flags = [*FLAGS, f"--user-data-dir={profile / 'profile'}"]
+        if FIELD_TRIALS:
+            flags.append(f"--force-fieldtrials={FIELD_TRIALS}")
         if os.geteuid() == 0:
             flags.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
         self._url_token = secrets.token_urlsafe(24).encode()

@@ -118,7 +118,8 @@ export class MediaCarrier {
     this.settings = { ...DEFAULTS, ...(options.settings || {}) };
     this.onDatagram = options.onDatagram;
     this.worker = new Worker(options.workerUrl);
-    this.worker.postMessage({ type: "settings", settings: { fill: this.settings.fill } });
+    this.worker.postMessage({ type: "settings", settings: {
+      fill: this.settings.fill, ceilingBps: this.settings.maxKbps * 1000 } });
     this.worker.postMessage({ type: "rate", bps: this.settings.startKbps * 1000 });
     this.worker.onmessage = (event) => {
       if (event.data.type === "datagrams") for (const data of event.data.datagrams) this.onDatagram(data);
