@@ -191,6 +191,7 @@ describe("BrowserVolunteer: a person counts as helped once their channel opens",
       clientsNow: 0,
       clientsConnecting: 0,
       clientsTotal: 0,
+      clientsOverMedia: 0,
       bytesToEgress: 0,
       bytesToClients: 0,
       dropped: 0,
@@ -713,5 +714,79 @@ describe("BrowserVolunteer: several egresses", () => {
     assert.equal(await relayed("c", "https://evil.test/"), "ws://egress.test/v1/relay?offer=c");
     assert.equal(await relayed("d", "not a url"), "ws://egress.test/v1/relay?offer=d");
     env.volunteer.stop();
+  });
+});
+
+describe("BrowserVolunteer: the media carrier", () => {
+  /** A stand-in for media.js's MediaCarrier: what the volunteer asks of it, recorded. */
+  function fakeCarrier({ accepts = true } = {}) {
+    const made = [];
+    const factory = async (pc, offerSdp, onDatagram) => {
+      const carrier = {
+        pc, offerSdp, onDatagram, sent: [], started: 0, stopped: 0, munged: [],
+        munge(sdp) { this.munged.push(sdp); return `${sdp}a=munged\r\n`; },
+        answer() { return accepts; },
+        start() { this.started += 1; },
+        send(data) { this.sent.push(data); return true; },
+        stop() { this.stopped += 1; },
+      };
+      made.push(carrier);
+      return carrier;
+    };
+    return { factory, made };
+  }
+
+  test("with video, the datagrams to the client ride the call once it connects", async () => {
+    const { factory, made } = fakeCarrier();
+    const env = await makeEnv(BrowserVolunteer, { mediaCarrier: factory });
+    const { pc, channel, socket } = await connectedClient(env);
+    const [carrier] = made;
+    assert.equal(carrier.pc, pc);
+    // both descriptions went through the carrier (start bitrate), in order: offer, answer
+    assert.ok(pc.remoteDescription.sdp.endsWith("a=munged\r\n"));
+    assert.equal(carrier.munged.length, 2);
+    // before the call is connected: the data channel carries (nothing is lost meanwhile)
+    socket.receive(bytes(1));
+    assert.equal(channel.sent.length, 1);
+    pc.setConnectionState("connected");
+    await env.clock.advance(0);
+    assert.equal(carrier.started, 1);
+    socket.receive(bytes(2, 3));
+    assert.equal(channel.sent.length, 1, "no longer on the data channel");
+    assert.deepEqual(carrier.sent.map((d) => [...new Uint8Array(d)]), [[2, 3]]);
+    // and what the call brings goes to the egress, like the channel's messages
+    carrier.onDatagram(bytes(9));
+    await env.clock.advance(0);
+    assert.deepEqual(socket.sent.map((d) => [...new Uint8Array(d)]), [[9]]);
+    assert.equal(env.volunteer.stats().clientsOverMedia, 1);
+    env.volunteer.stop();
+    assert.equal(carrier.stopped, 1);
+    assert.equal(env.volunteer.stats().clientsOverMedia, 0);
+  });
+
+  test("a carrier that cannot take the offer's video leaves the data channel", async () => {
+    const { factory, made } = fakeCarrier({ accepts: false });
+    const env = await makeEnv(BrowserVolunteer, { mediaCarrier: factory });
+    const { pc, channel, socket } = await connectedClient(env);
+    assert.equal(made[0].stopped, 1);
+    pc.setConnectionState("connected");
+    await env.clock.advance(0);
+    socket.receive(bytes(4));
+    assert.equal(channel.sent.length, 1);
+    assert.equal(made[0].sent.length, 0);
+    env.volunteer.stop();
+  });
+
+  test("a factory that fails or gives none: the data channel, as before", async () => {
+    for (const factory of [async () => null, async () => { throw new Error("no worker"); }]) {
+      const env = await makeEnv(BrowserVolunteer, { mediaCarrier: factory });
+      const { pc, channel, socket } = await connectedClient(env);
+      assert.ok(!pc.remoteDescription.sdp.includes("munged"));
+      pc.setConnectionState("connected");
+      await env.clock.advance(0);
+      socket.receive(bytes(5));
+      assert.equal(channel.sent.length, 1);
+      env.volunteer.stop();
+    }
   });
 });

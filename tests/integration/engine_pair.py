@@ -57,8 +57,8 @@ async def main(
             assert peer.send(data)
         if i % 20 == 0:
             # No flood: nothing should need dropping. The media carrier starts at its start
-            # bitrate (2.5 Mbit/s), and holds no more than a quarter of a second of it.
-            await asyncio.sleep(0.1 if offerer.carrier == webrtc.MEDIA else 0.01)
+            # bitrate (2.5 Mbit/s), and holds a quarter of a second of it (at least 64 KiB).
+            await asyncio.sleep(0.15 if offerer.carrier == webrtc.MEDIA else 0.01)
     deadline = asyncio.get_running_loop().time() + 10
     while (len(got["offerer"]) < COUNT or len(got["answerer"]) < COUNT) and (
         asyncio.get_running_loop().time() < deadline

@@ -2,8 +2,9 @@
 
 The box's `[datachannel]` rule (unwall.lab.profile.DataChannelRule, on the carrier
 analyzer, unwall.lab.analyzers.carrier) suspects a WebRTC flow that carried more than
-64 KiB of DTLS application data and no SRTP: a data channel, not a call. Today both
-engines carry unwall's QUIC in a data channel, so through such a box:
+64 KiB of DTLS application data and no SRTP: a data channel, not a call. The aiortc
+engine, and the Chromium engine with `--carrier datachannel`, carry unwall's QUIC in a data
+channel, so through such a box:
 
 - `drop`: the download does not arrive (every new path the client opens is dropped in
   turn, 64 KiB into it), the box's log has the drop, and the report names the censored

@@ -36,3 +36,12 @@ def test_no_data_at_all() -> None:
     figures = stall_figures(Download(), 0.0, 60.0, complete=False)
     assert figures["bytes"] == 0
     assert figures["ttfb_s"] is None and figures["max_stall_s"] is None
+
+
+def test_time_to_the_first_megabyte() -> None:
+    download = Download(status=200)
+    for moment, size in ((0.5, 400_000), (0.9, 999_999), (1.4, 1_000_000), (2.0, 3_000_000)):
+        download.progress.append((moment, size))
+    download.size = 3_000_000
+    assert stall_figures(download, 0.0, 2.0, complete=True)["first_MB_s"] == pytest.approx(1.4)
+    assert stall_figures(_download([1.0]), 0.0, 2.0, complete=True)["first_MB_s"] is None

@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Generic, TypeVar
@@ -980,6 +980,10 @@ _RATE_LIMITED_LOG: Final = logs.Throttle(10.0)
 BROKER_KEY: Final = web.AppKey("unwall_broker", Broker)
 
 STATIC_DIR: Final = Path(__file__).with_name("static")
+#: The media carrier's scripts, one copy for the Chromium engine and the widget (protocol.md
+#: section 2.1): served under /widget/carrier/.
+CARRIER_DIR: Final = Path(__file__).parents[1] / "transport" / "chromium"
+CARRIER_SCRIPTS: Final = ("media.js", "carrier-worker.js")
 
 #: The volunteer API is called by the widget from whatever site embeds it.
 CORS_HEADERS: Final = {
@@ -988,6 +992,13 @@ CORS_HEADERS: Final = {
     "Access-Control-Allow-Headers": "Content-Type",
     "Access-Control-Max-Age": "600",
 }
+
+
+def _carrier_script(path: Path) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(path, headers={"Content-Type": "text/javascript"})
+
+    return serve
 
 
 async def _cors(request: web.Request, response: web.StreamResponse) -> None:
@@ -1057,6 +1068,8 @@ def create_app(config: BrokerConfig) -> web.Application:
     app.router.add_route("OPTIONS", "/v1/volunteer/{tail:.*}", _no_content)
     if STATIC_DIR.is_dir():
         app.router.add_get("/", _index)
+        for name in CARRIER_SCRIPTS:
+            app.router.add_get(f"/widget/carrier/{name}", _carrier_script(CARRIER_DIR / name))
         app.router.add_static("/widget/", STATIC_DIR, append_version=False)
 
     async def on_startup(app: web.Application) -> None:

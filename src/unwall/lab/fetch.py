@@ -34,6 +34,10 @@ def stall_figures(
         "bytes": download.size,
         "seconds": round(ended - started, 3),
         "ttfb_s": round(times[0] - started, 3) if times else None,
+        # from the request to the first megabyte: how soon a fresh tunnel gets going
+        "first_MB_s": next(
+            (round(t - started, 3) for t, size in download.progress if size >= 1_000_000), None
+        ),
         "max_stall_s": round(max(gaps), 3) if gaps else None,
         "complete": complete,
     }

@@ -92,6 +92,7 @@ async def _measure_socks(url_base: str, size: int, max_time: float) -> dict[str,
         "seconds": round(seconds, 2),
         "complete": blob["complete"],
         "max_stall_s": blob["max_stall_s"],
+        "first_MB_s": blob.get("first_MB_s"),
         "page_ttfb_s": round(page["ttfb"], 3) if page["exit"] == 0 else None,
     }
 
@@ -116,6 +117,31 @@ async def _volunteer(
         yield
 
 
+def _chromium_cpu() -> dict[str, float]:
+    """CPU seconds used so far by the Chromium processes unwall's engines started (their
+    profiles are unwall-chromium-*), by the lab namespace they run in: the client's
+    (censored) and the volunteer's (vol1...). The widget's Chromium is not counted."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds: dict[int, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if b"unwall-chromium-" not in (proc / "cmdline").read_bytes():
+                continue
+            fields = (proc / "stat").read_text().rpartition(")")[2].split()
+            netns = (proc / "ns" / "net").stat().st_ino
+        except OSError:
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        seconds[netns] = seconds.get(netns, 0.0) + used
+    names: dict[int, str] = {}
+    for name in topology.namespaces_up():
+        with contextlib.suppress(OSError):
+            names[Path(f"/run/netns/{name}").stat().st_ino] = name.removeprefix(topology.PREFIX)
+    return {names.get(ns, "other"): used for ns, used in seconds.items()}
+
+
 async def _through_unwall(
     kind: str, home: topology.Home, info: dict[str, Any], size: int, max_time: float,
     workdir: Path,
@@ -129,8 +155,15 @@ async def _through_unwall(
             if setup is None:
                 tail = client.log.read_text(errors="replace").splitlines()[-3:]
                 return {"error": "the tunnel did not come up", "client_log": tail}
+            cpu_before = _chromium_cpu()
             result = await _measure_socks("http://open.test", size, max_time)
             result["setup_s"] = round(setup, 2)
+            cpu = {k: v - cpu_before.get(k, 0.0) for k, v in _chromium_cpu().items()}
+            if cpu and result["bytes"]:
+                megabytes = result["bytes"] / 1e6
+                result["chromium_cpu_s_per_MB"] = {
+                    where: round(seconds / megabytes, 3) for where, seconds in sorted(cpu.items())
+                }
             return result
         finally:
             client.stop()
@@ -210,7 +243,7 @@ def _summary(entries: list[dict[str, Any]], kinds: Sequence[str]) -> dict[str, A
         return summary
     summary["runs"] = entries
     for path in ("direct", *kinds):
-        for figure in ("MBps", "ratio", "max_stall_s"):
+        for figure in ("MBps", "ratio", "max_stall_s", "page_ttfb_s", "first_MB_s"):
             values = [e[path][figure] for e in entries if e.get(path, {}).get(figure) is not None]
             if values:
                 summary[f"{path}_{figure}"] = {
@@ -235,6 +268,9 @@ def _print_preset(name: str, entry: dict[str, Any], kinds: Sequence[str]) -> Non
             f"  {f'unwall ({kind})':<24} {figures['MBps']:8.3f} MB/s  "
             f"ratio {figures.get('ratio')}  ttfb {figures['page_ttfb_s']} s  "
             f"setup {figures['setup_s']} s  "
-            f"longest stall {figures.get('max_stall_s')} s"
+            f"longest stall {figures.get('max_stall_s')} s  "
+            f"first MB {figures.get('first_MB_s')} s"
             f"{'' if figures['complete'] else '  (hit the time cap)'}"
         )
+        if figures.get("chromium_cpu_s_per_MB"):
+            print(f"  {'':<24} Chromium CPU-s per MB: {figures['chromium_cpu_s_per_MB']}")

@@ -30,6 +30,38 @@ import {
 
 const SCRIPT_URL = import.meta.url;
 const STYLESHEET_URL = new URL("./unwall-widget.css", SCRIPT_URL).href;
+// The media carrier, shared with the Chromium engine (the broker serves both files).
+const MEDIA_URL = new URL("./carrier/media.js", SCRIPT_URL).href;
+const CARRIER_WORKER_URL = new URL("./carrier/carrier-worker.js", SCRIPT_URL).href;
+
+/** Whether this browser can carry the tunnel in video frames (docs/protocol.md §2.1). */
+export function canCarryMedia(win = globalThis) {
+  return typeof win.RTCRtpScriptTransform === "function" && typeof win.Worker === "function";
+}
+
+let workerBlobUrl = null;
+
+/**
+ * The factory the volunteer asks for a media carrier per client connection. The worker's
+ * script comes from the broker, maybe another origin than the page's: a worker must be of
+ * the page's origin, so it is loaded once and started from a blob: URL. Null (the data
+ * channel) when the browser cannot, the page forbids it (CSP), or the client offers no
+ * video.
+ */
+export function mediaCarrierFactory(win = globalThis) {
+  if (!canCarryMedia(win)) return null;
+  return async (pc, offerSdp, onDatagram) => {
+    const media = await import(MEDIA_URL);
+    if (!media.sendsVideo(offerSdp)) return null;
+    if (workerBlobUrl === null) {
+      const response = await win.fetch(CARRIER_WORKER_URL);
+      if (!response.ok) return null;
+      const blob = new win.Blob([await response.text()], { type: "text/javascript" });
+      workerBlobUrl = win.URL.createObjectURL(blob);
+    }
+    return new media.MediaCarrier(pc, { workerUrl: workerBlobUrl, onDatagram });
+  };
+}
 const SVG_NS = "http://www.w3.org/2000/svg";
 const SPARK_WIDTH = 120;
 const SPARK_HEIGHT = 28;
@@ -186,7 +218,13 @@ export function mount(element, options = {}) {
   const [svg, polyline] = chart("unwall-widget__spark", "widget.spark", history.samples(now()));
   const [hourSvg, hourLine] = chart("unwall-widget__spark unwall-widget__hour", "widget.hour", hour.samples(now()));
 
-  element.replaceChildren(title, button, status, list, svg, hourSvg);
+  // A browser without encoded transforms still helps, over the data channel: say so.
+  const media = options.mediaCarrier !== undefined ? options.mediaCarrier : mediaCarrierFactory(win);
+  const note = el(doc, "p", "unwall-widget__note", media ? "" : t("widget.no_video"));
+  note.hidden = Boolean(media);
+  element.setAttribute("data-carrier", media ? "media" : "datachannel");
+
+  element.replaceChildren(title, button, status, note, list, svg, hourSvg);
 
   // ----- behaviour -------------------------------------------------------------------
   let volunteer = null;
@@ -262,7 +300,7 @@ export function mount(element, options = {}) {
 
   function ensureVolunteer() {
     if (volunteer) return volunteer;
-    const settings = { brokerUrl, capacity, maxRate, ...(options.volunteerOptions ?? {}) };
+    const settings = { brokerUrl, capacity, maxRate, mediaCarrier: media, ...(options.volunteerOptions ?? {}) };
     volunteer = options.createVolunteer ? options.createVolunteer(settings) : new BrowserVolunteer(settings);
     volunteer.addEventListener("status", (event) => {
       if (widget.enabled) renderStatus(event.detail);

@@ -1,5 +1,8 @@
 // The browser volunteer: answers clients' WebRTC offers through the broker and relays each
 // client's DataChannel to one WebSocket to the egress, message for message, unchanged.
+// A client that offers video (the media carrier, docs/protocol.md §2.1) is answered with
+// video back when `mediaCarrier` (a factory, options) gives a carrier for its connection:
+// then the datagrams ride in the call's frames both ways, and the data channel only opens.
 //
 // It never parses what it carries (QUIC, encrypted end to end between client and egress).
 // No DOM here: everything it touches (fetch, RTCPeerConnection, WebSocket, timers, clock)
@@ -84,6 +87,9 @@ export class BrowserVolunteer extends EventTarget {
     const fetchFn = pick(options, "fetch", g.fetch);
     this._fetch = (url, init) => (options.fetch ? fetchFn(url, init) : g.fetch(url, init));
     this._RTCPeerConnection = pick(options, "RTCPeerConnection", g.RTCPeerConnection);
+    // async (pc, offerSdp, onDatagram) => a MediaCarrier (media.js) for this connection, or
+    // null: the data channel. None given: the data channel always.
+    this._mediaCarrier = options.mediaCarrier ?? null;
     this._WebSocket = pick(options, "WebSocket", g.WebSocket);
     const st = options.setTimeout;
     const ct = options.clearTimeout;
@@ -112,7 +118,9 @@ export class BrowserVolunteer extends EventTarget {
     this._controllers = new Set();
     this._capacityWaiters = [];
     this._nextClientId = 1;
-    this._stats = { clientsNow: 0, clientsTotal: 0, bytesToEgress: 0, bytesToClients: 0, dropped: 0 };
+    this._stats = {
+      clientsNow: 0, clientsTotal: 0, clientsOverMedia: 0, bytesToEgress: 0, bytesToClients: 0, dropped: 0,
+    };
     this.status = { state: "off" };
     this._checking = false;
     this._probes = new Set();
@@ -392,6 +400,8 @@ export class BrowserVolunteer extends EventTarget {
       egressUrl,
       pc: null,
       channel: null,
+      media: null, // the media carrier, when this client's call carries the datagrams
+      mediaActive: false,
       ws: null,
       wsOpen: false,
       opened: false,
@@ -448,13 +458,34 @@ export class BrowserVolunteer extends EventTarget {
           this._closeClient(client, client.opened || state === "closed" ? undefined : ERROR_CONNECT);
         }
       };
-      pc.onconnectionstatechange = () => lost(pc.connectionState);
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState === "connected") this._mediaConnected(client);
+        lost(pc.connectionState);
+      };
       pc.oniceconnectionstatechange = () => lost(pc.iceConnectionState);
 
-      await pc.setRemoteDescription({ type: "offer", sdp });
+      let media = null;
+      if (this._mediaCarrier) {
+        try {
+          media = await this._mediaCarrier(pc, sdp, (data) => this._fromClient(client, data));
+        } catch {
+          media = null; // no video here: the data channel carries
+        }
+      }
+      if (client.closed) {
+        if (media) safely(() => media.stop());
+        return;
+      }
+      client.media = media;
+      await pc.setRemoteDescription({ type: "offer", sdp: media ? media.munge(sdp) : sdp });
       if (client.closed) return;
+      if (media && !media.answer()) {
+        safely(() => media.stop());
+        client.media = media = null;
+      }
       answer = await pc.createAnswer();
       if (client.closed) return;
+      if (media) answer = { type: "answer", sdp: media.munge(answer.sdp) };
       await pc.setLocalDescription(answer);
     } catch {
       this._closeClient(client, ERROR_OFFER);
@@ -520,6 +551,15 @@ export class BrowserVolunteer extends EventTarget {
     channel.onopen = () => this._channelOpen(client);
     channel.onclose = () => this._closeClient(client);
     if (channel.readyState === "open") this._channelOpen(client);
+  }
+
+  /** The call is up: with the media carrier, the datagrams to the client go in its frames. */
+  _mediaConnected(client) {
+    if (client.closed || !client.media || client.mediaActive) return;
+    client.mediaActive = true;
+    this._stats.clientsOverMedia += 1;
+    Promise.resolve(client.media.start()).catch(() => {});
+    this._pump(client, CLIENT);
   }
 
   _fromClient(client, data) {
@@ -683,6 +723,11 @@ export class BrowserVolunteer extends EventTarget {
 
   _sink(client, direction) {
     if (direction === EGRESS) return client.wsOpen ? client.ws : null;
+    if (client.mediaActive) {
+      // The carrier keeps its own bounded queue, paced by the call's congestion control.
+      const media = client.media;
+      return { bufferedAmount: 0, send: (data) => media.send(data) };
+    }
     const channel = client.channel;
     return channel && channel.readyState === "open" ? channel : null;
   }
@@ -763,6 +808,8 @@ export class BrowserVolunteer extends EventTarget {
       queue.items = [];
       queue.bytes = 0;
     }
+    if (client.media) safely(() => client.media.stop());
+    if (client.mediaActive) this._stats.clientsOverMedia -= 1;
     if (client.channel) safely(() => client.channel.close());
     if (client.ws) safely(() => client.ws.close());
     if (client.pc) safely(() => client.pc.close());

@@ -32,7 +32,7 @@ const SEEN_FRAMES = 1024;
 const settings = {
   fill: 0.9, // of the estimate; the encoder's own bytes count against it
   queueSeconds: 0.25, // of datagrams waiting for frames, at the estimate
-  minQueueBytes: 256 * 1024,
+  minQueueBytes: 64 * 1024,
   burstSeconds: 0.1, // unused credit is kept this long at most
   busyMs: 1000, // padding while datagrams waited for room this recently
   ceilingBps: 50e6, // no padding once the estimate is near this (the encoding's maximum)
