@@ -369,6 +369,8 @@ setInterval(() => {{
     clientsTotal: Number(el.getAttribute("data-clients-total")),
     bytesRelayed: Number(el.getAttribute("data-bytes-relayed")),
     status: el.querySelector(".unwall-widget__status")?.textContent ?? "",
+    carrier: el.getAttribute("data-carrier"),
+    clientsOverMedia: widget.volunteer ? widget.volunteer.stats().clientsOverMedia : 0,
     candidates,
   }});
 }}, 500);

@@ -13,7 +13,9 @@ channel, so through such a box:
 - `flag`: the download arrives whole, and the report names the censored host.
 
 - `pass`: `--webrtc chromium --carrier media` (video frames) through the strictest
-  profile: the download arrives, the box saw media and suspects nothing.
+  profile: the download arrives, the box saw media and suspects nothing; with a headless
+  Chromium-engine volunteer, the widget in Chromium, and the widget in Firefox ESR (each
+  says it carried the client over media).
 
 Each case is one `Case` (the engine's arguments, the profile, what to expect); another
 engine or carrier is one more entry.
@@ -22,10 +24,13 @@ engine or carrier is one more entry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
+import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +67,9 @@ class Case:
     #: "drop": the download fails and the host is named; "flag": it arrives and the host
     #: is named; "pass": it arrives and the box suspects nothing of the carrier
     expect: str
+    #: who volunteers: "headless" (with the case's engine), "chromium" or "firefox" (the
+    #: widget in that browser, at its defaults)
+    volunteer: str = "headless"
 
 
 CASES = [
@@ -70,7 +78,61 @@ CASES = [
     Case("chromium-drop", CHROMIUM, STRICTEST, "drop"),
     Case("chromium-flag", CHROMIUM, BOTH_FLAGGED, "flag"),
     Case("chromium-media", CHROMIUM_MEDIA, STRICTEST, "pass"),
+    Case("widget-chromium-media", CHROMIUM_MEDIA, STRICTEST, "pass", volunteer="chromium"),
+    Case("widget-firefox-media", CHROMIUM_MEDIA, STRICTEST, "pass", volunteer="firefox"),
 ]
+BROKER_PAGE = "http://203.0.113.20:8080/"
+WIDGET_STATS = "document.querySelector('[data-unwall-widget]').unwallVolunteer.stats()"
+
+
+@contextlib.asynccontextmanager
+async def _volunteer(
+    case: Case, home: topology.Home, info: dict[str, object], tmp_path: Path
+) -> AsyncIterator[dict[str, object]]:
+    """The case's volunteer, running; yields what its widget said at the end (after the
+    block), for the widget kinds."""
+    said: dict[str, object] = {}
+    if case.volunteer == "headless":
+        manager.start_volunteer(home, str(info["stun"]), Path(str(info["state"])), case.engine)
+        try:
+            yield said
+        finally:
+            await asyncio.to_thread(manager.stop, "volunteer-home1")
+    elif case.volunteer == "chromium":
+        from unwall.browser import chromium_in
+
+        async with chromium_in(home.host, tmp_path, mdns=True) as browser:
+            page = await browser.new_page()
+            await page.goto(BROKER_PAGE)
+            await page.locator("[data-unwall-widget] [role=switch]").click()
+            yield said
+            said.update(await page.evaluate(WIDGET_STATS))
+            said["carrier"] = await page.get_attribute("[data-unwall-widget]", "data-carrier")
+    else:
+        from unwall.browser import firefox_in
+
+        # The widget on another site's page (a worker of the broker's origin cannot run
+        # there: the widget starts it from a blob: URL), served in the lab's internet.
+        reports = tmp_path / "reports.jsonl"
+        server = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", topology.INTERNET, sys.executable,
+            str(Path(__file__).with_name("lab_volunteer_page.py")), "203.0.113.20",
+            BROKER_PAGE.rstrip("/"), str(reports),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert server.stdout is not None
+            url = (await asyncio.wait_for(server.stdout.readline(), 30)).decode().strip()
+            async with firefox_in(home.host, url, tmp_path) as firefox:
+                try:
+                    yield said
+                finally:
+                    lines = reports.read_text().splitlines() if reports.exists() else []
+                    said.update(json.loads(lines[-1]) if lines else {})
+                    said["log"] = firefox.log_tail(20)
+        finally:
+            server.terminate()
+            await server.wait()
 
 
 def _chromium_or_skip() -> None:
@@ -129,14 +191,13 @@ async def _through_the_box(case: Case, tmp_path: Path) -> None:
     try:
         info = manager.up(profile, homes=("port-restricted",), volunteers=False)
         home = topology.Home(1, topology.parse_nat_kind("port-restricted"))
-        manager.start_volunteer(home, info["stun"], Path(info["state"]), case.engine)
-        client = CensoredClient(info, tmp_path / "client.log", *case.engine)
-        try:
-            assert await client.until("tunnel ready", 60) is not None, client.text()
-            arrived, error = await _download(25 if case.expect == "drop" else 60)
-        finally:
-            client.stop()
-            await asyncio.to_thread(manager.stop, "volunteer-home1")
+        async with _volunteer(case, home, info, tmp_path) as said:
+            client = CensoredClient(info, tmp_path / "client.log", *case.engine)
+            try:
+                assert await client.until("tunnel ready", 90) is not None, client.text()
+                arrived, error = await _download(25 if case.expect == "drop" else 60)
+            finally:
+                client.stop()
         flows = _carrier_flows(state)
         evidence = _carrier_evidence()
     finally:
@@ -154,6 +215,9 @@ async def _through_the_box(case: Case, tmp_path: Path) -> None:
         # handshake looks like data channel bytes to a box)
         carriers = {v for _, _, f in flows for a, k, v in f if (a, k) == ("carrier", "carrier")}
         assert carriers & {"media", "both"}, summary
+        if case.volunteer != "headless":  # the widget says it carried the client in video
+            assert said.get("carrier") == "media", said
+            assert said.get("clientsOverMedia", 0) >= 1 or said.get("clientsTotal", 0) >= 1, said
         return
     assert evidence, f"the report does not name {topology.CENSORED_IP}:\n{summary}"
     dropped = [flow for flow in flows if flow[0] == "drop" and flow[1].startswith(SUSPICION)]
@@ -170,6 +234,11 @@ async def _through_the_box(case: Case, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 async def test_the_carrier_through_a_box_that_wants_calls(case: Case, tmp_path: Path) -> None:
-    if "chromium" in case.engine:
+    if "chromium" in case.engine or case.volunteer == "chromium":
         _chromium_or_skip()
+    if case.volunteer == "firefox":
+        from unwall.browser import firefox_missing
+
+        if firefox_missing():
+            pytest.skip(firefox_missing() or "")
     await _through_the_box(case, tmp_path)
