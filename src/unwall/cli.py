@@ -482,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KIND",
         help="with --path: what carries the hop, repeatable: headless (volunteer), chromium "
         "(the widget in Chromium), chromium-engine (client and headless volunteer with "
-        "--webrtc chromium). Default: all three",
+        "--webrtc chromium), chromium-widget (a --webrtc chromium client, the widget in "
+        "Chromium). Default: all four",
     )
     bench.add_argument(
         "--browser",

@@ -6,7 +6,9 @@ on a noisy machine:
   (plain TCP, the kernel's default congestion control, MTU 1500, offloads off);
 - **through unwall**, per kind: a headless volunteer (`headless`), the widget in Debian's
   Chromium with its default flags (`chromium`), and client and headless volunteer both
-  with `--webrtc chromium` (`chromium-engine`: Chromium carries both ends of the hop),
+  with `--webrtc chromium` (`chromium-engine`: Chromium carries both ends of the hop, in
+  video frames), and the widget in Chromium serving a `--webrtc chromium` client
+  (`chromium-widget`: video frames too),
   each volunteer in a home network behind a port-restricted NAT: the same download over
   the client's SOCKS5.
 Each figure: goodput (bytes received / seconds, also when the download hits the time cap),
@@ -34,9 +36,14 @@ from unwall.lab.censored import SOCKS, CensoredClient
 from unwall.lab.link import preset
 
 BROKER_PAGE = "http://203.0.113.20:8080/"
-VOLUNTEER_KINDS = ("headless", "chromium", "chromium-engine")
+VOLUNTEER_KINDS = ("headless", "chromium", "chromium-engine", "chromium-widget")
 #: what `--webrtc chromium` adds to a kind's client and headless volunteer
-ENGINE_ARGS = {"chromium-engine": ("--webrtc", "chromium")}
+ENGINE_ARGS = {
+    "chromium-engine": ("--webrtc", "chromium"),
+    "chromium-widget": ("--webrtc", "chromium"),
+}
+#: kinds whose volunteer is the widget in Chromium (the others: a headless volunteer)
+WIDGET_KINDS = ("chromium", "chromium-widget")
 #: the censored client's SOCKS5 port (CensoredClient.SOCKS)
 SOCKS_PORT = int(SOCKS.rpartition(":")[2])
 
@@ -101,7 +108,7 @@ async def _measure_socks(url_base: str, size: int, max_time: float) -> dict[str,
 async def _volunteer(
     kind: str, home: topology.Home, info: dict[str, Any], workdir: Path
 ) -> AsyncIterator[None]:
-    if kind != "chromium":
+    if kind not in WIDGET_KINDS:
         manager.start_volunteer(home, info["stun"], Path(info["state"]), ENGINE_ARGS.get(kind, ()))
         try:
             yield
@@ -186,7 +193,7 @@ async def path_bench(
     if unknown:
         print(f"unwall bench --path: unknown kind(s): {', '.join(unknown)}", file=sys.stderr)
         return 2
-    if {"chromium", "chromium-engine"} & set(kinds):
+    if set(kinds) - {"headless"}:
         from unwall.browser import chromium_missing
 
         missing = chromium_missing()

@@ -73,13 +73,19 @@ MEDIA_SETTINGS: dict[str, Any] = json.loads(os.environ.get("UNWALL_MEDIA") or "{
 #: From asking for an offer or answer to having it (ICE gathering included).
 SDP_TIMEOUT = 20.0
 
-#: GoogCC's field trials for the media carrier (benchmarks/README.md, issue 21). UNWALL_
-#: FIELD_TRIALS replaces them ("" for Chromium's own), for measurements.
+#: GoogCC's field trials for the media carrier (read from libwebrtc's goog_cc; measured in
+#: benchmarks/README.md, issue 21): random loss is not congestion, so no loss-based cap (v2
+#: off, v1's thresholds out of reach; the delay-based estimate still backs off on queues);
+#: a trendline over 100 packet groups, so that jitter is not taken for a growing queue;
+#: probes of 100 ms at 4x and 8x the start bitrate, and one to recover after a large drop.
+#: UNWALL_FIELD_TRIALS replaces them ("" for Chromium's own), for measurements.
 FIELD_TRIALS = os.environ.get(
     "UNWALL_FIELD_TRIALS",
     "WebRTC-Bwe-LossBasedBweV2/Enabled:false/"
     "WebRTC-BweLossExperiment/Enabled-0.5,0.9,1000000/"
-    "WebRTC-Bwe-ProbingConfiguration/p1:4,p2:8,step_size:2/",
+    "WebRTC-Bwe-ProbingConfiguration/p1:4,p2:8,step_size:2,min_probe_duration:100ms/"
+    "WebRTC-Bwe-TrendlineEstimatorSettings/window_size:100/"
+    "WebRTC-BweRapidRecoveryExperiment/Enabled/",
 )
 
 FLAGS = [
