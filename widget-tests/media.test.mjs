@@ -12,10 +12,11 @@ const video = (direction, port = 9) =>
 const data = "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n";
 
 describe("media.js: the SDP", () => {
-  test("an end sends video when its video section is sendrecv (or sendonly), port not 0", () => {
+  test("an end carries media when its video section is sendrecv, port not 0", () => {
     assert.equal(sendsVideo(session + video("sendrecv") + data), true);
-    assert.equal(sendsVideo(session + video("sendonly") + data), true);
-    // an older peer: it takes no video, or answers the section inactive or rejected
+    // an end that only sends (or only takes) video would leave one direction black-holed;
+    // an older peer takes no video, or answers the section inactive or rejected
+    assert.equal(sendsVideo(session + video("sendonly") + data), false);
     assert.equal(sendsVideo(session + video("recvonly") + data), false);
     assert.equal(sendsVideo(session + video("inactive") + data), false);
     assert.equal(sendsVideo(session + video("sendrecv", 0) + data), false);

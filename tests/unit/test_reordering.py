@@ -21,7 +21,7 @@ IDENTITY = generate_identity()
 
 def test_a_window_keeps_the_defaults_until_a_lost_packet_is_acknowledged() -> None:
     window = ReorderingWindow()
-    window.declared_lost(10, sent_time=1.0, largest_acked=13)
+    window.declared_lost(10, sent_time=1.0)
     window.acknowledged([range(11, 20)], largest_acked=19, now=1.2, rtt=0.1)
     assert (window.packet_threshold, window.time_threshold) == (3, 9 / 8)
     assert window.spurious == 0
@@ -29,27 +29,50 @@ def test_a_window_keeps_the_defaults_until_a_lost_packet_is_acknowledged() -> No
 
 def test_a_spurious_loss_teaches_distance_and_lateness_up_to_a_cap() -> None:
     window = ReorderingWindow()
-    window.declared_lost(10, sent_time=1.0, largest_acked=13)
+    window.declared_lost(10, sent_time=1.0)
     window.acknowledged([range(5, 11), range(40, 41)], largest_acked=49, now=1.2, rtt=0.1)
     assert window.spurious == 1
     assert window.packet_threshold == int(40 * reordering.MARGIN)
     assert window.time_threshold == pytest.approx(2.0 * reordering.MARGIN)
     # once only: the same packet acknowledged again teaches nothing more
-    window.acknowledged([range(10, 11)], largest_acked=49, now=5.0, rtt=0.1)
+    window.acknowledged([range(10, 11)], largest_acked=49, now=1.3, rtt=0.1)
     assert window.spurious == 1
-    window.declared_lost(100, sent_time=1.0, largest_acked=100_000)
-    window.acknowledged([range(100, 101)], largest_acked=100_000, now=100.0, rtt=0.1)
+    window.declared_lost(3000, sent_time=1.5)
+    window.acknowledged([range(3000, 3001)], largest_acked=7000, now=2.0, rtt=0.1)
     assert window.packet_threshold == reordering.MAX_PACKET_THRESHOLD
     assert window.time_threshold == reordering.MAX_TIME_THRESHOLD
 
 
-def test_a_window_remembers_a_bounded_number_of_losses() -> None:
+def test_a_window_remembers_a_bounded_number_of_losses_for_a_bounded_time() -> None:
     window = ReorderingWindow()
     for n in range(reordering.REMEMBERED + 100):
-        window.declared_lost(n, sent_time=0.0, largest_acked=n + 3)
-    assert len(window._lost) == reordering.REMEMBERED
-    window.acknowledged([range(0, 100)], largest_acked=200, now=1.0, rtt=0.1)
+        window.declared_lost(n, sent_time=0.0)
+    assert window.remembered == reordering.REMEMBERED
+    window.acknowledged([range(0, 100)], largest_acked=200, now=0.1, rtt=0.1)
     assert window.spurious == 0  # the oldest were forgotten
+    # a loss older than the caps could teach is forgotten at the next ACK
+    window.acknowledged([], largest_acked=200, now=10.0, rtt=0.1)
+    assert window.remembered == 0
+    # and one too far behind the largest acknowledged
+    window.declared_lost(5, sent_time=10.0)
+    window.acknowledged(
+        [], largest_acked=5 + reordering.MAX_PACKET_THRESHOLD + 1, now=10.1, rtt=0.1
+    )
+    assert window.remembered == 0
+
+
+def test_wide_ranges_find_exactly_the_lost_packets_inside_them() -> None:
+    """A peer may acknowledge with hundreds of wide ranges: they are matched by bisection,
+    each finding only the remembered numbers it holds."""
+    window = ReorderingWindow()
+    lost = list(range(1000, 3000, 7))
+    for n in lost:
+        window.declared_lost(n, sent_time=1.0)
+    ranges = [range(start, start + 5) for start in range(0, 1_000_000, 2600)]
+    window.acknowledged(ranges, largest_acked=3500, now=1.1, rtt=0.1)
+    inside = [n for n in lost if any(n in r for r in ranges)]
+    assert window.spurious == len(inside)
+    assert window.remembered == len(lost) - len(inside)
 
 
 #: every FRAME datagrams from the server make a "frame"; one frame in LATE_EVERY arrives

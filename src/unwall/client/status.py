@@ -92,8 +92,8 @@ WORDS: Final[dict[State, tuple[str, str]]] = {
 #: (docs/fingerprints.md): said as it is, never better.
 SEEN_AS: Final[dict[tuple[str, str], str]] = {
     ("chromium", "media"): (
-        "The network you are on sees a video call from a Chromium browser: its handshake, "
-        "and video, as any call has."
+        "The network you are on sees a video call from a Chromium browser: its handshake and "
+        "its encrypted video are a browser's (a call with video and no sound)."
     ),
     ("chromium", "datachannel"): (
         "The network you are on sees a Chromium browser's WebRTC data channel, not a video "

@@ -18,7 +18,14 @@ Then each connection learns, as TCP's RACK does (RFC 8985 section 6.2): when a p
 declared lost is acknowledged after all, the path reorders, and the thresholds grow to what
 that packet needed (its distance in packet numbers, its age in round trips), up to a cap.
 A path that never reorders (the data channel: unordered but not late) keeps aioquic's
-defaults, so the egress needs to know nothing of the carrier.
+defaults, so the egress needs to know nothing of the carrier. Only the application data
+space learns (the handshake's spaces number their packets from 0 too).
+
+What a window remembers is bounded in count (REMEMBERED) and in age: a packet declared lost
+more than MAX_TIME_THRESHOLD round trips ago, or more than MAX_PACKET_THRESHOLD numbers
+behind, could teach nothing the caps allow, and is forgotten. An ACK's ranges are matched
+by bisection, so a peer's ACK with many wide ranges costs what its ranges hold, not what the
+window remembers.
 
 `ReorderingWindow` is the rule, with no clock and no QUIC in it; `install` puts it into an
 aioquic connection's recovery.
@@ -26,7 +33,7 @@ aioquic connection's recovery.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import bisect
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,7 +47,7 @@ MAX_TIME_THRESHOLD = 3.0
 #: margin over the lateness a spurious loss showed
 MARGIN = 1.25
 #: packets declared lost that are remembered, to notice an acknowledgement of one
-REMEMBERED = 8192
+REMEMBERED = 2048
 #: aioquic's duplicate window: 2 x MAX_ACK_RANGES packet numbers
 DEFAULT_RECEIVE_WINDOW = 128
 #: the client's (it downloads: 8,192 numbers is about 3 s at 3 MB/s)
@@ -56,28 +63,51 @@ class ReorderingWindow:
         self.packet_threshold = PACKET_THRESHOLD
         self.time_threshold = TIME_THRESHOLD
         self.spurious = 0
-        #: packet number -> (sent time, largest acknowledged when it was declared lost)
-        self._lost: OrderedDict[int, tuple[float, int]] = OrderedDict()
+        #: packet numbers declared lost, sorted, and when each was sent
+        self._numbers: list[int] = []
+        self._sent: dict[int, float] = {}
 
-    def declared_lost(self, packet_number: int, sent_time: float, largest_acked: int) -> None:
-        self._lost[packet_number] = (sent_time, largest_acked)
-        if len(self._lost) > REMEMBERED:
-            self._lost.popitem(last=False)
+    def declared_lost(self, packet_number: int, sent_time: float) -> None:
+        if packet_number in self._sent:
+            return
+        bisect.insort(self._numbers, packet_number)
+        self._sent[packet_number] = sent_time
+        if len(self._numbers) > REMEMBERED:
+            del self._sent[self._numbers.pop(0)]
 
     def acknowledged(
         self, ranges: Iterable[range], largest_acked: int, now: float, rtt: float
     ) -> None:
         """An ACK's ranges: every remembered lost packet among them was not lost at all."""
-        if not self._lost:
+        self._forget(largest_acked, now, rtt)
+        numbers = self._numbers
+        if not numbers:
             return
         for span in ranges:
-            if len(span) > len(self._lost):
-                late = [n for n in self._lost if n in span]
-            else:
-                late = [n for n in span if n in self._lost]
+            start = bisect.bisect_left(numbers, span.start)
+            stop = bisect.bisect_left(numbers, span.stop)
+            if start == stop:
+                continue
+            late = numbers[start:stop]
+            del numbers[start:stop]
             for packet_number in late:
-                sent_time, _ = self._lost.pop(packet_number)
-                self._learn(packet_number, sent_time, largest_acked, now, rtt)
+                self._learn(packet_number, self._sent.pop(packet_number), largest_acked, now, rtt)
+
+    def _forget(self, largest_acked: int, now: float, rtt: float) -> None:
+        """Drop what could teach nothing within the caps (too far behind, or too old)."""
+        numbers = self._numbers
+        cut = bisect.bisect_left(numbers, largest_acked - MAX_PACKET_THRESHOLD)
+        oldest = now - 2 * MAX_TIME_THRESHOLD * rtt if rtt > 0 else None
+        while cut < len(numbers) and oldest is not None and self._sent[numbers[cut]] < oldest:
+            cut += 1
+        if cut:
+            for packet_number in numbers[:cut]:
+                del self._sent[packet_number]
+            del numbers[:cut]
+
+    @property
+    def remembered(self) -> int:
+        return len(self._numbers)
 
     def _learn(
         self, packet_number: int, sent_time: float, largest_acked: int, now: float, rtt: float
@@ -112,18 +142,18 @@ def install(connection: Any, receive_window: int = DEFAULT_RECEIVE_WINDOW) -> Re
     original_lost = loss._on_packets_lost
 
     def on_ack_received(*, ack_rangeset: Any, ack_delay: float, now: float, space: Any) -> None:
-        largest = ack_rangeset.bounds().stop - 1
-        rtt = max(loss._rtt_latest, loss._rtt_smoothed) if loss._rtt_initialized else 0.0
-        window.acknowledged(ack_rangeset, largest, now, rtt)
+        if space.is_application_data:
+            largest = ack_rangeset.bounds().stop - 1
+            rtt = max(loss._rtt_latest, loss._rtt_smoothed) if loss._rtt_initialized else 0.0
+            window.acknowledged(ack_rangeset, largest, now, rtt)
         original_ack(ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space)
 
     def on_packets_lost(*, packets: Iterable[Any], space: Any, **kwargs: Any) -> None:
         packets = list(packets)
-        if kwargs.get("congestion_event", True):  # not a probe timeout's guess
+        # not a probe timeout's guess, and only the application data's numbers
+        if kwargs.get("congestion_event", True) and space.is_application_data:
             for packet in packets:
-                window.declared_lost(
-                    packet.packet_number, packet.sent_time, space.largest_acked_packet
-                )
+                window.declared_lost(packet.packet_number, packet.sent_time)
         original_lost(packets=packets, space=space, **kwargs)
 
     def detect_loss(*, now: float, space: Any) -> None:

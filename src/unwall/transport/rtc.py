@@ -860,7 +860,7 @@ class AiortcPeer(Peer):
             await pc.setRemoteDescription(offer_description(offer_sdp))
             if pc.sctp is None:
                 raise ValueError("the offer has no data channel")
-            # A client that would rather carry media (protocol.md §3): this engine has only
+            # A client that would rather carry media (protocol.md §2): this engine has only
             # the data channel, and says so by neither sending nor taking video.
             for transceiver in pc.getTransceivers():
                 transceiver.direction = "inactive"

@@ -10,7 +10,7 @@ else imports an engine's library:
   what leaves the machine is a browser's DTLS, STUN and SRTP, byte for byte. It costs a
   browser process.
 
-A peer carries the datagrams in one of two carriers (protocol.md §3): a data channel
+A peer carries the datagrams in one of two carriers (protocol.md §2): a data channel
 (``datachannel``: every engine; on the wire, DTLS application data) or the encoded frames of
 a video call (``media``: the Chromium engine's default; on the wire, SRTP like any call). The
 offer says which carriers the offering end can use; the answer settles it, and an end that
@@ -30,13 +30,13 @@ from collections.abc import Callable, Sequence
 
 from unwall.wire.broker import TurnServer
 
-#: The label of the client's data channel (protocol.md §3).
+#: The label of the client's data channel (protocol.md §2).
 DATA_CHANNEL_LABEL = "unwall"
 #: Above this many bytes waiting in a channel's send buffer, `Peer.send` drops.
 DEFAULT_MAX_BUFFERED = 1 << 20
 
 ENGINES = ("aiortc", "chromium")
-#: how datagrams travel between client and volunteer (protocol.md §3)
+#: how datagrams travel between client and volunteer (protocol.md §2)
 CARRIERS = ("media", "datachannel")
 MEDIA = "media"
 DATACHANNEL = "datachannel"
@@ -166,7 +166,7 @@ def check_carrier(engine_name: str, carrier: str | None) -> str:
 
 class Peer(abc.ABC):
     """One peer connection with one data channel (label `unwall`, unordered, no
-    retransmissions: protocol.md §3), in one of two roles, and with the media carrier a
+    retransmissions: protocol.md §2), in one of two roles, and with the media carrier a
     video track each way whose frames carry the datagrams instead.
 
     The offering side (the client) calls `offer`, passes the SDP to the volunteer through

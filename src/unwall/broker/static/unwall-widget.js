@@ -39,7 +39,43 @@ export function canCarryMedia(win = globalThis) {
   return typeof win.RTCRtpScriptTransform === "function" && typeof win.Worker === "function";
 }
 
-let workerBlobUrl = null;
+let workerUrl = null; // a promise of the carrier worker's blob: URL, or of null
+
+/**
+ * The carrier worker's blob: URL once a worker started from it has answered, else null:
+ * a page whose Content-Security-Policy forbids blob: workers fails them only later, and
+ * would leave a call whose frames never carry.
+ */
+function carrierWorker(win) {
+  workerUrl ??= (async () => {
+    try {
+      const response = await win.fetch(CARRIER_WORKER_URL);
+      if (!response.ok) return null;
+      const blob = new win.Blob([await response.text()], { type: "text/javascript" });
+      const url = win.URL.createObjectURL(blob);
+      const worker = new win.Worker(url);
+      const answered = await new Promise((resolve) => {
+        const timer = win.setTimeout(() => resolve(false), 3000);
+        worker.onmessage = (event) => {
+          if (event.data?.type === "pong") {
+            win.clearTimeout(timer);
+            resolve(true);
+          }
+        };
+        worker.onerror = () => {
+          win.clearTimeout(timer);
+          resolve(false);
+        };
+        worker.postMessage({ type: "ping" });
+      });
+      worker.terminate();
+      return answered ? url : null;
+    } catch {
+      return null;
+    }
+  })();
+  return workerUrl;
+}
 
 /**
  * The factory the volunteer asks for a media carrier per client connection. The worker's
@@ -53,13 +89,8 @@ export function mediaCarrierFactory(win = globalThis) {
   return async (pc, offerSdp, onDatagram) => {
     const media = await import(MEDIA_URL);
     if (!media.sendsVideo(offerSdp)) return null;
-    if (workerBlobUrl === null) {
-      const response = await win.fetch(CARRIER_WORKER_URL);
-      if (!response.ok) return null;
-      const blob = new win.Blob([await response.text()], { type: "text/javascript" });
-      workerBlobUrl = win.URL.createObjectURL(blob);
-    }
-    return new media.MediaCarrier(pc, { workerUrl: workerBlobUrl, onDatagram });
+    const url = await carrierWorker(win);
+    return url ? new media.MediaCarrier(pc, { workerUrl: url, onDatagram }) : null;
   };
 }
 const SVG_NS = "http://www.w3.org/2000/svg";

@@ -559,12 +559,14 @@ export class BrowserVolunteer extends EventTarget {
     client.mediaActive = true;
     this._stats.clientsOverMedia += 1;
     Promise.resolve(client.media.start()).catch(() => {});
+    // The call carries: this person is helped, whether or not their data channel opens.
+    this._channelOpen(client);
     this._pump(client, CLIENT);
   }
 
   _fromClient(client, data) {
     if (client.closed) return;
-    if (typeof data === "string") {
+    if (typeof data === "string" || sizeOf(data) === 0) {
       // The protocol carries binary messages only; the egress would close on text.
       this._stats.dropped += 1;
       this._emitStats();

@@ -9,7 +9,8 @@
 // (big-endian), with as many datagrams as the congestion controller's estimate allows for the
 // time since the last frame (a token bucket filled at FILL x availableOutgoingBitrate, which the
 // page reads from getStats and posts here). Datagrams beyond that wait here, up to QUEUE_SECONDS
-// at the estimate: QUIC, end to end, sees the delay and then the loss; nothing here fights GoogCC.
+// at the estimate (older ones are dropped): QUIC, end to end, sees the delay and then the loss;
+// nothing here fights GoogCC. At least one datagram rides each frame, whatever the estimate.
 //
 // Padding: GoogCC raises its estimate only while the call uses it; a sender that uses less is
 // "application limited" and held where it is. QUIC's own controller starts slowly too, and
@@ -28,10 +29,16 @@ const TRAILER = 16;
 const ENTRY_HEADER = 2;
 const MAX_DATAGRAM = 0xffff;
 const SEEN_FRAMES = 1024;
+// Empty entries carry nothing, and a frame gives at most MAX_ENTRIES datagrams: a hostile
+// peer's frame of tiny entries must not become hundreds of thousands of messages. (A frame
+// of 60 KB holds about 50 full datagrams; QUIC's smallest, its ACKs, are about 50 bytes.)
+const MIN_DATAGRAM = 1;
+const MAX_ENTRIES = 256;
 
 const settings = {
   fill: 0.9, // of the estimate; the encoder's own bytes count against it
   queueSeconds: 0.25, // of datagrams waiting for frames, at the estimate
+  queueFrames: 8, // frames a datagram may wait through (a quarter of a second at 30 fps)
   minQueueBytes: 64 * 1024,
   burstSeconds: 0.1, // unused credit is kept this long at most
   busyMs: 1000, // padding while datagrams waited for room this recently
@@ -40,6 +47,7 @@ const settings = {
 
 let rateBps = 0; // the congestion controller's estimate, bits per second
 let queue = [];
+let queued = []; // the frame number when each datagram of `queue` arrived
 let queueHead = 0;
 let queuedBytes = 0;
 let tokens = 0;
@@ -61,7 +69,23 @@ function enqueue(datagram) {
     return;
   }
   queue.push(datagram);
+  queued.push(frameNumber);
   queuedBytes += datagram.byteLength;
+}
+
+/**
+ * Datagrams that waited through more than `queueFrames` frames are dropped (QUIC resends
+ * them): when the estimate collapses, what was queued at the old rate does not linger for
+ * seconds. Counted in frames, not time, so that the wait for a call's first frames costs
+ * nothing.
+ */
+function expire() {
+  const oldest = frameNumber - settings.queueFrames;
+  while (queueHead < queue.length && queued[queueHead] < oldest) {
+    queuedBytes -= queue[queueHead].byteLength;
+    queueHead += 1;
+    counts.dropped += 1;
+  }
 }
 
 function take(budget) {
@@ -70,7 +94,10 @@ function take(budget) {
   while (queueHead < queue.length) {
     const next = queue[queueHead];
     const cost = ENTRY_HEADER + next.byteLength;
-    if (size + cost > budget) break;
+    // At least one a frame (about 0.3 Mbit/s), whatever the estimate: a call's video does
+    // not go lower either, and a tunnel starved by a collapsed estimate would never tell
+    // GoogCC that it could send more.
+    if (size + cost > budget && taken.length > 0) break;
     taken.push(next);
     size += cost;
     queueHead += 1;
@@ -78,6 +105,7 @@ function take(budget) {
   }
   if (queueHead > 1024 && queueHead * 2 > queue.length) {
     queue = queue.slice(queueHead);
+    queued = queued.slice(queueHead);
     queueHead = 0;
   }
   return { taken, size };
@@ -93,6 +121,7 @@ function carry(frame, controller) {
   lastFrameAt = now;
   const original = new Uint8Array(frame.data);
   tokens -= original.byteLength + TRAILER;
+  expire();
   const { taken, size } = take(Math.max(0, tokens));
   tokens -= size;
   if (queueHead < queue.length) backlogAt = now;
@@ -154,11 +183,11 @@ function uncarry(frame, controller) {
   if (firstTime(view.getUint32(end))) {
     const datagrams = [];
     let at = start;
-    while (at + ENTRY_HEADER <= stop) {
+    while (at + ENTRY_HEADER <= stop && datagrams.length < MAX_ENTRIES) {
       const length = view.getUint16(at);
       at += ENTRY_HEADER;
       if (at + length > stop) break; // a malformed tail: what was whole is kept
-      datagrams.push(frame.data.slice(at, at + length));
+      if (length >= MIN_DATAGRAM) datagrams.push(frame.data.slice(at, at + length));
       at += length;
     }
     counts.receivedFrames += 1;
@@ -182,5 +211,6 @@ self.onmessage = (event) => {
   if (message.type === "datagram") enqueue(message.data);
   else if (message.type === "rate") rateBps = message.bps;
   else if (message.type === "settings") Object.assign(settings, message.settings);
+  else if (message.type === "ping") self.postMessage({ type: "pong" });
   else if (message.type === "counts") self.postMessage({ type: "counts", counts: { ...counts, queuedBytes, rateBps } });
 };

@@ -13,7 +13,7 @@ WebSocket per peer connection. Text frames are commands and events (JSON); binar
 QUIC datagrams, unchanged. Chromium is started in its own process group with a parent-death
 signal: it never outlives us, and `close` ends the group.
 
-Carriers (protocol.md §3): with the media carrier (the default here) the datagrams ride in
+Carriers (protocol.md §2): with the media carrier (the default here) the datagrams ride in
 the encoded frames of a video call, paced by Chromium's own congestion controller (GoogCC)
 and repaired by NACK/RTX: on the wire, SRTP like any call, and about the link's speed on lossy
 paths. With the data channel (an older peer, or `carrier="datachannel"`) they ride
@@ -152,6 +152,7 @@ class ChromiumPeer(Peer):
         self._config = config
         self._wanted = carrier
         self._counts: asyncio.Future[dict[str, Any]] | None = None
+        self._counts_lock = asyncio.Lock()
         self._trace: asyncio.Future[None] | None = None
         self._ws: web.WebSocketResponse | None = None
         self._out: DropTailQueue | None = None
@@ -251,11 +252,12 @@ class ChromiumPeer(Peer):
     async def carrier_counts(self) -> dict[str, Any]:
         """What the media carrier's worker counted (frames and datagrams each way, drops,
         the estimate it follows); {} with the data channel. For tests and measurements."""
-        if self._ws is None or self._ws.closed:
-            return {}
-        self._counts = asyncio.get_running_loop().create_future()
-        await self._ws.send_str(json.dumps({"type": "counts"}))
-        return await asyncio.wait_for(self._counts, 5)
+        async with self._counts_lock:  # one question at a time: the page answers in turn
+            if self._ws is None or self._ws.closed:
+                return {}
+            self._counts = asyncio.get_running_loop().create_future()
+            await self._ws.send_str(json.dumps({"type": "counts"}))
+            return await asyncio.wait_for(self._counts, 5)
 
     async def _trace_counts(self, path: str) -> None:
         loop = asyncio.get_running_loop()

@@ -100,12 +100,16 @@ export function withStartBitrate(sdp, startKbps, maxKbps) {
   return out.join("\r\n");
 }
 
-/** Whether an SDP's video section sends (sendrecv or sendonly) with a non-zero port. */
+/**
+ * Whether an SDP's video section sends and receives (sendrecv, said or by default) on a
+ * non-zero port: both ways, as the media carrier needs (an end that only sends would have
+ * its other direction black-holed).
+ */
 export function sendsVideo(sdp) {
   const sections = sdp.split(/\r\nm=/).slice(1);
   return sections.some((section) =>
     section.startsWith("video ") && !section.startsWith("video 0 ")
-    && !/\r\na=(recvonly|inactive)\r\n/.test(`\r\n${section}\r\n`));
+    && !/\r\na=(recvonly|sendonly|inactive)\r\n/.test(`\r\n${section}\r\n`));
 }
 
 export class MediaCarrier {
@@ -121,10 +125,12 @@ export class MediaCarrier {
     this.worker.postMessage({ type: "settings", settings: {
       fill: this.settings.fill, ceilingBps: this.settings.maxKbps * 1000 } });
     this.worker.postMessage({ type: "rate", bps: this.settings.startKbps * 1000 });
+    this._countsWanted = []; // resolvers of counts(), answered in order
     this.worker.onmessage = (event) => {
       if (event.data.type === "datagrams") for (const data of event.data.datagrams) this.onDatagram(data);
-      else if (event.data.type === "counts" && this._countsWanted) this._countsWanted(event.data.counts);
+      else if (event.data.type === "counts" && this._countsWanted.length) this._countsWanted.shift()(event.data.counts);
     };
+    this.stopped = false;
     this.transceiver = null;
     this.picture = null;
     this.timer = null;
@@ -170,8 +176,10 @@ export class MediaCarrier {
 
   /** The carrier is in use (both ends send video): start following the estimate. */
   async start() {
+    if (this.stopped) return;
     this.active = true;
     await this._setMaxBitrate(this.maxBps);
+    if (this.stopped) return; // stopped meanwhile: no timer to outlive it
     this.timer = setInterval(() => this._pollRate(), RATE_POLL_MS);
   }
 
@@ -229,14 +237,17 @@ export class MediaCarrier {
   }
 
   counts() {
+    if (this.stopped) return Promise.resolve(null);
     return new Promise((resolve) => {
-      this._countsWanted = (counts) => resolve({ ...counts, maxBps: this.maxBps, sent: this.sent, remote: this.remote });
+      this._countsWanted.push((counts) => resolve({ ...counts, maxBps: this.maxBps, sent: this.sent, remote: this.remote }));
       this.worker.postMessage({ type: "counts" });
     });
   }
 
   stop() {
+    this.stopped = true;
     this.active = false;
+    for (const resolve of this._countsWanted.splice(0)) resolve(null);
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     if (this.picture) this.picture.stop();
