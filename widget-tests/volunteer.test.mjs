@@ -764,6 +764,19 @@ describe("BrowserVolunteer: the media carrier", () => {
     assert.equal(env.volunteer.stats().clientsOverMedia, 0);
   });
 
+  test("empty datagrams from the call are not relayed (a hostile frame of empty entries)", async () => {
+    const { factory, made } = fakeCarrier();
+    const env = await makeEnv(BrowserVolunteer, { mediaCarrier: factory });
+    const { pc, socket } = await connectedClient(env);
+    pc.setConnectionState("connected");
+    await env.clock.advance(0);
+    for (let i = 0; i < 1000; i += 1) made[0].onDatagram(new ArrayBuffer(0));
+    made[0].onDatagram(bytes(7));
+    await env.clock.advance(0);
+    assert.deepEqual(socket.sent.map((d) => [...new Uint8Array(d)]), [[7]]);
+    env.volunteer.stop();
+  });
+
   test("a carrier that cannot take the offer's video leaves the data channel", async () => {
     const { factory, made } = fakeCarrier({ accepts: false });
     const env = await makeEnv(BrowserVolunteer, { mediaCarrier: factory });
