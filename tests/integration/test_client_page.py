@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from listening import listening_ports
 from pages import one_page
 
 from unwall.browser import chromium_here, chromium_missing
@@ -244,9 +245,8 @@ async def test_a_terminal_gets_one_status_line(bridge: LocalBridge) -> None:
     await bridge.start_egress()
     await bridge.start_volunteer()
     master, slave = pty.openpty()
-    client = bridge.client_args(
-        extra=("--page", "off"), socks_port=free_port(), http_port=free_port()
-    )
+    socks_port, http_port = free_port(), free_port()
+    client = bridge.client_args(extra=("--page", "off"), socks_port=socks_port, http_port=http_port)
     args = [sys.executable, "-m", "unwall", *client]
     process = await asyncio.create_subprocess_exec(
         *args, stdin=asyncio.subprocess.DEVNULL, stdout=slave, stderr=slave,
@@ -263,6 +263,8 @@ async def test_a_terminal_gets_one_status_line(bridge: LocalBridge) -> None:
         assert b"\x1b[2Kunwall: connecting" in output
         # Log lines are written on a wiped line, and the status line drawn again after.
         assert re.search(rb"\r\x1b\[2K\d\d:\d\d:\d\d INFO .*tunnel ready", output), output[-2000:]
+        # --page off: no page listens, only the two proxies (issue 22, row 10).
+        assert listening_ports(process.pid) == {socks_port, http_port}
     finally:
         with contextlib.suppress(ProcessLookupError):
             process.terminate()

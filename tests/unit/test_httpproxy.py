@@ -236,10 +236,10 @@ FORWARDS = [
         ForwardRequest(
             "example.com",
             80,
-            b"GET / HTTP/1.0\r\nHost: example.com\r\nUser-Agent: Wget/1.21\r\n"
+            b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Wget/1.21\r\n"
             + b"Connection: close\r\n\r\n",
         ),
-        id="http-1.0-without-host-and-empty-path",
+        id="http-1.0-without-host-and-empty-path-sent-as-1.1",
     ),
     pytest.param(
         b"GET http://example.com?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n",
@@ -338,24 +338,41 @@ def test_forward_bytewise(head: bytes, expected: ForwardRequest) -> None:
     assert events[:-1] == [None] * (len(events) - 1)
 
 
-def test_forward_body_start_is_trailing_data() -> None:
+def test_forward_body_start_goes_to_the_exchange() -> None:
     head = (
         b"POST http://example.com/form HTTP/1.1\r\nHost: example.com\r\nContent-Length: 7\r\n\r\n"
     )
     parser, event = parse_whole(head + b"a=1")
     assert isinstance(event, ForwardRequest)
-    parser.receive_data(b"&b=2")
-    assert parser.trailing_data == b"a=1&b=2"
+    parser.receive_data(b"&b")
+    assert parser.trailing_data == b""
+    exchange = parser.exchange()
+    assert exchange.data_to_origin() == b"a=1&b"
+    exchange.receive_from_application(b"=2")
+    assert exchange.data_to_origin() == b"=2"
+    assert exchange.request_complete
 
 
-def test_pipelined_second_request_is_forwarded_unchanged() -> None:
+def test_pipelined_second_request_goes_nowhere() -> None:
     first = b"GET http://example.com/1 HTTP/1.1\r\nHost: example.com\r\n\r\n"
-    second = b"GET http://example.com/2 HTTP/1.1\r\nHost: example.com\r\n\r\n"
+    second = b"GET http://other.example/2 HTTP/1.1\r\nHost: other.example\r\n\r\n"
     parser, event = parse_whole(first + second)
     assert isinstance(event, ForwardRequest)
     assert event.head.startswith(b"GET /1 HTTP/1.1\r\n")
     assert parser.next_event() is None
-    assert parser.trailing_data == second
+    assert parser.trailing_data == b""
+    exchange = parser.exchange()
+    assert exchange.data_to_origin() == b""
+    assert exchange.request_complete
+    exchange.receive_from_application(second)
+    assert exchange.data_to_origin() == b""
+
+
+def test_exchange_before_a_forward_request_is_an_error() -> None:
+    parser, event = parse_whole(b"CONNECT a.example:443 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert isinstance(event, TunnelRequest)
+    with pytest.raises(RuntimeError):
+        parser.exchange()
 
 
 def test_incomplete_head_waits() -> None:
@@ -711,7 +728,7 @@ def test_body_does_not_count_towards_head_limit() -> None:
     body = b"b" * 100_000
     parser, event = parse_whole(head + body)
     assert isinstance(event, ForwardRequest)
-    assert parser.trailing_data == body
+    assert parser.exchange().data_to_origin() == body
 
 
 # --- responses and status tables -----------------------------------------------------------
@@ -721,7 +738,9 @@ RESPONSES = [
         400,
         "bad request target",
         b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: 19\r\nConnection: close\r\n\r\nbad request target\n",
+        b"Content-Length: 19\r\nX-Content-Type-Options: nosniff\r\n"
+        b"Cross-Origin-Resource-Policy: same-origin\r\nConnection: close\r\n\r\n"
+        b"bad request target\n",
         id="400",
     ),
     pytest.param(
@@ -729,6 +748,7 @@ RESPONSES = [
         "too big",
         b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 8\r\n"
+        b"X-Content-Type-Options: nosniff\r\nCross-Origin-Resource-Policy: same-origin\r\n"
         b"Connection: close\r\n\r\ntoo big\n",
         id="431",
     ),
@@ -736,14 +756,17 @@ RESPONSES = [
         502,
         "h\u00f4te injoignable",
         b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: 18\r\nConnection: close\r\n\r\nh\xc3\xb4te injoignable\n",
+        b"Content-Length: 18\r\nX-Content-Type-Options: nosniff\r\n"
+        b"Cross-Origin-Resource-Policy: same-origin\r\nConnection: close\r\n\r\n"
+        b"h\xc3\xb4te injoignable\n",
         id="502-utf8-length-in-bytes",
     ),
     pytest.param(
         599,
         "",
         b"HTTP/1.1 599 Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: 1\r\nConnection: close\r\n\r\n\n",
+        b"Content-Length: 1\r\nX-Content-Type-Options: nosniff\r\n"
+        b"Cross-Origin-Resource-Policy: same-origin\r\nConnection: close\r\n\r\n\n",
         id="unknown-status",
     ),
 ]

@@ -15,6 +15,18 @@ Served on loopback only (the address is checked at start), and only to requests 
 ``Host`` names loopback: a web page that rebinds its own name to 127.0.0.1 gets 403, and the
 self-test refuses a cross-origin POST. The page never shows or logs where the user went;
 the PAC list and the self-test URL are the user's own settings.
+
+Other web pages must not learn that unwall runs here (issue 22, row 11). Every response
+carries ``Cross-Origin-Resource-Policy: same-origin``, so a page elsewhere that loads one as
+a subresource (``<script>``, ``<img>``, ``fetch(..., {mode: "no-cors"})``), even from another
+port of 127.0.0.1, gets a network error, as from a closed port. A request whose
+``Sec-Fetch-Site`` is ``cross-site`` or ``same-site`` gets 403, except a top-level navigation
+to ``/`` (``Sec-Fetch-Mode: navigate``, ``Sec-Fetch-Dest: document``): a person following a
+link to the page still gets it. That costs nothing in secrecy: whatever answers a navigation
+(the page or a 403) is an HTTP response the linking page cannot read, the user sees it, and
+only no answer at all would look like a closed port. ``same-origin`` (the page's own
+script), ``none`` (typed, bookmarked, the PAC fetch) and no header (curl, older browsers)
+pass.
 """
 
 from __future__ import annotations
@@ -132,7 +144,9 @@ class StatusPage:
         self._testing = asyncio.Lock()
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._only_loopback], client_max_size=1024)
+        app = web.Application(middlewares=[self._refuse_strangers], client_max_size=1024)
+        # On every response, aiohttp's own 404 and 405 included.
+        app.on_response_prepare.append(_harden)
         app.router.add_get("/", self._index)
         app.router.add_get("/status.json", self._status)
         app.router.add_get("/proxy.pac", self._pac)
@@ -141,22 +155,24 @@ class StatusPage:
         return app
 
     @web.middleware
-    async def _only_loopback(
+    async def _refuse_strangers(
         self, request: web.Request, handler: Callable[[web.Request], object]
     ) -> web.StreamResponse:
         if not is_loopback(request.url.host or ""):
             return web.Response(status=403, text="this page answers only to localhost\n")
+        if _from_another_site(request):
+            return web.Response(
+                status=403, text="this page answers only to itself and to you, not to other sites\n"
+            )
         response = await handler(request)  # type: ignore[misc]
         assert isinstance(response, web.StreamResponse)
-        response.headers.setdefault("Cache-Control", "no-store")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
         return response
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
         response = web.FileResponse(STATIC / "page.html")
         response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'"
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "frame-ancestors 'none'"
         )
         return response
 
@@ -167,6 +183,7 @@ class StatusPage:
         body["pac"] = f"http://{request.host}/proxy.pac"
         body["pac_list"] = self.config.pac_list is not None
         body["self_test"] = self.config.self_test_url is not None
+        body["exposed"] = exposed_proxies(self.config)
         return web.json_response(body)
 
     async def _pac(self, request: web.Request) -> web.StreamResponse:
@@ -197,6 +214,43 @@ class StatusPage:
         async with self._testing:
             result = await self_test(url, _reachable(self.config.http))
         return web.json_response(result)
+
+
+def exposed_proxies(config: PageConfig) -> list[str]:
+    """The proxies listening where other machines can reach them, in words for the page."""
+    return [
+        f"The {name} proxy listens on {_shown(address)}, which other machines can reach: "
+        "anyone who can connect to it can use your tunnel, with no password."
+        for name, address in (("SOCKS5", config.socks), ("HTTP", config.http))
+        if not is_loopback(address[0])
+    ]
+
+
+def _shown(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _from_another_site(request: web.Request) -> bool:
+    """A browser's request on behalf of another site's page, other than a person following
+    a link to the page (see the module's docstring)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site not in ("cross-site", "same-site"):
+        return False
+    navigation = (
+        request.method == "GET"
+        and request.path == "/"
+        and request.headers.get("Sec-Fetch-Mode") == "navigate"
+        and request.headers.get("Sec-Fetch-Dest") == "document"
+    )
+    return not navigation
+
+
+async def _harden(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
 
 
 async def self_test(url: str, http_proxy: str) -> dict[str, object]:
@@ -257,6 +311,7 @@ __all__ = [
     "PageConfig",
     "StatusPage",
     "check_page_address",
+    "exposed_proxies",
     "pac_file",
     "read_pac_list",
     "self_test",

@@ -2,13 +2,20 @@
 
 The parsers are sans-IO (`socks5`, `httpproxy`); this module only moves bytes. Every way a
 request can fail ends in the reply the application understands (a SOCKS5 reply code or an
-HTTP status), never in a hang or a silently closed socket.
+HTTP status), never in a hang or a silently closed socket; the one exception is a web page's
+request to the HTTP proxy itself, closed without a word so that the page cannot tell a proxy
+listens. A plain-HTTP request is one exchange: the connection closes after its response
+(`httpproxy.ForwardExchange`).
+
+Both listen where they are told; on an address other than loopback they are open proxies to
+whoever reaches it (no authentication), which is logged as a warning at start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -16,7 +23,7 @@ from unwall import logs
 from unwall.client import httpproxy, socks5
 from unwall.client.tunnel import Tunnel, TunnelUnavailable
 from unwall.transport import quic
-from unwall.transport.pipe import pipe
+from unwall.transport.pipe import READ_SIZE, pipe
 from unwall.transport.quic import QuicStream, read_header
 from unwall.wire.streamheader import (
     HeaderError,
@@ -30,6 +37,10 @@ log = logging.getLogger("unwall.client")
 
 REQUEST_TIMEOUT = 30.0  # for the application to send its SOCKS/HTTP request
 REPLY_TIMEOUT = 30.0  # for the egress to answer a stream (it dials within 10 s)
+#: after a forwarded response, how long the application may take to close its side: what it
+#: sends meanwhile is read and dropped, so that closing does not reset the connection (RFC
+#: 9112 section 9.6) under the response it has not read yet
+LINGER = 2.0
 
 
 class StreamOpenFailed(Exception):
@@ -99,12 +110,12 @@ class LocalProxies:
         return len(self._tasks)
 
     async def start_socks(self, host: str, port: int) -> asyncio.Server:
-        return await self._listen(self._serve_socks, host, port)
+        return await self._listen("SOCKS5", self._serve_socks, host, port)
 
     async def start_http(self, host: str, port: int) -> asyncio.Server:
-        return await self._listen(self._serve_http, host, port)
+        return await self._listen("HTTP", self._serve_http, host, port)
 
-    async def _listen(self, handler: Handler, host: str, port: int) -> asyncio.Server:
+    async def _listen(self, name: str, handler: Handler, host: str, port: int) -> asyncio.Server:
         async def track(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
@@ -123,6 +134,15 @@ class LocalProxies:
 
         server = await asyncio.start_server(track, host, port, limit=256 * 1024)
         self._servers.append(server)
+        exposed = exposed_addresses(server)
+        if exposed:
+            log.warning(
+                "the %s proxy listens on %s, which other machines can reach: anyone who can "
+                "connect to it can use your tunnel, with no password, and what they do goes "
+                "out through your egress; listen on 127.0.0.1 unless that is what you want",
+                name,
+                ", ".join(exposed),
+            )
         return server
 
     async def close(self) -> None:
@@ -181,6 +201,10 @@ class LocalProxies:
         try:
             request = await asyncio.wait_for(_read_http(parser, reader), REQUEST_TIMEOUT)
         except httpproxy.HttpProxyError as exc:
+            if not exc.answer:
+                log.debug("HTTP proxy: closed a web page's request to the proxy itself")
+                writer.transport.abort()
+                return
             # The message may quote the requested target: only when asked.
             shown = exc.message if logs.showing() else f"refused a malformed request ({exc.status})"
             log.info("HTTP proxy: %s", shown)
@@ -197,9 +221,16 @@ class LocalProxies:
         if request is None:
             await _close(writer)
             return
-        early = parser.trailing_data
+        exchange: httpproxy.ForwardExchange | None = None
         if isinstance(request, httpproxy.ForwardRequest):
-            early = request.head + early
+            exchange = parser.exchange()
+            try:
+                early = request.head + exchange.data_to_origin()
+            except httpproxy.HttpProxyError as exc:
+                await _respond_and_close(writer, httpproxy.error_response(exc.status, exc.message))
+                return
+        else:
+            early = parser.trailing_data
         try:
             stream = await open_target(self.tunnel, request.host, request.port, early)
         except StreamOpenFailed as exc:
@@ -208,9 +239,103 @@ class LocalProxies:
             message = f"unwall could not reach {request.host}:{request.port}: {exc.reason}"
             await _respond_and_close(writer, httpproxy.error_response(status, message))
             return
-        if isinstance(request, httpproxy.TunnelRequest):
-            writer.write(httpproxy.connect_established())
+        if exchange is not None:
+            where = logs.destination(request.host, request.port)
+            await _exchange(reader, writer, stream, exchange, where)
+            return
+        writer.write(httpproxy.connect_established())
         await pipe(reader, writer, stream)
+
+
+async def _exchange(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    stream: QuicStream,
+    exchange: httpproxy.ForwardExchange,
+    where: str,
+) -> None:
+    """Carry one forwarded request and its response, then close both ends. `where` names
+    the destination for log lines (or not, see unwall.logs)."""
+    up = asyncio.create_task(_request_up(reader, stream, exchange))
+    down = asyncio.create_task(_response_down(stream, writer, exchange))
+    try:
+        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        if up in done:
+            up.result()  # raises if the application broke off its request
+        await down  # an application that half-closes after its request still gets the answer
+        if not exchange.response_complete:
+            raise httpproxy.HttpProxyError(502, "the site closed the connection before its end")
+    except (httpproxy.HttpProxyError, quic.StreamReset, quic.SessionClosed, ConnectionError) as exc:
+        stream.reset()
+        if isinstance(exc, httpproxy.HttpProxyError):
+            # The message may quote what the site or the application sent: only when asked.
+            shown = exc.message if logs.showing() else f"broken HTTP ({exc.status})"
+            log.info("HTTP proxy %s: %s", where, shown)
+        if isinstance(exc, httpproxy.HttpProxyError) and not exchange.response_started:
+            await _respond_and_close(writer, httpproxy.error_response(exc.status, exc.message))
+        else:
+            writer.transport.abort()
+    else:
+        # An origin that ignores Connection: close keeps its connection open: end it.
+        if stream.at_eof:
+            stream.write_eof()
+        else:
+            stream.reset()
+        await _linger(writer, up)
+    finally:
+        up.cancel()
+        down.cancel()
+        await asyncio.gather(up, down, return_exceptions=True)
+        stream._session.stream_finished(stream)
+        await _close(writer)
+
+
+async def _request_up(
+    reader: asyncio.StreamReader, stream: QuicStream, exchange: httpproxy.ForwardExchange
+) -> None:
+    """The request's body to the origin; then read on, dropping what comes (a pipelined
+    request), to learn when the application goes: its FIN goes on as one, as on a tunnel, so
+    that an origin holding a long poll for an application that left can end it."""
+    while data := await reader.read(READ_SIZE):
+        exchange.receive_from_application(data)
+        if out := exchange.data_to_origin():
+            await stream.write(out)
+    exchange.receive_from_application(b"")
+    if out := exchange.data_to_origin():
+        await stream.write(out)
+    stream.write_eof()
+
+
+async def _response_down(
+    stream: QuicStream, writer: asyncio.StreamWriter, exchange: httpproxy.ForwardExchange
+) -> None:
+    """The response to the application, up to its end (or the origin's)."""
+    while not exchange.response_complete:
+        data = await stream.read()
+        exchange.receive_from_origin(data)
+        if out := exchange.data_to_application():
+            writer.write(out)
+            await writer.drain()
+        if not data:
+            return
+
+
+async def _linger(writer: asyncio.StreamWriter, reading: asyncio.Task[None]) -> None:
+    """Half-close and give the application LINGER seconds to close its side first."""
+    with contextlib.suppress(Exception):
+        if writer.can_write_eof():
+            writer.write_eof()
+        await asyncio.wait_for(asyncio.shield(reading), LINGER)
+
+
+def exposed_addresses(server: asyncio.Server) -> list[str]:
+    """The addresses `server` listens on that are not loopback, as host:port."""
+    exposed = []
+    for sock in server.sockets:
+        host, port = sock.getsockname()[:2]
+        if not ipaddress.ip_address(host).is_loopback:
+            exposed.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return exposed
 
 
 async def _read_socks(

@@ -63,6 +63,19 @@ function draw(status) {
     : "(everything goes through unwall)";
   $("http").textContent = status.http;
   $("socks").textContent = status.socks;
+  // A proxy on an address other machines reach is open to them: say so (drawn again only
+  // when it changes, since the box is announced to screen readers).
+  const exposed = (status.exposed || []).join("\n");
+  if ($("exposed").dataset.shown !== exposed) {
+    $("exposed").dataset.shown = exposed;
+    $("exposed").replaceChildren(
+      ...(status.exposed || []).map((line) => {
+        const p = document.createElement("p");
+        p.textContent = line + " Listen on 127.0.0.1 unless that is what you want.";
+        return p;
+      }),
+    );
+  }
   $("self-test").disabled = !status.self_test || testing;
   if (!status.self_test && !testing) {
     $("self-test").title = "no self-test address is set (unwall client --self-test-url URL)";
