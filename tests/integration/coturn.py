@@ -5,11 +5,17 @@ its second address and its alternate port) and adds OTHER-ADDRESS to its answers
 one, it is a plain STUN server. Everything it writes (pid file, SQLite user database, log,
 stderr) stays in the test's directory, and the process is killed when the context ends, also
 on failure.
+
+It runs from the configuration unwall ships (src/unwall/broker/coturn.conf, which denies
+relaying to every special-purpose range), with the test's own lines appended in a file of
+mode 600 (the secret never goes on the command line); a TURN server opens the networks the
+tests relay to (loopback, 198.51.100.0/24 and 203.0.113.0/24) unless told otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import shutil
 import socket
 import subprocess
@@ -19,6 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from unwall.broker.coturn import allowed_peers, instance_config, write_config
+
+#: What a test's TURN server relays to, by default: the tests' own peers.
+TEST_PEERS = ("127.0.0.0/8", "198.51.100.0/24", "203.0.113.0/24")
 
 
 def require_coturn() -> str:
@@ -83,9 +94,13 @@ def coturn(
     tls: tuple[Path, Path] | None = None,
     tls_port: int = 443,
     verbose: bool = False,
+    relay_addresses: Sequence[str] | None = None,
+    allowed: Sequence[str] = TEST_PEERS,
 ) -> Iterator[Coturn]:
     """Run coturn listening on ``addresses`` (in namespace ``netns`` if given); with
-    ``tls`` (certificate and key PEM files) also TURN over TLS on ``tls_port``."""
+    ``tls`` (certificate and key PEM files) also TURN over TLS on ``tls_port``. A TURN
+    server relays from ``relay_addresses`` (default: the first listening address) and to
+    public addresses and the networks of ``allowed`` (CIDRs) only."""
     binary = require_coturn()
     workdir.mkdir(parents=True, exist_ok=True)
     if netns is None:
@@ -95,40 +110,35 @@ def coturn(
         port = port or 3478
         alt_port = port + 1
     log = workdir / "turnserver.log"
-    argv = [
-        binary, "-n", "--no-cli", "--no-dtls",
-        "--listening-port", str(port), "--alt-listening-port", str(alt_port),
-        "--pidfile", str(workdir / "turnserver.pid"), "--userdb", str(workdir / "turndb"),
-        "--log-file", str(log), "--simple-log", "--no-stdout-log",
+    settings = [
+        "no-dtls", f"listening-port={port}", f"alt-listening-port={alt_port}",
+        f"pidfile={workdir / 'turnserver.pid'}", f"userdb={workdir / 'turndb'}",
+        f"log-file={log}",
+        *(f"listening-ip={address}" for address in addresses),
     ]  # fmt: skip
-    for address in addresses:
-        argv += ["--listening-ip", address]
     if tls is None:
-        argv.append("--no-tls")
+        settings.append("no-tls")
     else:
-        argv += [
-            "--tls-listening-port",
-            str(tls_port),
-            "--cert",
-            str(tls[0]),
-            "--pkey",
-            str(tls[1]),
-        ]
+        settings += [f"tls-listening-port={tls_port}", f"cert={tls[0]}", f"pkey={tls[1]}"]
     if verbose:
-        argv.append("--verbose")
+        settings.append("verbose")
+    without = set()
     if stun_only:
-        argv.append("--stun-only")
+        settings.append("stun-only")
     else:
-        argv += [
-            "--realm", realm, "--fingerprint", "--allow-loopback-peers",
-            "--relay-ip", addresses[0], "--no-multicast-peers",
-        ]  # fmt: skip
+        relays = relay_addresses if relay_addresses is not None else addresses[:1]
+        settings += [f"realm={realm}", *(f"relay-ip={address}" for address in relays)]
+        if any(ipaddress.ip_network(n, strict=False).is_loopback for n in allowed):
+            settings.append("allow-loopback-peers")
+        settings += allowed_peers(allowed)
         if auth_secret is not None:
-            argv += ["--use-auth-secret", "--static-auth-secret", auth_secret]
+            settings.append(f"static-auth-secret={auth_secret}")
         else:
-            argv.append("--lt-cred-mech")
-            for user, password in users:
-                argv += ["--user", f"{user}:{password}"]
+            without.add("use-auth-secret")
+            settings.append("lt-cred-mech")
+            settings += [f"user={user}:{password}" for user, password in users]
+    config = write_config(workdir / "turnserver.conf", instance_config(settings, without))
+    argv = [binary, "-c", str(config)]
     if netns is not None:
         argv = ["ip", "netns", "exec", netns, *argv]
     stderr = workdir / "turnserver.stderr"
@@ -146,9 +156,10 @@ def coturn(
 def _wait_listening(server: Coturn, netns: str | None, tls_port: int | None = None) -> None:
     """Until a UDP socket is bound on every listening address, and a TCP one on the TLS
     port if there is one (coturn has no ready signal)."""
-    wanted = {("-Hlun", f"{address}:{server.port}") for address in server.addresses}
+    shown = [f"[{a}]" if ":" in a else a for a in server.addresses]  # as ss shows them
+    wanted = {("-Hlun", f"{address}:{server.port}") for address in shown}
     if tls_port is not None:
-        wanted |= {("-Hltn", f"{address}:{tls_port}") for address in server.addresses}
+        wanted |= {("-Hltn", f"{address}:{tls_port}") for address in shown}
     prefix = ["ip", "netns", "exec", netns] if netns is not None else []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -39,6 +39,7 @@ def test_username_is_expiry_then_a_random_id() -> None:
         ("key", (), 60.0, "at least one TURN URL"),
         ("key", ("stun:203.0.113.5:3478",), 60.0, "not a turn: or turns: URL"),
         ("key", URLS, 0.0, "lifetime must be positive"),
+        ("key", URLS, 86400.0, "at most 3600 s"),  # a day: a harvested one kept its worth
     ],
 )
 def test_make_issuer_refuses(
@@ -46,6 +47,13 @@ def test_make_issuer_refuses(
 ) -> None:
     with pytest.raises(ValueError, match=phrase):
         make_issuer(secret, urls, ttl)
+
+
+def test_credentials_live_minutes_not_a_day() -> None:
+    issuer = TurnIssuer("key", URLS)
+    assert issuer.ttl == 600
+    expiry = int(issuer.issue(1_700_000_000.0).username.split(":")[0])
+    assert expiry == 1_700_000_600
 
 
 def test_no_secret_no_issuer() -> None:

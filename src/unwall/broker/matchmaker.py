@@ -588,6 +588,11 @@ class Matchmaker:
         """Volunteers seen within volunteer_ttl, by the NAT kind they reported."""
         return self._store.count_volunteers_by_nat()
 
+    def polls_from(self, volunteer_id: str) -> int:
+        """How many polls a volunteer has made here since it was last forgotten (0: none)."""
+        record = self._store.get_volunteer(volunteer_id)
+        return record.report if record is not None else 0
+
     @property
     def open_poll_count(self) -> int:
         return self._store.count_polls()

@@ -24,7 +24,10 @@ Redis keys, under a prefix (``unwall:`` by default):
 ``offer:ID``           hash: sdp, nat, relay, relay_url, network, owner, deadline (Unix
                        time), passed_over, volunteer (once handed); expires with it
 ``inbox:BROKER``       list: JSON answers for offers BROKER holds
-``volunteers``         sorted set: volunteer id -> last poll (Unix time)
+``volunteers``         sorted set: volunteer id -> last poll (Unix time), from its second
+                       poll on a broker (an id made up for one poll is never written);
+                       forgotten volunteer_ttl after its last poll, at most MAX_VOLUNTEERS
+                       (the longest silent go first)
 ``volunteers:NAT``     the same, per NAT kind
 ``brokers``            sorted set: broker id -> last heartbeat (Unix time)
 ``answered:ID``        hash: volunteer, network: who answered offer ID and its client's
@@ -55,6 +58,9 @@ OFFER_GRACE: Final = 5.0
 #: forgotten after this long without a new report (seconds).
 MAX_PROVEN_NETWORKS: Final = 256
 PROVEN_MEMORY: Final = 30 * 86400.0
+#: Volunteers the pool counts at most (about 300 bytes each in Redis, in its two sets, for a
+#: 35-character id: some 30 MB in all): past it, the longest silent are forgotten first.
+MAX_VOLUNTEERS: Final = 100_000
 
 
 class PoolUnavailable(Exception):

@@ -22,6 +22,7 @@ from unwall.broker.pool import (
     HEARTBEAT,
     HEARTBEATS_MISSED,
     MAX_PROVEN_NETWORKS,
+    MAX_VOLUNTEERS,
     OFFER_GRACE,
     PROVEN_MEMORY,
     Delivery,
@@ -85,10 +86,18 @@ return 1
 class RedisPool(Pool):
     """The pool in a Redis server (Redis 6.2 or newer, or a compatible server)."""
 
-    def __init__(self, url: str, prefix: str = "unwall:", broker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "unwall:",
+        broker_id: str | None = None,
+        volunteer_ttl: float = 60.0,
+    ) -> None:
         check_redis_url(url)
         self.url = url
         self.prefix = prefix
+        #: a volunteer not heard from for this long is forgotten (the brokers' volunteer_ttl)
+        self.volunteer_ttl = volunteer_ttl
         self.broker_id = broker_id or secrets.token_hex(6)
         self._redis: aioredis.Redis = aioredis.from_url(
             url,
@@ -172,8 +181,8 @@ class RedisPool(Pool):
                     self._set_problem(str(self._failed(exc)))
 
     async def _trim(self) -> None:
-        """Forget volunteers not seen for an hour (the counts use their own ttl)."""
-        cutoff = time.time() - 3600
+        """Forget volunteers not seen for volunteer_ttl, every heartbeat."""
+        cutoff = time.time() - self.volunteer_ttl
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in ("volunteers", *(f"volunteers:{kind}" for kind in NAT_KINDS)):
                 pipe.zremrangebyscore(self._key(key), "-inf", cutoff)
@@ -324,9 +333,12 @@ class RedisPool(Pool):
         async def run() -> None:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.zadd(self._key("volunteers"), {volunteer_id: now})
+                pipe.zremrangebyrank(self._key("volunteers"), 0, -MAX_VOLUNTEERS - 1)
                 for kind in NAT_KINDS:
                     if kind == nat:
-                        pipe.zadd(self._key("volunteers", kind), {volunteer_id: now})
+                        key = self._key("volunteers", kind)
+                        pipe.zadd(key, {volunteer_id: now})
+                        pipe.zremrangebyrank(key, 0, -MAX_VOLUNTEERS - 1)
                     else:
                         pipe.zrem(self._key("volunteers", kind), volunteer_id)
                 await pipe.execute()

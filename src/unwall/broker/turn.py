@@ -18,7 +18,10 @@ from typing import Final
 
 from unwall.wire.broker import TurnServer
 
-DEFAULT_TTL: Final = 24 * 3600.0
+#: How long a credential opens new allocations (seconds): ten minutes by default, an hour
+#: at most. See TurnIssuer.
+DEFAULT_TTL: Final = 600.0
+MAX_TTL: Final = 3600.0
 
 
 def turn_password(secret: str, username: str) -> str:
@@ -31,8 +34,16 @@ def turn_password(secret: str, username: str) -> str:
 class TurnIssuer:
     """Mints credentials for ``urls`` valid ``ttl`` seconds from when they are asked for.
 
-    A credential must outlive the relay allocation it opens (clients refresh allocations
-    with the same credential), hence a day by default, as the REST API draft suggests.
+    A credential is used within seconds of its issue: it comes in the poll answer that
+    carries the offer it is for, and the volunteer allocates its relay as it answers. So it
+    need not live long, and the shorter it lives the less a leaked or harvested one is
+    worth. What it costs: coturn (4.6, measured in tests/integration/test_turn_abuse.py)
+    checks a credential's expiry only when an allocation is made, and keeps refreshing an
+    allocation it made with the key it then cached, so a call outlives its credential; a
+    TURN server that checks the expiry on every Refresh ends the relay at expiry, and the
+    client moves to its warm path (docs/protocol.md section 4). Ten minutes by default,
+    an hour at most (the REST API draft's day is what let a harvested credential be
+    worth keeping).
     """
 
     secret: str
@@ -47,8 +58,10 @@ class TurnIssuer:
         for url in self.urls:
             if not url.startswith(("turn:", "turns:")):
                 raise ValueError(f"{url!r} is not a turn: or turns: URL")
-        if not self.ttl > 0:
-            raise ValueError("the TURN credential lifetime must be positive")
+        if not 0 < self.ttl <= MAX_TTL:
+            raise ValueError(
+                f"the TURN credential lifetime must be positive and at most {MAX_TTL:.0f} s"
+            )
 
     def issue(self, now: float) -> TurnServer:
         """Fresh credentials; ``now`` is Unix time (time.time())."""
