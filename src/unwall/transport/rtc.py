@@ -10,6 +10,9 @@ Two rules hold everywhere:
   external interface; the demo and the tests keep all traffic on 127.0.0.1 this way, and
   the lab uses it to name a namespace's address. Pinned addresses also carry the mDNS
   queries that resolve a browser's `<uuid>.local` candidates.
+- Without pins, private host addresses (RFC 1918, CGNAT, link-local, ULA) are left out of
+  the SDP unless asked for (`unwall.transport.hostcandidates`), as browsers and Snowflake
+  do: they would tell the broker and every peer which network the user is on.
 
 A peer whose candidates are all mDNS names we cannot resolve (every browser at its default
 settings, seen from across the internet) is still reached: we wait for its connectivity
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -35,6 +39,7 @@ import aioice.ice
 import aioice.mdns
 import aioice.stun
 import aiortc.rtcdtlstransport as aiortc_dtls
+import aiortc.rtcpeerconnection as aiortc_pc
 import aiortc.rtcsctptransport as aiortc_sctp
 from aiortc import (
     RTCConfiguration,
@@ -44,9 +49,13 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcicetransport import RTCIceCandidate
 from aiortc.rtcsctptransport import RTCSctpTransport
+from aiortc.sdp import MediaDescription
 from aiortc.utils import uint16_add, uint16_gt
 
+from unwall.transport import hostcandidates
 from unwall.transport.webrtc import (
     DATA_CHANNEL_LABEL,
     DEFAULT_MAX_BUFFERED,
@@ -78,6 +87,53 @@ def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
 # aioice has no per-connection setting for its host addresses: `webrtc.set_host_addresses`
 # chooses them process-wide, and this reads that choice.
 aioice.ice.get_host_addresses = _get_host_addresses
+
+
+# -- what the SDP shows: no private host address unless asked for ---------------------------
+#
+# aiortc writes every local candidate into the SDP, and the first one's address into its
+# `c=` line. The candidates shown are filtered by `hostcandidates` (pinned addresses as
+# they are; otherwise no private host address, and a reflexive candidate's private related
+# address hidden); ICE itself keeps them all (a reflexive candidate is found through the
+# private address's socket, and checks still leave from it).
+
+_original_add_transport_description = aiortc_pc.add_transport_description
+
+
+def _shown_candidates(candidates: list[RTCIceCandidate]) -> list[RTCIceCandidate]:
+    pinned = pinned_host_addresses()
+    shown: list[RTCIceCandidate] = []
+    for candidate in candidates:
+        if candidate.type == "host":
+            if hostcandidates.offered(candidate.ip, pinned):
+                shown.append(candidate)
+        elif candidate.relatedAddress and not hostcandidates.related_shown(
+            candidate.relatedAddress, pinned
+        ):
+            shown.append(
+                dataclasses.replace(
+                    candidate,
+                    relatedAddress=hostcandidates.hidden_related(candidate.relatedAddress),
+                    relatedPort=0,
+                )
+            )
+        else:
+            shown.append(candidate)
+    return shown
+
+
+def _add_transport_description(media: MediaDescription, dtlsTransport: RTCDtlsTransport) -> None:
+    _original_add_transport_description(media, dtlsTransport)
+    media.ice_candidates = _shown_candidates(media.ice_candidates)
+    if media.ice_candidates:
+        media.host = media.ice_candidates[0].ip
+        media.port = media.ice_candidates[0].port
+    else:
+        media.host = aiortc_pc.DISCARD_HOST
+        media.port = aiortc_pc.DISCARD_PORT
+
+
+aiortc_pc.add_transport_description = _add_transport_description
 
 
 def rtc_configuration(

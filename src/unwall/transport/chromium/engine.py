@@ -13,6 +13,24 @@ WebSocket per peer connection. Text frames are commands and events (JSON); binar
 QUIC datagrams, unchanged. Chromium is started in its own process group with a parent-death
 signal: it never outlives us, and `close` ends the group.
 
+Who can steer it: nobody but this process. Chromium's command line (which every local user
+reads in /proc) holds no secret, not even the page's address: Chromium starts with no window
+and `--remote-debugging-pipe`, and the page's one-time URL goes through that pipe (fds 3
+and 4, which only this process holds). The page then holds the session token its
+WebSockets need; a second page or a second control socket is refused.
+
+What it runs as: never root without its sandbox. Started by root, Chromium runs as an
+unprivileged user id of its own (`browser_user`; not `nobody`, which other programs share),
+with its profile, home and temporary files in a 0700 directory of that user, removed when
+the engine stops; started by anyone else, as that user. Either way with Chromium's sandbox
+(its renderers in user and PID namespaces of their own, under seccomp), which needs
+unprivileged user namespaces: without them the engine refuses to start and says why.
+
+What it shows: host candidates behind mDNS names, as any browser, unless host addresses are
+pinned (`--host-address`; the lab and the tests pin theirs) or private ones asked for
+(`unwall.transport.hostcandidates`); either way the SDP keeps only the host addresses that
+rule allows.
+
 Carriers (protocol.md §2): with the media carrier (the default here) the datagrams ride in
 the encoded frames of a video call, paced by Chromium's own congestion controller (GoogCC)
 and repaired by NACK/RTX: on the wire, SRTP like any call, and about the link's speed on lossy
@@ -28,18 +46,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
+import grp
 import json
 import logging
 import os
+import pwd
 import secrets
+import shutil
 import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from unwall.transport import hostcandidates
 from unwall.transport.droptail import DropTailQueue
 from unwall.transport.webrtc import (
     DATA_CHANNEL_LABEL,
@@ -52,6 +76,7 @@ from unwall.transport.webrtc import (
     IceServer,
     Peer,
     check_carrier,
+    pinned_host_addresses,
 )
 from unwall.wire.broker import TurnServer
 
@@ -90,6 +115,10 @@ FIELD_TRIALS = os.environ.get(
 
 FLAGS = [
     "--headless",
+    # No window, no URL: the page is opened through the DevTools pipe (fds 3 and 4), so
+    # that nothing on the command line, which every local user can read, opens it.
+    "--no-startup-window",
+    "--remote-debugging-pipe",
     "--disable-gpu",
     "--disable-background-networking",  # no calls home, no updates, no sync
     "--disable-component-update",
@@ -103,17 +132,158 @@ FLAGS = [
     "--disable-background-timer-throttling",
     "--disable-renderer-backgrounding",
     "--disable-backgrounding-occluded-windows",
-    # Host candidates as plain addresses: unwall's peers cannot resolve `.local` names
-    # across networks (the names only reach the broker, inside TLS, never the box).
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
+#: Host candidates as plain addresses, not mDNS names: only with pinned host addresses
+#: (the lab, the tests) or private ones asked for (`hostcandidates`).
+PLAIN_HOST_CANDIDATES_FLAG = "--disable-features=WebRtcHideLocalIpsWithMdns"
+
+#: UNWALL_BROWSER_USER=NAME_OR_UID: whom root runs browsers as (default: a free user id).
+BROWSER_USER = os.environ.get("UNWALL_BROWSER_USER", "")
+#: Where a free user id is looked for: systemd's range for dynamic users, which no
+#: distribution gives to accounts.
+FREE_UIDS = range(61184, 65520)
+
+NO_SANDBOX = (
+    "Chromium's sandbox cannot start here: it needs unprivileged user namespaces "
+    "(sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone = 1 where that "
+    "exists, kernel.apparmor_restrict_unprivileged_userns = 0 or an AppArmor profile for "
+    "Chromium). unwall never runs a browser without its sandbox"
+)
+
+
+def sandbox_missing() -> str | None:
+    """Why Chromium's sandbox cannot work on this kernel, or None (as far as the sysctls
+    tell; Chromium's own start says the rest)."""
+    for name, refusing in (
+        ("user/max_user_namespaces", "0"),
+        ("kernel/unprivileged_userns_clone", "0"),
+        # (kernel.apparmor_restrict_unprivileged_userns = 1 is not enough to tell: an
+        # AppArmor profile may still let Chromium in; its start says.)
+    ):
+        try:
+            value = Path("/proc/sys", name).read_text().strip()
+        except OSError:
+            continue
+        if value == refusing:
+            return f"{NO_SANDBOX} ({name.replace('/', '.')} is {value})"
+    return None
 
 
 def chromium_missing(binary: str = CHROMIUM) -> str | None:
     """Why the engine cannot run here, or None."""
     if not Path(binary).exists():
         return f"{binary} is not installed (apt-get install chromium)"
-    return None
+    return sandbox_missing()
+
+
+@dataclass(frozen=True)
+class BrowserUser:
+    """The unprivileged user a browser started by root runs as."""
+
+    uid: int
+    gid: int
+
+
+def _uid_in_use(uid: int) -> bool:
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if line.startswith("Uid:"):
+                    if str(uid) in line.split()[1:]:
+                        return True
+                    break
+    return False
+
+
+def _free_uid() -> int:
+    """A user id no account, group or running process has."""
+    candidates = list(FREE_UIDS)
+    for uid in secrets.SystemRandom().sample(candidates, 64):
+        try:
+            pwd.getpwuid(uid)
+            continue
+        except KeyError:
+            pass
+        try:
+            grp.getgrgid(uid)
+            continue
+        except KeyError:
+            pass
+        if not _uid_in_use(uid):
+            return uid
+    raise OSError(f"no free user id in {FREE_UIDS.start}-{FREE_UIDS.stop - 1}")
+
+
+def browser_user() -> BrowserUser | None:
+    """Whom a browser started by this process runs as: None when this process is not
+    root (the browser runs as this user); else UNWALL_BROWSER_USER (a name or a number), or
+    a user id of its own that nothing else on the machine has. Not `nobody`: other
+    programs run as it, and one process of a user can read another's memory, files and
+    pipes. ValueError if UNWALL_BROWSER_USER names root or no one."""
+    if os.geteuid() != 0:
+        return None
+    if BROWSER_USER:
+        try:
+            entry = (
+                pwd.getpwuid(int(BROWSER_USER))
+                if BROWSER_USER.isdigit()
+                else pwd.getpwnam(BROWSER_USER)
+            )
+            user = BrowserUser(entry.pw_uid, entry.pw_gid)
+        except KeyError:
+            if not BROWSER_USER.isdigit():
+                raise ValueError(f"UNWALL_BROWSER_USER: no user {BROWSER_USER!r}") from None
+            user = BrowserUser(int(BROWSER_USER), int(BROWSER_USER))
+        if user.uid == 0 or user.gid == 0:
+            raise ValueError("UNWALL_BROWSER_USER must not be root: browsers never run as root")
+        return user
+    uid = _free_uid()
+    return BrowserUser(uid, uid)
+
+
+def browser_home(prefix: str, user: BrowserUser | None) -> tuple[Path, Path]:
+    """A new directory for one browser run, and in it a 0700 directory of the browser's
+    user (its profile, home and temporary files). The outer one is this process's (0711
+    when the browser runs as another user: it may pass, not look): logs go there, where the
+    browser cannot replace them. Remove the outer one with `remove_browser_home`."""
+    parent = Path(tempfile.gettempdir())
+    if user is not None and not _passable(parent):
+        parent = Path("/tmp")  # the browser's user must reach its directory
+    outer = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    inner = outer / "profile"
+    inner.mkdir(mode=0o700)
+    (inner / "tmp").mkdir(mode=0o700)
+    if user is not None:
+        outer.chmod(0o711)
+        for path in (inner, inner / "tmp"):
+            os.chown(path, user.uid, user.gid)
+    return outer, inner
+
+
+def remove_browser_home(outer: Path) -> None:
+    shutil.rmtree(outer, ignore_errors=True)
+
+
+def _passable(path: Path) -> bool:
+    """Whether any user may pass through `path` and every directory above it."""
+    for each in (path, *path.parents):
+        try:
+            if not each.stat().st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def browser_environment(home: Path) -> dict[str, str]:
+    """This process's environment, with the browser's home and temporary files in `home`."""
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "TMPDIR": str(home / "tmp"),
+    }
 
 
 def _ice_config(ice_servers: Sequence[IceServer], relay_only: bool) -> dict[str, Any]:
@@ -139,6 +309,126 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:  # pragma: no cover (runs in the child, before exec)
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _child_setup(commands: int, replies: int) -> Callable[[], None]:
+    """What the child does before exec: the DevTools pipe's ends on fds 3 (commands in)
+    and 4 (replies out), where `--remote-debugging-pipe` looks, and a parent-death signal
+    (set after subprocess has changed the user: a change of credentials clears it)."""
+
+    def setup() -> None:  # pragma: no cover (runs in the child, before exec)
+        os.dup2(commands, 3)
+        os.dup2(replies, 4)
+        _die_with_parent()
+
+    return setup
+
+
+@contextlib.contextmanager
+def _fds_3_and_4_taken() -> Iterator[None]:
+    """While spawning: fds 3 and 4 open in this process (on /dev/null if they were free).
+    subprocess keeps the fds in `pass_fds` across exec only if they are open here too (it
+    marks its copies inheritable before `preexec_fn` puts the pipe on them); every other fd
+    it closes, so that nothing else of ours (an fd this process inherited, say) reaches
+    the browser."""
+    held: list[int] = []
+    try:
+        for fd in (3, 4):
+            while True:
+                try:
+                    os.fstat(fd)
+                    break
+                except OSError:
+                    pass
+                new = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # the lowest free fd
+                held.append(new)  # below `fd` (a gap), or `fd` itself
+                if new >= fd:
+                    break
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _above_4(fd: int) -> int:
+    """`fd` moved above 4 (close-on-exec), so that the child's dup2 onto 3 and 4 cannot
+    overwrite the other end before it is copied."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5)
+    os.close(fd)
+    return moved
+
+
+class DevToolsPipe:
+    """This end of Chromium's `--remote-debugging-pipe`: JSON messages, each ended by a
+    NUL byte. Only the first reply is waited for; what else arrives is read and dropped, so
+    that Chromium never blocks writing."""
+
+    def __init__(self, commands: int, replies: int) -> None:
+        self._commands = commands
+        self._replies = replies
+        self._reader: asyncio.StreamReader | None = None
+        self._transport: asyncio.ReadTransport | None = None
+        self._next_id = 0
+
+    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Send one command and return its result; OSError if Chromium fails it or
+        closes the pipe."""
+        loop = asyncio.get_running_loop()
+        if self._reader is None:
+            self._reader = asyncio.StreamReader(limit=1 << 22)
+            self._transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(self._reader),  # type: ignore[arg-type]
+                os.fdopen(self._replies, "rb", buffering=0),
+            )
+        self._next_id += 1
+        wanted = self._next_id
+        message = json.dumps({"id": wanted, "method": method, "params": params}).encode()
+        # Small, into an empty pipe: the write cannot block.
+        os.write(self._commands, message + b"\0")
+        while True:
+            try:
+                raw = await self._reader.readuntil(b"\0")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+                raise OSError("Chromium closed its DevTools pipe") from exc
+            with contextlib.suppress(ValueError):
+                reply = json.loads(raw[:-1])
+                if isinstance(reply, dict) and reply.get("id") == wanted:
+                    if "error" in reply:
+                        raise OSError(f"Chromium refused {method}: {reply['error']}")
+                    result = reply.get("result")
+                    return result if isinstance(result, dict) else {}
+
+    async def drain(self) -> None:
+        """Read and drop whatever Chromium still writes, until it closes the pipe."""
+        if self._reader is None:
+            return
+        with contextlib.suppress(Exception):
+            while await self._reader.read(1 << 16):
+                pass
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        elif self._replies >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._replies)
+        self._replies = -1
+        if self._commands >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._commands)
+        self._commands = -1
+
+
+def _shown(sdp: str) -> str:
+    """The SDP as it leaves this process: only the host addresses `hostcandidates`
+    allows (Chromium gathers on every interface of its namespace)."""
+    return hostcandidates.filter_sdp(sdp, pinned_host_addresses())
+
+
+def plain_host_candidates() -> bool:
+    """Whether Chromium should show host addresses rather than mDNS names: only when
+    addresses are pinned (`--host-address`: the lab, the tests) or private ones asked for."""
+    return pinned_host_addresses() is not None or hostcandidates.private_allowed()
 
 
 class ChromiumPeer(Peer):
@@ -221,7 +511,7 @@ class ChromiumPeer(Peer):
                 "carriers": self._carriers(),
             },
         )
-        self._local_sdp = str((await self._expect("sdp", input_error=False))["sdp"])
+        self._local_sdp = _shown(str((await self._expect("sdp", input_error=False))["sdp"]))
         return self._local_sdp
 
     async def accept_answer(self, sdp: str) -> None:
@@ -243,7 +533,7 @@ class ChromiumPeer(Peer):
         await self._engine._open(
             self, {"role": "answer", "offer": offer_sdp, "carriers": self._carriers()}
         )
-        self._local_sdp = str((await self._expect("sdp", input_error=True))["sdp"])
+        self._local_sdp = _shown(str((await self._expect("sdp", input_error=True))["sdp"]))
         return self._local_sdp
 
     def _carriers(self) -> list[str]:
@@ -321,7 +611,9 @@ class ChromiumEngine(Engine):
         self._runner: web.AppRunner | None = None
         self._port = 0
         self._process: asyncio.subprocess.Process | None = None
-        self._profile: tempfile.TemporaryDirectory[str] | None = None
+        self._home: Path | None = None
+        self._devtools: DevToolsPipe | None = None
+        self._drain: asyncio.Task[None] | None = None
         self._control: web.WebSocketResponse | None = None
         self._ready: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
@@ -404,8 +696,8 @@ class ChromiumEngine(Engine):
 
     # -- the loopback server ------------------------------------------------------------------
 
-    # The page's URL (with `_url_token`) is on Chromium's command line, which every local
-    # user can read: it opens the page once and is void after that. The page itself
+    # The page's URL (with `_url_token`) goes to Chromium through the DevTools pipe, never
+    # on its command line: it opens the page once and is void after that. The page itself
     # carries `_session`, which the WebSockets need, and which nothing else ever shows.
 
     def _authorized(self, request: web.Request) -> bool:
@@ -495,59 +787,96 @@ class ChromiumEngine(Engine):
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self._port = int(self._runner.addresses[0][1])
-        self._profile = tempfile.TemporaryDirectory(prefix="unwall-chromium-")
-        profile = Path(self._profile.name)
+        try:
+            user = browser_user()
+        except ValueError as exc:
+            raise EngineUnavailable(str(exc)) from exc
+        home, profile = browser_home("unwall-chromium-", user)
+        self._home = home
         self._ready = asyncio.Event()
-        flags = [*FLAGS, f"--user-data-dir={profile / 'profile'}"]
+        flags = [*FLAGS, f"--user-data-dir={profile}"]
         if FIELD_TRIALS:
             flags.append(f"--force-fieldtrials={FIELD_TRIALS}")
-        if os.geteuid() == 0:
-            flags.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
+        if plain_host_candidates():
+            flags.append(PLAIN_HOST_CANDIDATES_FLAG)
         self._url_token = secrets.token_urlsafe(24).encode()
         self._session = None
         url = f"http://127.0.0.1:{self._port}/engine?t={self._url_token.decode()}"
-        output = (profile / "chromium.log").open("wb")
+        # The DevTools pipe: we write commands into one, Chromium answers into the other.
+        commands_in, commands = os.pipe()
+        replies, replies_out = os.pipe()
+        commands_in, replies_out = _above_4(commands_in), _above_4(replies_out)
+        self._devtools = DevToolsPipe(commands, replies)
+        output = (home / "chromium.log").open("wb")
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                self._binary,
-                *flags,
-                url,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=output,
-                stderr=output,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+            with _fds_3_and_4_taken():
+                self._process = await asyncio.create_subprocess_exec(
+                    self._binary,
+                    *flags,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=output,
+                    env=browser_environment(profile),
+                    start_new_session=True,
+                    user=user.uid if user is not None else None,
+                    group=user.gid if user is not None else None,
+                    extra_groups=[] if user is not None else None,
+                    pass_fds=(3, 4),  # the pipe, put there by _child_setup; nothing else
+                    preexec_fn=_child_setup(commands_in, replies_out),
+                )
         finally:
             output.close()
-        log.info("Chromium engine started (pid %d)", self._process.pid)
+            os.close(commands_in)
+            os.close(replies_out)
+        log.info(
+            "Chromium engine started (pid %d, %s, sandboxed)",
+            self._process.pid,
+            f"user id {user.uid}" if user is not None else "this user",
+        )
         self._watch = asyncio.ensure_future(self._watch_process(self._process))
+        opened = asyncio.ensure_future(self._devtools.call("Target.createTarget", {"url": url}))
         ready = asyncio.ensure_future(self._ready.wait())
         exited = asyncio.ensure_future(self._process.wait())
+        why = ""
         try:
-            await asyncio.wait(
-                {ready, exited}, timeout=START_TIMEOUT, return_when="FIRST_COMPLETED"
+            done, _ = await asyncio.wait(
+                {opened, exited}, timeout=START_TIMEOUT, return_when="FIRST_COMPLETED"
             )
+            if opened in done and opened.exception() is not None:
+                why = str(opened.exception())
+                await asyncio.wait({exited}, timeout=2)  # a closed pipe: has it exited?
+            elif opened in done:
+                self._drain = asyncio.ensure_future(self._devtools.drain())
+                await asyncio.wait(
+                    {ready, exited}, timeout=START_TIMEOUT, return_when="FIRST_COMPLETED"
+                )
         finally:
-            ready.cancel()
-            exited.cancel()
+            for task in (opened, ready, exited):
+                task.cancel()
         if not self._ready.is_set():
-            why = self._log_tail()
+            tail = self._log_tail()
+            no_sandbox = "No usable sandbox" in self._log_text()
             gone = self._process.returncode is not None
             await self._stop()
+            if no_sandbox:
+                raise EngineUnavailable(f"{NO_SANDBOX}: {tail}")
             raise EngineUnavailable(
-                f"Chromium exited at start: {why}"
+                f"Chromium exited at start: {tail}"
                 if gone
-                else f"Chromium did not open its engine page within {START_TIMEOUT:.0f} s: {why}"
+                else f"Chromium did not open its engine page within {START_TIMEOUT:.0f} s: "
+                f"{why or tail}"
             )
 
-    def _log_tail(self) -> str:
-        if self._profile is None:
-            return "no output"
+    def _log_text(self) -> str:
+        if self._home is None:
+            return ""
         try:
-            lines = (Path(self._profile.name) / "chromium.log").read_text(errors="replace")
+            return (self._home / "chromium.log").read_text(errors="replace")
         except OSError:
-            return "no output"
+            return ""
+
+    def _log_tail(self) -> str:
+        lines = self._log_text()
         tail = [line for line in lines.splitlines() if line.strip()][-3:]
         return " / ".join(tail) or "no output"
 
@@ -572,6 +901,12 @@ class ChromiumEngine(Engine):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
+        if self._devtools is not None:
+            self._devtools.close()
+            self._devtools = None
         for peer in list(self._peers.values()):
             peer.kill("the Chromium engine stopped")
         self._peers.clear()
@@ -582,10 +917,9 @@ class ChromiumEngine(Engine):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._profile is not None:
-            with contextlib.suppress(OSError):
-                self._profile.cleanup()
-            self._profile = None
+        if self._home is not None:
+            remove_browser_home(self._home)
+            self._home = None
 
     async def close(self) -> None:
         await self._stop()
