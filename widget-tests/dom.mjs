@@ -1,4 +1,5 @@
-// A very small fake DOM: just what unwall-widget.js uses, so that mount() runs in node.
+// A very small fake DOM: just what panel.js and unwall-widget.js use, so that mount() and
+// embed() run in node.
 
 class FakeClassList {
   constructor(element) {
@@ -50,6 +51,9 @@ export class FakeElement {
     this.parentNode = null;
     this.listeners = new Map();
     this.classList = new FakeClassList(this);
+    this.style = {};
+    // An iframe's window: what its messages come from (unwall-widget.js checks the source).
+    if (this.tagName === "IFRAME") this.contentWindow = { frameOf: this };
   }
 
   // Reflected properties.
@@ -186,6 +190,15 @@ export class FakeDocument {
         return id;
       },
       clearInterval: (id) => this.intervals.delete(id),
+      listeners: new Map(),
+      addEventListener(type, fn) {
+        if (!this.listeners.has(type)) this.listeners.set(type, []);
+        this.listeners.get(type).push(fn);
+      },
+      /** Deliver a window event (a frame's postMessage: {source, origin, data}). */
+      dispatch(type, event) {
+        for (const fn of this.listeners.get(type) ?? []) fn({ type, ...event });
+      },
     };
     this.documentElement = new FakeElement(this, "html");
     this.head = new FakeElement(this, "head");

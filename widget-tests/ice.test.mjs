@@ -127,6 +127,20 @@ describe("BrowserVolunteer: TURN from the broker", () => {
     env.volunteer.stop();
   });
 
+  test("TURN only from poll answers: the first answer's servers serve the first offer", async () => {
+    // The broker's config, which any page may fetch, carries no credentials.
+    const env = await makeEnv(BrowserVolunteer);
+    const { broker, clock, pcs, volunteer } = env;
+    volunteer.start();
+    await clock.advance(0);
+    assert.ok(!("relay" in broker.one(POLL).body));
+    broker.one(POLL).respond(200, { version: 1, status: "offer", offer_id: "o1", sdp: OFFER_SDP, turn: [TURN_A] });
+    await clock.advance(0);
+    assert.deepEqual(pcs[0].config.iceServers, [{ urls: ["stun:stun.test:3478"] }, TURN_A]);
+    assert.equal(broker.one(POLL).body.relay, true, "the next poll says it has a relay");
+    volunteer.stop();
+  });
+
   test("the config's turn servers, with credentials; the poll reports relay but no nat", async () => {
     const env = await makeEnv(BrowserVolunteer, { config: { ...CONFIG, turn: [TURN_A] } });
     env.volunteer.start();

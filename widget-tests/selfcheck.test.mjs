@@ -100,6 +100,21 @@ describe("the widget's self-check", () => {
     env.volunteer.stop();
   });
 
+  test("hard to reach, then the first poll answer brings TURN: ready", async () => {
+    const env = await started();
+    env.sockets[0].accept();
+    await env.clock.advance(0);
+    env.pcs[0].finishGathering(sdp(HOST));
+    await env.clock.advance(0);
+    assert.equal(env.volunteer.reach, "hard");
+    const turn = [{ urls: ["turn:turn.test:3478"], username: "1700000000:aaaa", credential: "c" }];
+    env.broker.one(POLL).respond(200, { version: 1, status: "idle", turn });
+    await env.clock.advance(0);
+    assert.equal(env.volunteer.reach, "ok");
+    assert.deepEqual(env.volunteer.status, { state: "idle" });
+    env.volunteer.stop();
+  });
+
   test("switched off during the check: nothing left open", async () => {
     const env = await started();
     env.volunteer.stop();

@@ -704,15 +704,21 @@ describe("BrowserVolunteer: several egresses", () => {
   };
 
   test("a poll answer's relay_url is where that client is relayed; others use the config's", async () => {
-    const env = await makeEnv(BrowserVolunteer, { capacity: 4 });
+    const config = { ...CONFIG, relay_urls: ["wss://second.test/v1/relay"] };
+    const warnings = [];
+    const env = await makeEnv(BrowserVolunteer, { capacity: 4, config, warn: (line) => warnings.push(line) });
     env.volunteer.start();
     await env.clock.advance(0);
     const relayed = async (id, url) => (await offerWith(env, id, url)).url;
     assert.equal(await relayed("a", "wss://second.test/v1/relay"), "wss://second.test/v1/relay?offer=a");
     assert.equal(await relayed("b", undefined), "ws://egress.test/v1/relay?offer=b");
-    // Not a WebSocket URL, or not a URL at all: the config's egress, never something else.
-    assert.equal(await relayed("c", "https://evil.test/"), "ws://egress.test/v1/relay?offer=c");
-    assert.equal(await relayed("d", "not a url"), "ws://egress.test/v1/relay?offer=d");
+    // Not a WebSocket URL, or not a URL at all: not answered (relay.test.mjs has the rest).
+    for (const [id, url] of [["c", "https://evil.test/"], ["d", "not a url"]]) {
+      env.broker.one(POLL).respond(200, { version: 1, status: "offer", offer_id: id, sdp: OFFER_SDP, relay_url: url });
+      await env.clock.advance(0);
+      assert.equal(env.broker.all(ANSWER).filter((r) => r.body.offer_id === id).length, 0);
+    }
+    assert.equal(warnings.length, 2);
     env.volunteer.stop();
   });
 });

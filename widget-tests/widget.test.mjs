@@ -1,7 +1,8 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 
-import { defaultBrokerUrl, mount, widgets } from "../src/unwall/broker/static/unwall-widget.js";
+import { mount, widgets } from "../src/unwall/broker/static/panel.js";
+import { defaultBrokerUrl } from "../src/unwall/broker/static/unwall-widget.js";
 import { BrowserVolunteer } from "../src/unwall/broker/static/volunteer.js";
 import { CONFIG, FakeBroker, FakeClock, OFFER_SDP, T, makeRTC, makeWebSocket } from "./fakes.mjs";
 import { FakeDocument, FakeStorage } from "./dom.mjs";
@@ -72,7 +73,8 @@ describe("widget", () => {
     assert.equal(element.getAttribute("data-clients-now"), "0");
     assert.equal(element.getAttribute("data-clients-total"), "0");
     assert.equal(element.getAttribute("data-bytes-relayed"), "0");
-    assert.equal(element.unwallVolunteer, null);
+    assert.equal(widget.volunteer, null);
+    assert.equal("unwallVolunteer" in element, false, "nothing of the volunteer on the element");
     assert.equal(env.broker.requests.length, 0, "off: no network at all");
     assert.equal(env.storage.getItem("unwall.enabled"), null);
     widget.destroy();
@@ -93,13 +95,14 @@ describe("widget", () => {
   });
 
   test("switching on and off: persisted, relays, counts, closes everything", async () => {
-    const env = setup({}, { "data-broker": "http://broker.test", "data-capacity": "3" });
+    const env = setup({}, { "data-broker": "http://elsewhere.test", "data-capacity": "3" });
     const { element, clock, broker } = env;
-    const widget = mount(element, { t: T, volunteerOptions: env.volunteerOptions });
+    const widget = mount(element, { t: T, brokerUrl: "http://broker.test", volunteerOptions: env.volunteerOptions });
     element.querySelector("button").click();
     assert.equal(element.querySelector("button").getAttribute("aria-checked"), "true");
     assert.equal(env.storage.getItem("unwall.enabled"), "1");
-    assert.ok(element.unwallVolunteer instanceof BrowserVolunteer);
+    assert.ok(widget.volunteer instanceof BrowserVolunteer);
+    assert.equal("unwallVolunteer" in element, false);
     assert.equal(element.getAttribute("data-state"), "starting");
     assert.equal(text(element, "unwall-widget__status"), "Starting…");
 
@@ -139,11 +142,10 @@ describe("widget", () => {
     assert.equal(hour.at(-1), "120,0");
     assert.equal(element.getAttribute("data-hour-bytes"), "1500");
 
-    const volunteer = element.unwallVolunteer;
+    const volunteer = widget.volunteer;
     element.querySelector("button").click();
     assert.equal(element.querySelector("button").getAttribute("aria-checked"), "false");
     assert.equal(env.storage.getItem("unwall.enabled"), "0");
-    assert.equal(element.unwallVolunteer, null);
     assert.equal(volunteer.running, false);
     assert.equal(env.pcs[0].closeCalls, 1);
     assert.equal(env.sockets[0].closeCalls, 1);
@@ -160,7 +162,7 @@ describe("widget", () => {
     const env = setup({ "unwall.enabled": "1", "unwall.totalHelped": "41" });
     const widget = mount(env.element, { t: T, brokerUrl: "http://broker.test", volunteerOptions: env.volunteerOptions });
     assert.equal(env.element.querySelector("button").getAttribute("aria-checked"), "true");
-    assert.ok(env.element.unwallVolunteer);
+    assert.ok(widget.volunteer);
     assert.equal(env.element.getAttribute("data-clients-total"), "41");
     await env.clock.advance(0);
     await openClient(env, "x");
@@ -223,8 +225,8 @@ describe("widget", () => {
     assert.equal(widget.maxRate, 250000);
     assert.equal(widget.capacity, 4);
     widget.setEnabled(true);
-    assert.equal(env.element.unwallVolunteer.maxRate, 250000);
-    assert.equal(env.element.unwallVolunteer.capacity, 4);
+    assert.equal(widget.volunteer.maxRate, 250000);
+    assert.equal(widget.volunteer.capacity, 4);
     widget.destroy();
     assert.ok(!widgets.includes(widget));
   });

@@ -1,5 +1,6 @@
-"""Serve unwall.browser's volunteer page (the widget, switched on at load, reporting what it
-shows) from inside a lab namespace, for a browser that no test drives (Firefox).
+"""Serve unwall.browser's volunteer page (a page that embeds the widget, and takes reports of
+what its frame shows) from inside a lab namespace, for Firefox (unwall.browser.firefox_in's
+driver clicks the widget's switch and posts the reports).
 
 Run by test_lab_carrier.py as `ip netns exec NS python lab_volunteer_page.py HOST BROKER_URL
 REPORTS`: prints the page's URL on its first line, then appends each report the page makes

@@ -36,6 +36,9 @@ async def test_demo_page_and_widget_files(broker_url: str) -> None:
         assert "data-unwall-widget" in page
         for name, kind in (
             ("unwall-widget.js", "javascript"),
+            ("frame.html", "text/html"),
+            ("frame.js", "javascript"),
+            ("panel.js", "javascript"),
             ("volunteer.js", "javascript"),
             ("logic.js", "javascript"),
             ("unwall-widget.css", "text/css"),
@@ -45,6 +48,39 @@ async def test_demo_page_and_widget_files(broker_url: str) -> None:
                 assert kind in response.headers["Content-Type"], name
                 # Other sites embed it as a module script: that needs CORS.
                 assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_only_the_widgets_frame_may_be_framed(broker_url: str) -> None:
+    """The widget's frame: any site may frame it, and what runs in it loads only the
+    broker's own scripts. Everything else: no site may frame it (issue 22, row 6)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{broker_url}/widget/frame.html?lang=fa&capacity=2") as response:
+            assert response.status == 200
+            assert "text/html" in response.headers["Content-Type"]
+            assert "X-Frame-Options" not in response.headers
+            policy = response.headers["Content-Security-Policy"]
+            assert "frame-ancestors" not in policy
+            directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+            assert directives["default-src"] == "'none'"
+            assert directives["script-src"] == "'self'"
+            assert directives["worker-src"] == "'self'"
+            assert response.headers["Referrer-Policy"] == "no-referrer"
+            page = await response.text()
+            etag = response.headers.get("ETag")
+            modified = response.headers.get("Last-Modified")
+        assert 'src="frame.js"' in page
+        assert 'id="unwall-widget"' in page
+        # A revalidation's 304 carries the same headers (a cache keeps them).
+        conditional = {"If-None-Match": etag} if etag else {"If-Modified-Since": modified or ""}
+        async with http.get(f"{broker_url}/widget/frame.html", headers=conditional) as response:
+            assert response.status in (200, 304)
+            assert "X-Frame-Options" not in response.headers
+            assert "frame-ancestors" not in response.headers["Content-Security-Policy"]
+        for path in ("/", "/widget/unwall-widget.js", "/widget/panel.js", "/v1/health", "/nope"):
+            async with http.get(broker_url + path) as response:
+                assert response.headers["X-Frame-Options"] == "DENY", path
+                policy = response.headers["Content-Security-Policy"]
+                assert "frame-ancestors 'none'" in policy, path
 
 
 async def test_volunteer_config(broker_url: str) -> None:

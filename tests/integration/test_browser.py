@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pages import one_page
 
-from unwall.browser import chromium_in, chromium_missing
+from unwall.browser import chromium_in, chromium_missing, widget_frame, widget_switch
 from unwall.local import DemoSite, LocalBridge, RoleProcess, download_via_socks, local_bridge
 from unwall.netns import NamespaceError, VethNamespace, namespaces_possible
 
@@ -48,8 +48,15 @@ async def browser_bridge(tmp_path: Path) -> AsyncIterator[LocalBridge]:
 
 
 async def _widget_attr(page: Any, name: str) -> str:
+    """What the widget's frame told the page (data-state, counts), on its placeholder."""
     value = await page.get_attribute("[data-unwall-widget]", name)
     return value or ""
+
+
+async def _widget_text(page: Any) -> str:
+    """What the widget shows, in its frame (the broker's origin)."""
+    text: str = await widget_frame(page).locator("body").inner_text()
+    return text
 
 
 async def _wait_attr(
@@ -84,14 +91,14 @@ async def test_browser_volunteer_carries_a_download(
     async with chromium_in(namespace, tmp_path) as browser:
         page = await browser.new_page()
         await page.goto(f"{bridge.broker_url}/")
-        switch = page.locator("[data-unwall-widget] [role=switch]")
+        switch = widget_switch(page)
         # First visit: off.
         assert await switch.get_attribute("aria-checked") == "false"
-        assert await _widget_attr(page, "data-state") == "off"
+        await _wait_attr(page, "data-state", "off")
         await switch.click()
         assert await switch.get_attribute("aria-checked") == "true"
         await _wait_attr(page, "data-state", "idle")
-        shown = await page.inner_text("[data-unwall-widget]")
+        shown = await _widget_text(page)
         assert "Ready. No one needs help right now." in shown
 
         client = await _start_client(bridge, "--dtls-role", dtls_role)
@@ -104,7 +111,7 @@ async def test_browser_volunteer_carries_a_download(
         relayed = int(await _widget_attr(page, "data-bytes-relayed"))
         assert relayed >= size
         assert int(await _widget_attr(page, "data-clients-total")) >= 1
-        assert "Helping 1 person now" in await page.inner_text("[data-unwall-widget]")
+        assert "Helping 1 person now" in await _widget_text(page)
         await page.screenshot(path=str(artifacts / f"widget-helping-{dtls_role}.png"))
 
         if dtls_role != "client":
@@ -139,11 +146,11 @@ async def test_widget_shows_broker_unreachable(
     async with chromium_in(namespace, tmp_path) as browser:
         page = await browser.new_page()
         await page.goto(f"{bridge.broker_url}/")
-        await page.locator("[data-unwall-widget] [role=switch]").click()
+        await widget_switch(page).click()
         await _wait_attr(page, "data-state", "idle")
         await broker.stop()
         await _wait_attr(page, "data-state", "error", timeout=40)
-        text = await page.inner_text("[data-unwall-widget]")
+        text = await _widget_text(page)
         assert "Can't reach the unwall server" in text
         await page.screenshot(path=str(artifacts / "widget-broker-unreachable.png"))
 
@@ -176,7 +183,8 @@ async def test_widget_on_another_origin_carries_a_download(
     tmp_path: Path,
     artifacts: Path,
 ) -> None:
-    """Every broker answer the widget reads must allow the embedding page's origin."""
+    """On another site's page the widget runs in its frame, of the broker's origin, and
+    carries a download as on the broker's own page; nothing complains of CORS."""
     bridge = browser_bridge
     size = 5_000_000
     _, digest = site.blob(size)
@@ -191,8 +199,7 @@ async def test_widget_on_another_origin_carries_a_download(
         console: list[str] = []
         page.on("console", lambda message: console.append(message.text))
         await page.goto(f"{news_url}/")
-        switch = page.locator("[data-unwall-widget] [role=switch]")
-        await switch.click()
+        await widget_switch(page).click()
         await _wait_attr(page, "data-state", "idle")
 
         client = await _start_client(bridge)
@@ -203,7 +210,7 @@ async def test_widget_on_another_origin_carries_a_download(
         await asyncio.sleep(1.2)
         assert int(await _widget_attr(page, "data-bytes-relayed")) >= size
         assert await _widget_attr(page, "data-state") == "helping"
-        assert "Can't reach" not in await page.inner_text("[data-unwall-widget]")
+        assert "Can't reach" not in await _widget_text(page)
         assert not _cors_complaints(console), console
         await page.screenshot(path=str(artifacts / "widget-on-another-origin.png"))
         await client.stop()
@@ -220,7 +227,7 @@ async def test_widget_says_so_when_it_cannot_connect_to_a_person(
     async with chromium_in(namespace, tmp_path) as browser:
         page = await browser.new_page()
         await page.goto(f"{bridge.broker_url}/")
-        await page.locator("[data-unwall-widget] [role=switch]").click()
+        await widget_switch(page).click()
         await _wait_attr(page, "data-state", "idle")
         client = await bridge.spawn(
             "client",
@@ -243,7 +250,7 @@ async def test_widget_says_so_when_it_cannot_connect_to_a_person(
             while await _widget_attr(page, "data-state") != "error":
                 seen_now.add(await _widget_attr(page, "data-clients-now"))
                 await asyncio.sleep(0.1)
-        text = await page.inner_text("[data-unwall-widget]")
+        text = await _widget_text(page)
         assert "Couldn't connect to a person who needed help" in text
         assert "their network or yours blocks it" in text
         assert seen_now == {"0"}, "counted as helped though nothing connected"

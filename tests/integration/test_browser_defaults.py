@@ -7,8 +7,10 @@ broker, egress and the Python client are on the host side of its veth, and there
 STUN server. The client connects anyway, from the peer-reflexive candidate the browser's
 connectivity checks reveal (unwall.transport.rtc).
 
-Firefox cannot be driven by Playwright: it opens unwall.browser.volunteer_page, which
-turns the widget on at load and reports what it shows. Chromium opens the same page.
+Both open unwall.browser.volunteer_page, a page of another origin that embeds the widget;
+the widget's switch is clicked in its frame (the broker's origin), and what the frame shows
+is reported: in Chromium by Playwright (drive_widget), in Firefox, which Playwright cannot
+drive, over WebDriver BiDi (unwall.firefox_bidi, started by firefox_in).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from unwall.browser import (
     VolunteerPage,
     chromium_in,
     chromium_missing,
+    drive_widget,
     firefox_in,
     firefox_missing,
     volunteer_page,
@@ -198,11 +201,11 @@ async def test_chromium_default_webrtc_volunteer_carries_a_download(
         chromium_in(namespace, tmp_path, mdns=True) as browser,
     ):
         tab: Any = await browser.new_page()
-        await tab.goto(page.url)
-        await carry_a_download(
-            bridge, page, site, namespace, timings, signals_end_of_candidates=False
-        )
-        assert "Chrome" in page.latest.get("userAgent", "")
+        async with drive_widget(tab, page):
+            await carry_a_download(
+                bridge, page, site, namespace, timings, signals_end_of_candidates=False
+            )
+            assert "Chrome" in page.latest.get("userAgent", "")
     # Not asserted: Debian's Chromium looks names up even with --disable-background-networking.
     print("chromium, beyond the test's servers:", calls_elsewhere(namespace))
     _report_timings("chromium", timings)

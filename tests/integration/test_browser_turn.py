@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from coturn import Coturn, coturn, free_port, require_coturn
 
-from unwall.browser import chromium_in, chromium_missing
+from unwall.browser import chromium_in, chromium_missing, widget_frame, widget_realm, widget_switch
 from unwall.local import DemoSite, LocalBridge, download_via_socks, local_bridge
 from unwall.netns import NamespaceError, VethNamespace, namespaces_possible
 
@@ -120,16 +120,15 @@ async def test_widget_reaches_a_client_only_through_the_brokers_turn_server(
     site: DemoSite,
     tmp_path: Path,
     artifacts: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     bridge = turn_bridge
     only_turn_for_udp(namespace, turn_server.port)
     _, digest = site.blob(SIZE)
+    monkeypatch.setenv("UNWALL_TURN_SECRET", SECRET)  # a secret is never on a command line
     await bridge.start_broker(
-        extra=(
-            "--ice-server", turn_server.stun_url,
-            "--turn-secret", SECRET, "--turn-url", turn_server.turn_url("udp"),
-        )
-    )  # fmt: skip
+        extra=("--ice-server", turn_server.stun_url, "--turn-url", turn_server.turn_url("udp"))
+    )
     await bridge.start_egress()
     async with chromium_in(namespace, tmp_path) as browser:
         page = await browser.new_page()
@@ -137,7 +136,7 @@ async def test_widget_reaches_a_client_only_through_the_brokers_turn_server(
         page.on("console", lambda message: console.append(message.text))
         await page.add_init_script(RECORD_ICE)
         await page.goto(f"{bridge.broker_url}/")
-        await page.locator("[data-unwall-widget] [role=switch]").click()
+        await widget_switch(page).click()  # in the widget's frame, the broker's origin
         async with asyncio.timeout(20):
             while await _widget_attr(page, "data-state") != "idle":
                 await asyncio.sleep(0.1)
@@ -148,7 +147,7 @@ async def test_widget_reaches_a_client_only_through_the_brokers_turn_server(
                 while await _widget_attr(page, "data-clients-now") != "1":
                     await asyncio.sleep(0.1)
         except TimeoutError:
-            text = await page.inner_text("[data-unwall-widget]")
+            text = await widget_frame(page).locator("body").inner_text()
             raise AssertionError(
                 f"the widget never connected to the client: {text!r}\n{client.log_tail(30)}"
             ) from None
@@ -159,16 +158,22 @@ async def test_widget_reaches_a_client_only_through_the_brokers_turn_server(
         await asyncio.sleep(1.2)
         assert int(await _widget_attr(page, "data-bytes-relayed")) >= SIZE
 
-        configs = await page.evaluate("window.__iceConfigs")
+        frame = await widget_realm(page)  # the init script ran in it too
+        configs = await frame.evaluate("window.__iceConfigs")
         shown = await page.content() + await page.inner_text("body")
+        shown += await frame.content() + await frame.inner_text("body")
         await page.screenshot(path=str(artifacts / "widget-through-turn.png"))
         await client.stop()
 
-    # The widget gave Chromium the operator's STUN server and the broker's TURN server with
-    # credentials, and nothing of those credentials was logged or shown.
-    assert configs, "no RTCPeerConnection was made"
-    assert configs[0] == [
-        {"urls": [turn_server.stun_url], "username": False, "credential": False},
+    # The widget gave Chromium the operator's STUN server and, for the client, the broker's
+    # TURN server with the credentials of a poll answer (the config has none: its self-check,
+    # before the first poll, had STUN only), and nothing of those credentials was logged or
+    # shown.
+    assert len(configs) >= 2, configs
+    stun = {"urls": [turn_server.stun_url], "username": False, "credential": False}
+    assert configs[0] == [stun]
+    assert configs[-1] == [
+        stun,
         {"urls": [turn_server.turn_url("udp")], "username": True, "credential": True},
     ]
     for text in (*console, shown):

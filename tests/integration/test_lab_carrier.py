@@ -82,7 +82,6 @@ CASES = [
     Case("widget-firefox-media", CHROMIUM_MEDIA, STRICTEST, "pass", volunteer="firefox"),
 ]
 BROKER_PAGE = "http://203.0.113.20:8080/"
-WIDGET_STATS = "document.querySelector('[data-unwall-widget]').unwallVolunteer.stats()"
 
 
 @contextlib.asynccontextmanager
@@ -99,20 +98,21 @@ async def _volunteer(
         finally:
             await asyncio.to_thread(manager.stop, "volunteer-home1")
     elif case.volunteer == "chromium":
-        from unwall.browser import chromium_in
+        from unwall.browser import WIDGET_REPORT, chromium_in, widget_realm, widget_switch
 
         async with chromium_in(home.host, tmp_path, mdns=True) as browser:
             page = await browser.new_page()
             await page.goto(BROKER_PAGE)
-            await page.locator("[data-unwall-widget] [role=switch]").click()
+            await widget_switch(page).click()
             yield said
-            said.update(await page.evaluate(WIDGET_STATS))
+            # What the widget's frame shows, and its volunteer's count of clients by video.
+            said.update(await (await widget_realm(page)).evaluate(WIDGET_REPORT))
             said["carrier"] = await page.get_attribute("[data-unwall-widget]", "data-carrier")
     else:
         from unwall.browser import firefox_in
 
-        # The widget on another site's page (a worker of the broker's origin cannot run
-        # there: the widget starts it from a blob: URL), served in the lab's internet.
+        # The widget on another site's page, served in the lab's internet; firefox_in's
+        # driver clicks its switch (in its frame) and posts what the frame shows there.
         reports = tmp_path / "reports.jsonl"
         server = await asyncio.create_subprocess_exec(
             "ip", "netns", "exec", topology.INTERNET, sys.executable,

@@ -118,7 +118,7 @@ async def test_headless_volunteer(lab: dict[str, Any], tmp_path: Path) -> None:
 
 
 async def test_chromium_volunteer(lab: dict[str, Any], tmp_path: Path) -> None:
-    from unwall.browser import chromium_in, chromium_missing
+    from unwall.browser import chromium_in, chromium_missing, widget_switch
 
     missing = chromium_missing()
     if missing:
@@ -127,7 +127,7 @@ async def test_chromium_volunteer(lab: dict[str, Any], tmp_path: Path) -> None:
     async with chromium_in(home.host, tmp_path, mdns=True) as browser:
         page = await browser.new_page()
         await page.goto("http://203.0.113.20:8080/")
-        await page.locator("[data-unwall-widget] [role=switch]").click()
+        await widget_switch(page).click()
         await _fetch_through(lab, tmp_path / "client.log")
     evidence = _evidence()
     # Chromium's ClientHello passes; the client's OpenSSL ServerHello does not.
@@ -161,13 +161,13 @@ async def test_chromium_engine_client_with_the_widget(lab: dict[str, Any], tmp_p
     """The client with `--webrtc chromium`, the volunteer the widget in Chromium: a
     browser-to-browser call as far as the box can tell (it has no evidence), where the
     aiortc client gives itself away by its ServerHello (test_chromium_volunteer)."""
-    from unwall.browser import chromium_in
+    from unwall.browser import chromium_in, widget_switch
 
     _chromium_or_skip()
     home = topology.Home(1, topology.parse_nat_kind("port-restricted"))
     async with chromium_in(home.host, tmp_path, mdns=True) as browser:
         page = await browser.new_page()
         await page.goto("http://203.0.113.20:8080/")
-        await page.locator("[data-unwall-widget] [role=switch]").click()
+        await widget_switch(page).click()
         await _fetch_through(lab, tmp_path / "client.log", *ENGINE)
     assert _evidence() == {}

@@ -14,7 +14,7 @@ from aiohttp import web
 from pages import one_page
 
 from unwall.broker.server import STATIC_DIR, BrokerConfig, create_app
-from unwall.browser import chromium_here, chromium_missing
+from unwall.browser import chromium_here, chromium_missing, widget_realm
 from unwall.local import LOOPBACK, free_port
 
 pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
@@ -67,37 +67,39 @@ async def test_every_language_from_the_browser(broker_url: str, artifacts: Path)
             assert await page.text_content("h1") == words["page.heading"]
             assert await page.title() == words["page.title"]
             widget = page.locator("[data-unwall-widget]")
-            assert await widget.get_attribute("lang") == lang
-            assert await page.text_content(".unwall-widget__title") == words["widget.title"]
-            assert await page.text_content(".unwall-widget__status") == words["status.off"]
-            assert await page.text_content(".unwall-widget__label") == words["widget.switch"]
-            stats = await page.locator(".unwall-widget__stat").all_text_contents()
+            # The widget is in its frame (the broker's origin), in the page's language.
+            frame = await widget_realm(page)
+            assert await frame.get_attribute(".unwall-widget", "lang") == lang
+            assert await frame.text_content(".unwall-widget__title") == words["widget.title"]
+            assert await frame.text_content(".unwall-widget__status") == words["status.off"]
+            assert await frame.text_content(".unwall-widget__label") == words["widget.switch"]
+            stats = await frame.locator(".unwall-widget__stat").all_text_contents()
             assert stats[0].startswith(words["widget.now"].strip()), stats
+            assert await widget.locator("iframe").get_attribute("title") == words["widget.title"]
             if lang != "en":
                 shown = await page.evaluate("document.body.innerText")
+                shown += await frame.evaluate("document.body.innerText")
                 left = [text for text in english_texts if text in shown]
                 assert left == [], f"{lang}: still in English: {left}"
             await page.screenshot(path=str(artifacts / f"widget-page-{lang}.png"), full_page=True)
             await widget.screenshot(path=str(artifacts / f"widget-{lang}.png"))
             if lang == "fa":
-                await _right_to_left(page)
+                await _right_to_left(page, frame)
             else:
                 assert await page.evaluate("getComputedStyle(document.body).direction") == "ltr"
             await context.close()
 
 
-async def _right_to_left(page: Any) -> None:
+async def _right_to_left(page: Any, frame: Any) -> None:
     """Persian: the page and the widget run right to left, the switch's track sits on the
     right of its label, headings hug the right edge."""
     assert await page.evaluate("document.documentElement.dir") == "rtl"
     assert (
-        await page.evaluate(
-            "getComputedStyle(document.querySelector('[data-unwall-widget]')).direction"
-        )
+        await frame.evaluate("getComputedStyle(document.querySelector('.unwall-widget')).direction")
         == "rtl"
     )
-    track = await page.locator(".unwall-widget__track").bounding_box()
-    label = await page.locator(".unwall-widget__label").bounding_box()
+    track = await frame.locator(".unwall-widget__track").bounding_box()
+    label = await frame.locator(".unwall-widget__label").bounding_box()
     assert track and label and track["x"] > label["x"] + label["width"] - 1, (track, label)
     main = await page.locator("main").bounding_box()
     h1 = await page.evaluate(
@@ -126,9 +128,10 @@ async def test_data_lang_wins_on_another_site(broker_url: str, artifacts: Path) 
         page = await context.new_page()
         await page.goto(f"{site}/")
         await page.wait_for_selector("[data-unwall-widget][data-state]", timeout=15_000)
+        frame = await widget_realm(page)
         words = catalogue("ru")
-        assert await page.text_content(".unwall-widget__title") == words["widget.title"]
-        assert await page.text_content(".unwall-widget__onoff") == words["widget.off"]
+        assert await frame.text_content(".unwall-widget__title") == words["widget.title"]
+        assert await frame.text_content(".unwall-widget__onoff") == words["widget.off"]
         await page.screenshot(path=str(artifacts / "widget-data-lang-ru.png"))
         await context.close()
 
@@ -144,14 +147,15 @@ async def test_the_widget_says_what_is_wrong_in_its_language(
         page = await context.new_page()
         await page.goto(broker_url + "/")
         await _ready(page, "es")
-        await page.click(".unwall-widget__switch")
+        frame = await widget_realm(page)
+        await frame.click(".unwall-widget__switch")
         await page.wait_for_function(
             "() => document.querySelector('[data-unwall-widget]').dataset.state === 'error'",
             timeout=20_000,
         )
-        shown = await page.text_content(".unwall-widget__status") or ""
+        shown = await frame.text_content(".unwall-widget__status") or ""
         expected = words["error.egress"].split("{seconds}")[0]
         assert shown.startswith(expected), shown
-        assert await page.text_content(".unwall-widget__onoff") == words["widget.on"]
+        assert await frame.text_content(".unwall-widget__onoff") == words["widget.on"]
         await page.screenshot(path=str(artifacts / "widget-egress-unreachable-es.png"))
         await context.close()

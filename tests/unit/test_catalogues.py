@@ -72,7 +72,7 @@ def test_english_has_its_plural_forms() -> None:
 def test_every_message_the_code_asks_for_is_there() -> None:
     english = load("en")
     asked: set[str] = set()
-    for name in ("logic.js", "unwall-widget.js", "page.js"):
+    for name in ("logic.js", "panel.js", "frame.js", "unwall-widget.js", "page.js"):
         source = (STATIC / name).read_text()
         asked |= set(re.findall(r"\bt\(\s*\"([a-z_.0-9]+)\"", source))
         asked |= set(re.findall(r"\"((?:status|error|widget|duration)\.[a-z_]+)\"", source))
