@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import secrets
 import tempfile
 import time
 from collections import Counter
@@ -28,7 +30,13 @@ from spread import report
 from unwall.local import LocalBridge
 from unwall.transport import quic
 from unwall.transport.quic import FlowControlledConnection, QuicSession, read_header
-from unwall.wire.streamheader import StreamReplyDecoder, StreamStatus, StreamTarget
+from unwall.wire import ticket
+from unwall.wire.streamheader import (
+    StreamReplyDecoder,
+    StreamStatus,
+    StreamTarget,
+    encode_voucher,
+)
 
 HOLD = 1.0
 WORKERS_PER_SESSION = 40
@@ -72,9 +80,23 @@ class RelaySession:
         self.reader.cancel()
 
 
-async def relay_session(http: aiohttp.ClientSession, url: str, pin: str) -> RelaySession:
-    attacker = RelaySession(await http.ws_connect(url, max_msg_size=0), pin)
+async def relay_session(http: aiohttp.ClientSession, bridge: LocalBridge) -> RelaySession:
+    """A session through a relay of its own, vouched for as a broker of the bridge would
+    (a relay ticket, then the client's voucher: docs/protocol.md §3.1)."""
+    offer = secrets.token_urlsafe(16)
+    key = ticket.derive_key(bridge.secret)
+    relay = ticket.mint(key, offer, ticket.RELAY, time.time())
+    url = f"{bridge.egress_url}?offer={offer}&ticket={relay}"
+    attacker = RelaySession(await http.ws_connect(url, max_msg_size=0), bridge.pin)
     await asyncio.wait_for(attacker.session.ready, 20)
+    secret = os.urandom(ticket.SECRET_SIZE)
+    shown = ticket.Voucher(ticket.mint(key, offer, ticket.commit(secret), time.time()), secret)
+    stream = attacker.session.open_stream()
+    await stream.write(encode_voucher(shown))
+    stream.write_eof()
+    reply = await read_header(stream, StreamReplyDecoder(), "the voucher's reply")
+    if reply.status != StreamStatus.OK:
+        raise RuntimeError(f"the egress refused the voucher: {reply.reason}")
     return attacker
 
 
@@ -105,9 +127,7 @@ async def _flood(
     """One flood; returns the egress's peak RSS during it, and the streams' outcomes."""
     outcomes: Counter[str] = Counter()
     async with aiohttp.ClientSession() as http:
-        opened = await asyncio.gather(
-            *(relay_session(http, bridge.egress_url, bridge.pin) for _ in range(sessions))
-        )
+        opened = await asyncio.gather(*(relay_session(http, bridge) for _ in range(sessions)))
         until = time.monotonic() + seconds
         workers = [
             asyncio.ensure_future(_worker(attacker.session, port, until, outcomes))
@@ -139,7 +159,10 @@ async def one_run(sessions: int, seconds: float) -> dict[str, float | int]:
     with tempfile.TemporaryDirectory(prefix="unwall-memory-") as workdir:
         bridge = LocalBridge(Path(workdir))
         try:
-            egress = await bridge.start_egress()
+            # One load generator on one address stands for many volunteers.
+            egress = await bridge.start_egress(
+                extra=("--sessions-per-address", "100000", "--sessions-per-network", "100000")
+            )
             await asyncio.sleep(1.0)
             before = rss_mb(egress.pid)
             peak, outcomes = await _flood(bridge, egress.pid, sessions, seconds, port)

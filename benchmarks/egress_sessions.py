@@ -107,7 +107,10 @@ async def one_run(sessions: int, seconds: float, rate: float, size: int) -> dict
     with tempfile.TemporaryDirectory(prefix="unwall-sessions-") as workdir:
         bridge = LocalBridge(Path(workdir))
         try:
-            egress = await bridge.start_egress()
+            # One load generator on one address stands for many volunteers.
+            egress = await bridge.start_egress(
+                extra=("--sessions-per-address", "100000", "--sessions-per-network", "100000")
+            )
             await asyncio.sleep(1.0)
             before = rss_mb(egress.pid)
             # One connection per session: no pool limit (aiohttp's default is 100).
@@ -117,7 +120,7 @@ async def one_run(sessions: int, seconds: float, rate: float, size: int) -> dict
                 while len(opened) < sessions:
                     batch = min(OPEN_BATCH, sessions - len(opened))
                     opened += await asyncio.gather(
-                        *(relay_session(http, bridge.egress_url, bridge.pin) for _ in range(batch))
+                        *(relay_session(http, bridge) for _ in range(batch))
                     )
                 await asyncio.sleep(2.0)
                 idle = rss_mb(egress.pid)

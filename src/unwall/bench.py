@@ -238,7 +238,7 @@ async def browser_bench(size_mb: int) -> dict[str, Any]:
 
     Chromium runs in a namespace of its own (it offers no loopback candidates), so both
     measurements use that topology: broker and egress on the host side of a veth pair."""
-    from unwall.browser import chromium_in, chromium_missing
+    from unwall.browser import chromium_in, chromium_missing, widget_switch
     from unwall.netns import VethNamespace, namespaces_possible
 
     reason = namespaces_possible() or chromium_missing()
@@ -262,7 +262,7 @@ async def browser_bench(size_mb: int) -> dict[str, Any]:
             async with chromium_in(ns, workdir) as browser:
                 page = await browser.new_page()
                 await page.goto(f"{bridge.broker_url}/")
-                switch = page.locator("[data-unwall-widget] [role=switch]")
+                switch = widget_switch(page)  # in the widget's frame
                 await switch.click()
                 client = await bridge.start_client(extra=("--paths", "1"))
                 seconds, got = await curl_download(

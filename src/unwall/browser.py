@@ -3,7 +3,17 @@
 Never a downloaded browser. Chromium (/usr/bin/chromium, apt) is driven by Playwright and
 started through `ip netns exec`, so that its WebRTC host candidate is the namespace's
 TEST-NET address. Firefox ESR (/usr/bin/firefox-esr, apt) cannot be driven by Playwright:
-it runs as a plain process on a page that needs no clicks (`volunteer_page`).
+it runs as a plain process, and WebDriver BiDi (unwall.firefox_bidi) clicks the widget's
+switch on the page it opens (`volunteer_page`).
+
+The widget runs in a frame of the broker's origin inside the page that embeds it (issue
+22): its switch and figures are in that frame (`widget_switch`, `widget_realm`), which a
+test reaches as the browser's owner; the embedding page cannot.
+
+Never as root, never without the browser's sandbox: started by root (as in CI), Chromium
+runs as an unprivileged user id of its own (`unwall.transport.chromium.engine.
+browser_user`), through `setpriv`, with its profile, home and temporary files in a
+directory of that user that Playwright removes afterwards, and with its sandbox on.
 """
 
 from __future__ import annotations
@@ -13,21 +23,32 @@ import contextlib
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 import signal
+import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 from unwall.netns import VethNamespace
+from unwall.transport.chromium.engine import (
+    BrowserUser,
+    browser_home,
+    browser_user,
+    remove_browser_home,
+    sandbox_missing,
+)
 
 log = logging.getLogger("unwall.browser")
 
 CHROMIUM = "/usr/bin/chromium"
 
 CHROMIUM_FLAGS = [
-    "--no-sandbox",  # we run as root in CI
     "--disable-gpu",
     "--disable-background-networking",  # no calls home: the machine has no internet
     "--disable-component-update",
@@ -45,6 +66,74 @@ CHROMIUM_FLAGS = [
 CHROMIUM_DEFAULT_WEBRTC_FLAGS = [flag for flag in CHROMIUM_FLAGS if "Mdns" not in flag]
 
 
+# -- the widget's frame --------------------------------------------------------------------
+
+#: The widget's frame in a page that embeds it (unwall-widget.js puts it in the placeholder).
+WIDGET_FRAME = "[data-unwall-widget] iframe"
+
+
+def widget_frame(page: Any) -> Any:
+    """The widget's frame in a Playwright `page` (a FrameLocator)."""
+    return page.frame_locator(WIDGET_FRAME)
+
+
+def widget_switch(page: Any) -> Any:
+    """The widget's on/off switch in a Playwright `page` (a Locator, in the frame)."""
+    return widget_frame(page).locator("[role=switch]")
+
+
+async def widget_realm(page: Any, timeout: float = 15.0) -> Any:
+    """The widget's frame in a Playwright `page` as a Frame (to read or evaluate in),
+    once its panel is mounted."""
+    handle = await page.wait_for_selector(WIDGET_FRAME, timeout=timeout * 1000)
+    frame = await handle.content_frame()
+    if frame is None:
+        raise RuntimeError("the widget's iframe has no frame")
+    await frame.wait_for_selector(".unwall-widget[data-state]", timeout=timeout * 1000)
+    return frame
+
+
+#: Run in every realm before its scripts (a Playwright init script, a BiDi preload
+#: script): the ICE candidates of the realm's peer connections, in window.__unwallCandidates.
+RECORD_ICE = """
+const candidates = (window.__unwallCandidates = []);
+const NativePeerConnection = window.RTCPeerConnection;
+if (NativePeerConnection) {
+  window.RTCPeerConnection = class extends NativePeerConnection {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("icecandidate", (e) => {
+        if (!e.candidate?.candidate) return;
+        candidates.push(e.candidate.candidate);
+        if (candidates.length > 50) candidates.shift();
+      });
+    }
+  };
+}
+"""
+
+#: True in the widget's frame once its panel is mounted.
+WIDGET_READY = "() => Boolean(document.querySelector('.unwall-widget[data-state]'))"
+
+#: Evaluated in the widget's frame: what it shows, and how many clients rode video.
+WIDGET_REPORT = """async () => {
+  const el = document.querySelector(".unwall-widget");
+  const { widgets } = await import(new URL("panel.js", location.href).href);
+  const volunteer = widgets[0]?.volunteer;
+  return {
+    userAgent: navigator.userAgent,
+    state: el?.getAttribute("data-state") ?? null,
+    clientsNow: Number(el?.getAttribute("data-clients-now") ?? 0),
+    clientsTotal: Number(el?.getAttribute("data-clients-total") ?? 0),
+    bytesRelayed: Number(el?.getAttribute("data-bytes-relayed") ?? 0),
+    status: el?.querySelector(".unwall-widget__status")?.textContent ?? "",
+    carrier: el?.getAttribute("data-carrier") ?? null,
+    clientsOverMedia: volunteer ? volunteer.stats().clientsOverMedia : 0,
+    candidates: window.__unwallCandidates ?? [],
+  };
+}"""
+
+
 def chromium_missing() -> str | None:
     if not Path(CHROMIUM).exists():
         return f"{CHROMIUM} is not installed (apt-get install chromium)"
@@ -52,11 +141,73 @@ def chromium_missing() -> str | None:
         import playwright  # noqa: F401
     except ImportError:
         return "the playwright package is not installed"
-    return None
+    return sandbox_missing()
 
 
 def _namespace_name(namespace: VethNamespace | str) -> str:
     return namespace if isinstance(namespace, str) else namespace.name
+
+
+def _as_user(user: BrowserUser | None) -> list[str]:
+    """The command prefix that drops to `user` (none when this process is not root)."""
+    if user is None:
+        return []
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    return [setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", "--"]
+
+
+def _in_namespace(namespace: VethNamespace | str | None) -> list[str]:
+    if namespace is None:
+        return []
+    return [shutil.which("ip") or "ip", "netns", "exec", _namespace_name(namespace)]
+
+
+def write_chromium_wrapper(
+    path: Path, namespace: VethNamespace | str | None, user: BrowserUser | None
+) -> Path:
+    """The executable Playwright starts as "Chromium": it gives the profile Playwright made
+    (`--user-data-dir`, a 0700 directory of this process's user) to the browser's user,
+    puts the browser's home and temporary files in it, and starts Debian's Chromium (in
+    `namespace`, if one) as that user. Playwright removes the profile after."""
+    command = shlex.join([*_in_namespace(namespace), *_as_user(user), CHROMIUM])
+    owner = "" if user is None else f'chown -R {user.uid}:{user.gid} "$profile"\n'
+    path.write_text(
+        "#!/bin/sh\n"
+        "# Written by unwall.browser: Debian's Chromium, never as root, with its sandbox.\n"
+        "profile=\n"
+        "for arg; do\n"
+        '  case "$arg" in --user-data-dir=*) profile="${arg#--user-data-dir=}";; esac\n'
+        "done\n"
+        '[ -n "$profile" ] || { echo "$0: no --user-data-dir" >&2; exit 1; }\n'
+        'mkdir -p "$profile/tmp"\n'
+        f"{owner}"
+        'export HOME="$profile" XDG_CONFIG_HOME="$profile/.config" '
+        'XDG_CACHE_HOME="$profile/.cache" TMPDIR="$profile/tmp"\n'
+        f'exec {command} "$@"\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def _chromium(namespace: VethNamespace | str | None, args: list[str]) -> AsyncIterator[Any]:
+    """Playwright's Chromium through `write_chromium_wrapper`, with its sandbox on
+    (Playwright adds `--no-sandbox` unless told `chromium_sandbox=True`)."""
+    from playwright.async_api import async_playwright
+
+    wrappers = Path(tempfile.mkdtemp(prefix="unwall-chromium-wrapper-"))
+    try:
+        wrapper = write_chromium_wrapper(wrappers / "chromium", namespace, browser_user())
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=str(wrapper), headless=True, args=args, chromium_sandbox=True
+            )
+            try:
+                yield browser
+            finally:
+                await browser.close()
+    finally:
+        shutil.rmtree(wrappers, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
@@ -65,49 +216,29 @@ async def chromium_in(
 ) -> AsyncIterator[Any]:
     """A Playwright Browser running Debian's Chromium inside `namespace` (an object or the
     name of an existing namespace). `mdns=False` makes Chromium offer its plain host
-    address; `mdns=True` leaves WebRTC at the browser's defaults (`.local` names)."""
-    from playwright.async_api import async_playwright
-
-    wrapper = workdir / "chromium-in-namespace"
-    wrapper.write_text(
-        f"#!/bin/sh\nexec {shutil.which('ip') or 'ip'} netns exec {_namespace_name(namespace)} "
-        f'{CHROMIUM} "$@"\n'
-    )
-    wrapper.chmod(0o755)
+    address; `mdns=True` leaves WebRTC at the browser's defaults (`.local` names).
+    (`workdir` is not used: what the browser writes stays in its own profile.)"""
     flags = CHROMIUM_DEFAULT_WEBRTC_FLAGS if mdns else CHROMIUM_FLAGS
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(wrapper), headless=True, args=flags
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with _chromium(namespace, flags) as browser:
+        yield browser
 
 
 @contextlib.asynccontextmanager
 async def chromium_here(*args: str) -> AsyncIterator[Any]:
     """A Playwright Browser running Debian's Chromium in this machine's own network, for
     pages on loopback (the client's status page); `args` are extra command-line flags."""
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_FLAGS, *args]
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with _chromium(None, [*CHROMIUM_FLAGS, *args]) as browser:
+        yield browser
 
 
 # -- Firefox ESR --------------------------------------------------------------------------
 #
 # Playwright cannot drive Debian's firefox-esr (it needs its own patched build), so Firefox
-# runs as a plain process: `firefox-esr --headless --profile DIR URL` inside the namespace,
-# with a fresh profile whose user.js stops it calling home. WebRTC stays at its defaults
-# (host candidates hidden behind mDNS names). A page that needs no clicks, such as the
-# one `volunteer_page` serves, makes it a volunteer.
+# runs as a plain process: `firefox-esr --headless --profile DIR` inside the namespace,
+# with a fresh profile whose user.js stops it calling home, and its WebDriver BiDi server
+# on the namespace's loopback, through which unwall.firefox_bidi opens the page, clicks the
+# widget's switch in its frame (the visitor's click) and reports what the frame shows.
+# WebRTC stays at its defaults (host candidates hidden behind mDNS names).
 
 FIREFOX = "/usr/bin/firefox-esr"
 
@@ -268,16 +399,35 @@ async def firefox_in(
     url: str,
     workdir: Path,
     prefs: Mapping[str, bool | int | str] | None = None,
+    *,
+    click_widget: bool = True,
+    report_url: str | None = None,
 ) -> AsyncIterator[FirefoxProcess]:
     """Debian's firefox-esr, headless, showing `url`, inside `namespace` (an object or the
-    name of an existing namespace), with a fresh profile under `workdir`.
+    name of an existing namespace), with a fresh profile (under `workdir` unless root
+    started it) and its log in `workdir`.
+
+    With `click_widget`, `url` is a page that embeds the widget (`volunteer_page`, the
+    lab's /volunteer): unwall.firefox_bidi opens it, switches the widget on with a click in
+    its frame, and POSTs what the frame shows to `report_url` (default: /report of the
+    page's origin) twice a second; its log is `driver.log` in `workdir`.
 
     Firefox forks content processes; it runs in a session of its own, and the whole
-    session is ended on exit (SIGTERM, then SIGKILL after 10 s)."""
-    profile = write_firefox_profile(workdir / "firefox-profile", prefs)
+    session is ended on exit (SIGTERM, then SIGKILL after 10 s). Started by root, Firefox
+    runs as an unprivileged user of its own (`browser_user`), its profile and home in a
+    0700 directory of that user (not under `workdir`), removed on exit."""
+    user = browser_user()
+    outer: Path | None = None
+    if user is None:
+        home = workdir / "firefox-home"  # Firefox writes caches under $HOME
+        home.mkdir(exist_ok=True)
+        profile = write_firefox_profile(workdir / "firefox-profile", prefs)
+    else:
+        outer, home = browser_home("unwall-firefox-", user)
+        profile = write_firefox_profile(home / "firefox-profile", prefs)
+        for path in (profile, *profile.iterdir()):
+            os.chown(path, user.uid, user.gid)
     log_path = workdir / "firefox.log"
-    home = workdir / "firefox-home"  # Firefox writes caches under $HOME
-    home.mkdir(exist_ok=True)
     env = {
         **os.environ,
         "HOME": str(home),
@@ -288,29 +438,59 @@ async def firefox_in(
         "MOZ_REMOTE_SETTINGS_DEVTOOLS": "1",
     }
     env.pop("DISPLAY", None)
+    if user is not None:
+        env["TMPDIR"] = str(home / "tmp")
     with log_path.open("wb") as handle:
         process = await asyncio.create_subprocess_exec(
             shutil.which("ip") or "ip",
             "netns",
             "exec",
             _namespace_name(namespace),
+            *_as_user(user),
             FIREFOX,
             "--headless",
             "--no-remote",
             "--new-instance",
             "--profile",
             str(profile),
-            url,
+            *(("--remote-debugging-port=0",) if click_widget else (url,)),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=handle,
             stderr=handle,
             env=env,
             start_new_session=True,
         )
+    driver: asyncio.subprocess.Process | None = None
     try:
+        if click_widget:
+            ws_url = await _bidi_url(log_path, process)
+            with (workdir / "driver.log").open("wb") as driver_log:
+                driver = await asyncio.create_subprocess_exec(
+                    shutil.which("ip") or "ip", "netns", "exec", _namespace_name(namespace),
+                    sys.executable, "-m", "unwall.firefox_bidi",
+                    ws_url, url, report_url or urljoin(url, "/report"),
+                    stdin=asyncio.subprocess.DEVNULL, stdout=driver_log, stderr=driver_log,
+                    start_new_session=True,
+                )  # fmt: skip
         yield FirefoxProcess(process, profile, log_path)
     finally:
+        if driver is not None:
+            await _end_session(driver)
         await _end_session(process)
+        if outer is not None:
+            remove_browser_home(outer)
+
+
+async def _bidi_url(log_path: Path, process: asyncio.subprocess.Process) -> str:
+    """The WebDriver BiDi server's URL, as Firefox logs it once it listens."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while loop.time() < deadline and process.returncode is None:
+        found = re.search(rb"WebDriver BiDi listening on (ws://\S+)", log_path.read_bytes())
+        if found:
+            return found.group(1).decode()
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"Firefox opened no WebDriver BiDi server: {log_path.read_text()[-2000:]}")
 
 
 async def _end_session(process: asyncio.subprocess.Process, timeout: float = 10.0) -> None:
@@ -334,53 +514,16 @@ async def _end_session(process: asyncio.subprocess.Process, timeout: float = 10.
 
 VOLUNTEER_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>unwall volunteer</title>
-<link rel="icon" href="data:,"></head>
-<body><div data-unwall-widget></div>
-<script type="module">
-// The widget mounts when its module loads; turn it on (this is the visitor's click) and
-// report what it shows to the page's own server twice a second.
-const report = (extra) => fetch("/report", {{
-  method: "POST", headers: {{"Content-Type": "application/json"}},
-  body: JSON.stringify({{userAgent: navigator.userAgent, ...extra}}),
-}}).catch(() => {{}});
-addEventListener("error", (e) => report({{error: String(e.message)}}));
-addEventListener("unhandledrejection", (e) => report({{error: String(e.reason)}}));
-// The ICE candidates this browser offers (the widget's peer connections are made later).
-const candidates = [];
-const NativePeerConnection = window.RTCPeerConnection;
-window.RTCPeerConnection = class extends NativePeerConnection {{
-  constructor(...args) {{
-    super(...args);
-    this.addEventListener("icecandidate", (e) => {{
-      if (!e.candidate?.candidate) return;
-      candidates.push(e.candidate.candidate);
-      if (candidates.length > 50) candidates.shift();
-    }});
-  }}
-}};
-const {{ mountedWidgets }} = await import({widget});
-const [widget] = await mountedWidgets();
-widget.setEnabled(true);
-setInterval(() => {{
-  const el = widget.element;
-  report({{
-    state: el.getAttribute("data-state"),
-    clientsNow: Number(el.getAttribute("data-clients-now")),
-    clientsTotal: Number(el.getAttribute("data-clients-total")),
-    bytesRelayed: Number(el.getAttribute("data-bytes-relayed")),
-    status: el.querySelector(".unwall-widget__status")?.textContent ?? "",
-    carrier: el.getAttribute("data-carrier"),
-    clientsOverMedia: widget.volunteer ? widget.volunteer.stats().clientsOverMedia : 0,
-    candidates,
-  }});
-}}, 500);
-</script></body></html>
+<link rel="icon" href="data:,">
+<script type="module" src={widget}></script></head>
+<body><div data-unwall-widget></div></body></html>
 """
 
 
 @dataclass
 class VolunteerPage:
-    """A page that turns the widget on at load and reports its state back (`reports`)."""
+    """A page that embeds the widget, and what its frame showed (`reports`, made by
+    `drive_widget` or firefox_in's driver once it clicked the switch)."""
 
     url: str
     reports: list[dict[str, Any]] = field(default_factory=list)
@@ -405,7 +548,7 @@ class VolunteerPage:
 @contextlib.asynccontextmanager
 async def volunteer_page(host: str, broker_url: str) -> AsyncIterator[VolunteerPage]:
     """Serve VOLUNTEER_PAGE on `host` (a port of its own): another origin than the broker's,
-    as on a site that embeds the widget. For browsers that no test drives, like Firefox."""
+    as on a site that embeds the widget; reports POSTed to its /report land in `reports`."""
     from aiohttp import web
 
     body = VOLUNTEER_PAGE.format(widget=json.dumps(f"{broker_url}/widget/unwall-widget.js"))
@@ -434,3 +577,31 @@ async def volunteer_page(host: str, broker_url: str) -> AsyncIterator[VolunteerP
         yield page
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def drive_widget(
+    tab: Any, page: VolunteerPage, interval: float = 0.5
+) -> AsyncIterator[VolunteerPage]:
+    """Open `page` in a Playwright `tab`, switch the widget on with a click in its frame
+    (the visitor's click), and add what the frame shows to `page.reports` twice a second
+    until the block ends (what firefox_in's driver does in Firefox)."""
+    await tab.add_init_script(RECORD_ICE)
+    await tab.goto(page.url)
+    frame = await widget_realm(tab)
+    await widget_switch(tab).click()
+
+    async def report() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                page.reports.append({**await frame.evaluate(WIDGET_REPORT)})
+                del page.reports[:-200]
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(report())
+    try:
+        yield page
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from unwall import __version__
 from unwall.config import (
@@ -19,6 +19,7 @@ from unwall.config import (
     Option,
     add_options,
     host_port,
+    non_negative_int,
     positive_float,
     positive_int,
     resolve,
@@ -40,17 +41,21 @@ ICE_OPTIONS = [
     Option(
         "--host-address",
         "offer only this address as an ICE host candidate (repeatable); 127.0.0.1 keeps "
-        "everything on this machine",
+        "everything on this machine. Without it no private address (LAN, CGNAT, "
+        "link-local, ULA) is offered unless UNWALL_PRIVATE_HOST_CANDIDATES=1",
         default=[],
         repeat=True,
     ),
 ]
 
 
-def page_address(text: str) -> tuple[str, int] | None:
-    """HOST:PORT on loopback for the client's status page, or 'off'."""
+def page_address(text: str) -> tuple[str, int] | Literal["off"]:
+    """HOST:PORT on loopback for the client's status page, or 'off'.
+
+    'off' stays a value: None means "not given" to the config loader, which then takes the
+    default, so the page served on 8119 after all (issue 22, row 10)."""
     if text.strip().lower() == "off":
-        return None
+        return "off"
     host, port = host_port(text)
     from unwall.client.page import check_page_address
 
@@ -76,6 +81,13 @@ def webrtc_engine(text: str) -> str:
     return text
 
 
+def _relay_host(text: str) -> Any:
+    """A --relay-host pattern (unwall.volunteer.relays.RelayHost)."""
+    from unwall.volunteer.relays import relay_host
+
+    return relay_host(text)
+
+
 def carrier_kind(text: str) -> str:
     from unwall.transport.webrtc import CARRIERS
 
@@ -90,7 +102,8 @@ PEER_OPTIONS = [
     Option("--turn-user", "username for the turn: servers among --ice-server"),
     Option(
         "--turn-password",
-        "password for the turn: servers among --ice-server (better set in the --config file)",
+        "password for the turn: servers among --ice-server",
+        secret=True,
     ),
     Option(
         "--nat",
@@ -136,8 +149,10 @@ BROKER_OPTIONS = [
     ),
     Option(
         "--turn-secret",
-        "hand volunteers short-lived TURN credentials, derived from this secret (coturn's "
-        "--use-auth-secret --static-auth-secret); better set in the --config file than here",
+        "hand volunteers short-lived TURN credentials in their poll answers, derived from "
+        "this secret (coturn's use-auth-secret and static-auth-secret: "
+        "src/unwall/broker/coturn.conf)",
+        secret=True,
     ),
     Option(
         "--turn-url",
@@ -145,7 +160,13 @@ BROKER_OPTIONS = [
         default=[],
         repeat=True,
     ),
-    Option("--turn-ttl", "seconds the TURN credentials stay valid", 86400.0, positive_float),
+    Option(
+        "--turn-ttl",
+        "seconds the TURN credentials stay valid for new allocations (at most 3600); "
+        "coturn keeps refreshing a relay past them",
+        600.0,
+        positive_float,
+    ),
     Option(
         "--egress",
         "an egress of this operator, PIN=RELAY_URL (sha256:...=wss://HOST/v1/relay); "
@@ -156,10 +177,17 @@ BROKER_OPTIONS = [
     ),
     Option(
         "--report-secret",
-        "accept egresses' reports of the sessions volunteers carried (POST "
-        "/v1/egress/carried) with this secret; then a new volunteer earns its room: one "
-        "client, and one more per client network it carried a session for (better set in "
-        "the --config file)",
+        "the secret this operator's brokers and egresses share: the broker vouches for each "
+        "client it matches with a ticket made with it (an egress serves no one else), and "
+        "egresses' reports of what volunteers carried come with it",
+        secret=True,
+    ),
+    Option(
+        "--earn-room",
+        "volunteers earn their room from the egresses' reports: one client, and one more "
+        "per client network they carried a vouched session for (the egresses need "
+        "--report-to this broker)",
+        is_switch=True,
     ),
     Option(
         "--trusted-proxy",
@@ -190,7 +218,12 @@ EGRESS_OPTIONS = [
         default=[],
         repeat=True,
     ),
-    Option("--ports", "destination ports allowed, e.g. 80,443,8000-8100 (default: all)"),
+    Option(
+        "--ports",
+        "destination ports allowed, e.g. 80,443,8000-8100, or all (every port: then the "
+        "egress also reaches mail, SSH and whatever else its network offers)",
+        "80,443",
+    ),
     Option("--connect-timeout", "seconds to connect to a destination", 10.0, positive_float),
     Option("--max-sessions", "most client sessions at once", 1000, positive_int),
     Option(
@@ -209,8 +242,20 @@ EGRESS_OPTIONS = [
     Option(
         "--session-rate",
         "bytes per second one session may move, all its streams and both directions "
-        "together (default: no cap)",
-        None,
+        "together; 0: no cap",
+        12_500_000,
+        non_negative_int,
+    ),
+    Option(
+        "--sessions-per-address",
+        "most sessions at once whose relays come from one address (a volunteer's)",
+        64,
+        positive_int,
+    ),
+    Option(
+        "--sessions-per-network",
+        "most sessions at once whose relays come from one /24 (IPv6: /48)",
+        256,
         positive_int,
     ),
     Option(
@@ -233,9 +278,17 @@ EGRESS_OPTIONS = [
         repeat=True,
     ),
     Option(
+        "--report-over-http",
+        "let --report-to be a plain http:// URL of another machine: the report secret then "
+        "crosses the network in the clear (without it, such a URL is refused; use https://)",
+        is_switch=True,
+    ),
+    Option(
         "--report-secret",
-        "the secret the brokers of --report-to know this egress by (better set in the "
-        "--config file than here)",
+        "the secret this operator's brokers and egresses share: only sessions whose "
+        "client shows a broker's ticket made with it are served, and reports to "
+        "--report-to carry it (required)",
+        secret=True,
     ),
     Option(
         "--no-retry",
@@ -260,6 +313,16 @@ VOLUNTEER_OPTIONS = [
         host_port,
     ),
     Option("--egress", "egress relay URL, e.g. ws://HOST:7000/v1/relay", None, url),
+    Option(
+        "--relay-host",
+        "another host the broker may send a client to (its list of egresses): NAME, "
+        "*.NAME or an IP address, with an optional :PORT, over wss:// unless written "
+        "ws://PATTERN; repeatable. Names that resolve to loopback, private or link-local "
+        "addresses are refused. Default: none, only --egress's own origin",
+        default=[],
+        type=_relay_host,
+        repeat=True,
+    ),
     Option("--capacity", "most clients served at once", 8, positive_int),
     Option(
         "--max-rate",
@@ -579,8 +642,9 @@ def _apply_host_addresses(options: dict[str, Any]) -> None:
             raise UsageError(f"--webrtc chromium: {missing}")
         if options["host_address"]:
             log.warning(
-                "--host-address applies to the aiortc engine only: Chromium offers the "
-                "address of this network namespace's default route, as browsers do"
+                "--host-address with --webrtc chromium: Chromium gathers on this network "
+                "namespace's default route, as browsers do, and shows that address (not an "
+                "mDNS name) only if it is one of these"
             )
     if options["host_address"]:
         from unwall.transport import webrtc
@@ -633,6 +697,7 @@ async def _broker(options: dict[str, Any]) -> None:
         redis_url=options["redis"],
         egresses=_egress_list(options["egress"]),
         report_secret=options["report_secret"],
+        earn_room=bool(options["earn_room"]),
         trusted_proxies=_networks(options["trusted_proxy"], "--trusted-proxy"),
         offer_rate=Rate(
             options["offers_per_minute"] / 60, max(1.0, options["offers_per_minute"] / 4)
@@ -651,17 +716,69 @@ async def _broker(options: dict[str, Any]) -> None:
             ", ".join(turn.urls),
             turn.ttl,
         )
+    if not options["report_secret"]:
+        raise UsageError(
+            "unwall broker vouches for the clients it matches with tickets that its egresses "
+            "check, and needs the secret it shares with them: `report_secret = ...` in the "
+            "[broker] table of --config, or the environment variable UNWALL_REPORT_SECRET"
+        )
     await run_broker(config, host, port)
 
 
+def _report_urls(urls: list[str], over_http: bool) -> tuple[str, ...]:
+    """`--report-to` URLs, checked: http(s) with a host; a plain http:// one only to this
+    machine (loopback), or with --report-over-http (then with a warning), since every report
+    carries the secret the egress shares with its brokers."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    for given in urls:
+        try:
+            parts = urlsplit(given)
+            host = parts.hostname
+        except ValueError:
+            host, parts = None, None
+        if parts is None or parts.scheme not in ("http", "https") or not host:
+            raise UsageError(f"--report-to {given!r}: expected https://BROKER[:PORT]/")
+        if parts.scheme == "https":
+            continue
+        try:
+            local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            local = False
+        if local:
+            continue
+        if not over_http:
+            raise UsageError(
+                f"--report-to {given}: a plain http:// URL would send the report secret across "
+                "the network in the clear; use https://, or add --report-over-http to send it "
+                "anyway (only on a network you trust)"
+            )
+        log.warning("--report-to %s: the report secret crosses the network in the clear", given)
+    return tuple(urls)
+
+
 async def _egress(options: dict[str, Any]) -> None:
-    from unwall.egress.identity import IdentityError, load_identity
+    from unwall.egress.identity import IdentityError, load_identity, load_secret
     from unwall.egress.policy import EgressPolicy
     from unwall.egress.server import EgressConfig, run_egress
 
+    if not options["report_secret"]:
+        try:
+            options["report_secret"] = load_secret(options["key_dir"])
+        except IdentityError as exc:
+            raise UsageError(str(exc)) from None
+    if not options["report_secret"]:
+        raise UsageError(
+            "unwall egress serves only clients its brokers vouched for, and needs the secret "
+            "it shares with them: `report_secret = ...` in the [egress] table of --config, "
+            "the environment variable UNWALL_REPORT_SECRET, or the file report-secret in "
+            f"{options['key_dir']} (unwall egress keygen makes one); the brokers need the same"
+        )
+    ports = None if options["ports"] == "all" else options["ports"]
     try:
         identity = load_identity(options["key_dir"])
-        policy = EgressPolicy.from_strings(options["allow"], options["ports"])
+        policy = EgressPolicy.from_strings(options["allow"], ports)
     except (IdentityError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     for network in policy.allow_networks:
@@ -678,18 +795,26 @@ async def _egress(options: dict[str, Any]) -> None:
         max_connections=options["max_connections"],
         session_connections=options["session_connections"],
         session_stream_rate=options["session_stream_rate"],
-        session_rate=options["session_rate"],
+        session_rate=options["session_rate"] or None,
+        sessions_per_address=options["sessions_per_address"],
+        sessions_per_network=options["sessions_per_network"],
         retry=not options["no_retry"],
-        report_to=tuple(options["report_to"]),
+        report_to=_report_urls(options["report_to"], bool(options["report_over_http"])),
         report_secret=options["report_secret"],
     )
-    if config.report_to and not config.report_secret:
-        raise UsageError("--report-to needs --report-secret (the brokers' own)")
+    if policy.allowed_ports is None:
+        log.warning("egress policy: every destination port is allowed (--ports all)")
     await run_egress(config, identity)
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from unwall.egress.identity import IdentityError, generate_identity, save_identity
+    from unwall.egress.identity import (
+        SECRET_FILE,
+        IdentityError,
+        generate_identity,
+        make_secret,
+        save_identity,
+    )
     from unwall.wire.bridgeline import BridgeLine
 
     key_dir = getattr(args, "key_dir", None)
@@ -703,6 +828,11 @@ def _keygen(args: argparse.Namespace) -> int:
         print(f"unwall egress keygen: {exc}", file=sys.stderr)
         return 1
     print(f"key and certificate written to {args.key_dir}/")
+    if make_secret(args.key_dir):
+        print(
+            f"the secret brokers and egresses share written to {args.key_dir / SECRET_FILE}; "
+            "give it to every broker (report_secret in its --config, or UNWALL_REPORT_SECRET)"
+        )
     print(f"pin: {identity.pin}")
     print("bridge line:")
     print(BridgeLine(broker=args.broker, pin=identity.pin).format())
@@ -730,6 +860,7 @@ async def _volunteer(options: dict[str, Any]) -> int:
                 webrtc=options["webrtc"],
                 carrier=options["carrier"],
                 metrics=options["metrics"],
+                relay_hosts=options["relay_host"],
             )
         )
     except ValueError as exc:
@@ -823,7 +954,7 @@ async def _client(options: dict[str, Any]) -> None:
             http_host,
             http_port,
         )
-        if options["page"] is not None:
+        if options["page"] != "off":
             page_config = PageConfig(
                 socks=(socks_host, socks_port),
                 http=(http_host, http_port),

@@ -3,11 +3,17 @@
 Each role reads its own table of the TOML file (`[client]`, `[egress]`, ...), with keys
 named like the long flags (`socks = "127.0.0.1:1080"`, `ice_server = ["stun:..."]`).
 A flag given on the command line wins over the file; the file wins over the default.
+
+A secret (`Option(secret=True)`) never goes on a command line, where every local user can
+read it (/proc/PID/cmdline): it comes from the file, or from the environment variable
+`UNWALL_<KEY>` (e.g. `UNWALL_REPORT_SECRET`), which wins over the file; its flag only
+says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +33,11 @@ class Option:
     type: Callable[[str], Any] = str
     repeat: bool = False  # may be given several times; a list in TOML
     is_switch: bool = False
+    secret: bool = False  # only from the file or the environment, never a flag
+
+    @property
+    def environment(self) -> str:
+        return "UNWALL_" + self.key.upper()
 
     @property
     def key(self) -> str:
@@ -39,7 +50,16 @@ def add_options(parser: argparse.ArgumentParser, options: list[Option]) -> None:
     )
     for option in options:
         shown = f" (default: {option.default})" if option.default not in (None, [], False) else ""
-        if option.is_switch:
+        if option.secret:
+            parser.add_argument(
+                option.flag,
+                type=_refuse_secret(option),
+                default=None,
+                metavar="(not here)",
+                help=f"{option.help}: `{option.key} = ...` in the --config file, or the "
+                f"environment variable {option.environment}; never on the command line",
+            )
+        elif option.is_switch:
             parser.add_argument(
                 option.flag, action="store_true", default=None, help=option.help + shown
             )
@@ -80,6 +100,8 @@ def resolve(args: argparse.Namespace, options: list[Option], section: str) -> di
     merged: dict[str, Any] = {}
     for option in options:
         value = getattr(args, option.key, None)
+        if option.secret:
+            value = os.environ.get(option.environment) or None
         if value is None and option.key in table:
             value = _from_toml(option, table[option.key], section)
         if value is None:
@@ -103,6 +125,17 @@ def _from_toml(option: Option, value: Any, section: str) -> Any:
         return option.type(str(value))
     except (ValueError, argparse.ArgumentTypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _refuse_secret(option: Option) -> Callable[[str], Any]:
+    def refuse(text: str) -> Any:
+        raise argparse.ArgumentTypeError(
+            f"a secret does not go on a command line, where every user of this machine can "
+            f"read it: set `{option.key}` in the --config file or the environment variable "
+            f"{option.environment}"
+        )
+
+    return refuse
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -131,6 +164,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must not be negative")
     return value
 
 

@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -104,6 +105,8 @@ class LocalBridge:
     pin: str = ""
     #: options before the role on every role's command line (e.g. `--log-destinations`)
     global_args: tuple[str, ...] = ()
+    #: the secret broker and egress share (tickets, reports), in their environment
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     _counter: int = 0
 
     @property
@@ -139,7 +142,7 @@ class LocalBridge:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=handle,
             stderr=handle,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "UNWALL_REPORT_SECRET": self.secret, **(env or {})},
         )
         handle.close()
         role = RoleProcess(name, process, log_path)
@@ -173,7 +176,9 @@ class LocalBridge:
         self, allow: tuple[str, ...] = ("127.0.0.0/8",), extra: tuple[str, ...] = ()
     ) -> RoleProcess:
         self.make_key()
-        args = ["egress", "--listen", f"{self.host}:{self.egress_port}", *extra]
+        # The sites here listen on any port: the harness widens the default 80,443.
+        args = ["egress", "--listen", f"{self.host}:{self.egress_port}", "--ports", "all"]
+        args += extra
         args += ["--key-dir", str(self.key_dir)]
         for network in allow:
             args += ["--allow", network]

@@ -17,7 +17,7 @@ import pytest
 
 from unwall.cli import BROKER_OPTIONS, CLIENT_OPTIONS, EGRESS_OPTIONS, VOLUNTEER_OPTIONS
 from unwall.config import Option
-from unwall.egress.identity import KEY_FILE, load_identity
+from unwall.egress.identity import KEY_FILE, SECRET_FILE, load_identity
 from unwall.local import free_port
 from unwall.wire.bridgeline import BridgeLine
 
@@ -124,6 +124,10 @@ def test_keygen(tmp_path: Path) -> None:
     assert line.broker == broker
     assert load_identity(key_dir).pin == pin
     assert stat.S_IMODE((key_dir / KEY_FILE).stat().st_mode) == 0o600
+    # The secret brokers and egresses share, made once, for the owner's eyes only.
+    assert stat.S_IMODE((key_dir / SECRET_FILE).stat().st_mode) == 0o600
+    shared = (key_dir / SECRET_FILE).read_text()
+    assert len(shared.strip()) >= 40
     key_before = (key_dir / KEY_FILE).read_bytes()
 
     again = unwall("egress", "keygen", "--key-dir", str(key_dir), "--broker", broker)
@@ -141,6 +145,7 @@ def test_keygen(tmp_path: Path) -> None:
     assert new_pin != pin
     assert new_line.pin == new_pin
     assert load_identity(key_dir).pin == new_pin
+    assert (key_dir / SECRET_FILE).read_text() == shared  # kept: brokers hold a copy
 
 
 def test_keygen_bad_broker_url(tmp_path: Path) -> None:
@@ -224,6 +229,38 @@ def test_egress_without_key(tmp_path: Path) -> None:
     assert "unwall egress keygen" in result.stderr
     assert str(empty) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("role", ["broker", "egress"])
+@pytest.mark.parametrize("flag", ["--report-secret", "--report-secret=s3cret"])
+def test_no_secret_on_a_command_line(role: str, flag: str, tmp_path: Path) -> None:
+    """Issue 22: a secret on a command line is readable by every local user in
+    /proc/PID/cmdline; the flag only says where the secret goes."""
+    argv = [flag] if "=" in flag else [flag, "s3cret"]
+    result = unwall(role, *argv, "--listen", "127.0.0.1:0", cwd=tmp_path)
+    assert result.returncode == 2, describe(result)
+    assert "command line" in result.stderr and "UNWALL_REPORT_SECRET" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_broker_and_egress_refuse_to_start_without_the_shared_secret(tmp_path: Path) -> None:
+    """Without the secret, an egress would serve no one (no ticket verifies) and a broker
+    would vouch for no one: both say so at once."""
+    assert unwall("egress", "keygen", "--key-dir", str(tmp_path)).returncode == 0
+    (tmp_path / SECRET_FILE).unlink()
+    for argv in (["egress", "--key-dir", str(tmp_path)], ["broker"]):
+        result = unwall(*argv, "--listen", "127.0.0.1:0", cwd=tmp_path)
+        assert result.returncode == 2, describe(result)
+        assert "UNWALL_REPORT_SECRET" in result.stderr, describe(result)
+        assert "Traceback" not in result.stderr
+
+
+def test_egress_refuses_a_secret_others_can_read(tmp_path: Path) -> None:
+    assert unwall("egress", "keygen", "--key-dir", str(tmp_path)).returncode == 0
+    (tmp_path / SECRET_FILE).chmod(0o644)
+    result = unwall("egress", "--key-dir", str(tmp_path), "--listen", "127.0.0.1:0")
+    assert result.returncode == 2, describe(result)
+    assert f"chmod 600 {tmp_path / SECRET_FILE}" in result.stderr
 
 
 def test_egress_bad_policy(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import hashlib
 import time
 
 import aiohttp
+from vouching import offer_id, relay_url
 
 from unwall import serving
 from unwall.local import DemoSite, LocalBridge
@@ -151,10 +152,11 @@ async def test_row1_a_flood_of_junk_initials_leaves_real_clients_served(
     await bridge.start_broker()
     await bridge.start_egress()
     await bridge.start_volunteer()
-    url = f"ws://127.0.0.1:{bridge.egress_port}/v1/relay"
     health = f"http://127.0.0.1:{bridge.egress_port}/v1/health"
     async with aiohttp.ClientSession() as http:
-        sockets = [await http.ws_connect(url) for _ in range(10)]
+        # Relays a broker handed out (a fake volunteer takes offers): without a ticket the
+        # egress ends a relay at its first datagram (test_vouching.py).
+        sockets = [await http.ws_connect(relay_url(bridge, offer_id())) for _ in range(10)]
         for ws in sockets:
             for _ in range(100):
                 await ws.send_bytes(_abandoned_initial())

@@ -100,11 +100,11 @@ def _poll(n: int) -> bytes:
 async def test_the_egress_reports_who_carried_and_the_broker_credits_them(
     bridge: LocalBridge,
 ) -> None:
-    """With a report secret on both sides, a volunteer that carried a client's handshake is
-    credited on the broker (and a report with the wrong secret is refused)."""
-    secret = "a-report-secret-for-tests"
-    await bridge.start_broker(extra=("--report-secret", secret))
-    await bridge.start_egress(extra=("--report-to", bridge.broker_url, "--report-secret", secret))
+    """With the secret they share on both sides (in their environment), a volunteer that
+    carried a client's vouched session is credited on the broker (and a report with the
+    wrong secret is refused)."""
+    await bridge.start_broker(extra=("--earn-room",))
+    await bridge.start_egress(extra=("--report-to", bridge.broker_url))
     await bridge.start_volunteer()
     await bridge.start_client()
     deadline = asyncio.get_running_loop().time() + 15

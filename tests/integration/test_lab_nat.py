@@ -108,7 +108,13 @@ async def volunteer(
         finally:
             await asyncio.to_thread(manager.stop, f"volunteer-home{home.index}")
         return
-    from unwall.browser import chromium_in, chromium_missing, firefox_in, firefox_missing
+    from unwall.browser import (
+        chromium_in,
+        chromium_missing,
+        firefox_in,
+        firefox_missing,
+        widget_switch,
+    )
 
     if kind == "firefox":
         missing = firefox_missing()
@@ -123,7 +129,7 @@ async def volunteer(
     async with chromium_in(home.host, tmp_path, mdns=True) as browser:
         page = await browser.new_page()
         await page.goto("http://203.0.113.20:8080/")
-        await page.locator("[data-unwall-widget] [role=switch]").click()
+        await widget_switch(page).click()
         yield kind, home
 
 
@@ -178,7 +184,7 @@ async def test_nat_matrix(
             user, password = manager.client_turn_credentials()
             client = Client(
                 lab, tmp_path / "client-turn.log", "--ice-server", turn["urls"][0],
-                "--turn-user", user, "--turn-password", password,
+                "--turn-user", user, env={"UNWALL_TURN_PASSWORD": password},
             )  # fmt: skip
             record["setup_with_turn_s"] = round(await client.wait_for("tunnel ready", 45), 2)
             assert await _download() == want
@@ -210,7 +216,7 @@ async def _udp_blocked(info: dict[str, Any], state: Path) -> None:
     user, password = manager.client_turn_credentials()
     client = Client(
         info, state / "client-turn.log", "--ice-server", "turns:turn.test:443?transport=tcp",
-        "--turn-user", user, "--turn-password", password,
+        "--turn-user", user, env={"UNWALL_TURN_PASSWORD": password},
     )  # fmt: skip
     try:
         await client.wait_for("tunnel ready", 60)
@@ -242,7 +248,13 @@ def test_browsers_at_home_without_stun(
 
 
 async def _browser_without_stun(browser: str, info: dict[str, Any], state: Path) -> None:
-    from unwall.browser import chromium_in, chromium_missing, firefox_in, firefox_missing
+    from unwall.browser import (
+        chromium_in,
+        chromium_missing,
+        firefox_in,
+        firefox_missing,
+        widget_switch,
+    )
 
     missing = chromium_missing() if browser == "chromium" else firefox_missing()
     if missing:
@@ -253,7 +265,7 @@ async def _browser_without_stun(browser: str, info: dict[str, Any], state: Path)
             chromium = await stack.enter_async_context(chromium_in(home.host, state, mdns=True))
             page = await chromium.new_page()
             await page.goto("http://203.0.113.20:8080/")
-            await page.locator("[data-unwall-widget] [role=switch]").click()
+            await widget_switch(page).click()
         else:
             await stack.enter_async_context(
                 firefox_in(home.host, "http://open.test/volunteer", state)

@@ -126,7 +126,7 @@ async def test_incompatible_nat_is_one_clear_line(caplog: pytest.LogCaptureFixtu
     assert re.fullmatch(
         r"your network's NAT is port-restricted and no volunteer that can accept it is free "
         r"right now; a TURN server \(--ice-server turn:HOST:PORT with --turn-user and "
-        r"--turn-password\) would let you connect; retrying in \d+ s",
+        r"UNWALL_TURN_PASSWORD\) would let you connect; retrying in \d+ s",
         line,
     ), line
     assert "NAT kind port-restricted (set with --nat)" in caplog.text

@@ -42,11 +42,12 @@ async def test_two_egresses_two_bridge_lines_each_client_reaches_its_own(
     await bridge.start_egress()
     second = await bridge.spawn(
         "egress", "egress", "--listen", f"127.0.0.1:{second_port}",
-        "--key-dir", str(second_dir), "--allow", "127.0.0.0/8",
+        "--key-dir", str(second_dir), "--allow", "127.0.0.0/8", "--ports", "all",
     )  # fmt: skip
     await bridge._wait_http(second, f"http://127.0.0.1:{second_port}/v1/health")
-    # One volunteer, configured with the first egress only: the broker sends it elsewhere.
-    await bridge.start_volunteer()
+    # One volunteer, configured with the first egress and allowed the second (its operator
+    # names it: an address, plain ws://): the broker sends it there for the second pin.
+    await bridge.start_volunteer(extra=("--relay-host", f"ws://127.0.0.1:{second_port}"))
     await bridge.start_client(pin=first_pin)
     socks2, http2 = free_port(), free_port()
     await bridge.start_client(pin=second_pin, socks_port=socks2, http_port=http2)

@@ -118,6 +118,7 @@ ROUND_TRIPS: list[tuple[Message, Decoder]] = [
     (VolunteerPoll(VID, 8, 2, "headless", "full-cone", relay=True), decode_volunteer_poll),
     (PollOffer("b64url_-0", SDP), decode_poll_response),
     (PollOffer("b64url_-0", SDP, (TURN, TURN)), decode_poll_response),
+    (PollOffer("b64url_-0", SDP, ticket="T" * 256), decode_poll_response),
     (PollIdle(), decode_poll_response),
     (PollIdle((TURN,)), decode_poll_response),
     (VolunteerAnswer(VID, "x", SDP), decode_volunteer_answer),
@@ -130,6 +131,8 @@ ROUND_TRIPS: list[tuple[Message, Decoder]] = [
     (ClientOffer(sized_sdp(MAX_SDP)), decode_client_offer),
     (ClientOffer(sized_sdp(MAX_SDP, fill="\u00e9")), decode_client_offer),
     (ClientAnswer(SDP), decode_client_answer),
+    (ClientAnswer(SDP, ticket="a-Ticket_0"), decode_client_answer),
+    (ClientOffer(SDP, commitment=bytes(range(32))), decode_client_offer),
     (BrokerError("no_volunteer", "try again later"), decode_error),
     (BrokerError("unsupported_version", "use version 1", (1,)), decode_error),
     (BrokerError("a_future_code", ""), decode_error),
@@ -481,3 +484,31 @@ def test_the_egress_pin_and_the_relay_url_round_trip() -> None:
     for url in ("https://e2.example/", "", 5):
         with pytest.raises(MessageError, match="relay_url"):
             decode_poll_response(json.dumps({**bad, "relay_url": url}).encode())
+
+
+@pytest.mark.parametrize(
+    ("fields", "decode", "words"),
+    [
+        ({"commitment": "AAAA"}, "decode_client_offer", "commitment"),
+        ({"commitment": 7}, "decode_client_offer", "commitment"),
+        ({"status": "answer", "ticket": "a b"}, "decode_client_answer", "ticket"),
+        (
+            {"status": "offer", "offer_id": "x", "ticket": "T" * 257},
+            "decode_poll_response",
+            "ticket",
+        ),
+    ],
+)
+def test_a_bad_ticket_or_commitment_is_a_bad_request(
+    fields: dict[str, object], decode: str, words: str
+) -> None:
+    """Issue 22: the fields of tickets and vouchers (protocol.md §3.1) are checked like any
+    other field."""
+    import json
+
+    import unwall.wire.broker as messages
+
+    body = json.dumps({"version": 1, "sdp": SDP, **fields}).encode()
+    with pytest.raises(MessageError, match=words) as caught:
+        getattr(messages, decode)(body)
+    assert caught.value.code == "bad_request"

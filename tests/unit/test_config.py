@@ -27,6 +27,7 @@ from unwall.config import (
     resolve,
     url,
 )
+from unwall.volunteer.relays import RelayHost
 
 OPTIONS = [
     Option("--name", "a plain string", "default-name"),
@@ -538,6 +539,7 @@ ice_server = "stun:stun.example.org:3478"
 host_address = ["127.0.0.1"]
 nat = "symmetric"
 webrtc = "chromium"
+relay_host = ["*.egress.example", "ws://10.1.2.3:7000"]
 
 [client]
 broker = "http://127.0.0.1:8080/"
@@ -555,9 +557,10 @@ stream_wait = 1
         "ice_server": [],
         "turn_secret": "kept out of the process list",
         "turn_url": ["turn:turn.example:3478", "turn:turn.example:3478?transport=tcp"],
-        "turn_ttl": 86400.0,
+        "turn_ttl": 600.0,
         "egress": [],
         "report_secret": None,
+        "earn_room": None,
         "trusted_proxy": [],
         "offers_per_minute": 120.0,
         "redis": None,
@@ -573,8 +576,11 @@ stream_wait = 1
         "max_connections": None,
         "session_connections": 256,
         "session_stream_rate": 50.0,
-        "session_rate": None,
+        "session_rate": 12_500_000,
+        "sessions_per_address": 64,
+        "sessions_per_network": 256,
         "report_to": [],
+        "report_over_http": None,
         "report_secret": None,
         "no_retry": None,
     }
@@ -593,6 +599,7 @@ stream_wait = 1
         "carrier": None,
         "metrics": None,
         "check": None,
+        "relay_host": [RelayHost.parse("*.egress.example"), RelayHost.parse("ws://10.1.2.3:7000")],
     }
     client = real(["client", *config], CLIENT_OPTIONS, "client")
     assert client["broker"] == "http://127.0.0.1:8080/"
@@ -637,3 +644,28 @@ def test_main_reports_config_errors_with_exit_2(
     assert "not valid TOML" in capsys.readouterr().err
     assert unwall.cli.main(["broker", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_egress_by_default_dials_only_web_ports_at_a_bounded_rate() -> None:
+    """Issue 22, row 4: an egress is no open proxy to every port (mail, SSH) or at any
+    rate unless its operator says so."""
+    merged = real(["egress"], EGRESS_OPTIONS, "egress")
+    assert merged["ports"] == "80,443"
+    assert merged["session_rate"] == 12_500_000
+    assert (merged["sessions_per_address"], merged["sessions_per_network"]) == (64, 256)
+
+
+def test_a_secret_comes_from_the_file_or_the_environment_never_a_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "unwall.toml"
+    path.write_text('[broker]\nreport_secret = "from the file"\n')
+    monkeypatch.delenv("UNWALL_REPORT_SECRET", raising=False)
+    assert real(["broker", "--config", str(path)], BROKER_OPTIONS, "broker")["report_secret"] == (
+        "from the file"
+    )
+    monkeypatch.setenv("UNWALL_REPORT_SECRET", "from the environment")
+    merged = real(["broker", "--config", str(path)], BROKER_OPTIONS, "broker")
+    assert merged["report_secret"] == "from the environment"
+    with pytest.raises(SystemExit):
+        real(["broker", "--report-secret", "on the command line"], BROKER_OPTIONS, "broker")

@@ -17,7 +17,9 @@ from unwall.wire.streamheader import (
     StreamStatus,
     StreamTarget,
     StreamTargetDecoder,
+    encode_voucher,
 )
+from unwall.wire.ticket import Voucher
 
 NAME_255 = ".".join(["a" * 63] * 4)  # 4 * 63 + 3 dots = 255 bytes
 NAME_255_DOT = ".".join(["b" * 63] * 3 + ["c" * 62]) + "."  # 255 bytes with the root dot
@@ -66,9 +68,9 @@ def feed_bytewise(decoder: StreamTargetDecoder | StreamReplyDecoder, data: bytes
 
 def test_constants() -> None:
     assert VERSION == 1
-    assert MAX_HEADER_SIZE == 260
+    assert MAX_HEADER_SIZE == 290  # a voucher with the longest ticket
     assert MAX_REPLY_SIZE == 258
-    assert [int(t) for t in AddressType] == [1, 3, 4]
+    assert [int(t) for t in AddressType] == [1, 3, 4, 0x7F]
     assert [int(s) for s in StreamStatus] == list(range(9))
 
 
@@ -82,7 +84,42 @@ def test_target_encodes_byte_exact(target: StreamTarget, encoded: bytes) -> None
 
 
 def test_longest_header_is_max_header_size() -> None:
-    assert len(StreamTarget(NAME_255, 1).encode()) == MAX_HEADER_SIZE
+    assert len(StreamTarget(NAME_255, 1).encode()) == 260
+    assert len(encode_voucher(Voucher("t" * 255, bytes(32)))) == MAX_HEADER_SIZE
+
+
+# --- vouchers (docs/protocol.md §3.1) -------------------------------------------------------
+
+
+def test_a_voucher_round_trips_in_pieces() -> None:
+    voucher = Voucher("a-ticket_0123", bytes(range(32)))
+    raw = encode_voucher(voucher) + b"payload"
+    decoder = StreamTargetDecoder()
+    for i in range(len(raw)):
+        decoder.receive_data(raw[i : i + 1])
+    assert decoder.next_event() == voucher
+    assert decoder.trailing_data == b"payload"
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"\x01\x7f\x00" + bytes(32), "empty ticket"),
+        (b"\x01\x7f\x02\xff\xfe" + bytes(32), "not ASCII"),
+    ],
+)
+def test_a_malformed_voucher_is_a_header_error(raw: bytes, why: str) -> None:
+    decoder = StreamTargetDecoder()
+    decoder.receive_data(raw)
+    with pytest.raises(HeaderError, match=why):
+        decoder.next_event()
+
+
+def test_a_voucher_needs_a_ticket_and_a_32_byte_secret() -> None:
+    with pytest.raises(ValueError):
+        encode_voucher(Voucher("", bytes(32)))
+    with pytest.raises(ValueError):
+        encode_voucher(Voucher("t", bytes(31)))
 
 
 @pytest.mark.parametrize(

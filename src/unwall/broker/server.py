@@ -55,6 +55,7 @@ from unwall.broker.matchmaker import (
 )
 from unwall.broker.pool import MAX_PROVEN_NETWORKS, Pool, PoolUnavailable, SharedOffer
 from unwall.broker.turn import TurnIssuer
+from unwall.wire import ticket
 from unwall.wire.broker import (
     BAD_REQUEST,
     MAX_BODY,
@@ -79,7 +80,6 @@ from unwall.wire.broker import (
     decode_volunteer_answer,
     decode_volunteer_poll,
     encode,
-    turn_server_json,
 )
 from unwall.wire.nat import NAT_KINDS, NatKind
 
@@ -110,7 +110,8 @@ class BrokerConfig:
     egress_url: str | None = None
     #: ICE servers browser volunteers use; never a default public one
     ice_servers: tuple[str, ...] = ()
-    #: mints TURN credentials for volunteers (poll answers and /v1/volunteer/config)
+    #: mints TURN credentials for volunteers, in poll answers only (rate-limited; never in
+    #: /v1/volunteer/config, which any page may fetch)
     turn: TurnIssuer | None = None
     #: Redis URL of a pool shared with other brokers; None: this broker alone, in memory
     redis_url: str | None = None
@@ -125,9 +126,14 @@ class BrokerConfig:
     #: fronts (CIDRs) whose X-Forwarded-For names the real client (the rightmost address
     #: not itself a front); empty: the connecting address is the client's
     trusted_proxies: tuple[str, ...] = ()
-    #: the secret egresses present when they report the sessions volunteers carried
-    #: (POST /v1/egress/carried); set, volunteers earn their room; None: reports believed
+    #: the secret this operator's brokers and egresses share: the broker mints each
+    #: offer's tickets under a key derived from it (unwall.wire.ticket), and egresses
+    #: present it when they report the sessions volunteers carried (POST
+    #: /v1/egress/carried); None: no tickets (egresses then serve none of its clients)
     report_secret: str | None = None
+    #: volunteers earn their room from the egresses' reports (protocol.md §1); False:
+    #: every volunteer's own report of its load is believed
+    earn_room: bool = False
     #: the operator's egresses by pin: a client whose offer names one of these pins is
     #: relayed to that egress's URL; empty: every volunteer relays to its own egress
     egresses: dict[str, str] = field(default_factory=dict)
@@ -209,6 +215,15 @@ def _groups(network: str) -> frozenset[int] | None:
 def _wall(deadline: float, now: float) -> float:
     """A loop-clock deadline as Unix time (what brokers on other machines share)."""
     return time.time() + (deadline - now)
+
+
+def _same_secret(given: str, secret: str) -> bool:
+    """A header's secret against ours, in constant time. aiohttp hands a header's bytes
+    that are not UTF-8 over as surrogates: encoded back as they came, they are compared
+    like any others (and fail), rather than raising."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), secret.encode("utf-8", "surrogateescape")
+    )
 
 
 def _reply(msg: Message) -> web.Response:
@@ -307,6 +322,8 @@ class Broker:
 
     def __init__(self, config: BrokerConfig, pool: Pool | None = None) -> None:
         self.config = config
+        #: the key of this operator's tickets (b"": none minted)
+        self._tickets = ticket.derive_key(config.report_secret) if config.report_secret else b""
         self.matchmaker = Matchmaker(config.matchmaker_config())
         self.metrics = _Metrics(self.matchmaker)
         self.pool = pool
@@ -376,10 +393,14 @@ class Broker:
         future: asyncio.Future[PollOffer | PollIdle | _Gone] = loop.create_future()
         proven = await self.proven(poll.volunteer_id)
         poll_id = self.matchmaker.receive_poll(poll, loop.time(), network, proven)
+        # Counted in the pool from its second poll here: an id made up for one poll costs
+        # the pool nothing (unwall.broker.pool, "volunteers").
+        returning = self.matchmaker.polls_from(poll.volunteer_id) >= 2
         self._polls[poll_id] = _Waiter(request, future)
         self._process_events()
         if self.pool is not None and self.pool.problem is None:
-            self._spawn(self.pool.note_volunteer(poll.volunteer_id, poll.nat, time.time()))
+            if returning:
+                self._spawn(self.pool.note_volunteer(poll.volunteer_id, poll.nat, time.time()))
             self._claim_wanted.set()
         try:
             reply = await future
@@ -446,7 +467,7 @@ class Broker:
                 "or it was not given to this volunteer; poll again",
             )
         self.metrics.answers.inc()
-        if self.config.report_secret is not None:
+        if self.config.earn_room:
             await self._record_answered(answer.offer_id, answer.volunteer_id, network or "")
         return _reply(AnswerAccepted())
 
@@ -464,7 +485,7 @@ class Broker:
     async def proven(self, volunteer_id: str) -> int | None:
         """The client networks a volunteer was seen to carry sessions for (None: the broker
         believes every report)."""
-        if self.config.report_secret is None:
+        if not self.config.earn_room:
             return None
         if self.pool is not None and self.pool.problem is None:
             with contextlib.suppress(PoolUnavailable):
@@ -481,10 +502,10 @@ class Broker:
             self._answered.popitem(last=False)
 
     async def egress_carried(self, request: web.Request) -> web.StreamResponse:
-        """An egress reports offers whose relays carried a completed QUIC handshake."""
+        """An egress reports offers whose relays carried a session that proved the offer."""
         secret = self.config.report_secret
         given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if secret is None or not hmac.compare_digest(given.encode(), secret.encode()):
+        if secret is None or not _same_secret(given, secret):
             return web.json_response(
                 {"version": PROTOCOL_VERSION, "error": "unauthorized", "message": "no"},
                 status=401,
@@ -546,6 +567,11 @@ class Broker:
             log.debug("client hung up while waiting for offer %s", offer_id)
             self._drop_offer(offer_id)
             return _reply(BrokerError(BAD_REQUEST, "the client closed its connection"))
+        if isinstance(reply, ClientAnswer) and offer.commitment is not None and self._tickets:
+            # The client shows this to the egress, with the secret behind its commitment.
+            reply = ClientAnswer(
+                reply.sdp, ticket.mint(self._tickets, offer_id, offer.commitment, time.time())
+            )
         if isinstance(reply, BrokerError):
             if reply.code == NO_COMPATIBLE_VOLUNTEER:
                 self.metrics.offers_incompatible.inc()
@@ -653,7 +679,14 @@ class Broker:
                 self.matchmaker.offer_network(event.offer_id) or "",
             )
             self._recording[event.offer_id] = self._spawn(record)
-        waiter.future.set_result(PollOffer(event.offer_id, event.sdp, relay_url=event.relay_url))
+        relay_ticket = None
+        if self._tickets:
+            # Opens the relay at the egress; it binds no client secret (the volunteer
+            # sees it), so it proves nothing about the session carried through it.
+            relay_ticket = ticket.mint(self._tickets, event.offer_id, ticket.RELAY, time.time())
+        waiter.future.set_result(
+            PollOffer(event.offer_id, event.sdp, relay_url=event.relay_url, ticket=relay_ticket)
+        )
 
     def _settle_poll(self, poll_id: int, reply: PollOffer | PollIdle) -> None:
         waiter = self._polls.pop(poll_id, None)
@@ -1015,6 +1048,47 @@ async def _cors(request: web.Request, response: web.StreamResponse) -> None:
         response.headers["Access-Control-Allow-Origin"] = "*"
 
 
+#: The widget's frame (unwall-widget.js puts it in the embedding page): the one response
+#: of the broker that any site may frame. What runs in it may load only the broker's own
+#: scripts and styles, and reach only the broker and the egresses' WebSockets.
+FRAME_PATH: Final = "/widget/frame.html"
+FRAME_HEADERS: Final = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; "
+        "worker-src 'self'; base-uri 'none'; form-action 'none'"
+    ),
+    "Permissions-Policy": "camera=(), microphone=(), display-capture=(), geolocation=()",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+async def _framing(request: web.Request, response: web.StreamResponse) -> None:
+    """Who may frame a response: anyone the widget's frame, nobody anything else (the demo
+    page's switch is not to be clicked through another site's page). A response hook, as
+    _cors."""
+    if request.path == FRAME_PATH:  # 304s too: a cache takes a revalidation's headers
+        response.headers.update(FRAME_HEADERS)
+        return
+    response.headers["X-Frame-Options"] = "DENY"
+    policy = response.headers.get("Content-Security-Policy")
+    response.headers["Content-Security-Policy"] = (
+        f"{policy}; frame-ancestors 'none'" if policy else "frame-ancestors 'none'"
+    )
+
+
+async def _no_store(request: web.Request, response: web.StreamResponse) -> None:
+    """No API response is kept by a cache, shared or the browser's: poll answers carry TURN
+    credentials, and answers and offers carry addresses. A response hook, as _cors."""
+    if request.path.startswith("/v1/"):
+        response.headers["Cache-Control"] = "no-store"
+
+
+async def _frame(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "frame.html")
+
+
 def _volunteer_config(config: BrokerConfig) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         if config.egress_url is None:
@@ -1027,13 +1101,17 @@ def _volunteer_config(config: BrokerConfig) -> Handler:
                 },
                 status=503,
             )
+        # No TURN credentials here: anyone may GET this, as often as they like, from any
+        # page (CORS *). Volunteers get them in their poll answers.
         body: dict[str, object] = {
             "version": PROTOCOL_VERSION,
             "egress_url": config.egress_url,
             "ice_servers": list(config.ice_servers),
         }
-        if config.turn is not None:
-            body["turn"] = [turn_server_json(config.turn.issue(time.time()))]
+        if config.egresses:
+            # The only other relays a browser volunteer opens for this broker's offers
+            # (protocol.md §1): a poll answer's relay_url from elsewhere is refused.
+            body["relay_urls"] = sorted(set(config.egresses.values()))
         return web.json_response(body)
 
     return handler
@@ -1053,10 +1131,12 @@ def create_app(config: BrokerConfig) -> web.Application:
     if config.redis_url is not None:
         from unwall.broker.redis_pool import RedisPool
 
-        pool = RedisPool(config.redis_url)
+        pool = RedisPool(config.redis_url, volunteer_ttl=config.matchmaker_config().volunteer_ttl)
     broker = Broker(config, pool)
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app.on_response_prepare.append(_cors)
+    app.on_response_prepare.append(_framing)
+    app.on_response_prepare.append(_no_store)
     app[BROKER_KEY] = broker
     app.router.add_post("/v1/volunteer/poll", broker.volunteer_poll)
     app.router.add_post("/v1/volunteer/answer", broker.volunteer_answer)
@@ -1068,6 +1148,7 @@ def create_app(config: BrokerConfig) -> web.Application:
     app.router.add_route("OPTIONS", "/v1/volunteer/{tail:.*}", _no_content)
     if STATIC_DIR.is_dir():
         app.router.add_get("/", _index)
+        app.router.add_get(FRAME_PATH, _frame)  # before /widget/: its own headers
         for name in CARRIER_SCRIPTS:
             app.router.add_get(f"/widget/carrier/{name}", _carrier_script(CARRIER_DIR / name))
         app.router.add_static("/widget/", STATIC_DIR, append_version=False)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,9 +31,18 @@ from unwall.transport.broker_client import (
     NoVolunteer,
 )
 from unwall.transport.natcheck import learn_nat, stun_server_of
-from unwall.transport.quic import FlowControlledConnection, PinMismatch, QuicSession, QuicStream
+from unwall.transport.quic import (
+    FlowControlledConnection,
+    PinMismatch,
+    QuicSession,
+    QuicStream,
+    read_header,
+)
+from unwall.wire import ticket
 from unwall.wire.nat import NatKind
 from unwall.wire.pin import normalize_pin
+from unwall.wire.streamheader import HeaderError, StreamReplyDecoder, StreamStatus, encode_voucher
+from unwall.wire.ticket import Voucher
 
 log = logging.getLogger("unwall.client")
 
@@ -53,7 +63,7 @@ SILENCE_RTTS = 6
 SILENCE_PTOS = 3
 WATCH_INTERVAL = 0.05
 MAX_BACKOFF = 30.0
-TURN_HINT = "--ice-server turn:HOST:PORT with --turn-user and --turn-password"
+TURN_HINT = "--ice-server turn:HOST:PORT with --turn-user and UNWALL_TURN_PASSWORD"
 
 
 class TunnelUnavailable(Exception):
@@ -103,10 +113,13 @@ class TunnelConfig:
 class VolunteerPath:
     """One DataChannel to one volunteer."""
 
-    def __init__(self, peer: webrtc.Peer, name: str) -> None:
+    def __init__(self, peer: webrtc.Peer, name: str, voucher: Voucher | None = None) -> None:
         self.peer = peer
         self.name = name
         self.dead = peer.dead
+        #: what the egress is shown for this path (the broker's ticket and our secret);
+        #: None: the broker minted no ticket
+        self.voucher = voucher
 
     @property
     def why_dead(self) -> str:
@@ -258,10 +271,12 @@ class Tunnel:
                 backoff = 1.0
                 self.session = session
                 self._start_keepalive(session)
+                self._show_voucher(session, path)
                 log.info("tunnel ready: session with the egress established, pin verified")
             else:
                 session.switch_path(self._sender(path))
                 session.ping()
+                self._show_voucher(session, path)
                 self.switches += 1
                 log.info("tunnel moved to a new volunteer (%s)", path.name)
             self.active = path
@@ -338,6 +353,28 @@ class Tunnel:
             self.session = None
             raise
         return session
+
+    def _show_voucher(self, session: QuicSession, path: VolunteerPath) -> None:
+        """Show the egress this path's voucher: the first serves the session at all, each
+        one credits the volunteer carrying it. Streams opened meanwhile wait for it at
+        the egress, so nothing waits for the reply here."""
+        voucher, path.voucher = path.voucher, None
+        if voucher is None:
+            return
+
+        async def show() -> None:
+            try:
+                stream = session.open_stream()
+                await stream.write(encode_voucher(voucher))
+                stream.write_eof()
+                reply = await read_header(stream, StreamReplyDecoder(), "the voucher's reply")
+            except (quic.StreamReset, quic.SessionClosed, EOFError, HeaderError):
+                return
+            if reply.status != StreamStatus.OK:
+                self.last_error = f"the egress refused this tunnel's voucher: {reply.reason}"
+                log.warning("%s", self.last_error)
+
+        self._spawn(show())
 
     async def _watch(self, session: QuicSession, path: VolunteerPath) -> str:
         """Return when the path dies (with the reason) or the session closes."""
@@ -446,8 +483,8 @@ class Tunnel:
         if self.udp_silent and not webrtc.has_tcp_turn(self.ice_servers):
             turn += (
                 "; the STUN server never answered over UDP, so this network probably blocks "
-                "UDP: only TURN over TCP or TLS gets through "
-                "(--ice-server 'turns:HOST:443?transport=tcp' with --turn-user and --turn-password)"
+                "UDP: only TURN over TCP or TLS gets through (--ice-server "
+                "'turns:HOST:443?transport=tcp' with --turn-user and UNWALL_TURN_PASSWORD)"
             )
         return f"could not connect to the volunteer (WebRTC {how}; your NAT: {self.nat}; {turn})"
 
@@ -475,6 +512,8 @@ class Tunnel:
         self._path_count += 1
         path = VolunteerPath(peer, f"path-{self._path_count}")
         connected = False
+        # Only we know it; the egress sees it, inside the session, as our proof (§3.1).
+        secret = os.urandom(ticket.SECRET_SIZE)
         try:
             offer = await peer.offer()
             answer = await broker.offer(
@@ -482,8 +521,11 @@ class Tunnel:
                 nat=self.nat,
                 relay=self.relay,
                 egress=self.pin,
+                commitment=ticket.commit(secret),
             )
-            await peer.accept_answer(answer)
+            if answer.ticket is not None:
+                path.voucher = Voucher(answer.ticket, secret)
+            await peer.accept_answer(answer.sdp)
             opened: asyncio.Future[Any] = asyncio.ensure_future(peer.opened.wait())
             dead: asyncio.Future[Any] = asyncio.ensure_future(path.dead.wait())
             loop = asyncio.get_running_loop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from unwall.transport.quic import key_pin, spki_pin
 
 KEY_FILE = "egress-key.pem"
 CERT_FILE = "egress-cert.pem"
+#: the secret the operator's brokers and egresses share (protocol.md §3.1), made by keygen
+SECRET_FILE = "report-secret"
 
 
 class IdentityError(Exception):
@@ -111,3 +114,35 @@ def load_identity(directory: Path) -> EgressIdentity:
     if spki_pin(certificate) != key_pin(key.public_key()):
         raise IdentityError(f"{cert_path} does not belong to the key in {key_path}")
     return EgressIdentity(certificate, key)
+
+
+def make_secret(directory: Path) -> bool:
+    """Write a new shared secret (0600) into `directory` unless one is there; True if made."""
+    path = directory / SECRET_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
+    return True
+
+
+def load_secret(directory: Path) -> str | None:
+    """The shared secret keygen wrote into `directory` (None: there is none); IdentityError
+    when other users may read it."""
+    path = directory / SECRET_FILE
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return None
+    if mode & 0o077:
+        raise IdentityError(
+            f"{path} can be read or written by other users (mode {mode:04o}); "
+            f"fix it with: chmod 600 {path}"
+        )
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IdentityError(f"cannot read {path}: {exc}") from exc

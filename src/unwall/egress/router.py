@@ -45,6 +45,10 @@ VERSIONS = frozenset(int(v) for v in QuicConfiguration(is_client=False).supporte
 PENDING_PER_PATH = 4
 #: ... and all WebSockets from one address together (volunteers can share an address).
 PENDING_PER_ADDRESS = 64
+#: Sessions at once (pending or not) whose first relay came from one address, and from one
+#: network (IPv4 /24, IPv6 /48): one host, or one network's hosts, cannot take them all.
+SESSIONS_PER_ADDRESS = 64
+SESSIONS_PER_NETWORK = 256
 #: A session whose handshake has not completed by then is dropped (the client's own
 #: handshake timeout is the same).
 HANDSHAKE_TIMEOUT = 10.0
@@ -81,6 +85,8 @@ class SessionRouter:
         max_sessions: int = 1000,
         pending_per_path: int = PENDING_PER_PATH,
         pending_per_address: int = PENDING_PER_ADDRESS,
+        sessions_per_address: int = SESSIONS_PER_ADDRESS,
+        sessions_per_network: int = SESSIONS_PER_NETWORK,
         retry: bool = False,
     ) -> None:
         self._factory = factory
@@ -93,6 +99,12 @@ class SessionRouter:
         #: sessions whose handshake has not completed: their sources, and since when
         self._pending: dict[QuicSession, tuple[Hashable, Hashable, float]] = {}
         self._pending_from: Counter[tuple[int, Hashable]] = Counter()
+        self._session_caps = (sessions_per_address, sessions_per_network)
+        #: where each session's first relay came from (its address and network) ...
+        self._origin: dict[QuicSession, tuple[Hashable, Hashable]] = {}
+        #: ... and how many sessions each holds
+        self._sessions_from: Counter[Hashable] = Counter()
+        self.refused_sessions = 0
         self.dropped = 0
         self.refused_pending = 0
         self.retries_sent = 0
@@ -182,6 +194,14 @@ class SessionRouter:
             self.refused_pending += 1
             self.dropped += 1
             return None
+        origin = (("address", address), ("network", _network(address)))
+        if address is not None and any(
+            self._sessions_from[source] >= cap
+            for source, cap in zip(origin, self._session_caps, strict=True)
+        ):
+            self.refused_sessions += 1
+            self.dropped += 1
+            return None
         if len(self._cids) >= self._max_sessions:
             log.warning("refusing a new session: %d sessions is the limit", self._max_sessions)
             self.dropped += 1
@@ -190,6 +210,9 @@ class SessionRouter:
         session = self._factory(NewSession(original_cid, len(data), retry_source_cid))
         self._pending[session] = (path, address, now)
         self._pending_from.update(sources)
+        if address is not None:
+            self._origin[session] = origin
+            self._sessions_from.update(origin)
         self._cids[session] = set()
         self._add(session, header.destination_cid)
         self._add(session, session._conn.host_cid)
@@ -226,6 +249,12 @@ class SessionRouter:
 
     def forget(self, session: QuicSession) -> None:
         self._settle(session)
+        origin = self._origin.pop(session, None)
+        if origin is not None:
+            self._sessions_from.subtract(origin)
+            for source in origin:
+                if self._sessions_from[source] <= 0:
+                    del self._sessions_from[source]
         for cid in self._cids.pop(session, set()):
             if self._by_cid.get(cid) is session:
                 del self._by_cid[cid]
@@ -233,3 +262,14 @@ class SessionRouter:
     def _add(self, session: QuicSession, cid: bytes) -> None:
         self._by_cid[cid] = session
         self._cids.setdefault(session, set()).add(cid)
+
+
+def _network(address: Hashable) -> Hashable:
+    """The /24 (IPv4) or /48 (IPv6) of an address; anything else stands for itself."""
+    if not isinstance(address, str):
+        return address
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    return ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}", strict=False)

@@ -15,8 +15,8 @@ import errno
 import gc
 import logging
 import os
-import re
 import resource
+import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +44,7 @@ from unwall.transport.quic import (
     read_header,
 )
 from unwall.transport.ratelimit import TokenBucket
+from unwall.wire import ticket
 from unwall.wire.streamheader import (
     HeaderError,
     StreamReply,
@@ -51,12 +52,19 @@ from unwall.wire.streamheader import (
     StreamTarget,
     StreamTargetDecoder,
 )
+from unwall.wire.ticket import TicketError, Voucher
 
 log = logging.getLogger("unwall.egress")
 
 #: Seconds between reports of carried sessions to the brokers.
 REPORT_INTERVAL: Final = 2.0
-_OFFER_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: A session must show a voucher this soon after its handshake, or it is closed; a stream
+#: waits this long for one before it is refused.
+VOUCH_TIMEOUT: Final = 10.0
+#: what a session that never vouched is closed with (QUIC application error)
+ERROR_NO_VOUCHER: Final = 0x103
+#: the WebSocket close code for a relay that sends datagrams without a valid ticket
+CLOSE_NO_TICKET: Final = 1008
 
 #: A relay's queue toward its volunteer; above this, datagrams are dropped (QUIC recovers).
 PATH_QUEUE_BYTES = 1 << 20
@@ -79,14 +87,20 @@ class EgressConfig:
     session_connections: int = 256
     session_stream_rate: float = 50.0
     #: per session: bytes per second over all its streams, both directions; None: no cap
-    session_rate: int | None = None
+    session_rate: int | None = 12_500_000
+    #: sessions at once whose relays come from one address, and from one /24 (IPv6: /48)
+    sessions_per_address: int = 64
+    sessions_per_network: int = 256
     #: a session with no volunteer path for this long is closed and its streams reset
     grace: float = 60.0
     #: answer each new Initial with a QUIC Retry bound to its relay connection first
     retry: bool = True
-    #: brokers to tell which offers' relays carried a completed handshake, and the secret
-    #: they know egresses by (their --report-secret); none: no reports
+    #: brokers to tell which offers' relays carried a vouched session (their volunteers
+    #: earn room); none: no reports
     report_to: tuple[str, ...] = ()
+    #: the secret this operator's brokers and egresses share: tickets (unwall.wire.ticket)
+    #: are checked under a key derived from it, and reports carry it. None: no ticket
+    #: verifies, so no relay carries anything (the command line refuses to start so)
     report_secret: str | None = None
 
 
@@ -101,7 +115,8 @@ class RelayPath:
         offer: str | None = None,
     ) -> None:
         self.name = name
-        #: the broker's offer this relay serves, as the volunteer says (for reports)
+        #: the broker's offer this relay serves, from its ticket; None: the relay showed no
+        #: valid ticket and may carry nothing (a volunteer checking itself opens one so)
         self.offer = offer
         self.ws = ws
         self.address = address
@@ -151,6 +166,24 @@ class EgressMetrics:
         )
         for status in StreamStatus:
             self.streams.labels(status.name.lower())
+        self.vouchers = Counter(
+            prefix + "vouchers",
+            "Clients' vouchers (a broker's ticket and the client's secret) by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("ok", "refused"):
+            self.vouchers.labels(outcome)
+        self.relays_refused = Counter(
+            prefix + "relays_refused",
+            "Relays closed for sending datagrams without a valid ticket from a broker.",
+            registry=registry,
+        )
+        self.sessions_unvouched = Counter(
+            prefix + "sessions_unvouched",
+            "Sessions closed for showing no voucher within 10 s of their handshake.",
+            registry=registry,
+        )
         self.bytes = Counter(
             prefix + "bytes",
             "Bytes carried for clients: up (client to destination) and down.",
@@ -186,6 +219,11 @@ class _RouterCounts(Collector):
                 "New sessions refused: their relay or address held its share of handshakes.",
                 router.refused_pending,
             ),
+            (
+                "sessions_refused",
+                "New sessions refused: their relay's address or network held its share.",
+                router.refused_sessions,
+            ),
         ):
             yield CounterMetricFamily(self._prefix + name, text, value=value)
         yield CounterMetricFamily(
@@ -200,8 +238,19 @@ class Egress:
         self.config = config
         self.identity = identity
         self.router = SessionRouter(
-            self._new_session, max_sessions=config.max_sessions, retry=config.retry
+            self._new_session,
+            max_sessions=config.max_sessions,
+            retry=config.retry,
+            sessions_per_address=config.sessions_per_address,
+            sessions_per_network=config.sessions_per_network,
         )
+        self._ticket_key = ticket.derive_key(config.report_secret) if config.report_secret else b""
+        #: sessions that have shown a valid voucher: the offers they proved (each is
+        #: credited once datagrams of the session arrive through that offer's relay)
+        self._vouched: dict[QuicSession, set[str]] = {}
+        self._vouch_events: dict[QuicSession, asyncio.Event] = {}
+        #: sessions whose handshake completed without a voucher yet, and since when
+        self._unvouched: dict[QuicSession, float] = {}
         self._stream_tasks: set[asyncio.Task[None]] = set()
         self._paths: set[RelayPath] = set()
         self._path_count = 0
@@ -255,12 +304,35 @@ class Egress:
 
     def _on_event(self, session: QuicSession, event: events.QuicEvent) -> None:
         self.router.on_event(session, event)
-        if isinstance(event, events.HandshakeCompleted) and self.config.report_to:
-            # Which volunteer carried it: the relay it was heard on, and that relay's offer.
-            for path in self._paths:
-                if path.send == session._sender and path.offer is not None:
-                    self._carried.add(path.offer)
-                    break
+        if isinstance(event, events.HandshakeCompleted) and session not in self._vouched:
+            self._unvouched[session] = asyncio.get_running_loop().time()
+
+    def _vouch(self, session: QuicSession, voucher: Voucher) -> str | None:
+        """Check a client's voucher; None if it holds, else why not."""
+        try:
+            proved = voucher.check(self._ticket_key, time.time())
+        except TicketError as exc:
+            self.metrics.vouchers.labels("refused").inc()
+            return str(exc)
+        self.metrics.vouchers.labels("ok").inc()
+        self._vouched.setdefault(session, set()).add(proved.offer_id)
+        self._unvouched.pop(session, None)
+        self._vouch_event(session).set()
+        return None
+
+    def _vouch_event(self, session: QuicSession) -> asyncio.Event:
+        if session not in self._vouch_events:
+            self._vouch_events[session] = asyncio.Event()
+        return self._vouch_events[session]
+
+    def _credit(self, session: QuicSession, path: RelayPath) -> None:
+        """Datagrams of `session` came through `path`: if the client proved that path's
+        offer, its volunteer carried a vouched session (reported once)."""
+        proved = self._vouched.get(session)
+        if proved is not None and path.offer in proved:
+            proved.discard(path.offer)
+            if self.config.report_to:
+                self._carried.add(path.offer)
 
     async def _report(self) -> None:
         """Tell the brokers, every few seconds, which offers' relays carried a session."""
@@ -292,6 +364,11 @@ class Egress:
     def _forget_session(self, session: QuicSession) -> None:
         self._opens.pop(session, None)
         self._buckets.pop(session, None)
+        self._vouched.pop(session, None)
+        self._unvouched.pop(session, None)
+        waiting = self._vouch_events.pop(session, None)
+        if waiting is not None:
+            waiting.set()  # streams waiting for a voucher see the session closed
 
     def _bucket(self, session: QuicSession) -> TokenBucket | None:
         rate = self.config.session_rate
@@ -323,6 +400,8 @@ class Egress:
                 session.switch_path(path.send)
             else:
                 session.set_sender(path.send)
+        if path.offer is not None and session in self._vouched:
+            self._credit(session, path)
         session.datagram_received(data)
 
     # streams
@@ -337,6 +416,25 @@ class Egress:
         except (quic.StreamReset, quic.SessionClosed):
             session.stream_finished(stream)
             return
+        if isinstance(target, Voucher):
+            refused = self._vouch(session, target)
+            if refused is None:
+                await self._answer(stream, StreamReply(StreamStatus.OK))
+            else:
+                log.info("%s: a voucher refused: %s", session.name, refused)
+                await self._answer(stream, StreamReply(StreamStatus.NOT_ALLOWED, refused))
+            session.stream_finished(stream)
+            return
+        if session not in self._vouched:
+            # Its voucher may be on a stream that has not arrived yet.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._vouch_event(session).wait(), VOUCH_TIMEOUT)
+            if session not in self._vouched:
+                await self._refuse(
+                    stream, StreamStatus.NOT_ALLOWED, "this session showed no broker's voucher"
+                )
+                session.stream_finished(stream)
+                return
         busy = self._admit(session)
         if busy is not None:
             self._note_busy(session, busy)
@@ -414,7 +512,12 @@ class Egress:
             f" ({result.error})" if result.error else "",
         )
 
-    async def _read_target(self, stream: QuicStream) -> StreamTarget:
+    async def _answer(self, stream: QuicStream, reply: StreamReply) -> None:
+        with contextlib.suppress(quic.StreamReset, quic.SessionClosed):
+            await stream.write(reply.encode())
+            stream.write_eof()
+
+    async def _read_target(self, stream: QuicStream) -> StreamTarget | Voucher:
         try:
             return await read_header(stream, StreamTargetDecoder(), "its header")
         except EOFError as exc:
@@ -460,15 +563,21 @@ class Egress:
         await ws.prepare(request)
         self._path_count += 1
         where = f" ({request.remote})" if logs.showing() else ""
-        offer = request.query.get("offer")
-        if offer is not None and not _OFFER_ID.fullmatch(offer):
-            offer = None
+        offer, why = self._relay_ticket(request.query.get("ticket"))
         path = RelayPath(ws, f"path-{self._path_count}{where}", request.remote, offer)
         self._paths.add(path)
-        log.info("%s: volunteer relay connected", path.name)
+        log.info("%s: volunteer relay connected%s", path.name, "" if why is None else f" ({why})")
         try:
             async for message in ws:
                 if message.type == WSMsgType.BINARY:
+                    if path.offer is None:
+                        # A relay a broker did not hand out carries nothing (a volunteer
+                        # checking itself opens one and closes it unused).
+                        self.metrics.relays_refused.inc()
+                        await ws.close(
+                            code=CLOSE_NO_TICKET, message=b"no valid ticket from a broker"
+                        )
+                        break
                     self.datagram_received(message.data, path)
                 elif message.type == WSMsgType.TEXT:
                     await ws.close(code=1003, message=b"binary messages only")
@@ -483,6 +592,18 @@ class Egress:
                     self._pathless[session] = now
             log.info("%s: volunteer relay closed", path.name)
         return ws
+
+    def _relay_ticket(self, text: str | None) -> tuple[str | None, str | None]:
+        """The offer a relay's ticket is for, or None and why not."""
+        if text is None:
+            return None, "no ticket: it may carry nothing"
+        try:
+            relay = ticket.verify(self._ticket_key, text, time.time(), ticket.RELAY_WINDOW)
+        except TicketError as exc:
+            return None, f"{exc}: it may carry nothing"
+        if relay.commitment != ticket.RELAY:
+            return None, "not a relay's ticket: it may carry nothing"
+        return relay.offer_id, None
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -512,6 +633,15 @@ class Egress:
                 log.info("%s never completed its handshake; dropped", session.name)
                 session.close(quic.ERROR_PATH_LOST, "handshake not completed in time")
                 self._pathless.pop(session, None)
+            for session, since in list(self._unvouched.items()):
+                if session.is_closed:
+                    del self._unvouched[session]
+                elif now - since > VOUCH_TIMEOUT:
+                    del self._unvouched[session]
+                    log.info("%s showed no voucher; closing it", session.name)
+                    self.metrics.sessions_unvouched.inc()
+                    session.close(ERROR_NO_VOUCHER, "no voucher from a broker")
+                    self.router.forget(session)
             for session, since in list(self._pathless.items()):
                 if session.is_closed:
                     del self._pathless[session]

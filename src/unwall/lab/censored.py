@@ -21,10 +21,17 @@ class CensoredClient:
     """One client process in the censored namespace, its log in a file of its own.
 
     `info` is what `lab up` returned; `stun` adds the lab's STUN server; `extra` goes on
-    the command line as it is. The lab CA is trusted for TLS (it signs turn.test)."""
+    the command line as it is, `env` (secrets such as UNWALL_TURN_PASSWORD) in its
+    environment. The lab CA is trusted for TLS (it signs turn.test)."""
 
     def __init__(
-        self, info: dict[str, Any], log: Path, *extra: str, stun: bool = True, paths: int = 1
+        self,
+        info: dict[str, Any],
+        log: Path,
+        *extra: str,
+        stun: bool = True,
+        paths: int = 1,
+        env: dict[str, str] | None = None,
     ) -> None:
         argv = [
             sys.executable, "-m", "unwall", "client", "--bridge", info["bridge_line"],
@@ -33,10 +40,13 @@ class CensoredClient:
         ]  # fmt: skip
         self.log = log
         self.started = time.monotonic()
-        env = {**os.environ, "SSL_CERT_FILE": info["lab_ca"]}
+        environment = {**os.environ, "SSL_CERT_FILE": info["lab_ca"], **(env or {})}
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                ["ip", "netns", "exec", topology.CENSORED, *argv], stdout=out, stderr=out, env=env
+                ["ip", "netns", "exec", topology.CENSORED, *argv],
+                stdout=out,
+                stderr=out,
+                env=environment,
             )
 
     def text(self) -> str:

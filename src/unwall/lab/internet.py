@@ -117,8 +117,9 @@ def site_app(name: str) -> web.Application:
         return web.Response(body=blob(size), content_type="application/octet-stream")
 
     async def volunteer_page(request: web.Request) -> web.Response:
-        # A page of another site that embeds the widget and turns it on at load, for
-        # browsers no test drives (Firefox); it posts its state to /report.
+        # A page of another site that embeds the widget, for Firefox: firefox_in's driver
+        # (WebDriver BiDi) clicks the switch in the widget's frame and posts what the
+        # frame shows to /report.
         from unwall.browser import VOLUNTEER_PAGE
 
         widget = f"http://{LabAddresses().broker}:8080/widget/unwall-widget.js"

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unwall.broker.coturn import allowed_peers, instance_config, write_config
 from unwall.lab import topology
 from unwall.lab.box import box_rules, throttle_commands
 from unwall.lab.delayline import emulator_rules, read_link_state, write_link_state
@@ -29,13 +30,17 @@ from unwall.lab.topology import BOX, INTERNET, LabAddresses, LabError
 
 BROKER_PORT = 8080
 EGRESS_PORT = 7000
+#: Where the lab's TURN server may relay: the lab's own networks (TEST-NET addresses).
+LAB_PEERS = (topology.INTERNET_NET, topology.CENSORED_NET, topology.HOMES_NET)
 
 
 def state_dir() -> Path:
     return Path(os.environ.get("UNWALL_LAB_STATE", "/run/unwall-lab"))
 
 
-def _start(name: str, namespace: str, argv: list[str], state: Path) -> int:
+def _start(
+    name: str, namespace: str, argv: list[str], state: Path, env: dict[str, str] | None = None
+) -> int:
     log = (state / f"{name}.log").open("ab")
     process = subprocess.Popen(
         ["ip", "netns", "exec", namespace, *argv],
@@ -43,6 +48,7 @@ def _start(name: str, namespace: str, argv: list[str], state: Path) -> int:
         stdout=log,
         stderr=log,
         start_new_session=True,
+        env={**os.environ, **env} if env else None,
     )
     log.close()
     pids_path = state / "pids.json"
@@ -50,6 +56,14 @@ def _start(name: str, namespace: str, argv: list[str], state: Path) -> int:
     pids[name] = process.pid
     pids_path.write_text(json.dumps(pids))
     return process.pid
+
+
+def _secret(path: Path) -> str:
+    """A random secret kept in `path` (mode 0600), made on first use."""
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 def _unwall(*args: str) -> list[str]:
@@ -139,15 +153,18 @@ def up(
     pin = load_identity(keys).pin
     broker_url = f"http://broker.test:{BROKER_PORT}"
     egress_url = f"ws://{addresses.egress}:{EGRESS_PORT}/v1/relay"
+    # The secret broker and egress share (tickets, reports): in their environment, never
+    # on a command line.
+    secret = {"UNWALL_REPORT_SECRET": _secret(state / "report-secret")}
     _start("egress", INTERNET, _unwall(
         "egress", "--listen", f"{addresses.egress}:{EGRESS_PORT}", "--key-dir", str(keys),
         "--allow", topology.INTERNET_NET,
-    ), state)  # fmt: skip
+    ), state, secret)  # fmt: skip
     _start("broker", INTERNET, _unwall(
         "broker", "--listen", f"{addresses.broker}:{BROKER_PORT}", "--egress-url", egress_url,
         *(["--ice-server", stun_url] if broker_stun else []),
         *(_turn_args(turn) if volunteer_turn else []),
-    ), state)  # fmt: skip
+    ), state, {**secret, **(_turn_env(turn) if volunteer_turn else {})})  # fmt: skip
     _wait_for(lambda: _port_open(INTERNET, addresses.broker, BROKER_PORT), "the broker", state)
     _wait_for(lambda: _port_open(INTERNET, addresses.egress, EGRESS_PORT), "the egress", state)
     if volunteers:
@@ -187,29 +204,20 @@ def _start_stun_turn(addresses: LabAddresses, state: Path) -> tuple[str, dict[st
     discovery works: OTHER-ADDRESS and CHANGE-REQUEST) and a TURN server with TURN over
     UDP and TCP on 3478 and over TLS on 443, whose credentials are derived from a secret
     it shares with the broker (coturn's `use-auth-secret`, the TURN REST API scheme)."""
-    _start("stun", INTERNET, [
-        "turnserver", "-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls",
-        "--listening-ip", addresses.stun, "--listening-ip", addresses.stun_alt,
-        "--listening-port", "3478", "--alt-listening-port", "3479",
-        "--pidfile", str(state / "stun.pid"), "--userdb", str(state / "stun.db"),
-        "--log-file", "stdout", "--simple-log",
-    ], state)  # fmt: skip
+    stun_config = write_config(state / "stun.conf", instance_config([
+        "stun-only", "no-tls", "no-dtls",
+        f"listening-ip={addresses.stun}", f"listening-ip={addresses.stun_alt}",
+        "listening-port=3478", "alt-listening-port=3479",
+        f"pidfile={state / 'stun.pid'}", f"userdb={state / 'stun.db'}", "log-file=stdout",
+    ]))  # fmt: skip
+    _start("stun", INTERNET, ["turnserver", "-c", str(stun_config)], state)
     secret_path = state / "turn-secret"
     if not secret_path.exists():
         secret_path.write_text(secrets.token_hex(24))
         secret_path.chmod(0o600)
     secret = secret_path.read_text().strip()
-    pki = state / "pki"
-    _start("turn", INTERNET, [
-        "turnserver", "-n", "--no-cli", "--no-dtls", "--fingerprint",
-        "--listening-ip", addresses.turn, "--relay-ip", addresses.turn,
-        "--listening-port", "3478", "--tls-listening-port", "443",
-        "--cert", str(pki / "site-cert.pem"), "--pkey", str(pki / "site-key.pem"),
-        "--use-auth-secret", "--static-auth-secret", secret, "--realm", "unwall.test",
-        "--no-multicast-peers", "--no-rfc5780",
-        "--pidfile", str(state / "turn.pid"), "--userdb", str(state / "turn.db"),
-        "--log-file", "stdout", "--simple-log",
-    ], state)  # fmt: skip
+    config = turn_config(addresses, state, secret)
+    _start("turn", INTERNET, ["turnserver", "-c", str(config)], state)
     _wait_for(lambda: _udp_bound(INTERNET, f"{addresses.stun_alt}:3478"), "STUN", state)
     _wait_for(lambda: _port_open(INTERNET, addresses.turn, 443), "TURN", state)
     turn = {
@@ -223,11 +231,32 @@ def _start_stun_turn(addresses: LabAddresses, state: Path) -> tuple[str, dict[st
     return f"stun:{addresses.stun}:3478", turn
 
 
+def turn_config(addresses: LabAddresses, state: Path, secret: str) -> Path:
+    """The TURN server's configuration: the one unwall ships (unwall.broker.coturn), on the
+    lab's address, with the secret (in a file of mode 600, never on coturn's command line),
+    and relaying to the lab's own networks, TEST-NET ranges that it denies as any TURN server
+    on the internet must, and to nothing else special."""
+    pki = state / "pki"
+    return write_config(state / "turn.conf", instance_config([
+        "no-dtls", "no-rfc5780", "realm=unwall.test", f"static-auth-secret={secret}",
+        f"listening-ip={addresses.turn}", f"relay-ip={addresses.turn}",
+        "listening-port=3478", "tls-listening-port=443",
+        f"cert={pki / 'site-cert.pem'}", f"pkey={pki / 'site-key.pem'}",
+        *allowed_peers(LAB_PEERS),
+        f"pidfile={state / 'turn.pid'}", f"userdb={state / 'turn.db'}", "log-file=stdout",
+    ]))  # fmt: skip
+
+
 def _turn_args(turn: dict[str, Any]) -> list[str]:
-    args = [f"--turn-secret={turn['secret']}"]
+    args = []
     for url in turn["urls"]:
         args += ["--turn-url", url]
     return args
+
+
+def _turn_env(turn: dict[str, Any]) -> dict[str, str]:
+    """The broker's TURN secret, in its environment (never on a command line)."""
+    return {"UNWALL_TURN_SECRET": turn["secret"]}
 
 
 def client_turn_credentials(ttl: float = 3600.0) -> tuple[str, str]:

@@ -115,12 +115,12 @@ async def _volunteer(
         finally:
             await asyncio.to_thread(manager.stop, f"volunteer-home{home.index}")
         return
-    from unwall.browser import chromium_in
+    from unwall.browser import chromium_in, widget_switch
 
     async with chromium_in(home.host, workdir, mdns=True) as browser:
         page = await browser.new_page()
         await page.goto(BROKER_PAGE)
-        await page.locator("[data-unwall-widget] [role=switch]").click()
+        await widget_switch(page).click()
         yield
 
 

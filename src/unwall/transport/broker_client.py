@@ -92,13 +92,14 @@ class BrokerClient:
         relay: bool = False,
         timeout: float = 30.0,
         egress: str | None = None,
-    ) -> str:
-        """Post a client's offer (for the egress of pin `egress`); return the volunteer's
-        answer SDP."""
-        offer = messages.ClientOffer(sdp, nat, relay, egress)
+        commitment: bytes | None = None,
+    ) -> messages.ClientAnswer:
+        """Post a client's offer (for the egress of pin `egress`, with the `commitment` to
+        its secret for this offer); return the volunteer's answer and the broker's ticket."""
+        offer = messages.ClientOffer(sdp, nat, relay, egress, commitment)
         status, body = await self._post("/v1/client/offer", messages.encode(offer), timeout)
         if status == 200:
-            return self._decode(messages.decode_client_answer, body).sdp
+            return self._decode(messages.decode_client_answer, body)
         if status == 503:
             try:
                 code = messages.decode_error(body).code

@@ -69,7 +69,7 @@ def ice_servers_with_credentials(
     `--turn-password` (one pair of credentials for all of them, as a browser's RTCIceServer
     has). ValueError when credentials come without a TURN URL or one without the other."""
     if (username is None) != (password is None):
-        raise ValueError("--turn-user and --turn-password go together")
+        raise ValueError("--turn-user and the TURN password (UNWALL_TURN_PASSWORD) go together")
     turn = [url for url in urls if is_turn_url(url)]
     if username is None or password is None:
         return list(urls)

@@ -32,6 +32,7 @@ from unwall.transport.natcheck import learn_nat_kind
 from unwall.transport.quic import MAX_DATAGRAM_SIZE
 from unwall.transport.ratelimit import TokenBucket
 from unwall.units import human_duration
+from unwall.volunteer.relays import RelayHost, RelayPolicy, RelayRefused, show
 from unwall.volunteer.selfcheck import SelfCheck, Verdict, self_check
 from unwall.wire import broker as messages
 from unwall.wire.nat import NatKind
@@ -42,6 +43,8 @@ log = logging.getLogger("unwall.volunteer")
 QUEUE_BYTES = 1 << 20
 CHANNEL_OPEN_TIMEOUT = 20.0
 MAX_BACKOFF = 30.0
+#: at most one line this often about relay URLs refused (a hostile broker could send many)
+REFUSAL_LOG_INTERVAL = 10.0
 
 
 @dataclass
@@ -65,6 +68,9 @@ class VolunteerConfig:
     carrier: str | None = None
     #: serve Prometheus metrics on this (host, port); None: no metrics server
     metrics: tuple[str, int] | None = None
+    #: where else the broker may send a client (--relay-host; unwall.volunteer.relays):
+    #: besides them, only to the origin of egress_url
+    relay_hosts: list[RelayHost] = field(default_factory=list)
 
 
 @dataclass
@@ -117,6 +123,10 @@ class Volunteer:
         self.broker_turn: tuple[messages.TurnServer, ...] = ()
         #: the self-check at start (None until it has run)
         self.check: SelfCheck | None = None
+        #: which relay URLs the broker names we open (our egress, and --relay-host)
+        self.relays = RelayPolicy(config.egress_url, config.relay_hosts)
+        self._refusals = 0
+        self._refusal_logged = -REFUSAL_LOG_INTERVAL
 
     @property
     def relay(self) -> bool:
@@ -158,10 +168,10 @@ class Volunteer:
         runner = await self._serve_metrics() if self.config.metrics else None
         checking: asyncio.Task[SelfCheck] | None = None
         try:
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession() as http, self.relays.session() as relay_http:
                 # Beside the first polls, not before them: a slow egress delays no client.
                 checking = asyncio.create_task(self.self_check(http))
-                await self._poll_loop(http)
+                await self._poll_loop(http, relay_http)
         finally:
             reporter.cancel()
             if checking is not None:
@@ -194,7 +204,9 @@ class Volunteer:
         log.info("metrics on http://%s:%d/metrics", host, port)
         return runner
 
-    async def _poll_loop(self, http: aiohttp.ClientSession) -> None:
+    async def _poll_loop(
+        self, http: aiohttp.ClientSession, relay_http: aiohttp.ClientSession
+    ) -> None:
         broker = BrokerClient(http, self.config.broker_url)
         backoff = 1.0
         while True:
@@ -228,7 +240,7 @@ class Volunteer:
             if isinstance(reply, messages.PollOffer):
                 # Count the client now, before the next poll reports our load.
                 self.stats.clients_now += 1
-                self._spawn(self._serve(http, broker, reply))
+                self._spawn(self._serve(relay_http, broker, reply))
 
     async def _report_stats(self) -> None:
         while True:
@@ -246,9 +258,40 @@ class Volunteer:
         self._relays.add(task)
         task.add_done_callback(self._relays.discard)
 
+    def _refused(self, refusal: RelayRefused) -> None:
+        """Say that a relay URL was refused: one line, without the URL's query (the offer's
+        id and ticket), at most one every REFUSAL_LOG_INTERVAL seconds."""
+        self._refusals += 1
+        now = time.monotonic()
+        if now - self._refusal_logged < REFUSAL_LOG_INTERVAL:
+            return
+        more = self._refusals - 1
+        log.warning(
+            "not answering a client: the broker named the relay %s, which this volunteer "
+            "refuses (%s)%s",
+            refusal.where,
+            refusal.reason,
+            f"; {more} more refused since the last such line" if more else "",
+        )
+        self._refusals = 0
+        self._refusal_logged = now
+
     async def _serve(
-        self, http: aiohttp.ClientSession, broker: BrokerClient, offer: messages.PollOffer
+        self, relay_http: aiohttp.ClientSession, broker: BrokerClient, offer: messages.PollOffer
     ) -> None:
+        # Where this client goes, decided before we answer: a relay we refuse gets no answer
+        # (the broker's offer times out), and no connection is ever opened to it.
+        egress: URL | None = None
+        try:
+            egress = await self.relays.vet(offer.relay_url)
+        except RelayRefused as refusal:
+            self._refused(refusal)
+        finally:
+            if egress is None:
+                self.stats.clients_now -= 1
+                self._capacity_freed.set()
+        if egress is None:
+            return
         # Our own servers first: aiortc uses only the first TURN server it is given.
         peer = webrtc.engine(self.config.webrtc).new_peer(
             [*self.ice_servers, *offer.turn], max_buffered=QUEUE_BYTES, carrier=self.carrier
@@ -257,15 +300,17 @@ class Volunteer:
         # WebSocket to the egress exists; those messages wait in the relay's queue.
         # The offer's id tells the egress whose relay carried the session (its reports
         # let the broker trust us with more clients).
-        egress = URL(offer.relay_url or self.config.egress_url)
-        relay = ClientRelay(self, peer, str(egress.update_query(offer=offer.offer_id)))
+        query = {"offer": offer.offer_id}
+        if offer.ticket is not None:
+            query["ticket"] = offer.ticket  # the broker's word that opens the relay
+        relay = ClientRelay(self, peer, str(egress.update_query(query)))
         try:
             answer = await peer.answer(offer.sdp)
             await broker.answer(self.config.volunteer_id, offer.offer_id, answer)
             await asyncio.wait_for(peer.opened.wait(), CHANNEL_OPEN_TIMEOUT)
             self.stats.clients_total += 1
             log.info("client connected (%d now, over %s)", self.stats.clients_now, peer.carrier)
-            await relay.run(http)
+            await relay.run(relay_http)
         except OfferGone:
             log.info("a client gave up before our answer reached it")
         except TimeoutError:
@@ -363,7 +408,8 @@ class ClientRelay:
                 url, max_msg_size=MAX_DATAGRAM_SIZE + 1024, compress=0, heartbeat=30.0
             )
         except (aiohttp.ClientError, OSError) as exc:
-            log.warning("cannot reach the egress at %s: %s", url, exc)
+            # Scheme, host and port only: the query holds the offer's id and ticket.
+            log.warning("cannot reach the egress at %s: %s", show(URL(url)), exc)
             await self.to_egress.close()
             return
         self._ws.set_result(ws)

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from unwall.wire import ticket
 from unwall.wire.nat import NAT_KINDS, NatKind
 from unwall.wire.pin import normalize_pin
 
@@ -60,6 +61,7 @@ ERROR_STATUS: Final[dict[str, int]] = {
 _VOLUNTEER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _OFFER_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_OFFER_ID}}}")
 _TURN_URL = re.compile(r"turns?:[^\s]+")
+_TICKET = re.compile(rf"[A-Za-z0-9_-]{{1,{ticket.MAX_TICKET_TEXT}}}")
 
 
 class MessageError(ValueError):
@@ -116,6 +118,9 @@ class PollOffer:
     sdp: str
     turn: tuple[TurnServer, ...] = ()
     relay_url: str | None = None
+    #: the broker's voucher for this offer, for the egress (protocol.md §3.1); the
+    #: volunteer passes it on in the relay URL's query, `ticket=`
+    ticket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,13 +157,17 @@ class ClientOffer:
     nat: NatKind = "unknown"
     relay: bool = False
     egress: str | None = None
+    #: SHA-256 of a secret only this client knows, for the broker's ticket (§3.1)
+    commitment: bytes | None = None
 
 
 @dataclass(frozen=True)
 class ClientAnswer:
-    """Broker -> client: a volunteer's answer."""
+    """Broker -> client: a volunteer's answer, and the ticket the broker minted for the
+    offer (the client shows it to the egress with its secret)."""
 
     sdp: str
+    ticket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +216,8 @@ def encode(msg: Message) -> bytes:
             _put_turn(obj, msg.turn)
             if msg.relay_url is not None:
                 obj["relay_url"] = msg.relay_url
+            if msg.ticket is not None:
+                obj["ticket"] = msg.ticket
         case PollIdle():
             obj.update(status="idle")
             _put_turn(obj, msg.turn)
@@ -219,8 +230,12 @@ def encode(msg: Message) -> bytes:
             _put_nat(obj, msg.nat, msg.relay)
             if msg.egress is not None:
                 obj["egress"] = msg.egress
+            if msg.commitment is not None:
+                obj["commitment"] = ticket.encode_commitment(msg.commitment)
         case ClientAnswer():
             obj.update(status="answer", sdp=msg.sdp)
+            if msg.ticket is not None:
+                obj["ticket"] = msg.ticket
         case BrokerError():
             obj.update(error=msg.code, message=msg.message)
             if msg.supported:
@@ -279,7 +294,19 @@ def decode_client_offer(body: bytes) -> ClientOffer:
             egress = normalize_pin(_str(obj, "egress"))
         except ValueError as exc:
             raise _bad(f"field 'egress': {exc}") from None
-    return ClientOffer(sdp=_sdp(obj), nat=_nat(obj), relay=_flag(obj, "relay"), egress=egress)
+    commitment = None
+    if "commitment" in obj:
+        try:
+            commitment = ticket.decode_commitment(_str(obj, "commitment"))
+        except ValueError as exc:
+            raise _bad(f"field 'commitment': {exc}") from None
+    return ClientOffer(
+        sdp=_sdp(obj),
+        nat=_nat(obj),
+        relay=_flag(obj, "relay"),
+        egress=egress,
+        commitment=commitment,
+    )
 
 
 # -- decoding: responses --------------------------------------------------------------------
@@ -296,7 +323,13 @@ def decode_poll_response(body: bytes) -> PollOffer | PollIdle:
         relay_url = _str(obj, "relay_url")
         if not relay_url.startswith(("ws://", "wss://")) or len(relay_url) > 2048:
             raise _bad("field 'relay_url' must be a ws:// or wss:// URL")
-    return PollOffer(offer_id=_offer_id(obj), sdp=_sdp(obj), turn=_turn(obj), relay_url=relay_url)
+    return PollOffer(
+        offer_id=_offer_id(obj),
+        sdp=_sdp(obj),
+        turn=_turn(obj),
+        relay_url=relay_url,
+        ticket=_ticket(obj),
+    )
 
 
 def decode_answer_accepted(body: bytes) -> AnswerAccepted:
@@ -309,7 +342,16 @@ def decode_client_answer(body: bytes) -> ClientAnswer:
     """Decode a 200 response to POST /v1/client/offer."""
     obj = _load(body, MAX_RESPONSE_BODY)
     _status(obj, ("answer",))
-    return ClientAnswer(sdp=_sdp(obj))
+    return ClientAnswer(sdp=_sdp(obj), ticket=_ticket(obj))
+
+
+def _ticket(obj: dict[str, Any]) -> str | None:
+    if "ticket" not in obj:
+        return None
+    value = _str(obj, "ticket")
+    if not _TICKET.fullmatch(value):
+        raise _bad(f"field 'ticket' must be 1 to {ticket.MAX_TICKET_TEXT} base64url characters")
+    return value
 
 
 def decode_error(body: bytes) -> BrokerError:

@@ -26,13 +26,15 @@ try:
 except ImportError:  # pragma: no cover - the stdlib codec is the fallback
     _HAVE_IDNA_PACKAGE = False
 
+from unwall.wire.ticket import SECRET_SIZE, Voucher
+
 VERSION = 1
 
 MAX_NAME_LENGTH = 255
 MAX_LABEL_LENGTH = 63
 MAX_REASON_LENGTH = 255
-# version, address type, name length, name, port
-MAX_HEADER_SIZE = 1 + 1 + 1 + MAX_NAME_LENGTH + 2
+# version, address type, name length, name, port (a voucher: ticket and secret)
+MAX_HEADER_SIZE = 1 + 1 + 1 + 255 + SECRET_SIZE
 # version, status, reason length, reason
 MAX_REPLY_SIZE = 1 + 1 + 1 + MAX_REASON_LENGTH
 
@@ -44,6 +46,9 @@ class AddressType(enum.IntEnum):
     IPV4 = 1
     DOMAIN = 3
     IPV6 = 4
+    #: not a destination: the client's voucher for a volunteer path (ticket and secret,
+    #: unwall.wire.ticket); the egress answers it with a reply and ends the stream
+    VOUCHER = 0x7F
 
 
 class StreamStatus(enum.IntEnum):
@@ -80,6 +85,14 @@ class StreamTarget:
         if address_type is AddressType.DOMAIN:
             return bytes((VERSION, address_type, len(address))) + address + port
         return bytes((VERSION, address_type)) + address + port
+
+
+def encode_voucher(voucher: Voucher) -> bytes:
+    """The stream-open header of a voucher stream: ticket length, ticket, secret."""
+    raw = voucher.ticket.encode("ascii")
+    if not 1 <= len(raw) <= 255 or len(voucher.secret) != SECRET_SIZE:
+        raise ValueError("a voucher is a ticket of 1-255 characters and a 32-byte secret")
+    return bytes((VERSION, AddressType.VOUCHER, len(raw))) + raw + voucher.secret
 
 
 @dataclass(frozen=True)
@@ -146,10 +159,10 @@ class _IncrementalDecoder(ABC, Generic[_EventT]):
         """Return the event and its size in bytes, None if incomplete; raise HeaderError."""
 
 
-class StreamTargetDecoder(_IncrementalDecoder[StreamTarget]):
-    """Decodes the stream-open header at the egress."""
+class StreamTargetDecoder(_IncrementalDecoder[StreamTarget | Voucher]):
+    """Decodes the stream-open header at the egress: a destination, or a voucher."""
 
-    def _parse(self, buffer: bytearray) -> tuple[StreamTarget, int] | None:
+    def _parse(self, buffer: bytearray) -> tuple[StreamTarget | Voucher, int] | None:
         if len(buffer) < 1:
             return None
         _check_version(buffer[0], "stream-open header")
@@ -162,6 +175,8 @@ class StreamTargetDecoder(_IncrementalDecoder[StreamTarget]):
                 f"stream-open header has unknown address type 0x{buffer[1]:02x}; "
                 "expected 0x01 (IPv4), 0x03 (domain name) or 0x04 (IPv6)"
             ) from None
+        if address_type is AddressType.VOUCHER:
+            return _parse_voucher(buffer)
         if address_type is AddressType.DOMAIN:
             if len(buffer) < 3:
                 return None
@@ -181,6 +196,21 @@ class StreamTargetDecoder(_IncrementalDecoder[StreamTarget]):
         if port == 0:
             raise HeaderError("stream-open header asks for port 0, which is not a TCP port")
         return StreamTarget(host, port), end
+
+
+def _parse_voucher(buffer: bytearray) -> tuple[Voucher, int] | None:
+    if len(buffer) < 3:
+        return None
+    if buffer[2] == 0:
+        raise HeaderError("a voucher with an empty ticket")
+    end = 3 + buffer[2] + SECRET_SIZE
+    if len(buffer) < end:
+        return None
+    try:
+        text = bytes(buffer[3 : 3 + buffer[2]]).decode("ascii")
+    except UnicodeDecodeError:
+        raise HeaderError("a voucher's ticket is not ASCII") from None
+    return Voucher(text, bytes(buffer[end - SECRET_SIZE : end])), end
 
 
 class StreamReplyDecoder(_IncrementalDecoder[StreamReply]):

@@ -388,18 +388,106 @@ export function iceReach(sdp, stunServers = 0, turn = false) {
   return "ok";
 }
 
+/** The broker's ticket for an offer (base64url, at most 256 characters), or null. */
+export function ticketOf(value) {
+  return typeof value === "string" && /^[A-Za-z0-9_-]{1,256}$/.test(value) ? value : null;
+}
+
+/** Every relay's path (docs/protocol.md §3): no other path on an allowed host is opened. */
+export const RELAY_PATH = "/v1/relay";
+
+function ipv4Kind([a, b, c]) {
+  if (a === 0 || a === 127) return "loopback"; // 0.0.0.0/8 reaches this machine too
+  if (a === 10 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168)) return "private";
+  if (a === 100 && b >= 64 && b <= 127) return "private"; // carrier-grade NAT
+  if (a === 169 && b === 254) return "link-local"; // cloud metadata lives here
+  if (a >= 224 || (a === 192 && b === 0 && c === 0)) return "reserved";
+  return "public"; // documentation ranges (TEST-NET) included: nobody's LAN is there
+}
+
+function ipv6Groups(text) {
+  // The URL parser's form: lower case, hex only, at most one "::".
+  const [head, tail] = text.includes("::") ? text.split("::") : [text, null];
+  const part = (s) => (s ? s.split(":").map((g) => parseInt(g, 16)) : []);
+  const left = part(head);
+  const right = part(tail);
+  if (tail === null) return left.length === 8 ? left : null;
+  return [...left, ...new Array(8 - left.length - right.length).fill(0), ...right];
+}
+
+function ipv6Kind(g) {
+  const zero = (from, to) => g.slice(from, to).every((x) => x === 0);
+  const v4 = (hi, lo) => ipv4Kind([hi >> 8, hi & 255, lo >> 8, lo & 255]);
+  if (zero(0, 7) && (g[7] === 0 || g[7] === 1)) return "loopback"; // ::1, and ::
+  if (zero(0, 5) && g[5] === 0xffff) return v4(g[6], g[7]); // IPv4-mapped
+  if (zero(0, 6)) return v4(g[6], g[7]); // IPv4-compatible
+  if (g[0] === 0x64 && g[1] === 0xff9b && zero(2, 6)) return v4(g[6], g[7]); // NAT64
+  if (g[0] === 0x2002) return v4(g[1], g[2]); // 6to4
+  if ((g[0] & 0xfe00) === 0xfc00 || (g[0] & 0xffc0) === 0xfec0) return "private";
+  if ((g[0] & 0xffc0) === 0xfe80) return "link-local";
+  if ((g[0] & 0xe000) !== 0x2000) return "reserved"; // outside global unicast, multicast too
+  return "public";
+}
+
 /**
- * The egress a poll answer names for its client (`relay_url`, when the operator runs
- * several): a ws:// or wss:// URL, else null (use the one of the broker's config).
+ * The kind of network a URL's host (`URL.hostname`) is on, as far as a browser can tell:
+ * it cannot resolve names, so it goes by IP literals and names that are local by their
+ * form. "loopback" (127/8, 0/8, ::1, ::, localhost, *.localhost), "link-local" (169.254/16,
+ * fe80::/10), "private" (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7, *.local,
+ * *.home.arpa, *.internal, *.lan, a name of one label), "reserved" (multicast, 240/4, ...)
+ * or "public" (everything else). IPv4 inside IPv6 (mapped, NAT64, 6to4) counts as its IPv4.
  */
-export function relayUrl(value) {
-  if (typeof value !== "string" || value.length > 2048) return null;
+export function hostKind(hostname) {
+  const host = String(hostname ?? "").toLowerCase().replace(/\.$/, "");
+  if (host.startsWith("[") && host.endsWith("]")) {
+    const groups = ipv6Groups(host.slice(1, -1));
+    return groups && groups.every((x) => x >= 0 && x <= 0xffff) ? ipv6Kind(groups) : "reserved";
+  }
+  const quad = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(host);
+  if (quad) return ipv4Kind(quad.slice(1).map(Number));
+  if (host === "localhost" || host.endsWith(".localhost")) return "loopback";
+  if (!host.includes(".") || /\.(local|lan|internal|home\.arpa)$/.test(host)) return "private";
+  return "public";
+}
+
+function parsed(text) {
   try {
-    const url = new URL(value);
-    return url.protocol === "ws:" || url.protocol === "wss:" ? url.href : null;
+    return new URL(text);
   } catch {
     return null;
   }
+}
+
+/**
+ * Whether a browser volunteer may open a relay WebSocket to `value`, a URL its broker
+ * (at `broker`) gave: the config's egress_url, or a poll answer's relay_url (then only on
+ * an origin in `allowed`, the config's egress and relay_urls). Returns {url} (no fragment)
+ * or {refused: why, where: the URL's origin, never its path or query}.
+ *
+ * The rules hold whatever the broker says: path exactly /v1/relay, no user or password,
+ * wss:// (ws:// only from a broker on http://), and no loopback, private or link-local
+ * host unless the broker itself is on that kind of address (the local demo, a LAN): a
+ * public broker never sends a volunteer into its LAN, its loopback or cloud metadata.
+ */
+export function checkRelay(value, { broker, allowed = null } = {}) {
+  const url = typeof value === "string" && value.length <= 2048 ? parsed(value) : null;
+  if (!url || (url.protocol !== "ws:" && url.protocol !== "wss:")) {
+    return { refused: "not a ws:// or wss:// URL", where: "a URL" };
+  }
+  const where = url.origin;
+  const from = parsed(String(broker ?? "")) ?? { protocol: "", hostname: "" };
+  const kind = hostKind(url.hostname);
+  const brokerKind = hostKind(from.hostname);
+  let refused = null;
+  if (url.pathname !== RELAY_PATH) refused = `its path is not ${RELAY_PATH}`;
+  else if (url.username || url.password) refused = "it carries a user name or password";
+  else if (url.protocol === "ws:" && from.protocol !== "http:") refused = "plain ws:// from a broker on https://";
+  else if (kind === "reserved") refused = "a reserved address";
+  else if (kind !== "public" && kind !== brokerKind) refused = `a ${kind} address, from a ${brokerKind} broker`;
+  else if (allowed && !allowed.has(url.origin)) refused = "not one of the broker's relays";
+  if (refused) return { refused, where };
+  url.hash = "";
+  return { url: url.href };
 }
 
 /**

@@ -21,8 +21,9 @@ import {
   iceReach,
   TokenBucket,
   iceServerList,
+  checkRelay,
   randomVolunteerId,
-  relayUrl,
+  ticketOf,
   stunUrls,
   turnServers,
 } from "./logic.js";
@@ -91,6 +92,10 @@ export class BrowserVolunteer extends EventTarget {
     // null: the data channel. None given: the data channel always.
     this._mediaCarrier = options.mediaCarrier ?? null;
     this._WebSocket = pick(options, "WebSocket", g.WebSocket);
+    // One line for a relay URL refused (never its path or query: they hold the offer's id
+    // and ticket).
+    const warn = options.warn;
+    this._warn = warn ? (line) => warn(line) : (line) => g.console?.warn?.(line);
     const st = options.setTimeout;
     const ct = options.clearTimeout;
     this._setTimeout = st ? (f, ms) => st(f, ms) : (f, ms) => g.setTimeout(f, ms);
@@ -105,7 +110,8 @@ export class BrowserVolunteer extends EventTarget {
     this._gen = 0;
     this._running = false;
     this._config = null;
-    // The newest TURN servers with credentials the broker gave (config, then poll answers).
+    // The newest TURN servers with credentials the broker gave, in its poll answers (an older
+    // broker also put some in its config).
     // Never logged, shown or put in an event: they are the broker's to hand out.
     this._turn = [];
     this._error = null;
@@ -310,13 +316,49 @@ export class BrowserVolunteer extends EventTarget {
     }
     if (egress.protocol === "http:") egress.protocol = "ws:";
     if (egress.protocol === "https:") egress.protocol = "wss:";
-    return { egressUrl: egress.href, stunUrls: stunUrls(json.ice_servers), turn: turnServers(json.turn) };
+    // The broker's own egress obeys the rules any relay does (logic.js, checkRelay); the
+    // relays its poll answers may name are this one's origin and those of `relay_urls`.
+    const own = checkRelay(egress.href, { broker: this.brokerUrl });
+    if (own.refused) {
+      this._warn(`unwall: the broker's egress ${own.where} is refused: ${own.refused}`);
+      throw new BrokerTrouble(`config: egress refused: ${own.refused}`);
+    }
+    const relays = new Set([new URL(own.url).origin]);
+    for (const other of Array.isArray(json.relay_urls) ? json.relay_urls.slice(0, 64) : []) {
+      const checked = checkRelay(other, { broker: this.brokerUrl });
+      if (checked.url) relays.add(new URL(checked.url).origin);
+    }
+    return {
+      egressUrl: own.url, relays, stunUrls: stunUrls(json.ice_servers), turn: turnServers(json.turn),
+    };
   }
 
-  /** Take the TURN servers of a broker answer, if it has any usable: they are the newest. */
+  /**
+   * Where a poll answer's client is relayed: its relay_url if the rules and the config
+   * allow it, null for none given (the config's egress), or undefined for refused: that
+   * offer is not answered, and one line says why.
+   */
+  _relayOf(reply) {
+    if (reply.relay_url === undefined || reply.relay_url === null) return null;
+    const checked = checkRelay(reply.relay_url, { broker: this.brokerUrl, allowed: this._config.relays });
+    if (checked.url) return checked.url;
+    this._warn(`unwall: not answering an offer: the broker named the relay ${checked.where}, refused (${checked.refused})`);
+    return undefined;
+  }
+
+  /**
+   * Take the TURN servers of a broker answer, if it has any usable: they are the newest. The
+   * first poll answer brings the first ones (the config, which any page may fetch, has
+   * none): a network the self-check found hard to reach is reachable through them.
+   */
   _takeTurn(json) {
     const turn = turnServers(json.turn);
-    if (turn.length > 0) this._turn = turn;
+    if (turn.length === 0) return;
+    this._turn = turn;
+    if (this.reach === "hard") {
+      this.reach = "ok";
+      this._updateStatus();
+    }
   }
 
   async _poll() {
@@ -383,21 +425,24 @@ export class BrowserVolunteer extends EventTarget {
       this._clearError(ERROR_BROKER);
       this._takeTurn(reply);
       if (reply.status === "offer" && typeof reply.offer_id === "string" && typeof reply.sdp === "string") {
-        this._accept(reply.offer_id, reply.sdp, relayUrl(reply.relay_url));
+        const relay = this._relayOf(reply);
+        if (relay !== undefined) this._accept(reply.offer_id, reply.sdp, relay, ticketOf(reply.ticket));
       }
     }
   }
 
   // ----- one client -------------------------------------------------------------------
 
-  _accept(offerId, sdp, egressUrl = null) {
+  _accept(offerId, sdp, egressUrl = null, ticket = null) {
     // Counted against capacity from now on, so that the next poll reports it; counted as
     // helped only once its DataChannel opens. `egressUrl`: the egress the broker names for
-    // this client (several egresses), else the one of the broker's config.
+    // this client (several egresses), else the one of the broker's config. `ticket`: the
+    // broker's word that opens the relay at the egress.
     const client = {
       id: this._nextClientId++,
       offerId,
       egressUrl,
+      ticket,
       pc: null,
       channel: null,
       media: null, // the media carrier, when this client's call carries the datagrams
@@ -593,6 +638,7 @@ export class BrowserVolunteer extends EventTarget {
       // the broker trust this volunteer with more people).
       const relay = new URL(client.egressUrl ?? this._config.egressUrl);
       relay.searchParams.set("offer", client.offerId);
+      if (client.ticket) relay.searchParams.set("ticket", client.ticket);
       ws = new this._WebSocket(relay.href);
     } catch {
       this._egressFailed(client);
