@@ -47,3 +47,40 @@ def test_floors_are_above_known_holes_and_met(name: str, floor: str) -> None:
     assert allowed is not None, f"{name}: no floor in {spec!r}"
     assert _version(allowed[1]) >= _version(floor), f"{name}{spec} admits releases below {floor}"
     assert _version(metadata.version(name)) >= _version(floor)
+
+
+# -- the lock: exactly what CI tested ---------------------------------------------------------
+
+LOCK = PYPROJECT.parent / "requirements.lock"
+
+
+def _locked() -> dict[str, str]:
+    """{normalized name: version} of requirements.lock."""
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\]+)", LOCK.read_text(), re.MULTILINE)
+    return {name.lower().replace("_", "-"): version for name, version in pins}
+
+
+def test_the_lock_holds_every_dependency_with_a_hash() -> None:
+    locked = _locked()
+    for name in _requirements():
+        assert name in locked, f"{name} is in pyproject.toml but not in requirements.lock"
+    entries = re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text().split("\n\n", 1)[-1])
+    for entry in entries:
+        if "==" in entry.split("\n", 1)[0]:
+            assert "--hash=sha256:" in entry, f"no hash for {entry.splitlines()[0]}"
+    assert "unwall @" not in LOCK.read_text()  # the project comes from the checkout
+
+
+def test_the_lock_meets_pyproject_and_is_what_is_installed() -> None:
+    """bootstrap installs requirements.lock (--require-hashes): the suite runs with exactly
+    the lock, and the lock within pyproject.toml's pins and floors."""
+    locked = _locked()
+    for name, spec in _requirements().items():
+        version = locked[name]
+        if spec.startswith("=="):
+            assert version == spec[2:], f"{name}: pyproject {spec}, lock {version}"
+        floor = re.search(r">=([0-9.]+)", spec)
+        if floor:
+            assert _version(version) >= _version(floor[1]), f"{name}: lock {version} < {spec}"
+    for name, version in locked.items():
+        assert metadata.version(name) == version, f"{name}: lock {version}, installed"
