@@ -184,6 +184,7 @@ SUSPICIONS = {
     "webrtc": "WebRTC that does not look like a browser's",
     "fet": "fully encrypted traffic (none of the GFW's five exemptions holds)",
     "carrier": "WebRTC that carries a data channel and no media: not a call",
+    "hosts": "WebRTC handshakes that repeat one another: not a browser's, which vary",
 }
 
 

@@ -38,6 +38,9 @@ CARRIER_WATCH_PACKETS = 10_000
 REMEMBER_VERDICT_SECONDS = 10.0
 #: the box's own findings: why it suspects a flow of circumvention
 SUSPECTED = "suspected"
+#: the host-level view (`[hosts]`): the censored hosts remembered, and the ClientHellos each
+MAX_HOSTS = 4096
+MAX_HELLOS_PER_HOST = 64
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ class Flow:
     analyzers: list[Analyzer] = field(default_factory=list)
     #: findings the WebRTC rules have judged already
     judged: set[Finding] = field(default_factory=set)
+    #: the JA3 string of the DTLS ClientHello the censored host sent on this flow, until
+    #: the host-level rule has counted it (then "")
+    own_hello: str | None = None
     #: TCP only, per direction (True = from the client): the next sequence number expected,
     #: and segments that arrived ahead of it
     next_seq: dict[bool, int] = field(default_factory=dict)
@@ -126,6 +132,9 @@ class Inspector:
         self._flows: dict[FlowKey, Flow] = {}
         #: decided flows, oldest first, with when: see REMEMBER_VERDICT_SECONDS
         self._decided: OrderedDict[FlowKey, tuple[Flow, float]] = OrderedDict()
+        #: per censored host, the JA3 strings of its WebRTC ClientHellos, newest last
+        #: (`[hosts]`); the least recently seen host is forgotten first
+        self._hellos: OrderedDict[str, list[str]] = OrderedDict()
 
     def _key(self, packet: ParsedPacket) -> tuple[FlowKey, bool]:
         """The flow's key (client first) and whether this packet comes from the client."""
@@ -169,7 +178,12 @@ class Inspector:
         for piece in pieces:
             for analyzer in flow.analyzers:
                 if not analyzer.done:
-                    found += analyzer.feed(piece, from_client=from_client)
+                    new = analyzer.feed(piece, from_client=from_client)
+                    found += new
+                    if from_client and flow.own_hello is None:
+                        flow.own_hello = next(
+                            (f.value for f in new if (f.analyzer, f.key) == _CLIENT_HELLO), None
+                        )
         found += self._suspicions(flow, found)
         flow.findings += found
         mark = self._decide(flow, found, new_flow, gap)
@@ -207,6 +221,7 @@ class Inspector:
         rules = self.profile.webrtc
         seen = flow.findings + found
         objections += self._carrier_objection(flow, seen)
+        objections += self._host_objection(flow, seen)
         if not rules.active or not any(_is_webrtc(f) for f in seen):
             return objections
         for finding in seen:
@@ -218,6 +233,22 @@ class Inspector:
                 if objection is not None:
                     objections.append(Finding("box", SUSPECTED, objection))
         return objections
+
+    def _host_objection(self, flow: Flow, seen: list[Finding]) -> list[Finding]:
+        """The host-level view: count this flow's ClientHello (sent by the censored host,
+        on a WebRTC flow) in its host's history, once, and judge the history."""
+        rule = self.profile.hosts
+        if not rule.active or not flow.own_hello or not any(_is_webrtc(f) for f in seen):
+            return []
+        ja3, flow.own_hello = flow.own_hello, ""
+        host = flow.key.client
+        recent = self._hellos.pop(host, [])
+        recent = [*recent, ja3][-MAX_HELLOS_PER_HOST:]
+        self._hellos[host] = recent
+        while len(self._hellos) > MAX_HOSTS:
+            self._hellos.popitem(last=False)
+        objection = rule.objection(host, recent)
+        return [] if objection is None else [Finding("box", SUSPECTED, objection)]
 
     def _carrier_watch(self, flow: Flow, seen: list[Finding]) -> CarrierAnalyzer | None:
         """The flow's carrier analyzer, if the `[datachannel]` rule applies to this flow: a
@@ -278,7 +309,9 @@ class Inspector:
                     return _mark_for(profile.host_action, flow)
         if gap and flow.packets < 2 * DECIDE_AFTER_PACKETS:
             return None  # data is missing in the middle: no verdict on half a ClientHello
-        webrtc_watch = profile.webrtc.active and flow.packets < WEBRTC_DECIDE_AFTER_PACKETS
+        webrtc_watch = (
+            profile.webrtc.active or profile.hosts.active
+        ) and flow.packets < WEBRTC_DECIDE_AFTER_PACKETS
         if webrtc_watch and _webrtc_pending(flow):
             return None
         if self._carrier_pending(flow):
@@ -302,7 +335,12 @@ def _action(profile: CensorProfile, suspicion: str) -> str:
         return profile.fet_action
     if rule == "carrier":
         return profile.datachannel.action
+    if rule == "hosts":
+        return profile.hosts.action
     return profile.webrtc.action
+
+
+_CLIENT_HELLO = ("dtls", "client-hello")
 
 
 def _carrier(flow: Flow) -> CarrierAnalyzer | None:

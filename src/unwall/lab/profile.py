@@ -34,6 +34,12 @@ action = "drop"                 # "drop", or "flag": let it through, report it a
 # patterns are
 # shell-style (* matches anything)
 
+[hosts]                         # the host-level view: each censored host across its flows
+repeat_ja3 = false              # true: a host whose last `after` WebRTC DTLS ClientHellos all
+after = 4                       # had one JA3 string is suspected (Chromium permutes its
+action = "flag"                 # extensions on every connection; a stack that does not
+                                # repeats itself); "drop" (that flow), or "flag" (report only)
+
 [datachannel]                   # "calls" that carry no call (see unwall.lab.analyzers.carrier)
 block = false                   # true: a WebRTC flow that, after its DTLS handshake, carried
 after_bytes = 65536             # more than this many bytes of DTLS application data (a data
@@ -68,6 +74,7 @@ Profiles that ship with the lab are in `SHIPPED_PROFILES` (src/unwall/lab/profil
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import ipaddress
 import tomllib
 from dataclasses import dataclass, field
@@ -99,6 +106,7 @@ _KEYS = {
     "webrtc": {"allow", "block", "action"},
     "fet": {"block", "action"},
     "datachannel": {"block", "after_bytes", "action"},
+    "hosts": {"repeat_ja3", "after", "action"},
 }
 
 Patterns = tuple[tuple[str, tuple[str, ...]], ...]
@@ -192,8 +200,52 @@ class DataChannelRule:
         )
 
 
+#: the default of `[hosts] after`: a browser's JA3 strings agree by chance this rarely
+#: (Chromium permutes about 16 extensions: two connections agree once in ~10^13)
+HOSTS_AFTER = 4
+
+
+@dataclass(frozen=True)
+class HostRule:
+    """The host-level view of WebRTC: a host whose last `after` DTLS ClientHellos (on
+    WebRTC flows, sent by the host) all had one JA3 string repeats one handshake, which a
+    browser that permutes its extensions does not; it is suspected."""
+
+    repeat_ja3: bool = False
+    after: int = HOSTS_AFTER
+    action: str = "flag"
+
+    @property
+    def active(self) -> bool:
+        return self.repeat_ja3
+
+    def objection(self, host: str, recent: list[str]) -> str | None:
+        """Why a host whose recent ClientHellos' JA3 strings (newest last) these are is
+        suspected, or None."""
+        if not self.repeat_ja3 or len(recent) < self.after:
+            return None
+        last = recent[-self.after :]
+        if any(ja3 != last[0] for ja3 in last):
+            return None
+        digest = hashlib.md5(last[0].encode(), usedforsecurity=False).hexdigest()
+        return f"hosts {host} repeated one DTLS JA3 ({digest}) in its last {self.after} handshakes"
+
+
 class ProfileError(ValueError):
     pass
+
+
+def _host_rule(table: dict[str, Any]) -> HostRule:
+    repeat = table.get("repeat_ja3", False)
+    after = table.get("after", HOSTS_AFTER)
+    action = table.get("action", "flag")
+    if not isinstance(repeat, bool):
+        raise ProfileError("[hosts] repeat_ja3 must be true or false")
+    if isinstance(after, bool) or not isinstance(after, int) or not 2 <= after <= 64:
+        raise ProfileError("[hosts] after must be a whole number of handshakes from 2 to 64")
+    if action not in WEBRTC_ACTIONS:
+        raise ProfileError(f"[hosts] action must be one of {WEBRTC_ACTIONS}, not {action!r}")
+    return HostRule(repeat_ja3=repeat, after=after, action=action)
 
 
 def _datachannel_rule(table: dict[str, Any]) -> DataChannelRule:
@@ -241,6 +293,7 @@ class CensorProfile:
     fet_block: bool = False
     fet_action: str = "drop"
     datachannel: DataChannelRule = field(default_factory=DataChannelRule)
+    hosts: HostRule = field(default_factory=HostRule)
     link: LinkSpec = field(default_factory=LinkSpec)
     source: str = field(default="built-in", compare=False)
 
@@ -315,6 +368,7 @@ class CensorProfile:
         if fet_action not in WEBRTC_ACTIONS:
             raise ProfileError(f"[fet] action must be one of {WEBRTC_ACTIONS}, not {fet_action!r}")
         datachannel = _datachannel_rule(tables["datachannel"])
+        hosts = _host_rule(tables["hosts"])
         try:
             link = link_from_dict(document["link"]) if "link" in document else LinkSpec()
         except LinkError as exc:
@@ -335,6 +389,7 @@ class CensorProfile:
             fet_block=fet_block,
             fet_action=fet_action,
             datachannel=datachannel,
+            hosts=hosts,
             link=link,
             source=source,
         )
