@@ -309,6 +309,8 @@ class Egress:
 
     def _vouch(self, session: QuicSession, voucher: Voucher) -> str | None:
         """Check a client's voucher; None if it holds, else why not."""
+        if session.is_closed:  # its state is gone already: keep none for it
+            return "the session is closed"
         try:
             proved = voucher.check(self._ticket_key, time.time())
         except TicketError as exc:
@@ -321,6 +323,7 @@ class Egress:
         return None
 
     def _vouch_event(self, session: QuicSession) -> asyncio.Event:
+        """Set when `session` shows a voucher or closes (forgotten with the session)."""
         if session not in self._vouch_events:
             self._vouch_events[session] = asyncio.Event()
         return self._vouch_events[session]
@@ -425,7 +428,7 @@ class Egress:
                 await self._answer(stream, StreamReply(StreamStatus.NOT_ALLOWED, refused))
             session.stream_finished(stream)
             return
-        if session not in self._vouched:
+        if session not in self._vouched and not session.is_closed:
             # Its voucher may be on a stream that has not arrived yet.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._vouch_event(session).wait(), VOUCH_TIMEOUT)
