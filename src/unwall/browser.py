@@ -62,7 +62,7 @@ CHROMIUM_FLAGS = [
 ]
 # The flags above minus the mDNS one: WebRTC as people run it, host candidates hidden
 # behind `<uuid>.local` names that unwall's peers cannot resolve (they learn the browser's
-# address from its connectivity checks instead; see unwall.transport.rtc).
+# address from its connectivity checks instead; see unwall.transport.aiortc_engine.ice).
 CHROMIUM_DEFAULT_WEBRTC_FLAGS = [flag for flag in CHROMIUM_FLAGS if "Mdns" not in flag]
 
 

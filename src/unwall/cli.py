@@ -26,6 +26,7 @@ from unwall.config import (
     url,
 )
 from unwall.logs import setup_logging
+from unwall.transport.internals import IncompatibleDependency
 from unwall.wire.nat import NatKind, parse_nat_kind
 
 log = logging.getLogger("unwall")
@@ -626,7 +627,7 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int:
     except (UsageError, ConfigError) as exc:
         log.error("%s", exc)
         return 2
-    except OSError as exc:
+    except (OSError, IncompatibleDependency) as exc:
         log.error("%s", exc)
         return 1
     return result or 0
@@ -634,6 +635,12 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int:
 
 def _apply_host_addresses(options: dict[str, Any]) -> None:
     """--host-address, and a first check of the --webrtc engine (before anything starts)."""
+    if options["webrtc"] == "aiortc":
+        from unwall.transport import webrtc
+
+        # Made now, the engine patches aiortc and aioice now: IncompatibleDependency (the
+        # installed versions lack what the patches need) stops the role before it starts.
+        webrtc.engine("aiortc")
     if options["webrtc"] == "chromium":
         from unwall.transport.chromium import chromium_missing
 
@@ -762,7 +769,9 @@ async def _egress(options: dict[str, Any]) -> None:
     from unwall.egress.identity import IdentityError, load_identity, load_secret
     from unwall.egress.policy import EgressPolicy
     from unwall.egress.server import EgressConfig, run_egress
+    from unwall.transport.quic import check_aioquic
 
+    check_aioquic()  # IncompatibleDependency before anything starts, not at the first session
     if not options["report_secret"]:
         try:
             options["report_secret"] = load_secret(options["key_dir"])
@@ -910,6 +919,9 @@ async def _client(options: dict[str, Any]) -> None:
             "unwall client needs a bridge line (--bridge 'unwall1 ...') or --broker and --pin"
         )
     _apply_host_addresses(options)
+    from unwall.transport.quic import check_aioquic
+
+    check_aioquic()  # IncompatibleDependency before anything starts, not at the first path
     if options["dtls_role"] not in ("auto", "client", "server"):
         raise UsageError(
             f"--dtls-role must be auto, client or server, not {options['dtls_role']!r}"

@@ -5,7 +5,7 @@ only `<uuid>.local` host candidates. The browser runs in a namespace of this tes
 whose mDNS traffic is dropped (as across the internet, nobody can resolve those names);
 broker, egress and the Python client are on the host side of its veth, and there is no
 STUN server. The client connects anyway, from the peer-reflexive candidate the browser's
-connectivity checks reveal (unwall.transport.rtc).
+connectivity checks reveal (unwall.transport.aiortc_engine.ice).
 
 Both open unwall.browser.volunteer_page, a page of another origin that embeds the widget;
 the widget's switch is clicked in its frame (the broker's origin), and what the frame shows
@@ -102,7 +102,7 @@ def _packets(ns: VethNamespace, chain: str, rule_index: int) -> int:
 
 def mdns_packets_dropped(ns: VethNamespace) -> int:
     """mDNS packets that reached the namespace: the client's queries, sent out through
-    its pinned address (unwall.transport.rtc), never through this machine's uplink."""
+    its pinned address (unwall.transport.aiortc_engine.ice), never through this machine's uplink."""
     return _packets(ns, "INPUT", 0)
 
 

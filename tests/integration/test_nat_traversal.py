@@ -23,7 +23,8 @@ from coturn import coturn
 from unwall.broker.server import BROKER_KEY, BrokerConfig, create_app
 from unwall.broker.turn import TurnIssuer
 from unwall.client.tunnel import Tunnel, TunnelConfig, TunnelUnavailable
-from unwall.transport import rtc, webrtc
+from unwall.transport import webrtc
+from unwall.transport.aiortc_engine import engine
 from unwall.transport.broker_client import BrokerClient
 from unwall.volunteer.headless import Volunteer, VolunteerConfig
 from unwall.wire.broker import (
@@ -200,8 +201,8 @@ async def refusing_volunteer(url: str) -> None:
         async with http.post(url + "/v1/volunteer/poll", data=poll) as resp:
             offer = decode_poll_response(await resp.read())
         assert isinstance(offer, PollOffer)
-        pc = rtc.new_peer_connection([])
-        await pc.setRemoteDescription(rtc.offer_description(offer.sdp))
+        pc = engine.new_peer_connection([])
+        await pc.setRemoteDescription(engine.offer_description(offer.sdp))
         await pc.setLocalDescription(await pc.createAnswer())
         answer = pc.localDescription.sdp
         await pc.close()  # its own checks would reach the client

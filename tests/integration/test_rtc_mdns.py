@@ -18,7 +18,8 @@ from collections.abc import Iterator
 import pytest
 from aiortc import RTCDataChannel, RTCPeerConnection
 
-from unwall.transport import rtc, webrtc
+from unwall.transport import webrtc
+from unwall.transport.aiortc_engine import engine, ice
 
 _CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( .*)$", re.MULTILINE)
 
@@ -66,14 +67,14 @@ async def exchange(offerer: RTCPeerConnection, answerer: RTCPeerConnection, hide
     await offerer.setLocalDescription(await offerer.createOffer())
     offer = offerer.localDescription.sdp
     await answerer.setRemoteDescription(
-        rtc.offer_description(hidden_behind_mdns(offer) if hide == "offer" else offer)
+        engine.offer_description(hidden_behind_mdns(offer) if hide == "offer" else offer)
     )
     await answerer.setLocalDescription(await answerer.createAnswer())
     answer = answerer.localDescription.sdp
     await offerer.setRemoteDescription(
-        rtc.answer_description(hidden_behind_mdns(answer) if hide == "answer" else answer)
+        engine.answer_description(hidden_behind_mdns(answer) if hide == "answer" else answer)
     )
-    async with asyncio.timeout(rtc.PEER_CHECK_WAIT + 10):
+    async with asyncio.timeout(ice.PEER_CHECK_WAIT + 10):
         await opened.wait()
         channel.send(b"x" * 1000)
         assert await echoed.get() == b"x" * 1000
@@ -92,8 +93,8 @@ async def exchange(offerer: RTCPeerConnection, answerer: RTCPeerConnection, hide
     ],
 )
 async def test_connects_to_a_peer_known_only_by_unresolvable_mdns_names(hide: str) -> None:
-    offerer = rtc.new_peer_connection([])
-    answerer = rtc.new_peer_connection([])
+    offerer = engine.new_peer_connection([])
+    answerer = engine.new_peer_connection([])
     try:
         seconds = await exchange(offerer, answerer, hide)
     finally:
@@ -107,9 +108,9 @@ async def test_a_silent_peer_known_only_by_mdns_names_fails_after_the_wait(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No usable candidate and no check from the peer: ICE fails, after PEER_CHECK_WAIT."""
-    monkeypatch.setattr(rtc, "PEER_CHECK_WAIT", 1.0)
-    offerer = rtc.new_peer_connection([])
-    silent = rtc.new_peer_connection([])
+    monkeypatch.setattr(ice, "PEER_CHECK_WAIT", 1.0)
+    offerer = engine.new_peer_connection([])
+    silent = engine.new_peer_connection([])
     failed = asyncio.Event()
 
     @offerer.on("iceconnectionstatechange")
@@ -120,12 +121,12 @@ async def test_a_silent_peer_known_only_by_mdns_names_fails_after_the_wait(
     try:
         offerer.createDataChannel(webrtc.DATA_CHANNEL_LABEL)
         await offerer.setLocalDescription(await offerer.createOffer())
-        await silent.setRemoteDescription(rtc.offer_description(offerer.localDescription.sdp))
+        await silent.setRemoteDescription(engine.offer_description(offerer.localDescription.sdp))
         await silent.setLocalDescription(await silent.createAnswer())
         answer = hidden_behind_mdns(silent.localDescription.sdp)
         await silent.close()  # it never checks
         started = time.monotonic()
-        await offerer.setRemoteDescription(rtc.answer_description(answer))
+        await offerer.setRemoteDescription(engine.answer_description(answer))
         async with asyncio.timeout(15):
             await failed.wait()
         waited = time.monotonic() - started

@@ -17,7 +17,8 @@ from aiortc import RTCDataChannel
 from coturn import Coturn, coturn
 
 from unwall.broker.turn import TurnIssuer, turn_password
-from unwall.transport import rtc, webrtc
+from unwall.transport import webrtc
+from unwall.transport.aiortc_engine import engine
 from unwall.wire.broker import TurnServer
 
 SECRET = "a-secret-the-broker-shares-with-coturn"
@@ -104,8 +105,8 @@ async def test_aiortc_pair_connects_only_through_the_relay(
     turn_server: Coturn, loopback_host: None
 ) -> None:
     credentials: TurnServer = TurnIssuer(SECRET, (turn_server.turn_url(),)).issue(time.time())
-    client = rtc.new_peer_connection([credentials], relay_only=True)
-    volunteer = rtc.new_peer_connection([])
+    client = engine.new_peer_connection([credentials], relay_only=True)
+    volunteer = engine.new_peer_connection([])
     try:
         channel = client.createDataChannel(webrtc.DATA_CHANNEL_LABEL)
         opened = asyncio.Event()
@@ -121,9 +122,9 @@ async def test_aiortc_pair_connects_only_through_the_relay(
         offer = client.localDescription.sdp
         candidates = [line for line in offer.splitlines() if line.startswith("a=candidate:")]
         assert candidates and all(" typ relay" in line for line in candidates), candidates
-        await volunteer.setRemoteDescription(rtc.offer_description(offer))
+        await volunteer.setRemoteDescription(engine.offer_description(offer))
         await volunteer.setLocalDescription(await volunteer.createAnswer())
-        await client.setRemoteDescription(rtc.answer_description(volunteer.localDescription.sdp))
+        await client.setRemoteDescription(engine.answer_description(volunteer.localDescription.sdp))
         await asyncio.wait_for(opened.wait(), 20)
         channel.send(b"hello")
         assert await asyncio.wait_for(echoed.get(), 10) == b"echo:hello"

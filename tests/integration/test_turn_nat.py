@@ -13,8 +13,9 @@ volunteer.
 
 Each side's private host candidate is offered to the other. Relaying a check to it makes
 coturn's send fail ("Network is unreachable"), and coturn deletes the whole allocation
-then: that is what this guards against (see rtc.py, "never relay to a peer's private host
-address"), including a client whose network lets only TCP out, with TURN over TLS on 443.
+then: that is what this guards against (see aiortc_engine/turn.py, "never relay to a peer's
+private host address"), including a client whose network lets only TCP out, with TURN over
+TLS on 443.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Which host addresses an SDP shows (unwall.transport.hostcandidates), and the aiortc
-engine's use of it on candidates as aiortc makes them (unwall.transport.rtc)."""
+engine's use of it on candidates as aiortc makes them (unwall.transport.aiortc_engine.sdp)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 from aiortc.rtcicetransport import RTCIceCandidate
 
-from unwall.transport import hostcandidates, rtc, webrtc
+from unwall.transport import hostcandidates, webrtc
+from unwall.transport.aiortc_engine import sdp
 
 
 @pytest.fixture(autouse=True)
@@ -96,11 +97,11 @@ def test_aiortc_candidates_shown() -> None:
         _candidate("203.0.113.2", "srflx", "10.0.0.2"),
         _candidate("203.0.113.3", "relay", "203.0.113.2"),
     ]
-    shown = rtc._shown_candidates(candidates)
+    shown = sdp._shown_candidates(candidates)
     assert [c.ip for c in shown] == ["198.51.100.2", "203.0.113.2", "203.0.113.3"]
     assert (shown[1].relatedAddress, shown[1].relatedPort) == ("0.0.0.0", 0)
     assert (shown[2].relatedAddress, shown[2].relatedPort) == ("203.0.113.2", 4000)
     webrtc.set_host_addresses(["10.0.0.2"])
-    shown = rtc._shown_candidates(candidates)
+    shown = sdp._shown_candidates(candidates)
     assert [c.ip for c in shown] == ["10.0.0.2", "203.0.113.2", "203.0.113.3"]
     assert shown[1].relatedAddress == "10.0.0.2"  # pinned: asked for

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
-#: Patched in unwall/transport (rtc.py, quic.py, reordering.py, bbr.py), or what the patches
+#: Patched in unwall/transport (aiortc_engine/, quic.py, reordering.py, bbr.py), or what the patches
 #: rest on (aiortc's SRTP profiles come from pylibsrtp; its DTLS is pyOpenSSL's).
 PINNED = ("aiortc", "aioice", "aioquic", "pylibsrtp", "pyopenssl")
 #: Releases with known holes lie below these.

@@ -9,7 +9,8 @@ import hmac
 import pytest
 
 from unwall.broker.turn import TurnIssuer, make_issuer, turn_password
-from unwall.transport import rtc, webrtc
+from unwall.transport import webrtc
+from unwall.transport.aiortc_engine import engine
 from unwall.wire.broker import TurnServer
 
 URLS = ("turn:203.0.113.5:3478",)
@@ -61,7 +62,7 @@ def test_no_secret_no_issuer() -> None:
     assert make_issuer("key", URLS) == TurnIssuer("key", URLS)
 
 
-# -- the client's and volunteer's own TURN servers (rtc) --------------------------------------
+# -- the client's and volunteer's own TURN servers (aiortc_engine) ------------------------
 
 
 def test_turn_credentials_go_with_every_turn_url() -> None:
@@ -73,7 +74,7 @@ def test_turn_credentials_go_with_every_turn_url() -> None:
     ]
     assert webrtc.has_turn(servers)
     assert webrtc.describe_ice_servers(servers) == urls  # never the password
-    config = rtc.rtc_configuration(servers)
+    config = engine.rtc_configuration(servers)
     assert [(s.urls, s.username, s.credential) for s in config.iceServers] == [
         ("stun:203.0.113.5:3478", None, None),
         (["turn:203.0.113.5:3478", "turns:203.0.113.5:5349"], "alice", "pw"),

@@ -4,7 +4,7 @@ A host candidate names an interface's address. A private one (RFC 1918, CGNAT 10
 link-local, IPv6 ULA, loopback) tells the broker and every peer which network the user sits
 on and is of no use across the internet: browsers hide theirs behind `<uuid>.local` mDNS
 names, and Snowflake strips them. unwall's rule, for the aiortc engine (`unwall.transport.
-rtc`) and the Chromium engine (`unwall.transport.chromium`) alike:
+aiortc_engine`) and the Chromium engine (`unwall.transport.chromium`) alike:
 
 - Addresses pinned with `--host-address` (`webrtc.set_host_addresses`) were asked for by
   name, and are offered as they are (127.0.0.1 in the demo and the tests, the namespace's

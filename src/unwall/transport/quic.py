@@ -28,6 +28,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+import aioquic.quic.congestion.base
+import aioquic.quic.connection
+import aioquic.quic.packet_builder
+import aioquic.quic.recovery
+import aioquic.quic.stream
+import aioquic.tls
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
@@ -41,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 
 from unwall.transport import bbr, reordering
+from unwall.transport.internals import Needs
 
 log = logging.getLogger("unwall.quic")
 HeaderT = TypeVar("HeaderT", covariant=True)
@@ -176,6 +183,117 @@ def server_configuration(
     return configuration
 
 
+# -- what of aioquic's internals this relies on ---------------------------------------------
+
+_aioquic_checked = False
+
+
+def check_aioquic() -> None:
+    """IncompatibleDependency unless aioquic has every private that FlowControlledConnection,
+    `bbr` and `reordering` override, replace, call or read (checked once per process, by the
+    first connection, or at a role's start)."""
+    global _aioquic_checked
+    if _aioquic_checked:
+        return
+    need = Needs("aioquic")
+    connection, recovery = aioquic.quic.connection, aioquic.quic.recovery
+    stream, base = aioquic.quic.stream, aioquic.quic.congestion.base
+    if need.attribute(connection, "QuicConnection", "Limit"):
+        quic = connection.QuicConnection
+        # overridden here and in reordering.install
+        need.function(quic, "datagrams_to_send", params=("self", "now"))
+        need.function(quic, "_write_connection_limits", params=("self", "builder", "space"))
+        need.function(quic, "_write_stream_limits", params=("self", "builder", "space", "stream"))
+        need.function(quic, "_initialize", params=("self", "peer_cid"))
+        need.instance_attributes(
+            quic,
+            "_handshake_complete",
+            "_ack_delay",
+            "_max_datagram_size",
+            "_loss",
+            "_streams",
+            "_spaces",
+            "_local_max_data",
+            "_local_max_streams_bidi",
+            "_state",
+            "tls",
+        )
+        need.instance_attributes(connection.Limit, "value", "sent", "used")
+    if need.attribute(aioquic.tls, "Context"):
+        need.instance_attributes(aioquic.tls.Context, "_peer_certificate")
+    if need.attribute(recovery, "QuicPacketRecovery", "QuicPacketPacer", "QuicPacketSpace"):
+        loss = recovery.QuicPacketRecovery
+        # replaced on each connection by reordering.install
+        need.function(
+            loss, "on_ack_received", params=("self", "ack_rangeset", "ack_delay", "now", "space")
+        )
+        need.function(
+            loss,
+            "_on_packets_lost",
+            takes=("congestion_event", "now", "packets", "persistent_congestion", "space"),
+        )
+        need.function(loss, "_detect_loss", params=("self", "now", "space"))
+        need.function(loss, "_in_persistent_congestion", takes=("packets",))
+        need.function(loss, "get_probe_timeout")
+        need.instance_attributes(
+            loss,
+            "_cc",
+            "_pacer",
+            "_pto_count",
+            "_send_probe",
+            "_rtt_initial",
+            "_rtt_initialized",
+            "_rtt_latest",
+            "_rtt_smoothed",
+            "spaces",
+            "bytes_in_flight",
+        )
+        pacer = recovery.QuicPacketPacer  # bbr.BbrPacer's base
+        need.function(pacer, "__init__", params=("self", "max_datagram_size"))
+        need.function(pacer, "next_send_time", params=("self", "now"))
+        need.function(pacer, "update_after_send", params=("self", "now"))
+        need.function(pacer, "update_bucket", params=("self", "now"))
+        need.function(pacer, "update_rate", params=("self", "congestion_window", "smoothed_rtt"))
+        need.instance_attributes(
+            pacer, "_max_datagram_size", "bucket_max", "bucket_time", "packet_time"
+        )
+        need.instance_attributes(
+            recovery.QuicPacketSpace,
+            "received_packets",
+            "is_application_data",
+            "sent_packets",
+            "largest_acked_packet",
+            "loss_time",
+        )
+    if need.attribute(recovery, "QuicPacketNumberWindow"):
+        need.instance_attributes(recovery.QuicPacketNumberWindow, "_size")
+    if need.attribute(aioquic.quic.packet_builder, "QuicSentPacket"):
+        need.instance_attributes(
+            aioquic.quic.packet_builder.QuicSentPacket, "packet_number", "sent_bytes", "sent_time"
+        )
+    if need.attribute(stream, "QuicStream", "QuicStreamSender", "QuicStreamReceiver"):
+        need.instance_attributes(
+            stream.QuicStream, "sender", "receiver", "stream_id", "max_stream_data_local"
+        )
+        need.instance_attributes(
+            stream.QuicStreamSender, "buffer_is_empty", "highest_offset", "_buffer_stop"
+        )
+        need.instance_attributes(stream.QuicStreamReceiver, "highest_offset")
+    if need.attribute(base, "QuicCongestionControl"):
+        cc = base.QuicCongestionControl  # what bbr.BbrCongestionControl implements
+        need.function(cc, "__init__", params=("self", "max_datagram_size"))
+        need.function(cc, "on_packet_acked", params=("self", "now", "packet"))
+        need.function(cc, "on_packet_sent", params=("self", "packet"))
+        need.function(cc, "on_packets_expired", params=("self", "packets"))
+        need.function(cc, "on_packets_lost", params=("self", "now", "packets"))
+        need.function(cc, "on_persistent_congestion", params=("self",))
+        need.function(cc, "on_rtt_measurement", params=("self", "now", "rtt"))
+        need.function(cc, "get_log_data", params=("self",))
+        need.instance_attributes(cc, "congestion_window", "bytes_in_flight")
+    need.verify()
+    _aioquic_checked = True
+
+
 # -- flow control that follows consumption -------------------------------------------------
 
 
@@ -191,6 +309,7 @@ class FlowControlledConnection(QuicConnection):
     def __init__(
         self, *, receive_window: int = reordering.DEFAULT_RECEIVE_WINDOW, **kwargs: Any
     ) -> None:
+        check_aioquic()
         super().__init__(**kwargs)
         self._bbr = bbr.install(self)
         #: how late a packet may arrive and be taken (reordering.py)

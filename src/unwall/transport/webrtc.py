@@ -1,10 +1,11 @@
 """The seam between unwall and a WebRTC stack: one peer connection carrying QUIC datagrams.
 
 The client (`unwall.client.tunnel`) and the headless volunteer (`unwall.volunteer.headless`)
-use only this module. Each engine implements `Peer` in a module of its own, and nothing
+use only this module. Each engine implements `Peer` in a package of its own, and nothing
 else imports an engine's library:
 
-- ``aiortc`` (`unwall.transport.rtc`, the default): WebRTC in Python, in this process;
+- ``aiortc`` (`unwall.transport.aiortc_engine`, the default): WebRTC in Python, in this
+  process;
 - ``chromium`` (`unwall.transport.chromium`): Debian's Chromium, headless, carries the
   WebRTC hop and hands the datagrams to this process over a loopback WebSocket, so that
   what leaves the machine is a browser's DTLS, STUN and SRTP, byte for byte. It costs a
@@ -273,7 +274,7 @@ def engine(name: str = "aiortc") -> Engine:
         raise ValueError(f"the WebRTC engine must be one of {', '.join(ENGINES)}, not {name!r}")
     if name not in _engines:
         if name == "aiortc":
-            from unwall.transport.rtc import AiortcEngine
+            from unwall.transport.aiortc_engine.engine import AiortcEngine
 
             _engines[name] = AiortcEngine()
         else:

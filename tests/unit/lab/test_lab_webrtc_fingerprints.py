@@ -1,5 +1,5 @@
 """WebRTC fingerprints, from flows captured in the lab: Debian's Chromium (the reference a
-browsers-only box allows) and unwall's stack (aiortc, as `unwall.transport.rtc` sets it
+browsers-only box allows) and unwall's stack (aiortc, as `unwall.transport.aiortc_engine` sets it
 up for the client and the headless volunteer alike). And the box's WebRTC rules on those
 flows: an allow-list that passes Chromium and stops today's unwall, a block-list, `flag`.
 """
@@ -288,7 +288,8 @@ async def _unwall_flow() -> list[tuple[bool, bytes]]:
 
     import aioice.ice
 
-    from unwall.transport import rtc, webrtc
+    from unwall.transport import webrtc
+    from unwall.transport.aiortc_engine import engine
 
     received: list[tuple[int, bytes]] = []
     original = aioice.ice.StunProtocol.datagram_received
@@ -300,10 +301,10 @@ async def _unwall_flow() -> list[tuple[bool, bytes]]:
     aioice.ice.StunProtocol.datagram_received = record  # type: ignore[method-assign]
     pinned = webrtc.pinned_host_addresses()
     webrtc.set_host_addresses(["127.0.0.1"])
-    offerer, answerer = rtc.new_peer_connection(), rtc.new_peer_connection()
+    offerer, answerer = engine.new_peer_connection(), engine.new_peer_connection()
     try:
         opened = asyncio.Event()
-        channel = rtc.create_data_channel(offerer)
+        channel = engine.create_data_channel(offerer)
         channel.on("open", opened.set)
         await offerer.setLocalDescription(await offerer.createOffer())
         await answerer.setRemoteDescription(offerer.localDescription)
