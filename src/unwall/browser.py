@@ -78,8 +78,10 @@ def widget_frame(page: Any) -> Any:
 
 
 def widget_switch(page: Any) -> Any:
-    """The widget's on/off switch in a Playwright `page` (a Locator, in the frame)."""
-    return widget_frame(page).locator("[role=switch]")
+    """The widget's on/off switch in a Playwright `page` (a Locator, in the frame), once
+    it takes a click: in Chromium only after the frame has been fully visible for a moment
+    (panel.js, visibilityGate), so a click through this locator waits for that."""
+    return widget_frame(page).locator("[role=switch][data-armed]")
 
 
 async def widget_realm(page: Any, timeout: float = 15.0) -> Any:

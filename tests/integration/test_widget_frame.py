@@ -34,11 +34,11 @@ from unwall.netns import NamespaceError, VethNamespace, namespaces_possible
 
 pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
 
-# A /30 of its own per test run (test_browser.py: 198.51.100.0/24; test_browser_defaults.py:
-# 203.0.113.0/24).
-_BASE = 4 * (os.getpid() % 60)
-HOST_IP = f"192.0.2.{_BASE + 1}"
-NS_IP = f"192.0.2.{_BASE + 2}"
+# A /30 of its own per test run, from TEST-NET-3's top (test_browser_defaults.py and
+# test_client_page.py take 203.0.113.0 to .239; never 192.0.2.0/24, this machine's uplink).
+_BASE = 240 + 4 * (os.getpid() % 4)
+HOST_IP = f"203.0.113.{_BASE + 1}"
+NS_IP = f"203.0.113.{_BASE + 2}"
 
 #: A site that wants its visitors to volunteer without asking, and to see whom they help.
 HOSTILE_PAGE = """<!doctype html>
@@ -189,6 +189,64 @@ async def test_the_embedding_page_cannot_switch_the_widget_on(
             while await _state(page) in ("off", ""):
                 await asyncio.sleep(0.1)
         assert await page.get_attribute("[data-unwall-widget]", "data-enabled") == "true"
+        await context.close()
+
+
+#: A page that hides the widget's frame under bait: the frame is transparent and on top of
+#: a "play" button, so that a visitor who clicks the button clicks the switch (clickjacking).
+BAIT_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>A video</title>
+<script type="module" src="{broker}/widget/unwall-widget.js"></script>
+<style>
+  #bait {{ position: absolute; left: 0; top: 0; width: 400px; height: 300px; }}
+  [data-unwall-widget] {{ position: absolute; left: 0; top: 0; width: 400px; z-index: 2; }}
+  body.hidden [data-unwall-widget] iframe {{ opacity: 0; }}
+</style></head>
+<body class="hidden"><button id="bait">Play the video</button>
+<div data-unwall-widget></div>
+</body></html>
+"""
+
+
+async def test_a_click_on_a_hidden_widget_does_not_switch_it_on(
+    loopback_broker: tuple[str, list[str]], artifacts: Path
+) -> None:
+    """Clickjacking: the page makes the frame transparent over its bait. A real click on
+    the switch's place (the visitor meant the bait) leaves the widget off and says why;
+    once the frame is shown, a click switches it on. (Chromium tells a frame's visibility:
+    IntersectionObserver v2. Browsers that cannot take every click, as before.)"""
+    broker_url, _ = loopback_broker
+    async with (
+        one_page(LOOPBACK, BAIT_PAGE.format(broker=broker_url)) as site,
+        chromium_here() as browser,
+    ):
+        context = await browser.new_context()
+        page = await context.new_page()
+        await page.goto(f"{site}/")
+        await page.wait_for_selector("[data-unwall-widget][data-state]", timeout=15_000)
+        frame = await (await page.query_selector("[data-unwall-widget] iframe")).content_frame()
+        switch = await frame.wait_for_selector("[role=switch]")
+        box = await switch.bounding_box()
+        assert box is not None
+        await asyncio.sleep(2)  # as long as anyone could want: it never was visible
+        await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        await asyncio.sleep(0.5)
+        assert await switch.get_attribute("aria-checked") == "false"
+        assert await frame.evaluate("document.querySelector('[role=switch][data-armed]')") is None
+        assert await _state(page) == "off"
+        note = await frame.evaluate(
+            "[...document.querySelectorAll('.unwall-widget__note')]"
+            ".filter((n) => !n.hidden).map((n) => n.textContent)"
+        )
+        assert any("fully visible" in text for text in note), note
+        # Shown as it is, the same click is the visitor's own.
+        await page.evaluate("document.body.classList.remove('hidden')")
+        await frame.wait_for_selector("[role=switch][data-armed]", timeout=5_000)
+        await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        async with asyncio.timeout(5):
+            while await switch.get_attribute("aria-checked") != "true":
+                await asyncio.sleep(0.1)
+        await page.screenshot(path=str(artifacts / "widget-shown-after-bait.png"))
         await context.close()
 
 

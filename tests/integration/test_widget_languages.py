@@ -148,7 +148,7 @@ async def test_the_widget_says_what_is_wrong_in_its_language(
         await page.goto(broker_url + "/")
         await _ready(page, "es")
         frame = await widget_realm(page)
-        await frame.click(".unwall-widget__switch")
+        await frame.click(".unwall-widget__switch[data-armed]")
         await page.wait_for_function(
             "() => document.querySelector('[data-unwall-widget]').dataset.state === 'error'",
             timeout=20_000,

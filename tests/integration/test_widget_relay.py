@@ -29,7 +29,8 @@ from unwall.egress.identity import generate_identity
 from unwall.local import DemoSite, LocalBridge, download_via_socks, free_port, local_bridge
 from unwall.netns import NamespaceError, VethNamespace, namespaces_possible
 
-# A /30 of its own (test_browser.py takes 198.51.100.1 to .240, test_widget_frame.py 192.0.2.x).
+# A /30 of its own (test_browser.py takes 198.51.100.1 to .240, test_widget_frame.py
+# 203.0.113.240 to .255).
 HOST_IP = "198.51.100.245"
 NS_IP = "198.51.100.246"
 #: a LAN address on this side, routed from the namespace: where a hostile broker points

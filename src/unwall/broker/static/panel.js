@@ -95,6 +95,53 @@ const TICK_MS = 1000;
 export const widgets = [];
 
 /** English, once loaded: what a widget mounted without a translator speaks. */
+/** How long the panel must have been fully visible before its switch takes a click on. */
+export const VISIBLE_MS = 800;
+
+/**
+ * Whether the switch may be turned on now. A page that frames the widget could hide it
+ * under bait or make it transparent and have a visitor click it unawares (clickjacking).
+ * Where the browser can tell (IntersectionObserver v2, `trackVisibility`: Chromium), a
+ * click turns it on only once the panel has been fully visible (unobscured, opaque,
+ * untransformed) for `visibleMs`; where it cannot, every click counts, as before.
+ */
+export function visibilityGate(
+  win,
+  element,
+  { visibleMs = VISIBLE_MS, now = () => Date.now(), onChange = () => {} } = {},
+) {
+  const Observer = win.IntersectionObserver;
+  const Entry = win.IntersectionObserverEntry;
+  if (typeof Observer !== "function" || !Entry || !("isVisible" in Entry.prototype)) {
+    onChange(true);
+    return { tracked: false, allows: () => true };
+  }
+  let visibleSince = null;
+  let timer = null;
+  const observer = new Observer(
+    (entries) => {
+      for (const entry of entries) {
+        if (entry.isVisible && visibleSince === null) {
+          visibleSince = now();
+          timer = win.setTimeout(() => onChange(true), visibleMs);
+        } else if (!entry.isVisible) {
+          visibleSince = null;
+          if (timer !== null) win.clearTimeout(timer);
+          timer = null;
+          onChange(false);
+        }
+      }
+    },
+    { trackVisibility: true, delay: 100, threshold: [1.0] },
+  );
+  observer.observe(element);
+  return {
+    tracked: true,
+    allows: () => visibleSince !== null && now() - visibleSince >= visibleMs,
+    disconnect: () => observer.disconnect(),
+  };
+}
+
 let english = {};
 const englishLoaded = loadCatalogue("en", { base: SCRIPT_URL }).then((catalogue) => {
   english = catalogue;
@@ -249,7 +296,11 @@ export function mount(element, options = {}) {
   note.hidden = Boolean(media);
   element.setAttribute("data-carrier", media ? "media" : "datachannel");
 
-  element.replaceChildren(title, button, status, note, list, svg, hourSvg);
+  // Said when a click did not switch it on because the panel was not (long) visible.
+  const unseen = el(doc, "p", "unwall-widget__note", t("widget.not_visible"));
+  unseen.hidden = true;
+
+  element.replaceChildren(title, button, status, unseen, note, list, svg, hourSvg);
 
   // ----- behaviour -------------------------------------------------------------------
   let volunteer = null;
@@ -362,7 +413,19 @@ export function mount(element, options = {}) {
     delete element.unwallWidget;
   }
 
-  button.addEventListener("click", () => setEnabled(!widget.enabled));
+  // `data-armed` on the switch: it would take a click now (for the tests' drivers, which
+  // click as a visitor does: only what they could see).
+  const arm = (armed) => (armed ? button.setAttribute("data-armed", "") : button.removeAttribute("data-armed"));
+  const gate = options.visibility ?? visibilityGate(win, element, { onChange: arm });
+  if (options.visibility) arm(true);
+  button.addEventListener("click", () => {
+    if (!widget.enabled && !gate.allows()) {
+      unseen.hidden = false; // not turned on: the visitor may not have seen what they clicked
+      return;
+    }
+    unseen.hidden = true;
+    setEnabled(!widget.enabled);
+  });
 
   element.unwallWidget = widget;
   element.setAttribute("data-state", "off");
