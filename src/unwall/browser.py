@@ -591,6 +591,8 @@ async def drive_widget(
     await tab.add_init_script(RECORD_ICE)
     await tab.goto(page.url)
     frame = await widget_realm(tab)
+    # In view first: the switch takes a click only once it has been seen (panel.js).
+    await widget_frame(tab).locator("[role=switch]").scroll_into_view_if_needed()
     await widget_switch(tab).click()
 
     async def report() -> None:
