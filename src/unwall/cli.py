@@ -274,7 +274,8 @@ EGRESS_OPTIONS = [
     Option(
         "--report-to",
         "a broker to tell which volunteers carried sessions (so that they earn clients; "
-        "the broker needs the same --report-secret); repeatable",
+        "the broker needs the same report_secret, from its config file or "
+        "UNWALL_REPORT_SECRET); repeatable",
         default=[],
         repeat=True,
     ),

@@ -43,8 +43,8 @@ async def test_a_session_without_the_clients_voucher_is_refused(
 ) -> None:
     """Row 4 (and the fake volunteer of row 9): a relay ticket opens the relay, but a
     session that shows no voucher (ticket and the client's secret) gets no stream served
-    and is closed; a session that shows a wrong secret is refused; the one with the real
-    client's voucher is served."""
+    and is closed; a wrong secret, or a voucher for another relay's offer, is refused; the
+    one with the real client's voucher, through its own offer's relay, is served."""
     await bridge.start_egress()
     async with aiohttp.ClientSession() as http:
         offer = offer_id()
@@ -56,18 +56,53 @@ async def test_a_session_without_the_clients_voucher_is_refused(
             assert "voucher" in reply.reason
             await asyncio.wait_for(asyncio.shield(stranger.session.closed), 15)
             assert time.monotonic() - started < 15
-        async with direct(http, relay_url(bridge, offer), bridge.pin) as guesser:
+        guessed = offer_id()
+        async with direct(http, relay_url(bridge, guessed), bridge.pin) as guesser:
             await guesser.handshake()
-            real = voucher(bridge, offer)
-            wrong = type(real)(real.ticket, bytes(32))
-            refused = await guesser.show(wrong)
+            real = voucher(bridge, guessed)
+            refused = await guesser.show(type(real)(real.ticket, bytes(32)))
             assert refused.status == StreamStatus.NOT_ALLOWED
             assert "secret" in refused.reason
-        async with direct(http, relay_url(bridge, offer), bridge.pin) as client:
+            # A real voucher, of another offer than the relay's: not this session's.
+            refused = await guesser.show(voucher(bridge, offer_id()))
+            assert refused.status == StreamStatus.NOT_ALLOWED
+            assert "relay" in refused.reason
+        mine = offer_id()
+        async with direct(http, relay_url(bridge, mine), bridge.pin) as client:
             await client.handshake()
-            assert (await client.show(voucher(bridge, offer))).status == StreamStatus.OK
+            shown = voucher(bridge, mine)
+            assert (await client.show(shown)).status == StreamStatus.OK
             reply, page = await client.fetch(site.port)
             assert reply.status == StreamStatus.OK and b"200 OK" in page
+
+
+async def test_a_ticket_opens_one_relay_and_a_voucher_serves_one_session(
+    bridge: LocalBridge,
+) -> None:
+    """A relay ticket is good for one relay (a second one with it carries nothing); a
+    relay starts at most 2 sessions; an offer's voucher serves one live session."""
+    await bridge.start_egress(extra=("--no-retry",))
+    async with aiohttp.ClientSession() as http:
+        offer = offer_id()
+        url = relay_url(bridge, offer)
+        async with direct(http, url, bridge.pin) as first:
+            await first.handshake()
+            shown = voucher(bridge, offer)
+            assert (await first.show(shown)).status == StreamStatus.OK
+            async with direct(http, url, bridge.pin) as again:
+                with pytest.raises(TimeoutError):
+                    await again.handshake(timeout=3)
+                assert again.ws.closed and again.ws.close_code == 1008
+            # Two more sessions through the first relay: one is taken, and it cannot use
+            # the voucher the first session holds; the third is not started at all.
+            second = first.another()
+            await second.handshake()
+            refused = await second.show(shown)
+            assert refused.status == StreamStatus.NOT_ALLOWED
+            assert "another session" in refused.reason
+            third = first.another()
+            with pytest.raises(TimeoutError):
+                await third.handshake(timeout=3)
 
 
 async def test_one_address_cannot_take_every_session(bridge: LocalBridge) -> None:

@@ -43,16 +43,33 @@ def offer_id() -> str:
 class DirectSession:
     """One QUIC session over one relay WebSocket, driven from the test."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, pin: str) -> None:
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        pin: str,
+        first: DirectSession | None = None,
+    ) -> None:
         self.ws = ws
+        self.pin = pin
         self.session = QuicSession(
             FlowControlledConnection(configuration=quic.client_configuration(1200)),
             name="direct",
             pin=pin,
         )
+        #: every session on this WebSocket (each takes only its own packets)
+        self._siblings: list[QuicSession] = [] if first is None else first._siblings
+        self._siblings.append(self.session)
         self._sends: asyncio.Queue[bytes] = asyncio.Queue()
         self.session.set_sender(self._sends.put_nowait)
-        self._tasks = [asyncio.ensure_future(self._pump_in()), asyncio.ensure_future(self._out())]
+        self._tasks = [asyncio.ensure_future(self._out())]
+        if first is None:
+            self._tasks.append(asyncio.ensure_future(self._pump_in()))
+
+    def another(self) -> DirectSession:
+        """A second session through the same relay WebSocket."""
+        sibling = DirectSession(self.ws, self.pin, first=self)
+        self._tasks += sibling._tasks
+        return sibling
 
     async def _out(self) -> None:
         while True:
@@ -63,7 +80,8 @@ class DirectSession:
     async def _pump_in(self) -> None:
         async for message in self.ws:
             if message.type == aiohttp.WSMsgType.BINARY:
-                self.session.datagram_received(message.data)
+                for session in self._siblings:
+                    session.datagram_received(message.data)
 
     async def handshake(self, timeout: float = 10.0) -> None:
         self.session.connect()

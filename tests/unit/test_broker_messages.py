@@ -118,7 +118,7 @@ ROUND_TRIPS: list[tuple[Message, Decoder]] = [
     (VolunteerPoll(VID, 8, 2, "headless", "full-cone", relay=True), decode_volunteer_poll),
     (PollOffer("b64url_-0", SDP), decode_poll_response),
     (PollOffer("b64url_-0", SDP, (TURN, TURN)), decode_poll_response),
-    (PollOffer("b64url_-0", SDP, ticket="T" * 256), decode_poll_response),
+    (PollOffer("b64url_-0", SDP, ticket="T" * 255), decode_poll_response),
     (PollIdle(), decode_poll_response),
     (PollIdle((TURN,)), decode_poll_response),
     (VolunteerAnswer(VID, "x", SDP), decode_volunteer_answer),
@@ -493,7 +493,7 @@ def test_the_egress_pin_and_the_relay_url_round_trip() -> None:
         ({"commitment": 7}, "decode_client_offer", "commitment"),
         ({"status": "answer", "ticket": "a b"}, "decode_client_answer", "ticket"),
         (
-            {"status": "offer", "offer_id": "x", "ticket": "T" * 257},
+            {"status": "offer", "offer_id": "x", "ticket": "T" * 256},
             "decode_poll_response",
             "ticket",
         ),

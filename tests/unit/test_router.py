@@ -107,7 +107,11 @@ async def test_unknown_versions_cost_nothing() -> None:
 async def test_each_source_holds_only_a_few_unfinished_handshakes() -> None:
     created: list[NewSession] = []
     router = SessionRouter(
-        _router(created)._factory, max_sessions=1000, pending_per_path=4, pending_per_address=6
+        _router(created)._factory,
+        max_sessions=1000,
+        pending_per_path=4,
+        pending_per_address=6,
+        sessions_per_path=1000,  # the pending caps alone, here
     )
     flood = [router.route(_junk_initial(), "ws-1", "10.0.0.1") for _ in range(100)]
     assert sum(s is not None for s in flood) == 4  # one WebSocket: its four slots
@@ -120,6 +124,28 @@ async def test_each_source_holds_only_a_few_unfinished_handshakes() -> None:
     assert router.expire_pending(now=5.0, timeout=10.0) == []
     expired = router.expire_pending(now=11.0, timeout=10.0)
     assert len(expired) == 7 and router.pending_count == 0
+    assert router.route(_junk_initial(), "ws-1", "10.0.0.1") is not None
+    await asyncio.sleep(0)
+
+
+async def test_a_relay_starts_two_sessions_and_an_address_its_share() -> None:
+    """Issue 22, row 3: a relay carries one peer connection (two sessions: one after the
+    other's end); one address, and one /24, hold a bounded share of all sessions."""
+    created: list[NewSession] = []
+    router = SessionRouter(
+        _router(created)._factory, sessions_per_address=3, sessions_per_network=5
+    )
+    through_one = [router.route(_junk_initial(), "ws-1", "10.0.0.1") for _ in range(5)]
+    assert sum(s is not None for s in through_one) == 2
+    assert router.route(_junk_initial(), "ws-2", "10.0.0.1") is not None
+    assert router.route(_junk_initial(), "ws-3", "10.0.0.1") is None  # the address's 3
+    assert router.route(_junk_initial(), "ws-4", "10.0.0.2") is not None
+    assert router.route(_junk_initial(), "ws-5", "10.0.0.3") is not None
+    assert router.route(_junk_initial(), "ws-6", "10.0.0.4") is None  # the /24's 5
+    assert router.route(_junk_initial(), "ws-7", "10.0.1.1") is not None  # another /24
+    assert router.refused_sessions == 5
+    session = next(s for s in through_one if s is not None)
+    router.forget(session)  # an ended session frees its place everywhere
     assert router.route(_junk_initial(), "ws-1", "10.0.0.1") is not None
     await asyncio.sleep(0)
 

@@ -72,3 +72,10 @@ def test_commitments_round_trip_as_text() -> None:
     assert ticket.decode_commitment(ticket.encode_commitment(commitment)) == commitment
     with pytest.raises(ValueError):
         ticket.decode_commitment("AAAA")
+
+
+def test_a_client_cannot_have_a_relay_ticket_minted_for_itself() -> None:
+    """A relay's ticket binds 32 zero bytes; a client that sent that as its commitment
+    would get one from the broker (and open relays with it): it is no commitment."""
+    with pytest.raises(ValueError, match="zero"):
+        ticket.decode_commitment(ticket.encode_commitment(ticket.RELAY))

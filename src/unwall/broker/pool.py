@@ -185,9 +185,12 @@ class Pool(ABC):
 def check_redis_url(url: str) -> None:
     """Raise ValueError for a URL that is not redis://, rediss:// or unix://."""
     if not url.startswith(("redis://", "rediss://", "unix://")):
+        # Not the URL itself: it may hold a password.
+        scheme = url.split(":", 1)[0] if ":" in url else "no scheme"
         raise ValueError(
             "--redis wants redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... or "
-            f"unix:///PATH, not {url!r}"
+            f"unix:///PATH (a password in the config file, not on the command line), not a "
+            f"URL of {scheme!r}"
         )
 
 

@@ -358,7 +358,7 @@ class Tunnel:
         """Show the egress this path's voucher: the first serves the session at all, each
         one credits the volunteer carrying it. Streams opened meanwhile wait for it at
         the egress, so nothing waits for the reply here."""
-        voucher, path.voucher = path.voucher, None
+        voucher = path.voucher  # kept: a new session through this path shows it again
         if voucher is None:
             return
 
@@ -368,7 +368,7 @@ class Tunnel:
                 await stream.write(encode_voucher(voucher))
                 stream.write_eof()
                 reply = await read_header(stream, StreamReplyDecoder(), "the voucher's reply")
-            except (quic.StreamReset, quic.SessionClosed, EOFError, HeaderError):
+            except (quic.StreamReset, quic.SessionClosed, EOFError, HeaderError, ValueError):
                 return
             if reply.status != StreamStatus.OK:
                 self.last_error = f"the egress refused this tunnel's voucher: {reply.reason}"

@@ -49,6 +49,8 @@ PENDING_PER_ADDRESS = 64
 #: network (IPv4 /24, IPv6 /48): one host, or one network's hosts, cannot take them all.
 SESSIONS_PER_ADDRESS = 64
 SESSIONS_PER_NETWORK = 256
+#: ... and through one relay WebSocket (it carries one peer connection: one client)
+SESSIONS_PER_PATH = 2
 #: A session whose handshake has not completed by then is dropped (the client's own
 #: handshake timeout is the same).
 HANDSHAKE_TIMEOUT = 10.0
@@ -87,6 +89,7 @@ class SessionRouter:
         pending_per_address: int = PENDING_PER_ADDRESS,
         sessions_per_address: int = SESSIONS_PER_ADDRESS,
         sessions_per_network: int = SESSIONS_PER_NETWORK,
+        sessions_per_path: int = SESSIONS_PER_PATH,
         retry: bool = False,
     ) -> None:
         self._factory = factory
@@ -99,9 +102,9 @@ class SessionRouter:
         #: sessions whose handshake has not completed: their sources, and since when
         self._pending: dict[QuicSession, tuple[Hashable, Hashable, float]] = {}
         self._pending_from: Counter[tuple[int, Hashable]] = Counter()
-        self._session_caps = (sessions_per_address, sessions_per_network)
-        #: where each session's first relay came from (its address and network) ...
-        self._origin: dict[QuicSession, tuple[Hashable, Hashable]] = {}
+        self._session_caps = (sessions_per_address, sessions_per_network, sessions_per_path)
+        #: where each session's first relay came from (its address, network and relay) ...
+        self._origin: dict[QuicSession, tuple[Hashable, ...]] = {}
         #: ... and how many sessions each holds
         self._sessions_from: Counter[Hashable] = Counter()
         self.refused_sessions = 0
@@ -194,7 +197,7 @@ class SessionRouter:
             self.refused_pending += 1
             self.dropped += 1
             return None
-        origin = (("address", address), ("network", _network(address)))
+        origin = (("address", address), ("network", _network(address)), ("path", path))
         if address is not None and any(
             self._sessions_from[source] >= cap
             for source, cap in zip(origin, self._session_caps, strict=True)

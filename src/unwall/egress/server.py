@@ -65,6 +65,8 @@ VOUCH_TIMEOUT: Final = 10.0
 ERROR_NO_VOUCHER: Final = 0x103
 #: the WebSocket close code for a relay that sends datagrams without a valid ticket
 CLOSE_NO_TICKET: Final = 1008
+#: A relay without a ticket (a volunteer checking itself) is closed after this long
+UNTICKETED_RELAY_SECONDS: Final = 10.0
 
 #: A relay's queue toward its volunteer; above this, datagrams are dropped (QUIC recovers).
 PATH_QUEUE_BYTES = 1 << 20
@@ -122,6 +124,8 @@ class RelayPath:
         self.address = address
         #: names this relay connection in Retry tokens
         self.key = os.urandom(16)
+        #: closes a relay without a ticket after a while (None: it has one)
+        self.expire: asyncio.TimerHandle | None = None
         self._queue = DropTailQueue(ws.send_bytes, PATH_QUEUE_BYTES)
 
     def send(self, data: bytes) -> None:
@@ -251,6 +255,12 @@ class Egress:
         self._vouch_events: dict[QuicSession, asyncio.Event] = {}
         #: sessions whose handshake completed without a voucher yet, and since when
         self._unvouched: dict[QuicSession, float] = {}
+        #: relay tickets used, by offer, until they expire (a ticket opens one relay)
+        self._tickets_used: dict[str, float] = {}
+        #: the live session that proved each offer (an offer's voucher serves one session)
+        self._offer_session: dict[str, QuicSession] = {}
+        #: the relay each session was last heard on
+        self._session_path: dict[QuicSession, RelayPath] = {}
         self._stream_tasks: set[asyncio.Task[None]] = set()
         self._paths: set[RelayPath] = set()
         self._path_count = 0
@@ -259,7 +269,7 @@ class Egress:
         self._pathless: dict[QuicSession, float] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._reporter: asyncio.Task[None] | None = None
-        #: offers whose relays carried a completed handshake, not yet reported
+        #: offers whose relays carried a session that proved them, not yet reported
         self._carried: set[str] = set()
         self.max_connections = config.max_connections or connection_budget()
         self.connections = 0  # outbound, now
@@ -316,6 +326,20 @@ class Egress:
         except TicketError as exc:
             self.metrics.vouchers.labels("refused").inc()
             return str(exc)
+        path = self._session_path.get(session)
+        holder = self._offer_session.get(proved.offer_id)
+        if path is None or path.offer != proved.offer_id:
+            # Shown through the relay of its own offer, or not at all: a voucher does not
+            # let a session that came in through another relay (a stranger's) be served.
+            why = "the voucher is not for the relay this session came through"
+        elif holder is not None and holder is not session and not holder.is_closed:
+            why = "another session holds this offer's voucher"
+        else:
+            why = None
+        if why is not None:
+            self.metrics.vouchers.labels("refused").inc()
+            return why
+        self._offer_session[proved.offer_id] = session
         self.metrics.vouchers.labels("ok").inc()
         self._vouched.setdefault(session, set()).add(proved.offer_id)
         self._unvouched.pop(session, None)
@@ -367,6 +391,9 @@ class Egress:
     def _forget_session(self, session: QuicSession) -> None:
         self._opens.pop(session, None)
         self._buckets.pop(session, None)
+        for offer in [o for o, s in self._offer_session.items() if s is session]:
+            del self._offer_session[offer]
+        self._session_path.pop(session, None)
         self._vouched.pop(session, None)
         self._unvouched.pop(session, None)
         waiting = self._vouch_events.pop(session, None)
@@ -403,8 +430,15 @@ class Egress:
                 session.switch_path(path.send)
             else:
                 session.set_sender(path.send)
+        self._session_path[session] = path
         if path.offer is not None and session in self._vouched:
-            self._credit(session, path)
+            # Credit once the datagram proves to be the client's own, new packet (a
+            # replayed or forged one carries the session's connection ID too).
+            before = session.authenticated()
+            session.datagram_received(data)
+            if session.authenticated() > before:
+                self._credit(session, path)
+            return
         session.datagram_received(data)
 
     # streams
@@ -568,6 +602,11 @@ class Egress:
         where = f" ({request.remote})" if logs.showing() else ""
         offer, why = self._relay_ticket(request.query.get("ticket"))
         path = RelayPath(ws, f"path-{self._path_count}{where}", request.remote, offer)
+        if offer is None:
+            # A volunteer checking itself opens and closes it at once; nobody needs longer.
+            path.expire = asyncio.get_running_loop().call_later(
+                UNTICKETED_RELAY_SECONDS, lambda: asyncio.ensure_future(ws.close())
+            )
         self._paths.add(path)
         log.info("%s: volunteer relay connected%s", path.name, "" if why is None else f" ({why})")
         try:
@@ -586,6 +625,8 @@ class Egress:
                     await ws.close(code=1003, message=b"binary messages only")
                     break
         finally:
+            if path.expire is not None:
+                path.expire.cancel()
             self._paths.discard(path)
             await path.close()
             now = asyncio.get_running_loop().time()
@@ -606,6 +647,13 @@ class Egress:
             return None, f"{exc}: it may carry nothing"
         if relay.commitment != ticket.RELAY:
             return None, "not a relay's ticket: it may carry nothing"
+        now = time.time()
+        for offer, until in list(self._tickets_used.items()):
+            if until < now:
+                del self._tickets_used[offer]
+        if relay.offer_id in self._tickets_used:
+            return None, "its ticket opened a relay already: it may carry nothing"
+        self._tickets_used[relay.offer_id] = relay.issued + ticket.RELAY_WINDOW + ticket.CLOCK_SKEW
         return relay.offer_id, None
 
     async def _health(self, request: web.Request) -> web.Response:

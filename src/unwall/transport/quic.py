@@ -263,6 +263,7 @@ def check_aioquic() -> None:
             "is_application_data",
             "sent_packets",
             "largest_acked_packet",
+            "largest_received_packet",
             "loss_time",
         )
     if need.attribute(recovery, "QuicPacketNumberWindow"):
@@ -671,6 +672,12 @@ class QuicSession:
         return stream
 
     # input
+    def authenticated(self) -> int:
+        """The largest 1-RTT packet number received and decrypted so far (-1: none): it
+        grows only with a new packet of the peer's, never with a replayed or forged one."""
+        space = self._conn._spaces.get(aioquic.tls.Epoch.ONE_RTT)
+        return -1 if space is None else int(space.largest_received_packet)
+
     def datagram_received(self, data: bytes) -> None:
         if self.closed.done():
             return

@@ -32,8 +32,9 @@ SECRET_SIZE: Final = 32
 COMMITMENT_SIZE: Final = 32
 MAC_SIZE: Final = 16
 MAX_OFFER_ID: Final = 128
-#: base64url of the largest ticket (1 + 4 + 32 + 1 + 128 + 16 bytes)
-MAX_TICKET_TEXT: Final = 256
+#: what a ticket may be as text (the largest made is 243 characters: base64url of 1 + 4 +
+#: 32 + 1 + 128 + 16 bytes); a voucher carries it behind a one-byte length
+MAX_TICKET_TEXT: Final = 255
 #: A relay may open with a ticket this long after it was minted (the offer is answered
 #: within seconds, and the volunteer opens its relay as the call connects) ...
 RELAY_WINDOW: Final = 120.0
@@ -81,6 +82,8 @@ def decode_commitment(text: str) -> bytes:
     raw = _unb64(text, "commitment")
     if len(raw) != COMMITMENT_SIZE:
         raise ValueError("a commitment is 32 bytes, base64url")
+    if raw == RELAY:  # a relay's ticket: a client must not get one minted for itself
+        raise ValueError("a commitment of 32 zero bytes is no client's")
     return raw
 
 

@@ -388,9 +388,9 @@ export function iceReach(sdp, stunServers = 0, turn = false) {
   return "ok";
 }
 
-/** The broker's ticket for an offer (base64url, at most 256 characters), or null. */
+/** The broker's ticket for an offer (base64url, at most 255 characters), or null. */
 export function ticketOf(value) {
-  return typeof value === "string" && /^[A-Za-z0-9_-]{1,256}$/.test(value) ? value : null;
+  return typeof value === "string" && /^[A-Za-z0-9_-]{1,255}$/.test(value) ? value : null;
 }
 
 /** Every relay's path (docs/protocol.md §3): no other path on an allowed host is opened. */

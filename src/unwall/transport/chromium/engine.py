@@ -276,9 +276,11 @@ def _passable(path: Path) -> bool:
 
 
 def browser_environment(home: Path) -> dict[str, str]:
-    """This process's environment, with the browser's home and temporary files in `home`."""
+    """This process's environment, with the browser's home and temporary files in `home`,
+    and without unwall's own variables (secrets among them: UNWALL_REPORT_SECRET,
+    UNWALL_TURN_PASSWORD, ...), which the browser's user has no business reading."""
     return {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if not name.startswith("UNWALL_")},
         "HOME": str(home),
         "XDG_CONFIG_HOME": str(home / ".config"),
         "XDG_CACHE_HOME": str(home / ".cache"),
