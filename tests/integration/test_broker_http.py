@@ -18,6 +18,7 @@ from aiohttp import web
 from unwall.broker import matchmaker, server
 from unwall.broker.server import BROKER_KEY, BrokerConfig, create_app, run_broker
 from unwall.broker.turn import TurnIssuer, turn_password
+from unwall.wire import report
 from unwall.wire.broker import (
     MAX_BODY,
     AnswerAccepted,
@@ -94,8 +95,8 @@ class Broker:
 
     async def report_carried(self, secret: str, *offer_ids: str) -> int:
         """An egress's report that these offers' relays carried sessions: credited."""
-        auth = {"Authorization": f"Bearer {secret}"}
         body = json.dumps({"offers": list(offer_ids)}).encode()
+        auth = {"Authorization": report.sign(report.report_key(secret), body, time.time())}
         status, reply = await self.post("/v1/egress/carried", body, auth)
         assert status == 200, reply
         return int(json.loads(reply)["credited"])

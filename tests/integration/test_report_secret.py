@@ -22,8 +22,13 @@ from test_broker_http import serving
 from unwall import cli
 from unwall.broker.server import BrokerConfig
 from unwall.local import free_port
+from unwall.wire import report
 
 SECRET = "the-report-secret-of-these-tests"
+
+
+def _signed(body: bytes) -> bytes:
+    return report.sign(report.report_key(SECRET), body, time.time()).encode()
 
 
 async def _raw(port: int, authorization: bytes) -> bytes:
@@ -59,7 +64,10 @@ async def test_a_report_with_a_header_that_is_not_utf8_is_a_401(
     async with serving(config, handler_cancellation=True) as broker:
         port = int(broker.url.rsplit(":", 1)[1])
         replies = [await _raw(port, authorization) for _ in range(3)]
-        good = await _raw(port, b"Bearer " + SECRET.encode())
+        good = await _raw(port, _signed(b'{"offers": []}'))
+        # The secret itself, as a bearer token (what an egress sent before): refused.
+        bearer = await _raw(port, b"Bearer " + SECRET.encode())
+    assert bearer.startswith(b"HTTP/1.1 401"), bearer[:200]
     for reply in replies:
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 401"), head

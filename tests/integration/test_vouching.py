@@ -9,6 +9,7 @@ stranger here was served (and credited)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import aiohttp
@@ -17,6 +18,7 @@ from aiohttp import web
 from vouching import direct, offer_id, relay_url, voucher
 
 from unwall.local import DemoSite, LocalBridge, free_port
+from unwall.wire import report
 from unwall.wire.streamheader import StreamStatus
 
 
@@ -144,8 +146,11 @@ async def test_credit_only_for_carrying_a_vouched_session(bridge: LocalBridge) -
     reported: list[str] = []
 
     async def carried(request: web.Request) -> web.Response:
-        assert request.headers["Authorization"] == f"Bearer {bridge.secret}"
-        reported.extend((await request.json())["offers"])
+        body = await request.read()
+        key = report.report_key(bridge.secret)
+        assert report.verify(key, request.headers["Authorization"], body, time.time())
+        assert bridge.secret not in request.headers["Authorization"]  # never the secret
+        reported.extend(json.loads(body)["offers"])
         return web.json_response({"version": 1, "credited": 0})
 
     app = web.Application()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import hmac
 import ipaddress
 import json
 import logging
@@ -55,7 +54,7 @@ from unwall.broker.matchmaker import (
 )
 from unwall.broker.pool import MAX_PROVEN_NETWORKS, Pool, PoolUnavailable, SharedOffer
 from unwall.broker.turn import TurnIssuer
-from unwall.wire import ticket
+from unwall.wire import report, ticket
 from unwall.wire.broker import (
     BAD_REQUEST,
     MAX_BODY,
@@ -215,15 +214,6 @@ def _groups(network: str) -> frozenset[int] | None:
 def _wall(deadline: float, now: float) -> float:
     """A loop-clock deadline as Unix time (what brokers on other machines share)."""
     return time.time() + (deadline - now)
-
-
-def _same_secret(given: str, secret: str) -> bool:
-    """A header's secret against ours, in constant time. aiohttp hands a header's bytes
-    that are not UTF-8 over as surrogates: encoded back as they came, they are compared
-    like any others (and fail), rather than raising."""
-    return hmac.compare_digest(
-        given.encode("utf-8", "surrogateescape"), secret.encode("utf-8", "surrogateescape")
-    )
 
 
 def _reply(msg: Message) -> web.Response:
@@ -504,14 +494,15 @@ class Broker:
     async def egress_carried(self, request: web.Request) -> web.StreamResponse:
         """An egress reports offers whose relays carried a session that proved the offer."""
         secret = self.config.report_secret
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if secret is None or not _same_secret(given, secret):
+        raw = await _read_body(request)
+        given = request.headers.get("Authorization", "")
+        if secret is None or not report.verify(report.report_key(secret), given, raw, time.time()):
             return web.json_response(
                 {"version": PROTOCOL_VERSION, "error": "unauthorized", "message": "no"},
                 status=401,
             )
         try:
-            body = json.loads(await _read_body(request))
+            body = json.loads(raw)
             offers = [str(o) for o in body["offers"]][:MAX_REPORT]
         except (ValueError, KeyError, TypeError):
             raise MessageError(BAD_REQUEST, 'expected {"offers": [offer ids]}') from None
