@@ -500,3 +500,18 @@ export function iceServerList(stun, turn) {
   for (const server of turn) servers.push({ urls: [...server.urls], username: server.username, credential: server.credential });
   return servers;
 }
+
+/** The broker a script at `scriptUrl` belongs to: its URL minus "/widget/...". */
+export function defaultBrokerUrl(scriptUrl = import.meta.url) {
+  const url = new URL(scriptUrl);
+  const at = url.pathname.lastIndexOf("/widget/");
+  const prefix = at >= 0 ? url.pathname.slice(0, at) : "";
+  return `${url.origin}${prefix}`;
+}
+
+/** A whole number above zero written as text (an attribute), else null. */
+export function positiveInt(text) {
+  if (typeof text !== "string" || !/^\s*\d+\s*$/.test(text)) return null;
+  const n = Number(text);
+  return n > 0 && Number.isSafeInteger(n) ? n : null;
+}

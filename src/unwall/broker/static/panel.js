@@ -28,6 +28,8 @@ import {
   formatDuration,
   sparklinePoints,
   statusLine,
+  defaultBrokerUrl,
+  positiveInt,
 } from "./logic.js";
 
 const SCRIPT_URL = import.meta.url;
@@ -170,19 +172,6 @@ export async function mountLocalized(element, options = {}) {
 
 let idCounter = 0;
 
-/** The broker a script at `scriptUrl` belongs to: its URL minus "/widget/...". */
-export function defaultBrokerUrl(scriptUrl = SCRIPT_URL) {
-  const url = new URL(scriptUrl);
-  const at = url.pathname.lastIndexOf("/widget/");
-  const prefix = at >= 0 ? url.pathname.slice(0, at) : "";
-  return `${url.origin}${prefix}`;
-}
-
-function positiveInt(text) {
-  if (typeof text !== "string" || !/^\s*\d+\s*$/.test(text)) return null;
-  const n = Number(text);
-  return n > 0 && Number.isSafeInteger(n) ? n : null;
-}
 
 function injectStylesheet(doc) {
   if (doc.querySelector("link[data-unwall-widget-style]")) return;

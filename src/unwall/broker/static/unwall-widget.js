@@ -21,6 +21,10 @@
 // data-carrier (media|datachannel), present once the frame has mounted. The frame's
 // height follows its content.
 
+import { defaultBrokerUrl, positiveInt } from "./logic.js";
+
+export { defaultBrokerUrl };
+
 const SCRIPT_URL = import.meta.url;
 
 export const FRAME_PATH = "/widget/frame.html";
@@ -32,19 +36,6 @@ const CARRIERS = new Set(["media", "datachannel"]);
 const MAX_HEIGHT = 2000;
 const FIRST_HEIGHT = 260; // until the frame says
 
-/** The broker a script at `scriptUrl` belongs to: its URL minus "/widget/...". */
-export function defaultBrokerUrl(scriptUrl = SCRIPT_URL) {
-  const url = new URL(scriptUrl);
-  const at = url.pathname.lastIndexOf("/widget/");
-  const prefix = at >= 0 ? url.pathname.slice(0, at) : "";
-  return `${url.origin}${prefix}`;
-}
-
-function positiveInt(text) {
-  if (typeof text !== "string" || !/^\s*\d+\s*$/.test(text)) return null;
-  const n = Number(text);
-  return n > 0 && Number.isSafeInteger(n) ? n : null;
-}
 
 /** The frame's URL for `element` (its options in the query), or null for a broker URL
  * that is not http(s). */
