@@ -149,6 +149,11 @@ def _firefox_processes() -> list[dict[str, Any]]:
     return found
 
 
+def _content_processes(processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Firefox's child processes but its fork server (unsandboxed by design)."""
+    return [p for p in processes if "-contentproc" in p["line"] and "forkserver" not in p["line"]]
+
+
 @pytest.mark.skipif(firefox_missing() is not None, reason=firefox_missing() or "")
 async def test_firefox_is_not_root_and_keeps_its_sandbox(
     bare_namespace: str, tmp_path: Path
@@ -157,9 +162,15 @@ async def test_firefox_is_not_root_and_keeps_its_sandbox(
         bare_namespace, "data:text/html,<p>sandboxed</p>", tmp_path, click_widget=False
     ) as firefox:
         processes: list[dict[str, Any]] = []
-        for _ in range(100):  # its content processes start after the parent
+        # Its content processes start after the parent, and each turns its sandbox on a
+        # moment after it starts: wait (20 s at most) for a tab and for every child to be
+        # sandboxed; the asserts below then say which one never was.
+        for _ in range(100):
             processes = _firefox_processes()
-            if any(p["line"].rstrip().endswith(" tab") for p in processes):
+            children = _content_processes(processes)
+            if any(p["line"].rstrip().endswith(" tab") for p in children) and all(
+                p["seccomp"] == 2 for p in children
+            ):
                 break
             await asyncio.sleep(0.2)
         profile = firefox.profile
@@ -168,9 +179,7 @@ async def test_firefox_is_not_root_and_keeps_its_sandbox(
     # Its child processes, but for the fork server (unsandboxed by design), run under
     # seccomp in a user namespace of their own: the web page's ("tab") among them.
     parent = next(p for p in processes if "-contentproc" not in p["line"])
-    children = [
-        p for p in processes if "-contentproc" in p["line"] and "forkserver" not in p["line"]
-    ]
+    children = _content_processes(processes)
     assert any(p["line"].rstrip().endswith(" tab") for p in children), processes
     for each in children:
         assert each["seccomp"] == 2, each

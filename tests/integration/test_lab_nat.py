@@ -75,11 +75,17 @@ class Client(CensoredClient):
 
 
 def _volunteer_logs() -> str:
-    """The tails of the headless volunteers' logs, for a cell that failed."""
+    """The tails of the headless volunteers' logs, and the UDP mappings the box's and the
+    home routers' NATs hold, for a cell that failed."""
     parts = []
     for path in sorted(manager.state_dir().glob("volunteer-home*.log")):
         lines = path.read_text(errors="replace").splitlines()[-15:]
         parts.append(f"\n--- {path.name} (last lines) ---\n" + "\n".join(lines))
+    homes = [n for n in topology.namespaces_up() if n.startswith(topology.PREFIX + "home")]
+    routers = [topology.BOX, *sorted(homes)]
+    for router in routers:
+        table = topology.run("conntrack", "-L", "-p", "udp", namespace=router, check=False)
+        parts.append(f"\n--- UDP conntrack in {router} ---\n{table.strip()}")
     return "".join(parts)
 
 

@@ -62,6 +62,7 @@ def _locked() -> dict[str, str]:
 
 def test_the_lock_holds_every_dependency_with_a_hash() -> None:
     locked = _locked()
+    assert LOCK.read_text().startswith("# Written by ./bootstrap lock")
     for name in _requirements():
         assert name in locked, f"{name} is in pyproject.toml but not in requirements.lock"
     entries = re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text().split("\n\n", 1)[-1])
@@ -84,3 +85,22 @@ def test_the_lock_meets_pyproject_and_is_what_is_installed() -> None:
             assert _version(version) >= _version(floor[1]), f"{name}: lock {version} < {spec}"
     for name, version in locked.items():
         assert metadata.version(name) == version, f"{name}: lock {version}, installed"
+
+
+def test_pip_check_finds_only_the_one_known_conflict() -> None:
+    """The lock holds cryptography 51 beside pyOpenSSL 26.4, which says <51 (pyproject.toml,
+    [tool.uv]): that, and nothing else, is inconsistent in what is installed."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "check", "--disable-pip-version-check"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    problems = [line for line in done.stdout.splitlines() if line.strip()]
+    override = tomllib.loads(PYPROJECT.read_text())["tool"]["uv"]["override-dependencies"]
+    assert override == [f"cryptography=={metadata.version('cryptography')}"]
+    assert problems == [
+        f"pyopenssl {metadata.version('pyopenssl')} has requirement cryptography<51,>=49.0.0, "
+        f"but you have cryptography {metadata.version('cryptography')}."
+    ], done.stdout

@@ -122,16 +122,20 @@ def pinned_host_addresses() -> list[str] | None:
 
 # -- SDP ----------------------------------------------------------------------------------------
 
-_SETUP_FOR_ROLE = {"auto": "actpass", "client": "active", "server": "passive"}
+_SETUP_FOR_ROLE = {"client": "active", "server": "passive"}
+_SETUP = re.compile(r"^a=setup:(actpass|active|passive)(?=\r?$)", re.MULTILINE)
 _MAX_MESSAGE_SIZE = re.compile(r"^a=max-message-size:(\d+)\s*$", re.MULTILINE)
 
 
 def with_dtls_role(offer_sdp: str, role: str) -> str:
     """The offer with its DTLS setup attribute set for `role` (RFC 8842): "client" offers
-    `active`, "server" offers `passive`; the engines follow whatever the answer then says."""
+    `active`, "server" offers `passive`, "auto" leaves the engine's choice (the aiortc
+    engine offers `active`, Chromium `actpass`); the engines follow what the answer says."""
+    if role == "auto":
+        return offer_sdp
     if role not in _SETUP_FOR_ROLE:
-        raise ValueError(f"DTLS role must be one of {', '.join(_SETUP_FOR_ROLE)}, not {role!r}")
-    return offer_sdp.replace("a=setup:actpass", f"a=setup:{_SETUP_FOR_ROLE[role]}")
+        raise ValueError(f"DTLS role must be auto, client or server, not {role!r}")
+    return _SETUP.sub(f"a=setup:{_SETUP_FOR_ROLE[role]}", offer_sdp)
 
 
 def sdp_max_message_size(sdp: str | None) -> int | None:

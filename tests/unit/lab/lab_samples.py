@@ -134,9 +134,11 @@ def openssl_dtls_client_hello(
     srtp_profiles: bytes | None = b"SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80",
     server_name: bytes | None = None,
 ) -> bytes:
-    """The first datagram of an OpenSSL (pyOpenSSL) DTLS client, as aiortc sets one up
-    when `srtp_profiles` is given."""
+    """The first datagram of an OpenSSL (pyOpenSSL) DTLS 1.2 client, as aiortc at its
+    defaults set one up when `srtp_profiles` is given and OpenSSL had no DTLS 1.3 (a
+    one-record ClientHello; OpenSSL 4.1's default 1.3 one is fragmented)."""
     context = SSL.Context(SSL.DTLS_METHOD)
+    context.set_max_proto_version(0xFEFD)  # DTLS 1.2
     if srtp_profiles:
         context.set_tlsext_use_srtp(srtp_profiles)
     connection = SSL.Connection(context, None)

@@ -7,7 +7,6 @@ flows: an allow-list that passes Chromium and stops today's unwall, a block-list
 from __future__ import annotations
 
 import datetime
-import fnmatch
 import hashlib
 import json
 import random
@@ -281,9 +280,9 @@ def test_the_report_names_the_suspected_host(tmp_path: Path) -> None:
 
 
 async def _unwall_flow() -> list[tuple[bool, bytes]]:
-    """Two peers as unwall makes them (the client's and the headless volunteer's stack)
-    open a data channel on 127.0.0.1; every datagram either ICE agent receives, with the
-    offerer as the "client"."""
+    """Two peers as unwall makes them, the client's (offerer) and the headless volunteer's
+    (answerer), open a data channel on 127.0.0.1; every datagram either ICE agent
+    receives, with the offerer as the "client"."""
     import asyncio
 
     import aioice.ice
@@ -301,50 +300,79 @@ async def _unwall_flow() -> list[tuple[bool, bytes]]:
     aioice.ice.StunProtocol.datagram_received = record  # type: ignore[method-assign]
     pinned = webrtc.pinned_host_addresses()
     webrtc.set_host_addresses(["127.0.0.1"])
-    offerer, answerer = engine.new_peer_connection(), engine.new_peer_connection()
+    made = engine.AiortcEngine()
+    client, volunteer = made.new_peer(), made.new_peer()
     try:
-        opened = asyncio.Event()
-        channel = engine.create_data_channel(offerer)
-        channel.on("open", opened.set)
-        await offerer.setLocalDescription(await offerer.createOffer())
-        await answerer.setRemoteDescription(offerer.localDescription)
-        await answerer.setLocalDescription(await answerer.createAnswer())
-        await offerer.setRemoteDescription(answerer.localDescription)
-        await asyncio.wait_for(opened.wait(), 20)
+        await client.accept_answer(await volunteer.answer(await client.offer()))
+        await asyncio.wait_for(client.opened.wait(), 20)
+        assert client.send(b"x" * 1000)
         await asyncio.sleep(0.3)
-        offerer_agent = id(offerer.sctp.transport.transport._connection)  # type: ignore[union-attr]
+        pc = client.pc  # type: ignore[attr-defined]
+        offerer_agent = id(pc.sctp.transport.transport._connection)
     finally:
         aioice.ice.StunProtocol.datagram_received = original  # type: ignore[method-assign]
         webrtc.set_host_addresses(pinned)
-        await offerer.close()
-        await answerer.close()
+        await client.close()
+        await volunteer.close()
     return [(receiver != offerer_agent, data) for receiver, data in received[:60]]
 
 
-async def test_unwall_now_sends_chromiums_ice_checks_and_certificates() -> None:
+def _findings(flow: list[tuple[bool, bytes]]) -> dict[str, set[str]]:
     dtls, stun = DtlsAnalyzer(), StunAnalyzer()
     found: dict[str, set[str]] = {}
-    for from_client, datagram in await _unwall_flow():
+    for from_client, datagram in flow:
         for finding in dtls.feed(datagram, from_client=from_client) + stun.feed(
             datagram, from_client=from_client
         ):
             found.setdefault(finding.key, set()).add(finding.value)
-    assert found["ice-check"] == {CHROMIUM_CHECK}
-    assert found["ice-priority"] == {"type 110 local 30 component 1"}
-    assert found["server-cert"] == found["client-cert"] == {CHROMIUM_CERT}
+    return found
+
+
+def _flow_packets(flow: list[tuple[bool, bytes]]) -> list[bytes]:
+    out = []
+    for from_client, datagram in flow:
+        src, dst, sport, dport = ("198.51.100.10", "203.0.113.50", 40000, 50000)
+        if not from_client:
+            src, dst, sport, dport = dst, src, dport, sport
+        udp = struct.pack("!HHHH", sport, dport, 8 + len(datagram), 0) + datagram
+        header = bytes([0x45, 0]) + struct.pack("!HHHBBH", 20 + len(udp), 1, 0x4000, 64, 17, 0)
+        out.append(header + bytes(map(int, src.split("."))) + bytes(map(int, dst.split("."))) + udp)
+    return out
+
+
+async def test_unwall_now_is_chromium_in_every_field_one_flow_shows() -> None:
+    """The client (DTLS client, a=setup:active) and the headless volunteer: DTLS 1.3 with
+    Chromium's ClientHello and ServerHello, Chromium's ICE checks and SRTP profiles, the
+    certificates encrypted; a browsers-only box lets the flow through."""
+    flow = await _unwall_flow()
+    found = _findings(flow)
+    call = flow_findings(CHROMIUM_CALL)
+    for key in ("ja4", "ja4s", "dtls-version", "ice-check", "ice-priority", "server-hello"):
+        assert found[key] == call[key], key
+    assert found["ja4"] == {CHROMIUM_JA4}
+    assert found["dtls-version"] == {"DTLS 1.3"}
+    assert "server-cert" not in found and "client-cert" not in found  # encrypted in 1.3
     chromium = tomllib.loads(
         resources.files("unwall.lab").joinpath("references/browser-webrtc.toml").read_text()
     )["chromium"]
     assert found["srtp"] == set(chromium["srtp"])
-    reference = browser_reference()
-    assert all(
-        any(fnmatch.fnmatchcase(value, pattern) for pattern in reference[key])
-        for key in ("ice-check", "ice-priority", "server-cert", "client-cert", "srtp")
-        for value in found[key]
-    )
-    # What OpenSSL's DTLS 1.2 still gives away (docs/fingerprints.md): the handshake.
-    assert found["ja4"] == {UNWALL_JA4}
-    assert found["dtls-version"] == {"DTLS 1.2"}
+    # Chromium's extension set and lengths; the order is drawn anew on every connection.
+    (ours,) = found["client-hello"]
+    (theirs, *_) = call["client-hello"]
+    assert sorted(ours.split(",")[2].split("-")) == sorted(theirs.split(",")[2].split("-"))
+    mark, reason, suspected = box_verdict(BROWSERS_ONLY, _flow_packets(flow))
+    assert (mark, suspected) == (MARK_ALLOW, []), reason
+
+
+async def test_unwall_varies_its_extension_order_as_chromium_does() -> None:
+    """Between two unwall ends the ClientHello's extensions are permuted per connection, so
+    a host's flows do not repeat one JA3 (JA4, which sorts them, stays Chromium's)."""
+    ja3 = set()
+    for _ in range(3):
+        found = _findings(await _unwall_flow())
+        assert found["ja4"] == {CHROMIUM_JA4}
+        ja3 |= found["ja3"]
+    assert len(ja3) == 3
 
 
 def test_dtls_that_is_not_webrtc_is_not_judged() -> None:

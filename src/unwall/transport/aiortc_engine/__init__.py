@@ -7,8 +7,11 @@ aiortc/aioice for unwall, one module per concern:
   consent freshness, connectivity checks shaped as a browser's;
 - `turn`: never relaying to a peer's private host address;
 - `sctp`: acknowledgements that cost little, and SCTP as a datagram pipe;
-- `dtls`: the DTLS certificate and the SRTP profiles offered, as a browser's;
-- `sdp`: what the SDP shows (no private host address unless asked for).
+- `dtls`: DTLS 1.3 shaped as Chromium's (where cryptography's OpenSSL has it), the
+  certificate and the SRTP profiles offered, as a browser's; `dtlswire` (sans-IO): the
+  records on the wire, and the rewrites two unwall ends agree on in the SDP;
+- `sdp`: what the SDP shows (no private host address unless asked for), and the line by
+  which two unwall ends agree to rewrite DTLS between them.
 
 Importing these modules changes nothing in aiortc or aioice: each patches only when its
 `install()` is called, which `engine.install_patches()` does once, before the first peer

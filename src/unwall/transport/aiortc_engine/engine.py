@@ -20,7 +20,9 @@ from aiortc import (
     RTCSessionDescription,
 )
 
+from unwall.transport import webrtc
 from unwall.transport.aiortc_engine import dtls, ice, sctp, sdp, turn
+from unwall.transport.aiortc_engine import sdp as sdp_module
 from unwall.transport.aiortc_engine.sctp import remote_max_message_size
 from unwall.transport.webrtc import (
     DATA_CHANNEL_LABEL,
@@ -108,6 +110,8 @@ class AiortcPeer(Peer):
         super().__init__(max_buffered)
         self.pc = new_peer_connection(ice_servers, relay_only)
         self.channel: RTCDataChannel | None = None
+        #: the SDP sent (aiortc's own, and the line `sdp.DTLS_REWRITE`)
+        self._local_sdp: str | None = None
         pc = self.pc
 
         @pc.on("connectionstatechange")
@@ -141,9 +145,15 @@ class AiortcPeer(Peer):
     async def offer(self) -> str:
         self._attach(create_data_channel(self.pc))
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        return str(self.pc.localDescription.sdp)
+        # The offerer is the DTLS client (a=setup:active; aiortc takes the role the answer
+        # leaves it): its ClientHello is Chromium's, where OpenSSL's ServerHello is not
+        # and can be hidden only from an unwall peer (`dtlswire`).
+        offer = webrtc.with_dtls_role(str(self.pc.localDescription.sdp), "client")
+        self._local_sdp = sdp_module.with_dtls_rewrite(offer)
+        return self._local_sdp
 
     async def accept_answer(self, sdp: str) -> None:
+        dtls.agree_rewrite(self.pc, sdp_module.says_dtls_rewrite(sdp))
         try:
             await self.pc.setRemoteDescription(answer_description(sdp))
         except Exception as exc:  # aiortc raises many kinds on hostile SDP
@@ -165,10 +175,14 @@ class AiortcPeer(Peer):
             # the data channel, and says so by neither sending nor taking video.
             for transceiver in pc.getTransceivers():
                 transceiver.direction = "inactive"
+            rewrite = sdp_module.says_dtls_rewrite(offer_sdp)
+            dtls.agree_rewrite(pc, rewrite)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises many kinds on hostile SDP
             raise ValueError(f"{type(exc).__name__}: {exc}") from exc
-        return str(pc.localDescription.sdp)
+        answer = str(pc.localDescription.sdp)
+        self._local_sdp = sdp_module.with_dtls_rewrite(answer) if rewrite else answer
+        return self._local_sdp
 
     def send(self, data: bytes) -> bool:
         channel = self.channel
@@ -187,8 +201,7 @@ class AiortcPeer(Peer):
 
     @property
     def local_sdp(self) -> str | None:
-        description = self.pc.localDescription
-        return str(description.sdp) if description is not None else None
+        return self._local_sdp
 
     @property
     def remote_sdp(self) -> str | None:

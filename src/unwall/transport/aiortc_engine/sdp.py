@@ -1,5 +1,5 @@
 """What the aiortc engine's SDP shows of its candidates (`unwall.transport.hostcandidates`
-decides which).
+decides which), and the line by which two unwall ends agree to shape DTLS between them.
 
 Nothing changes in aiortc until `install()` (called by `engine.install_patches`).
 """
@@ -62,6 +62,32 @@ def _add_transport_description(media: MediaDescription, dtlsTransport: RTCDtlsTr
     else:
         media.host = aiortc_pc.DISCARD_HOST
         media.port = aiortc_pc.DISCARD_PORT
+
+
+# -- two unwall ends: DTLS shaped between them (dtlswire) ---------------------------------------
+#
+# An aiortc end writes this session-level attribute into its offer or answer: it restores
+# what `dtlswire` rewrites (ClientHello extension order, ServerHello layout). Where both
+# SDPs carry it, both ends rewrite; a browser has never heard of it, ignores it and writes
+# none, and then nothing is rewritten (protocol.md §2). The SDP travels over the broker's
+# channel, never where the box reads.
+
+DTLS_REWRITE = "a=x-unwall-dtls:rewrite"
+
+
+def with_dtls_rewrite(sdp: str) -> str:
+    """The SDP with `DTLS_REWRITE` among its session attributes (before the first m=)."""
+    at = sdp.find("\r\nm=")
+    if at < 0:
+        return sdp
+    return f"{sdp[:at]}\r\n{DTLS_REWRITE}{sdp[at:]}"
+
+
+def says_dtls_rewrite(sdp: str) -> bool:
+    """Whether an SDP carries `DTLS_REWRITE` (at the session level)."""
+    at = sdp.find("\nm=")
+    session = sdp if at < 0 else sdp[:at]
+    return any(line.strip() == DTLS_REWRITE for line in session.splitlines())
 
 
 # -- applying the patch --------------------------------------------------------------------------
