@@ -177,6 +177,14 @@ async def _stun_request(
 #   aioice sends PRIORITY second and no GOOG-NETWORK-INFO. The PRIORITY's local preference
 #   is Chromium's (30 for IPv4) where aioice's is 65535. (Candidates' priorities in the SDP
 #   travel to the broker inside TLS and are left as aioice makes them.)
+# - USE-CANDIDATE stays on every check of the pair a controlling agent nominated (its
+#   consent checks), as Chromium keeps it on the pings of its selected pair; aioice drops
+#   it there. It matters when the nominating check reached the peer from another address
+#   than the checks after it: a NAT gave that first packet another port, as Linux's does
+#   when the peer's packet opens the same mapping at the same moment (seen in the lab's
+#   full-cone NATs under load). The peer then had nothing nominated but a pair it could
+#   not confirm, and waited until the client gave up; now it nominates the right pair at
+#   the next consent check (within about 5 s).
 
 GOOG_NETWORK_INFO = 0xC057
 #: GOOG-NETWORK-INFO's value: network id (16 bits) and network cost (16 bits). Chromium in a
@@ -204,7 +212,7 @@ def _browser_like_request(self: aioice.ice.Connection, pair: Any, nominate: bool
     request.attributes["GOOG-NETWORK-INFO"] = NETWORK_INFO
     if self.ice_controlling:
         request.attributes["ICE-CONTROLLING"] = self._tie_breaker
-        if nominate:
+        if nominate or pair.nominated:
             request.attributes["USE-CANDIDATE"] = None
     else:
         request.attributes["ICE-CONTROLLED"] = self._tie_breaker
@@ -258,7 +266,7 @@ def check() -> None:
             params=("self", "request", "addr", "integrity_key", "retransmissions"),
         )
     if need.attribute(ice, "CandidatePair"):
-        need.instance_attributes(ice.CandidatePair, "component", "local_candidate")
+        need.instance_attributes(ice.CandidatePair, "component", "local_candidate", "nominated")
     need.function(aioice.candidate, "candidate_priority", takes=("local_pref",))
     need.function(stun, "Message", takes=("message_method", "message_class"))
     if need.attribute(stun, "Method", "Class"):
