@@ -15,7 +15,10 @@ from OpenSSL import SSL
 from unwall.lab.analyzers import DtlsAnalyzer
 from unwall.transport.aiortc_engine import dtls, engine
 from unwall.transport.aiortc_engine.dtlswire import (
+    CLIENT_HELLO,
+    MAX_HELD_FRAGMENTS,
     MTU,
+    SERVER_HELLO,
     DtlsWireError,
     Shaper,
     extensions,
@@ -26,9 +29,10 @@ from unwall.transport.aiortc_engine.dtlswire import (
     split_records,
 )
 
-pytestmark = pytest.mark.skipif(
+needs_dtls13 = pytest.mark.skipif(
     not dtls.dtls13_possible(), reason="this OpenSSL has no DTLS 1.3 (cryptography < 51)"
 )
+KEY = bytes(range(16))
 OPENSSL_CLIENT_HELLO = [65281, 11, 10, 14, 23, 13, 43, 45, 51]
 
 
@@ -50,9 +54,12 @@ class Pair:
     """A DTLS client and server, each with its shaper; `wire` holds every datagram sent,
     (from_client, bytes), as the box would see them."""
 
-    def __init__(self, client_rewrites: bool, server_rewrites: bool) -> None:
+    def __init__(self, client_rewrites: bool, server_rewrites: bool, key: bytes = KEY) -> None:
         self.ends = {True: _connection(False), False: _connection(True)}
-        self.shapers = {True: Shaper(client_rewrites), False: Shaper(server_rewrites)}
+        self.shapers = {
+            True: Shaper(key if client_rewrites else None),
+            False: Shaper(key if server_rewrites else None),
+        }
         self.wire: list[tuple[bool, bytes]] = []
 
     def step(self, from_client: bool) -> list[bytes]:
@@ -107,6 +114,7 @@ def _order(client_hello: str) -> list[int]:
     return [int(x) for x in client_hello.split(",")[2].split("-")]
 
 
+@needs_dtls13
 def test_between_unwall_ends_dtls13_with_chromiums_hellos() -> None:
     pair = Pair(client_rewrites=True, server_rewrites=True)
     assert pair.run()
@@ -123,6 +131,7 @@ def test_between_unwall_ends_dtls13_with_chromiums_hellos() -> None:
     assert all(len(d) <= MTU for _, d in pair.wire)
 
 
+@needs_dtls13
 def test_the_order_changes_with_every_connection() -> None:
     orders = set()
     for _ in range(4):
@@ -133,6 +142,7 @@ def test_the_order_changes_with_every_connection() -> None:
     assert len(orders) == 4
 
 
+@needs_dtls13
 def test_with_a_browser_nothing_in_the_transcript_is_rewritten() -> None:
     """An end that does not restore (a browser) gets OpenSSL's hello as OpenSSL wrote it:
     the fixed order, and the handshake completes; only the record version is Chromium's."""
@@ -146,6 +156,7 @@ def test_with_a_browser_nothing_in_the_transcript_is_rewritten() -> None:
     assert first[1:3] == b"\xfe\xff"  # {254, 255} on the ClientHello's records
 
 
+@needs_dtls13
 @pytest.mark.parametrize(("client", "server"), [(True, False), (False, True)])
 def test_a_rewrite_the_other_end_does_not_undo_breaks_the_handshake(
     client: bool, server: bool
@@ -155,6 +166,7 @@ def test_a_rewrite_the_other_end_does_not_undo_breaks_the_handshake(
     assert not pair.run()
 
 
+@needs_dtls13
 def test_a_lost_fragment_is_held_and_the_retransmission_completes_it() -> None:
     pair = Pair(True, True)
     client = pair.ends[True]
@@ -174,6 +186,7 @@ def test_a_lost_fragment_is_held_and_the_retransmission_completes_it() -> None:
     assert pair.run()
 
 
+@needs_dtls13
 def test_fragments_in_reverse_order() -> None:
     pair = Pair(True, True)
     first, second = pair.step(True)
@@ -187,14 +200,14 @@ def test_fragments_in_reverse_order() -> None:
 def test_permutation_is_undone_for_any_random() -> None:
     for _ in range(50):
         random = os.urandom(32)
-        order = permutation(random, 9)
+        order = permutation(KEY, random, 9)
         assert sorted(order) == list(range(9))
     # on a whole (one-fragment) ClientHello: restore(permute(x)) == x, for many randoms
     body = bytearray(_small_client_hello())
     for _ in range(50):
         body[2:34] = os.urandom(32)
-        permuted = permute_client_hello(bytes(body))
-        assert restore_client_hello(permuted) == bytes(body)
+        permuted = permute_client_hello(bytes(body), KEY)
+        assert restore_client_hello(permuted, KEY) == bytes(body)
         assert sorted(extensions(permuted, 1)[1]) == sorted(extensions(bytes(body), 1)[1])
 
 
@@ -227,7 +240,7 @@ def test_bad_records_are_refused(data: bytes) -> None:
 
 
 def test_what_is_not_a_handshake_passes_untouched() -> None:
-    shaper = Shaper(rewrite=True)
+    shaper = Shaper(KEY)
     for datagram in (b"\x17\xfe\xfd" + bytes(10), b"\x2f" + bytes(30), b"", b"\x00\x01"):
         assert shaper.incoming(datagram) == datagram
 
@@ -263,16 +276,116 @@ def test_a_bad_dtls_role_is_refused() -> None:
         with_dtls_role(OFFER.format("actpass"), "both")
 
 
-def test_the_rewrite_line_is_a_session_attribute() -> None:
+def test_the_rewrite_line_is_a_session_attribute_with_a_key() -> None:
     from unwall.transport.aiortc_engine.sdp import (
         DTLS_REWRITE,
-        says_dtls_rewrite,
+        dtls_rewrite_key,
+        new_rewrite_key,
         with_dtls_rewrite,
     )
 
     offer = OFFER.format("active")
-    marked = with_dtls_rewrite(offer)
-    assert says_dtls_rewrite(marked) and not says_dtls_rewrite(offer)
+    key = new_rewrite_key()
+    marked = with_dtls_rewrite(offer, key)
+    assert dtls_rewrite_key(marked) == key and dtls_rewrite_key(offer) is None
     assert marked.index(DTLS_REWRITE) < marked.index("m=application")
+    assert new_rewrite_key() != key
     # the line in a media section is not the session's agreement
-    assert not says_dtls_rewrite(offer + DTLS_REWRITE + "\r\n")
+    (line,) = [x for x in marked.splitlines() if x.startswith(DTLS_REWRITE)]
+    assert dtls_rewrite_key(offer + line + "\r\n") is None
+    # no key, or not one of 16 bytes: nothing is rewritten
+    for bad in ("", " short", " " + "A" * 23, " " + "!" * 22):
+        sdp = offer.replace("t=0 0\r\n", f"t=0 0\r\n{DTLS_REWRITE}{bad}\r\n")
+        assert dtls_rewrite_key(sdp) is None
+
+
+# -- what a stranger can send: anyone who knows the port reaches the shaper ------------------------
+
+
+def _fragment(length: int, offset: int, body: bytes, message_seq: int = 0) -> bytes:
+    handshake = (
+        bytes([CLIENT_HELLO])
+        + length.to_bytes(3, "big")
+        + message_seq.to_bytes(2, "big")
+        + offset.to_bytes(3, "big")
+        + len(body).to_bytes(3, "big")
+        + body
+    )
+    return b"\x16\xfe\xfd" + bytes(8) + len(handshake).to_bytes(2, "big") + handshake
+
+
+def test_a_flood_of_fragments_holds_little_and_costs_little() -> None:
+    shaper = Shaper(KEY)
+    # fragments of a huge "ClientHello": passed on for OpenSSL to drop, nothing held
+    huge = b"".join(_fragment(0xFFFFFF, i, b"x") for i in range(46))
+    started = time.perf_counter()
+    for _ in range(50):
+        assert shaper.incoming(huge) == huge
+    assert time.perf_counter() - started < 0.5
+    assert not shaper._held
+    # a sane size, but in ever new pieces: at most MAX_HELD_FRAGMENTS are held
+    for offset in range(0, 1000, 2):
+        assert shaper.incoming(_fragment(1413, offset, b"y")) == b""
+        assert len(shaper._held) <= MAX_HELD_FRAGMENTS
+    # and once the handshake is done, nothing is held or restored at all
+    shaper.handshake_done()
+    assert shaper.incoming(_fragment(1413, 0, b"z")) == _fragment(1413, 0, b"z")
+    assert not shaper._held
+
+
+def test_a_hello_with_too_many_extensions_passes_untouched() -> None:
+    body = bytearray(_small_client_hello())
+    start = body.index(b"\xff\x01")  # renegotiation_info: the first extension OpenSSL writes
+    extra = b"\xfa\xfa\x00\x00" * 2100
+    total = int.from_bytes(body[start - 2 : start], "big") + len(extra)
+    body[start - 2 : start] = total.to_bytes(2, "big")
+    body += extra
+    message = bytes(body)
+    datagram = _fragment(len(message), 0, message)
+    assert Shaper(KEY).incoming(datagram) == datagram
+    with pytest.raises(DtlsWireError):
+        permute_client_hello(message, KEY)
+
+
+def test_without_the_key_the_order_cannot_be_undone() -> None:
+    """A censor who sees the permuted hello cannot find OpenSSL's order behind it: the
+    order is drawn under the key the SDP carries, not from the hello alone."""
+    body = bytearray(_small_client_hello())
+    openssl = [kind for kind, _ in extensions(bytes(body), CLIENT_HELLO)[1]]
+    guessed = 0
+    for _ in range(20):
+        body[2:34] = os.urandom(32)
+        wire = permute_client_hello(bytes(body), os.urandom(16))
+        undone = restore_client_hello(wire, bytes(16))  # a guess at the key
+        guessed += [kind for kind, _ in extensions(undone, CLIENT_HELLO)[1]] == openssl
+    assert guessed <= 1
+
+
+@needs_dtls13
+def test_only_the_initial_client_hello_has_the_dtls_10_record_version() -> None:
+    pair = Pair(False, False)
+    (first, second) = pair.step(True)
+    assert first[1:3] == second[1:3] == b"\xfe\xff"
+    later = _fragment(100, 0, bytes(100), message_seq=1)
+    (datagram,) = Shaper().outgoing(later)
+    assert datagram[1:3] == b"\xfe\xfd"
+
+
+def test_a_server_hello_in_pieces_is_not_rewritten() -> None:
+    """The receiver restores only a whole ServerHello: the sender rewrites only one."""
+    body = bytes(2) + bytes(32) + b"\x00" + b"\x13\x01" + b"\x00"
+    extensions_ = b"\x00\x2b\x00\x02\xfe\xfc" + b"\x00\x33\x00\x04" + bytes(4)
+    body += len(extensions_).to_bytes(2, "big") + extensions_
+
+    def fragment(offset: int, piece: bytes) -> bytes:
+        handshake = (
+            bytes([SERVER_HELLO]) + len(body).to_bytes(3, "big") + bytes(2)
+            + offset.to_bytes(3, "big") + len(piece).to_bytes(3, "big") + piece
+        )  # fmt: skip
+        return b"\x16\xfe\xfd" + bytes(8) + len(handshake).to_bytes(2, "big") + handshake
+
+    whole = fragment(0, body)
+    (rewritten,) = Shaper(KEY).outgoing(whole)
+    assert rewritten != whole and Shaper(KEY).incoming(rewritten) == whole
+    pieces = fragment(0, body[:20]) + fragment(20, body[20:])
+    assert b"".join(Shaper(KEY).outgoing(pieces)) == pieces

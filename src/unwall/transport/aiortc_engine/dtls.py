@@ -95,8 +95,9 @@ SIGNATURE_ALGORITHMS = (
 GROUPS = b"*X25519MLKEM768:*X25519:P-256:P-384"  # '*': send a key share for it
 #: What a transport's DTLS shaper is kept under (set at its handshake).
 SHAPER = "_unwall_shaper"
-#: Set True on a transport (before its handshake) when the other end is unwall too and
-#: restores what `dtlswire` rewrites (agreed in the SDP: `sdp.DTLS_REWRITE`).
+#: Set on a transport (before its handshake) to the key agreed in the SDP
+#: (`sdp.DTLS_REWRITE`) when the other end is unwall too and restores what `dtlswire`
+#: rewrites; None otherwise.
 REWRITE = "_unwall_dtls_rewrite"
 
 
@@ -136,7 +137,7 @@ def _shaped_context(original: Any) -> Any:
 
 def _shaped_handshake(original: Any, shaped: bool) -> Any:
     async def _do_handshake(self: Any) -> None:
-        shaper = Shaper(rewrite=bool(getattr(self, REWRITE, False)))
+        shaper = Shaper(getattr(self, REWRITE, None))
         setattr(self, SHAPER, shaper)
         connection = self._ssl
         if shaped:
@@ -147,25 +148,43 @@ def _shaped_handshake(original: Any, shaped: bool) -> Any:
         write = connection.bio_write
 
         def bio_write(data: bytes) -> int:
-            data = shaper.incoming(data)
+            try:
+                data = shaper.incoming(data)
+            except Exception:  # never into aiortc's receive loop: OpenSSL judges the bytes
+                log.debug("a DTLS datagram the shaper could not read", exc_info=True)
             return write(data) if data else 0
 
         connection.bio_write = bio_write  # what aiortc gives OpenSSL passes the shaper
-        await original(self)
+        try:
+            await original(self)
+        finally:
+            shaper.handshake_done()  # no hello to restore after it, whatever arrives
 
     return _do_handshake
 
 
 async def _write_ssl(self: Any) -> None:
     """aiortc's, but whole: everything OpenSSL wrote, as datagrams of whole records."""
-    try:
-        data = self._ssl.bio_read(65536)  # a memory BIO gives all it holds (a flight < 64 KiB)
-    except SSL.Error:  # nothing to send
-        return
+    data = b""
+    while True:  # a memory BIO gives up to what is asked: a flight is far below 64 KiB
+        try:
+            chunk = self._ssl.bio_read(65536)
+        except SSL.Error:  # nothing (more) to send
+            break
+        if not chunk:
+            break
+        data += chunk
+        if len(chunk) < 65536:
+            break
     if not data:
         return
     shaper = getattr(self, SHAPER, None) or Shaper()
-    for datagram in shaper.outgoing(data):
+    try:
+        datagrams = shaper.outgoing(data)
+    except Exception:  # never into SCTP's send: as OpenSSL wrote it
+        log.debug("DTLS output the shaper could not read", exc_info=True)
+        datagrams = [data]
+    for datagram in datagrams:
         await self.transport._send(datagram)
         self._RTCDtlsTransport__tx_bytes += len(datagram)
         self._RTCDtlsTransport__tx_packets += 1
@@ -177,10 +196,10 @@ def _transport_of(pc: Any) -> Any:
     return pc.sctp.transport
 
 
-def agree_rewrite(pc: Any, rewrite: bool) -> None:
-    """Whether a peer connection's DTLS is shaped as between two unwall ends (`dtlswire`);
-    before its handshake."""
-    setattr(_transport_of(pc), REWRITE, rewrite)
+def agree_rewrite(pc: Any, key: bytes | None) -> None:
+    """The key under which a peer connection's DTLS is shaped as between two unwall ends
+    (`dtlswire`), or None: not at all; before its handshake."""
+    setattr(_transport_of(pc), REWRITE, key)
 
 
 # -- applying the patches ------------------------------------------------------------------------

@@ -11,23 +11,28 @@ Always (any peer; a record's header is not in the transcript):
 - the records of a ClientHello carry the record-layer version {254, 255}, as Chromium's
   do (RFC 9147 §5.1 allows it for the initial ClientHello; OpenSSL writes {254, 253}).
 
-Only between two unwall ends (`Shaper(rewrite=True)`, agreed in the SDP: protocol.md §2),
+Only between two unwall ends (`Shaper(key)`, a key agreed in the SDP: protocol.md §2),
 since a browser would put the rewritten bytes in its transcript:
 - the ClientHello's extensions go out in a new order on every connection, as Chromium
-  (BoringSSL) permutes them: the order is drawn from the ClientHello's own random, which the
-  receiver reads and inverts, so it needs no state and no secret. OpenSSL's order is fixed,
-  and a host whose handshakes all show one order is one a censor can count;
+  (BoringSSL) permutes them: the order is drawn from HMAC-SHA256 under the key of the
+  ClientHello's own random, which the receiver reads and inverts. OpenSSL's order is fixed,
+  and a host whose handshakes all show one order is one a censor can count; without the
+  key (it travels only in the SDP, over the broker's channel) a censor cannot undo the
+  order to find OpenSSL's behind it;
 - a DTLS 1.3 ServerHello lists key_share (51) before supported_versions (43), as Chromium's
   does; OpenSSL writes 43, 51. The receiver puts them back.
 
 Fragmented handshake messages (the ClientHello is 1,413 bytes: two fragments) are rewritten
 whole and cut again at the same offsets; a receiver holds the fragments it has until the
-message is complete.
+message is complete (a few, of a hello of a sane size, until its own handshake is done:
+anyone who knows the port can send datagrams here, which aioice passes on). Whatever
+cannot be parsed or rewritten passes as it came, for OpenSSL to judge.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 
 #: The largest datagram sent (Chromium's DTLS MTU): OpenSSL is told the same, and cuts
@@ -41,6 +46,14 @@ KEY_SHARE, SUPPORTED_VERSIONS = 51, 43
 #: The ServerHello's extensions in Chromium's order, and in OpenSSL's.
 CHROMIUM_SERVER_HELLO = (KEY_SHARE, SUPPORTED_VERSIONS)
 OPENSSL_SERVER_HELLO = (SUPPORTED_VERSIONS, KEY_SHARE)
+
+#: A rewrite key's size (bytes); the SDP carries it in base64url.
+KEY_SIZE = 16
+#: What a receiver holds of a ClientHello before it is whole: Chromium's is 1,413 bytes in
+#: 2 fragments; one larger, in more pieces or with more extensions passes untouched.
+MAX_HELD_HELLO = 4096
+MAX_HELD_FRAGMENTS = 8
+MAX_EXTENSIONS = 64
 
 RECORD_HEADER = 13  # type, version, epoch, sequence number (6), length
 HANDSHAKE_HEADER = 12  # type, length (3), message_seq (2), fragment_offset (3), length (3)
@@ -209,14 +222,18 @@ def _with_extensions(body: bytes, start: int, ordered: list[tuple[int, bytes]]) 
     return body[:start] + b"".join(data for _, data in ordered)
 
 
-def permutation(random: bytes, count: int) -> list[int]:
-    """The order (indices) drawn from a hello's random: Fisher-Yates on SHA-256 of it."""
+def permutation(key: bytes, random: bytes, count: int) -> list[int]:
+    """The order (indices) of `count` extensions, drawn under `key` from a hello's random:
+    Fisher-Yates on HMAC-SHA256(key, random || counter)."""
+    if count > MAX_EXTENSIONS:
+        raise DtlsWireError(f"a hello with {count} extensions")
     order = list(range(count))
     stream = b""
     counter = 0
     for i in range(count - 1, 0, -1):
         while len(stream) < 4:
-            stream += hashlib.sha256(b"unwall dtls order" + random + bytes([counter])).digest()
+            block = random + counter.to_bytes(4, "big")
+            stream += hmac.new(key, block, hashlib.sha256).digest()
             counter += 1
         j = int.from_bytes(stream[:4], "big") % (i + 1)
         stream = stream[4:]
@@ -224,17 +241,17 @@ def permutation(random: bytes, count: int) -> list[int]:
     return order
 
 
-def permute_client_hello(body: bytes) -> bytes:
-    """The ClientHello with its extensions in the order its random draws."""
+def permute_client_hello(body: bytes, key: bytes) -> bytes:
+    """The ClientHello with its extensions in the order `key` draws from its random."""
     start, found = extensions(body, CLIENT_HELLO)
-    order = permutation(body[RANDOM_AT : RANDOM_AT + RANDOM_SIZE], len(found))
+    order = permutation(key, body[RANDOM_AT : RANDOM_AT + RANDOM_SIZE], len(found))
     return _with_extensions(body, start, [found[i] for i in order])
 
 
-def restore_client_hello(body: bytes) -> bytes:
-    """The ClientHello `permute_client_hello` was given, from what it made."""
+def restore_client_hello(body: bytes, key: bytes) -> bytes:
+    """The ClientHello `permute_client_hello` was given, from what it made (same key)."""
     start, found = extensions(body, CLIENT_HELLO)
-    order = permutation(body[RANDOM_AT : RANDOM_AT + RANDOM_SIZE], len(found))
+    order = permutation(key, body[RANDOM_AT : RANDOM_AT + RANDOM_SIZE], len(found))
     restored: list[tuple[int, bytes]] = [(0, b"")] * len(found)
     for position, index in enumerate(order):
         restored[index] = found[position]
@@ -257,48 +274,64 @@ def reorder_server_hello(body: bytes, into: tuple[int, ...], out_of: tuple[int, 
 class Shaper:
     """What one DTLS transport sends and receives, shaped (see the module's docstring).
     `outgoing` takes what OpenSSL wrote and gives the datagrams to send; `incoming` takes
-    a datagram received and gives what OpenSSL should read (b"" while it holds fragments)."""
+    a datagram received and gives what OpenSSL should read (b"" while it holds fragments).
+    With a `key` (both ends unwall) the hellos are rewritten; `handshake_done` ends the
+    restoring of hellos received."""
 
-    def __init__(self, rewrite: bool = False, mtu: int = MTU) -> None:
-        self.rewrite = rewrite
+    def __init__(self, key: bytes | None = None, mtu: int = MTU) -> None:
+        self.key = key
         self.mtu = mtu
+        self.restoring = key is not None
         #: fragments of a ClientHello received, by offset, until it is whole
         self._held: dict[int, Fragment] = {}
 
+    def handshake_done(self) -> None:
+        self.restoring = False
+        self._held.clear()
+
     def outgoing(self, data: bytes) -> list[bytes]:
-        records = split_records(data)
-        hello = [
-            (i, f)
-            for i, f in ((i, handshake_fragment(r)) for i, r in enumerate(records))
-            if f is not None and f.msg_type in (CLIENT_HELLO, SERVER_HELLO)
-        ]
-        if hello:
-            rewritten = self._shape_hello([f for _, f in hello])
-            for (i, _), record in zip(hello, rewritten, strict=True):
-                records[i] = record
+        try:
+            records = split_records(data)
+        except DtlsWireError:
+            return [data]  # not ours to judge: as OpenSSL wrote it, as aiortc sent it
+        if any(record[0] == HANDSHAKE for record in records):  # else: after the handshake
+            hello = [
+                (i, f)
+                for i, f in ((i, _fragment_or_none(r)) for i, r in enumerate(records))
+                if f is not None and f.msg_type in (CLIENT_HELLO, SERVER_HELLO)
+            ]
+            if hello:
+                rewritten = self._shape_hello([f for _, f in hello])
+                for (i, _), new in zip(hello, rewritten, strict=True):
+                    records[i] = new
         return pack_datagrams(records, self.mtu)
 
     def _shape_hello(self, fragments: list[Fragment]) -> list[bytes]:
         records = [f.record for f in fragments]
-        kind = fragments[0].msg_type
-        if any(f.msg_type != kind or f.message_seq != fragments[0].message_seq for f in fragments):
+        first = fragments[0]
+        kind = first.msg_type
+        if any(f.msg_type != kind or f.message_seq != first.message_seq for f in fragments):
             return records  # not one hello: leave it
-        if self.rewrite:
-            message = reassemble(fragments)
-            if message is not None:
+        if self.key is not None:
+            try:
                 if kind == CLIENT_HELLO:
-                    message = permute_client_hello(message)
-                else:
-                    message = reorder_server_hello(
-                        message, CHROMIUM_SERVER_HELLO, OPENSSL_SERVER_HELLO
+                    message = reassemble(fragments)
+                    if message is not None:
+                        records = cut(fragments, permute_client_hello(message, self.key))
+                elif len(fragments) == 1 and first.offset == 0 and len(first.body) == first.length:
+                    # as the receiver restores it: a ServerHello whole in one fragment
+                    body = reorder_server_hello(
+                        first.body, CHROMIUM_SERVER_HELLO, OPENSSL_SERVER_HELLO
                     )
-                records = cut(fragments, message)
-        if kind == CLIENT_HELLO:
+                    records = [first.with_body(body)]
+            except DtlsWireError:
+                records = [f.record for f in fragments]
+        if kind == CLIENT_HELLO and first.message_seq == 0:  # the initial ClientHello only
             records = [r[:1] + DTLS_1_0 + r[3:] for r in records]
         return records
 
     def incoming(self, datagram: bytes) -> bytes:
-        if not self.rewrite or not datagram or datagram[0] != HANDSHAKE:
+        if not self.restoring or not datagram or datagram[0] != HANDSHAKE:
             return datagram
         try:
             records = split_records(datagram)
@@ -306,38 +339,59 @@ class Shaper:
             return datagram  # OpenSSL drops it
         out: list[bytes] = []
         for record in records:
-            try:
-                fragment = handshake_fragment(record)
-            except DtlsWireError:
-                fragment = None
+            fragment = _fragment_or_none(record)
             if fragment is None or fragment.msg_type not in (CLIENT_HELLO, SERVER_HELLO):
                 out.append(record)
             elif fragment.msg_type == SERVER_HELLO:
-                out.extend(self._restore_server_hello(fragment))
+                out.append(self._restore_server_hello(fragment))
             else:
                 out.extend(self._restore_client_hello(fragment))
         return b"".join(out)
 
-    def _restore_server_hello(self, fragment: Fragment) -> list[bytes]:
+    def _restore_server_hello(self, fragment: Fragment) -> bytes:
         if fragment.offset != 0 or len(fragment.body) != fragment.length:
-            return [fragment.record]  # unwall's ServerHello is one fragment
+            return fragment.record  # unwall's ServerHello is one fragment
         try:
             body = reorder_server_hello(fragment.body, OPENSSL_SERVER_HELLO, CHROMIUM_SERVER_HELLO)
         except DtlsWireError:
-            return [fragment.record]
-        return [fragment.with_body(body)]
+            return fragment.record
+        return fragment.with_body(body)
 
     def _restore_client_hello(self, fragment: Fragment) -> list[bytes]:
+        assert self.key is not None
+        if fragment.message_seq > 1 or fragment.length > MAX_HELD_HELLO:
+            return [fragment.record]  # not a hello unwall sent: OpenSSL judges it
         held = self._held
         if held and next(iter(held.values())).length != fragment.length:
             held.clear()  # another ClientHello: start again
+        if fragment.offset not in held and len(held) >= MAX_HELD_FRAGMENTS:
+            held.clear()
         held[fragment.offset] = fragment
         fragments = sorted(held.values(), key=lambda f: f.offset)
-        message = reassemble(fragments)
-        if message is None:
+        if _covered(fragments) < fragment.length:
             return []
+        message = reassemble(fragments)
         held.clear()
+        if message is None:
+            return [f.record for f in fragments]
         try:
-            return cut(fragments, restore_client_hello(message))
+            return cut(fragments, restore_client_hello(message, self.key))
         except DtlsWireError:
             return [f.record for f in fragments]
+
+
+def _fragment_or_none(record: bytes) -> Fragment | None:
+    try:
+        return handshake_fragment(record)
+    except DtlsWireError:
+        return None
+
+
+def _covered(fragments: list[Fragment]) -> int:
+    """Bytes of the message the fragments (sorted by offset) cover from its start on."""
+    end = 0
+    for fragment in fragments:
+        if fragment.offset > end:
+            break
+        end = max(end, fragment.offset + len(fragment.body))
+    return end

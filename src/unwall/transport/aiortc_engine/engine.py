@@ -112,6 +112,8 @@ class AiortcPeer(Peer):
         self.channel: RTCDataChannel | None = None
         #: the SDP sent (aiortc's own, and the line `sdp.DTLS_REWRITE`)
         self._local_sdp: str | None = None
+        #: the key this end offers for DTLS shaped between two unwall ends
+        self._rewrite_key = sdp_module.new_rewrite_key()
         pc = self.pc
 
         @pc.on("connectionstatechange")
@@ -149,11 +151,12 @@ class AiortcPeer(Peer):
         # leaves it): its ClientHello is Chromium's, where OpenSSL's ServerHello is not
         # and can be hidden only from an unwall peer (`dtlswire`).
         offer = webrtc.with_dtls_role(str(self.pc.localDescription.sdp), "client")
-        self._local_sdp = sdp_module.with_dtls_rewrite(offer)
+        self._local_sdp = sdp_module.with_dtls_rewrite(offer, self._rewrite_key)
         return self._local_sdp
 
     async def accept_answer(self, sdp: str) -> None:
-        dtls.agree_rewrite(self.pc, sdp_module.says_dtls_rewrite(sdp))
+        echoed = sdp_module.dtls_rewrite_key(sdp) == self._rewrite_key
+        dtls.agree_rewrite(self.pc, self._rewrite_key if echoed else None)
         try:
             await self.pc.setRemoteDescription(answer_description(sdp))
         except Exception as exc:  # aiortc raises many kinds on hostile SDP
@@ -175,13 +178,13 @@ class AiortcPeer(Peer):
             # the data channel, and says so by neither sending nor taking video.
             for transceiver in pc.getTransceivers():
                 transceiver.direction = "inactive"
-            rewrite = sdp_module.says_dtls_rewrite(offer_sdp)
-            dtls.agree_rewrite(pc, rewrite)
+            key = sdp_module.dtls_rewrite_key(offer_sdp)
+            dtls.agree_rewrite(pc, key)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises many kinds on hostile SDP
             raise ValueError(f"{type(exc).__name__}: {exc}") from exc
         answer = str(pc.localDescription.sdp)
-        self._local_sdp = sdp_module.with_dtls_rewrite(answer) if rewrite else answer
+        self._local_sdp = answer if key is None else sdp_module.with_dtls_rewrite(answer, key)
         return self._local_sdp
 
     def send(self, data: bytes) -> bool:

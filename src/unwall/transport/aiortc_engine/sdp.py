@@ -6,7 +6,10 @@ Nothing changes in aiortc until `install()` (called by `engine.install_patches`)
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import re
+import secrets
 from typing import Any
 
 import aiortc.rtcpeerconnection as aiortc_pc
@@ -16,6 +19,7 @@ from aiortc.rtcicetransport import RTCIceCandidate
 from aiortc.sdp import MediaDescription
 
 from unwall.transport import hostcandidates
+from unwall.transport.aiortc_engine.dtlswire import KEY_SIZE
 from unwall.transport.internals import Needs
 from unwall.transport.webrtc import pinned_host_addresses
 
@@ -66,28 +70,41 @@ def _add_transport_description(media: MediaDescription, dtlsTransport: RTCDtlsTr
 
 # -- two unwall ends: DTLS shaped between them (dtlswire) ---------------------------------------
 #
-# An aiortc end writes this session-level attribute into its offer or answer: it restores
-# what `dtlswire` rewrites (ClientHello extension order, ServerHello layout). Where both
-# SDPs carry it, both ends rewrite; a browser has never heard of it, ignores it and writes
-# none, and then nothing is rewritten (protocol.md §2). The SDP travels over the broker's
-# channel, never where the box reads.
+# An aiortc end that offers writes this session-level attribute into its offer, with a key
+# of its own: it restores what `dtlswire` rewrites (ClientHello extension order, ServerHello
+# layout) and draws the extension order under that key. An aiortc end that answers echoes
+# the line, key and all; where both SDPs carry it, both ends rewrite. A browser has never
+# heard of it, ignores it and writes none, and then nothing is rewritten (protocol.md §2).
+# The SDP travels over the broker's channel, never where the box reads.
 
 DTLS_REWRITE = "a=x-unwall-dtls:rewrite"
+_KEY_TEXT = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
-def with_dtls_rewrite(sdp: str) -> str:
-    """The SDP with `DTLS_REWRITE` among its session attributes (before the first m=)."""
+def new_rewrite_key() -> bytes:
+    return secrets.token_bytes(KEY_SIZE)
+
+
+def with_dtls_rewrite(sdp: str, key: bytes) -> str:
+    """The SDP with `DTLS_REWRITE` and the key among its session attributes (before the
+    first m=)."""
     at = sdp.find("\r\nm=")
     if at < 0:
         return sdp
-    return f"{sdp[:at]}\r\n{DTLS_REWRITE}{sdp[at:]}"
+    text = base64.urlsafe_b64encode(key).rstrip(b"=").decode()
+    return f"{sdp[:at]}\r\n{DTLS_REWRITE} {text}{sdp[at:]}"
 
 
-def says_dtls_rewrite(sdp: str) -> bool:
-    """Whether an SDP carries `DTLS_REWRITE` (at the session level)."""
+def dtls_rewrite_key(sdp: str) -> bytes | None:
+    """The key of an SDP's `DTLS_REWRITE` line (at the session level), or None (no line, or
+    not a key of the right size: nothing is rewritten then)."""
     at = sdp.find("\nm=")
     session = sdp if at < 0 else sdp[:at]
-    return any(line.strip() == DTLS_REWRITE for line in session.splitlines())
+    for line in session.splitlines():
+        name, _, value = line.strip().partition(" ")
+        if name == DTLS_REWRITE and _KEY_TEXT.fullmatch(value):
+            return base64.urlsafe_b64decode(value + "==")
+    return None
 
 
 # -- applying the patch --------------------------------------------------------------------------
