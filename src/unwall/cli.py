@@ -344,9 +344,10 @@ CLIENT_OPTIONS = [
     Option(
         "--front",
         "domain fronting: reach the broker through this https:// front (TLS names the front, "
-        "the HTTP Host header names the broker)",
-        None,
+        "the HTTP Host header names the broker); repeatable: tried in a random order",
+        [],
         url,
+        repeat=True,
     ),
     Option("--ca-file", "PEM file of extra CA certificates to trust for the broker or front"),
     Option("--socks", "SOCKS5 listen address", ("127.0.0.1", 1080), host_port),
@@ -434,6 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=url,
         default="http://127.0.0.1:8080/",
         help="broker URL for the bridge line",
+    )
+    keygen.add_argument(
+        "--front",
+        type=url,
+        action="append",
+        default=[],
+        help="an https:// front (CDN) that forwards to the broker by Host header, for the "
+        "bridge line; repeatable (clients try them in a random order)",
     )
     keygen.add_argument("--force", action="store_true", help="replace an existing key")
 
@@ -825,12 +834,21 @@ def _keygen(args: argparse.Namespace) -> int:
         make_secret,
         save_identity,
     )
-    from unwall.wire.bridgeline import BridgeLine
+    from unwall.wire.bridgeline import BridgeLine, BridgeLineError
 
     key_dir = getattr(args, "key_dir", None)
     if key_dir is None and args.config is not None:
         key_dir = resolve(args, EGRESS_OPTIONS, "egress")["key_dir"]
     args.key_dir = key_dir or Path("egress-keys")
+    try:  # the line is checked before anything is written
+        BridgeLine.parse(
+            BridgeLine(
+                broker=args.broker, pin="sha256:" + "A" * 43, fronts=tuple(args.front)
+            ).format()
+        )
+    except BridgeLineError as exc:
+        print(f"unwall egress keygen: {exc}", file=sys.stderr)
+        return 2
     identity = generate_identity()
     try:
         save_identity(identity, args.key_dir, overwrite=args.force)
@@ -845,7 +863,7 @@ def _keygen(args: argparse.Namespace) -> int:
         )
     print(f"pin: {identity.pin}")
     print("bridge line:")
-    print(BridgeLine(broker=args.broker, pin=identity.pin).format())
+    print(BridgeLine(broker=args.broker, pin=identity.pin, fronts=tuple(args.front)).format())
     return 0
 
 
@@ -914,7 +932,7 @@ async def _client(options: dict[str, Any]) -> None:
         except BridgeLineError as exc:
             raise UsageError(str(exc)) from None
         broker, pin = broker or line.broker, pin or line.pin
-        options["front"] = options["front"] or line.front
+        options["front"] = options["front"] or list(line.fronts)
     if not broker or not pin:
         raise UsageError(
             "unwall client needs a bridge line (--bridge 'unwall1 ...') or --broker and --pin"
@@ -937,7 +955,7 @@ async def _client(options: dict[str, Any]) -> None:
                 paths=options["paths"],
                 grace=options["grace"],
                 dtls_role=options["dtls_role"],
-                front=options["front"],
+                fronts=tuple(options["front"]),
                 ca_file=options["ca_file"],
                 turn_user=options["turn_user"],
                 turn_password=options["turn_password"],

@@ -64,7 +64,7 @@ def flags(options: list[Option]) -> list[str]:
 ROLE_FLAGS = [
     (["broker"], flags(BROKER_OPTIONS)),
     (["egress"], [*flags(EGRESS_OPTIONS), "keygen"]),
-    (["egress", "keygen"], ["--key-dir", "--broker", "--force"]),
+    (["egress", "keygen"], ["--key-dir", "--broker", "--front", "--force"]),
     (["volunteer"], flags(VOLUNTEER_OPTIONS)),
     (["client"], flags(CLIENT_OPTIONS)),
     (["demo"], ["--socks", "--http", "--check"]),
@@ -146,6 +146,21 @@ def test_keygen(tmp_path: Path) -> None:
     assert new_line.pin == new_pin
     assert load_identity(key_dir).pin == new_pin
     assert (key_dir / SECRET_FILE).read_text() == shared  # kept: brokers hold a copy
+
+
+def test_keygen_puts_the_fronts_in_the_line(tmp_path: Path) -> None:
+    fronts = ["https://cdn-a.example/", "https://cdn-b.example/"]
+    result = unwall(
+        "egress", "keygen", "--key-dir", str(tmp_path / "keys"), "--broker",
+        "https://broker.example/", "--front", fronts[0], "--front", fronts[1],
+    )  # fmt: skip
+    assert result.returncode == 0, describe(result)
+    assert parse_keygen(result.stdout)[1].fronts == tuple(fronts)
+    bad = unwall(
+        "egress", "keygen", "--key-dir", str(tmp_path / "other"), "--front", "http://cdn.example/"
+    )
+    assert bad.returncode == 2 and "must be an https:// URL" in bad.stderr, describe(bad)
+    assert not (tmp_path / "other").exists()  # nothing written
 
 
 def test_keygen_bad_broker_url(tmp_path: Path) -> None:

@@ -164,3 +164,35 @@ JUNK_PINS = [
 def test_pin_outside_base64url_alphabet_is_rejected(pin: str) -> None:
     with pytest.raises(BridgeLineError):
         BridgeLine.parse(f"unwall1 broker={BROKER} pin={pin}")
+
+
+# -- fronts: none, one or several ------------------------------------------------------------
+
+FRONT_A, FRONT_B = "https://cdn-a.example/", "https://cdn-b.example/edge path/"
+
+
+@pytest.mark.parametrize("fronts", [(), (FRONT_A,), (FRONT_A, FRONT_B)])
+def test_fronts_round_trip_in_order(fronts: tuple[str, ...]) -> None:
+    line = BridgeLine(broker=BROKER, pin=PIN, fronts=fronts)
+    text = line.format()
+    assert text.count(" front=") == len(fronts)
+    assert BridgeLine.parse(text) == line
+
+
+def test_a_line_with_one_front_parses_as_before() -> None:
+    line = BridgeLine.parse(f"unwall1 broker={BROKER} pin={PIN} front={FRONT_A}")
+    assert line.fronts == (FRONT_A,)
+
+
+@pytest.mark.parametrize(
+    ("fronts", "message"),
+    [
+        (["http://cdn.example/"], "must be an https:// URL"),
+        ([FRONT_A, FRONT_A], "names one front twice"),
+        ([f"https://cdn{i}.example/" for i in range(17)], "at most 16 fronts"),
+    ],
+)
+def test_bad_fronts_are_refused(fronts: list[str], message: str) -> None:
+    text = f"unwall1 broker={BROKER} pin={PIN} " + " ".join(f"front={f}" for f in fronts)
+    with pytest.raises(BridgeLineError, match=message):
+        BridgeLine.parse(text)

@@ -95,8 +95,8 @@ class TunnelConfig:
     #: our DTLS role: "auto" lets the volunteer choose (its answer decides); "client" or
     #: "server" insist, so that both directions can be tested against real browsers
     dtls_role: str = "auto"
-    #: domain fronting: reach the broker through this https:// front (see BrokerClient)
-    front: str | None = None
+    #: domain fronting: reach the broker through these https:// fronts (see BrokerClient)
+    fronts: tuple[str, ...] = ()
     #: extra CA certificates (PEM file) to trust for the broker or front's TLS
     ca_file: str | None = None
     #: credentials for the `turn:` URLs among ice_servers
@@ -235,7 +235,7 @@ class Tunnel:
             log.info("TURN relay configured: volunteers behind any NAT can be reached")
         async with aiohttp.ClientSession() as http:
             broker = BrokerClient(
-                http, self.config.broker_url, front=self.config.front, ca_file=self.config.ca_file
+                http, self.config.broker_url, fronts=self.config.fronts, ca_file=self.config.ca_file
             )
             filler = asyncio.create_task(self._fill_pool(broker))
             try:

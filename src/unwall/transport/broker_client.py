@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
@@ -15,6 +17,8 @@ from unwall.wire.nat import NatKind
 
 log = logging.getLogger("unwall.broker_client")
 T = TypeVar("T")
+#: Seconds to open a connection to the broker or a front before trying the next route.
+CONNECT_TIMEOUT = 10.0
 
 
 class BrokerUnavailable(Exception):
@@ -33,50 +37,100 @@ class OfferGone(Exception):
     """The client behind an offer gave up before our answer arrived."""
 
 
+@dataclass(frozen=True)
+class Route:
+    """One way to the broker: straight to it, or through a front."""
+
+    name: str  # how the user knows it: "the broker at URL" or "front URL"
+    target: str  # the URL the request paths are appended to
+    host: str | None = None  # the Host header, when a front forwards by it
+
+
+class RouteFailed(Exception):
+    """This route did not reach the broker (the next one may)."""
+
+
 class BrokerClient:
     """POSTs to the broker, directly or domain-fronted.
 
-    With `front` (an https:// URL of a CDN that forwards by Host header), connections go to
-    the front (DNS, TCP and TLS SNI all name the front) and only the HTTP Host header,
-    inside TLS, names the broker; a censor that blocks the broker's name and address sees
-    a connection to the CDN.
+    With `fronts` (https:// URLs of CDNs that forward by Host header), connections go to a
+    front (DNS, TCP and TLS SNI all name the front) and only the HTTP Host header, inside
+    TLS, names the broker; a censor that blocks the broker's name and address sees a
+    connection to the CDN. Several fronts are tried in a random order, and the one that
+    last worked first: a front that cannot be reached, or that answers with something not
+    the broker's (an error page), is passed over for the next. When none reaches the
+    broker, the error says, in one line, how each failed.
     """
 
     def __init__(
         self,
         http: aiohttp.ClientSession,
         base_url: str,
-        front: str | None = None,
+        fronts: Sequence[str] = (),
         ca_file: str | None = None,
     ) -> None:
         self._http = http
         self.base_url = base_url.rstrip("/")
-        self._headers = {"Content-Type": "application/json"}
-        self._target = self.base_url
         self._ssl: ssl.SSLContext | bool = True
-        if front is not None:
-            broker = URL(self.base_url)
-            self._target = front.rstrip("/") + broker.path.rstrip("/")
-            self._headers["Host"] = broker.host or ""
         if ca_file is not None:
             self._ssl = ssl.create_default_context(cafile=ca_file)
+        broker = URL(self.base_url)
+        self.routes = [
+            Route(
+                f"front {front}",
+                front.rstrip("/") + broker.path.rstrip("/"),
+                broker.host_port_subcomponent,  # the port too, unless the scheme's own
+            )
+            for front in fronts
+        ] or [Route(f"the broker at {self.base_url}", self.base_url)]
+        random.shuffle(self.routes)
 
     async def _post(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-        url = self._target + path
+        failed: list[str] = []
+        for route in list(self.routes):
+            try:
+                answer = await self._post_via(route, path, body, timeout)
+            except RouteFailed as exc:
+                failed.append(f"{route.name}: {exc}")
+                continue
+            if failed:
+                # the one that worked goes first next time
+                self.routes.remove(route)
+                self.routes.insert(0, route)
+                log.info("reached the broker through %s (%s)", route.name, "; ".join(failed))
+            return answer
+        if len(failed) == 1:
+            raise BrokerUnavailable(f"cannot reach {failed[0]}")
+        raise BrokerUnavailable(
+            f"cannot reach the broker by any of {len(failed)} routes: " + "; ".join(failed)
+        )
+
+    async def _post_via(
+        self, route: Route, path: str, body: bytes, timeout: float
+    ) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json"}
+        if route.host is not None:
+            headers["Host"] = route.host
         try:
             async with self._http.post(
-                url,
+                route.target + path,
                 data=body,
-                headers=self._headers,
+                headers=headers,
                 ssl=self._ssl,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=CONNECT_TIMEOUT),
             ) as response:
                 data = await response.content.read(messages.MAX_RESPONSE_BODY + 1)
-                return response.status, data
+                kind = response.content_type
         except TimeoutError as exc:
-            raise BrokerUnavailable(f"broker at {self.base_url} did not answer in time") from exc
+            raise RouteFailed("no answer in time") from exc
         except aiohttp.ClientError as exc:
-            raise BrokerUnavailable(f"cannot reach the broker at {self.base_url}: {exc}") from exc
+            raise RouteFailed(str(exc) or type(exc).__name__) from exc
+        if response.status >= 400 and kind != "application/json":
+            # an error page: the front's (or a box's), not the broker's
+            raise RouteFailed(
+                f"answered HTTP {response.status} ({kind or 'no type'}), not the broker"
+            )
+        return response.status, data
 
     def _error(self, status: int, body: bytes) -> BrokerUnavailable:
         try:

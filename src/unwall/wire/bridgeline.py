@@ -14,17 +14,22 @@ class BridgeLineError(ValueError):
     pass
 
 
+#: How many fronts one line may name (a client tries each in turn).
+MAX_FRONTS = 16
+
+
 @dataclass(frozen=True)
 class BridgeLine:
     broker: str
     pin: str
-    #: domain fronting: an https:// front that forwards to the broker by Host header
-    front: str | None = None
+    #: domain fronting: https:// fronts that forward to the broker by Host header; the
+    #: client tries them in a random order (`front=` once per front)
+    fronts: tuple[str, ...] = ()
 
     def format(self) -> str:
         line = f"{PREFIX} broker={quote(self.broker, safe=':/?&=@[]')} pin={self.pin}"
-        if self.front:
-            line += f" front={quote(self.front, safe=':/?&=@[]')}"
+        for front in self.fronts:
+            line += f" front={quote(front, safe=':/?&=@[]')}"
         return line
 
     @classmethod
@@ -33,11 +38,15 @@ class BridgeLine:
         if not words or words[0] != PREFIX:
             raise BridgeLineError(f"a bridge line starts with {PREFIX!r}; got {line[:40]!r}")
         fields: dict[str, str] = {}
+        fronts: list[str] = []
         for word in words[1:]:
             key, sep, value = word.partition("=")
             if not sep:
                 raise BridgeLineError(f"bridge line field {word!r} is not key=value")
-            fields[key] = unquote(value)  # unknown keys are ignored (later versions add some)
+            if key == "front":  # the one key that may repeat
+                fronts.append(unquote(value))
+            else:
+                fields[key] = unquote(value)  # unknown keys are ignored (later versions add some)
         missing = [key for key in ("broker", "pin") if key not in fields]
         if missing:
             raise BridgeLineError(f"bridge line lacks {', '.join(missing)}")
@@ -48,7 +57,11 @@ class BridgeLine:
             pin = normalize_pin(fields["pin"])
         except ValueError as exc:
             raise BridgeLineError(str(exc)) from exc
-        front = fields.get("front")
-        if front is not None and not front.startswith("https://"):
-            raise BridgeLineError(f"bridge line front {front!r} must be an https:// URL")
-        return cls(broker=broker, pin=pin, front=front)
+        for front in fronts:
+            if not front.startswith("https://"):
+                raise BridgeLineError(f"bridge line front {front!r} must be an https:// URL")
+        if len(fronts) > MAX_FRONTS:
+            raise BridgeLineError(f"a bridge line names at most {MAX_FRONTS} fronts")
+        if len(set(fronts)) != len(fronts):
+            raise BridgeLineError("a bridge line names one front twice")
+        return cls(broker=broker, pin=pin, fronts=tuple(fronts))
