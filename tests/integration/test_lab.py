@@ -358,6 +358,22 @@ def test_a_browsers_only_box_lets_the_unwall_client_through(lab_state: Path) -> 
     assert "CIRCUMVENTION SUSPECTED" not in manager.report()
 
 
+def test_a_box_that_knows_stun_flags_the_clients_nat_check(lab_state: Path) -> None:
+    """`[stun] change_request`: the client's NAT check (RFC 5780 CHANGE-REQUEST to the
+    operator's STUN server, before its first offer) names the host, whatever its WebRTC
+    looks like; the tunnel still works (flag mode)."""
+    lab = _up(lab_state, {"stun": {"change_request": True, "action": "flag"}})
+    try:
+        lab.start_client()
+        result = lab.curl(*lab.socks(), "http://open.test/")
+        assert result.returncode == 0, result.stderr
+    finally:
+        lab.stop()
+    report = json.loads(manager.report(as_json=True))
+    evidence = _suspicions(report["hosts"][topology.CENSORED_IP])
+    assert any(e.startswith("stun change-request (ip+port)") for e in evidence), evidence
+
+
 RANDOM_FIRST_PAYLOAD = """
 import socket, sys
 s = socket.create_connection(("203.0.113.81", 80), timeout=5)  # open.test

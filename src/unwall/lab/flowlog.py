@@ -185,6 +185,7 @@ SUSPICIONS = {
     "fet": "fully encrypted traffic (none of the GFW's five exemptions holds)",
     "carrier": "WebRTC that carries a data channel and no media: not a call",
     "hosts": "WebRTC handshakes that repeat one another: not a browser's, which vary",
+    "stun": "a NAT-behaviour check (RFC 5780 CHANGE-REQUEST), which no browser makes",
 }
 
 

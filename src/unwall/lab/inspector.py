@@ -211,8 +211,14 @@ class Inspector:
         """The box's own findings on these: fingerprints its WebRTC rules object to (once
         the flow shows it is WebRTC: an ICE check or DTLS-SRTP, not any DTLS, such as a
         VPN's), a WebRTC flow that carried a data channel and no media when its
-        `[datachannel]` rule is on, and fully encrypted first payloads when its FET rule is."""
+        `[datachannel]` rule is on, fully encrypted first payloads when its FET rule is, and
+        STUN's CHANGE-REQUEST when its `[stun]` rule is."""
         objections = []
+        if self.profile.stun_change_request:
+            for finding in found:
+                if finding.analyzer == "stun" and finding.key == "change-request":
+                    reason = f"stun change-request ({finding.value}): no browser sends one"
+                    objections.append(Finding("box", SUSPECTED, reason))
         if self.profile.fet_block:
             for finding in found:
                 if finding.analyzer == "fet" and finding.key == "fully-encrypted":
@@ -337,6 +343,8 @@ def _action(profile: CensorProfile, suspicion: str) -> str:
         return profile.datachannel.action
     if rule == "hosts":
         return profile.hosts.action
+    if rule == "stun":
+        return profile.stun_action
     return profile.webrtc.action
 
 

@@ -40,6 +40,11 @@ after = 4                       # had one JA3 string is suspected (Chromium perm
 action = "flag"                 # extensions on every connection; a stack that does not
                                 # repeats itself); "drop" (that flow), or "flag" (report only)
 
+[stun]                          # STUN no browser sends
+change_request = false          # true: a binding request with RFC 5780's CHANGE-REQUEST (a
+action = "flag"                 # NAT-behaviour check) is suspected; "drop" (that flow), or
+                                # "flag" (report only)
+
 [datachannel]                   # "calls" that carry no call (see unwall.lab.analyzers.carrier)
 block = false                   # true: a WebRTC flow that, after its DTLS handshake, carried
 after_bytes = 65536             # more than this many bytes of DTLS application data (a data
@@ -107,6 +112,7 @@ _KEYS = {
     "fet": {"block", "action"},
     "datachannel": {"block", "after_bytes", "action"},
     "hosts": {"repeat_ja3", "after", "action"},
+    "stun": {"change_request", "action"},
 }
 
 Patterns = tuple[tuple[str, tuple[str, ...]], ...]
@@ -294,6 +300,9 @@ class CensorProfile:
     fet_action: str = "drop"
     datachannel: DataChannelRule = field(default_factory=DataChannelRule)
     hosts: HostRule = field(default_factory=HostRule)
+    #: `[stun]`: suspect a binding request with CHANGE-REQUEST (no browser sends one)
+    stun_change_request: bool = False
+    stun_action: str = "flag"
     link: LinkSpec = field(default_factory=LinkSpec)
     source: str = field(default="built-in", compare=False)
 
@@ -369,6 +378,14 @@ class CensorProfile:
             raise ProfileError(f"[fet] action must be one of {WEBRTC_ACTIONS}, not {fet_action!r}")
         datachannel = _datachannel_rule(tables["datachannel"])
         hosts = _host_rule(tables["hosts"])
+        stun = tables["stun"]
+        change_request, stun_action = stun.get("change_request", False), stun.get("action", "flag")
+        if not isinstance(change_request, bool):
+            raise ProfileError("[stun] change_request must be true or false")
+        if stun_action not in WEBRTC_ACTIONS:
+            raise ProfileError(
+                f"[stun] action must be one of {WEBRTC_ACTIONS}, not {stun_action!r}"
+            )
         try:
             link = link_from_dict(document["link"]) if "link" in document else LinkSpec()
         except LinkError as exc:
@@ -390,6 +407,8 @@ class CensorProfile:
             fet_action=fet_action,
             datachannel=datachannel,
             hosts=hosts,
+            stun_change_request=change_request,
+            stun_action=stun_action,
             link=link,
             source=source,
         )

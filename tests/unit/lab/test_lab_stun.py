@@ -147,3 +147,92 @@ def test_other_first_datagrams_give_nothing_and_give_up(
     assert analyzer.done
     assert not caplog.records
     assert feed_all(analyzer, [CHECK]) == [], "the flow's first datagram decided"
+
+
+# -- RFC 5780's CHANGE-REQUEST: a NAT-behaviour check, which no browser makes ------------------
+
+
+def _nat_check_request(change: int | None) -> bytes:
+    """A binding request as unwall's NAT check (unwall.transport.natcheck) sends it."""
+    import aioice.stun
+
+    request = aioice.stun.Message(
+        message_method=aioice.stun.Method.BINDING, message_class=aioice.stun.Class.REQUEST
+    )
+    if change is not None:
+        request.attributes["CHANGE-REQUEST"] = change
+    return bytes(request)
+
+
+def _udp_packets(datagrams: list[tuple[bool, bytes]]) -> list[bytes]:
+    import struct
+
+    out = []
+    for from_client, datagram in datagrams:
+        src, dst, sport, dport = ("198.51.100.10", "203.0.113.3", 40000, 3478)
+        if not from_client:
+            src, dst, sport, dport = dst, src, dport, sport
+        udp = struct.pack("!HHHH", sport, dport, 8 + len(datagram), 0) + datagram
+        header = bytes([0x45, 0]) + struct.pack("!HHHBBH", 20 + len(udp), 1, 0x4000, 64, 17, 0)
+        out.append(header + bytes(map(int, src.split("."))) + bytes(map(int, dst.split("."))) + udp)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "value"), [(0x06, "ip+port"), (0x02, "port"), (0x04, "ip"), (0x00, "none")]
+)
+def test_change_request_is_a_finding(change: int, value: str) -> None:
+    found = keys(feed_all(StunAnalyzer(), [_nat_check_request(change)]))
+    assert found["change-request"] == value
+    assert "change-request" not in keys(feed_all(StunAnalyzer(), [_nat_check_request(None)]))
+
+
+def _nat_check_flow() -> list[bytes]:
+    plain = _nat_check_request(None)
+    return _udp_packets([
+        (True, plain),
+        (False, aioice_binding_success(plain, ("203.0.113.1", 40000))),
+        (True, _nat_check_request(0x06)),
+        (True, _nat_check_request(0x02)),
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("action", ["flag", "drop"])
+def test_the_stun_rule_suspects_a_nat_check(action: str) -> None:
+    from lab_samples import box_verdict
+
+    from unwall.lab.inspector import MARK_DROP
+    from unwall.lab.profile import CensorProfile
+
+    profile = CensorProfile.from_dict({"stun": {"change_request": True, "action": action}})
+    mark, _, suspected = box_verdict(profile, _nat_check_flow())
+    assert suspected[0] == "stun change-request (ip+port): no browser sends one"
+    assert (mark == MARK_DROP) == (action == "drop")
+
+
+def test_without_the_rule_or_without_change_request_nothing_is_suspected() -> None:
+    from lab_samples import box_verdict
+
+    from unwall.lab.profile import CensorProfile
+
+    assert box_verdict(CensorProfile(), _nat_check_flow())[2] == []
+    ruled = CensorProfile.from_dict({"stun": {"change_request": True}})
+    # a browser's call: ICE checks and their answers, no CHANGE-REQUEST
+    browser = _udp_packets(list(fixture_datagrams("chromium-call")))
+    assert box_verdict(ruled, browser)[2] == []
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"change_request": "yes"}, "[stun] change_request must be true or false"),
+        ({"action": "rst"}, "[stun] action must be one of"),
+        ({"changerequest": True}, "unknown key(s) ['changerequest'] in [stun]"),
+    ],
+)
+def test_bad_stun_rules_are_named(table: dict[str, object], message: str) -> None:
+    from unwall.lab.profile import CensorProfile, ProfileError
+
+    with pytest.raises(ProfileError) as error:
+        CensorProfile.from_dict({"stun": table})
+    assert message in str(error.value)

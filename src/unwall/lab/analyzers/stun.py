@@ -28,6 +28,7 @@ METHOD_NAMES = {
     0x009: "channel-bind",
 }
 
+ATTR_CHANGE_REQUEST = 0x0003
 ATTR_USERNAME = 0x0006
 ATTR_ERROR_CODE = 0x0009
 ATTR_XOR_MAPPED_ADDRESS = 0x0020
@@ -40,8 +41,9 @@ ATTR_PRIORITY = 0x0024
 #: names for the attributes ICE agents send (RFC 8489, RFC 8445, RFC 5245bis drafts, and
 #: Chromium's own GOOG-* ones)
 ATTRIBUTE_NAMES = {
-    0x0001: "MAPPED-ADDRESS", 0x0006: "USERNAME", 0x0008: "MESSAGE-INTEGRITY",
-    0x0009: "ERROR-CODE", 0x000A: "UNKNOWN-ATTRIBUTES", 0x0014: "REALM", 0x0015: "NONCE",
+    0x0001: "MAPPED-ADDRESS", 0x0003: "CHANGE-REQUEST", 0x0006: "USERNAME",
+    0x0008: "MESSAGE-INTEGRITY", 0x0009: "ERROR-CODE", 0x000A: "UNKNOWN-ATTRIBUTES",
+    0x0014: "REALM", 0x0015: "NONCE",
     0x001C: "MESSAGE-INTEGRITY-SHA256", 0x001D: "PASSWORD-ALGORITHM", 0x001E: "USERHASH",
     0x0020: "XOR-MAPPED-ADDRESS", 0x0024: "PRIORITY", 0x0025: "USE-CANDIDATE",
     0x8022: "SOFTWARE", 0x8023: "ALTERNATE-SERVER", 0x8028: "FINGERPRINT",
@@ -145,10 +147,20 @@ def describe_stun(message: StunMessage) -> list[tuple[str, str]]:
             pairs.append(("ice-role", "controlled"))
         elif attr_type == ATTR_XOR_MAPPED_ADDRESS:
             pairs.append(("mapped-address", _xor_address(value, message.transaction_id)))
+        elif attr_type == ATTR_CHANGE_REQUEST and message.kind == "binding-request":
+            pairs.append(("change-request", _change_request(value)))
         elif attr_type == ATTR_ERROR_CODE and len(value) >= 4:
             reason = value[4:].decode("utf-8", "backslashreplace")
             pairs.append(("error-code", f"{(value[2] & 0x07) * 100 + value[3]} {reason}".strip()))
     return pairs
+
+
+def _change_request(value: bytes) -> str:
+    """RFC 5780's CHANGE-REQUEST flags: what the client asks the server to answer from
+    ("ip", "port", "ip+port", or "none"). A NAT-behaviour check sends it; no browser does."""
+    flags = value[3] if len(value) == 4 else 0
+    changed = [name for bit, name in ((0x04, "ip"), (0x02, "port")) if flags & bit]
+    return "+".join(changed) or "none"
 
 
 def _xor_address(value: bytes, transaction_id: bytes) -> str:
@@ -172,7 +184,8 @@ class StunAnalyzer(FlowAnalyzer):
 
     Findings per message: its kind as the key with "magic-cookie" as the value (e.g.
     `("binding-request", "magic-cookie")`), `transaction-id`, and from the attributes
-    `username`, `software`, `ice-role`, `mapped-address`, `error-code`, and for an ICE
+    `username`, `software`, `ice-role`, `mapped-address`, `error-code`, `change-request`
+    (RFC 5780, on a binding request: "ip", "port", "ip+port" or "none"), and for an ICE
     connectivity check `ice-check` (see `ice_check_fingerprint`) and `ice-priority`. If
     the flow's first datagram is not STUN the analyzer gives up; after that it skips the
     DTLS, SRTP and other datagrams that share a WebRTC flow with STUN (RFC 7983).
