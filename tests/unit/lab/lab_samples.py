@@ -267,6 +267,24 @@ def http_client_request(host: str, path: str, method: str = "GET") -> bytes:
         return data
 
 
+def udp_flow_packets(
+    datagrams: Sequence[tuple[bool, bytes]],
+    client: tuple[str, int] = ("198.51.100.10", 40000),
+    server: tuple[str, int] = ("203.0.113.50", 50000),
+) -> list[bytes]:
+    """A UDP flow, (from_client, datagram) each, as IPv4 packets between a censored host
+    (`client`) and a peer outside (`server`)."""
+    import struct
+
+    out = []
+    for from_client, datagram in datagrams:
+        (src, sport), (dst, dport) = (client, server) if from_client else (server, client)
+        udp = struct.pack("!HHHH", sport, dport, 8 + len(datagram), 0) + datagram
+        header = bytes([0x45, 0]) + struct.pack("!HHHBBH", 20 + len(udp), 1, 0x4000, 64, 17, 0)
+        out.append(header + bytes(map(int, src.split("."))) + bytes(map(int, dst.split("."))) + udp)
+    return out
+
+
 def box_verdict(profile: Any, packets: Sequence[bytes]) -> tuple[int | None, str, list[str]]:
     """Feed one flow's IPv4 packets to a box inspector with this profile, until it decides:
     the mark (None: undecided), the reason, and the box's `suspected` findings on the way."""

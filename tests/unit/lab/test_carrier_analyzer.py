@@ -19,6 +19,7 @@ from lab_samples import (
     keys,
     noise,
     openssl_dtls_client_hello,
+    udp_flow_packets,
 )
 
 from unwall.lab import inspector as inspector_module
@@ -319,15 +320,7 @@ def test_never_raises_on_noise(seed: int) -> None:
 
 def packets(datagrams: Sequence[tuple[bool, bytes]]) -> list[bytes]:
     """A flow as IPv4 packets between a censored host and a peer outside."""
-    out = []
-    for from_client, datagram in datagrams:
-        src, dst, sport, dport = ("198.51.100.10", "203.0.113.50", 40000, 50000)
-        if not from_client:
-            src, dst, sport, dport = dst, src, dport, sport
-        udp = struct.pack("!HHHH", sport, dport, 8 + len(datagram), 0) + datagram
-        header = bytes([0x45, 0]) + struct.pack("!HHHBBH", 20 + len(udp), 1, 0x4000, 64, 17, 0)
-        out.append(header + bytes(map(int, src.split("."))) + bytes(map(int, dst.split("."))) + udp)
-    return out
+    return udp_flow_packets(datagrams)
 
 
 def rule(**table: object) -> CensorProfile:

@@ -15,6 +15,7 @@ from lab_samples import (
     noise,
     openssl_dtls_client_hello,
     stun_with_software,
+    udp_flow_packets,
 )
 
 from unwall.lab.analyzers import StunAnalyzer
@@ -165,17 +166,7 @@ def _nat_check_request(change: int | None) -> bytes:
 
 
 def _udp_packets(datagrams: list[tuple[bool, bytes]]) -> list[bytes]:
-    import struct
-
-    out = []
-    for from_client, datagram in datagrams:
-        src, dst, sport, dport = ("198.51.100.10", "203.0.113.3", 40000, 3478)
-        if not from_client:
-            src, dst, sport, dport = dst, src, dport, sport
-        udp = struct.pack("!HHHH", sport, dport, 8 + len(datagram), 0) + datagram
-        header = bytes([0x45, 0]) + struct.pack("!HHHBBH", 20 + len(udp), 1, 0x4000, 64, 17, 0)
-        out.append(header + bytes(map(int, src.split("."))) + bytes(map(int, dst.split("."))) + udp)
-    return out
+    return udp_flow_packets(datagrams, server=("203.0.113.3", 3478))
 
 
 @pytest.mark.parametrize(

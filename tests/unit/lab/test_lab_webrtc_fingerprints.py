@@ -20,7 +20,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from lab_samples import box_verdict, fixture_datagrams, openssl_dtls_client_hello
+from lab_samples import (
+    box_verdict,
+    fixture_datagrams,
+    openssl_dtls_client_hello,
+    udp_flow_packets,
+)
 
 from unwall.lab.analyzers import DtlsAnalyzer, StunAnalyzer, parse_client_hello
 from unwall.lab.analyzers.serverhello import describe_certificate
@@ -156,15 +161,7 @@ def test_certificate_description() -> None:
 
 def _packets(name: str) -> list[bytes]:
     """The captured flow as IPv4 packets between a censored host and a peer outside."""
-    out = []
-    for from_client, datagram in fixture_datagrams(name):
-        src, dst, sport, dport = ("198.51.100.10", "203.0.113.50", 40000, 50000)
-        if not from_client:
-            src, dst, sport, dport = dst, src, dport, sport
-        udp = struct.pack("!HHHH", sport, dport, 8 + len(datagram), 0) + datagram
-        header = bytes([0x45, 0]) + struct.pack("!HHHBBH", 20 + len(udp), 1, 0x4000, 64, 17, 0)
-        out.append(header + bytes(map(int, src.split("."))) + bytes(map(int, dst.split("."))) + udp)
-    return out
+    return udp_flow_packets(list(fixture_datagrams(name)))
 
 
 def _verdict(profile: CensorProfile, name: str) -> tuple[int | None, str, list[str]]:
@@ -328,18 +325,6 @@ def _findings(flow: list[tuple[bool, bytes]]) -> dict[str, set[str]]:
     return found
 
 
-def _flow_packets(flow: list[tuple[bool, bytes]]) -> list[bytes]:
-    out = []
-    for from_client, datagram in flow:
-        src, dst, sport, dport = ("198.51.100.10", "203.0.113.50", 40000, 50000)
-        if not from_client:
-            src, dst, sport, dport = dst, src, dport, sport
-        udp = struct.pack("!HHHH", sport, dport, 8 + len(datagram), 0) + datagram
-        header = bytes([0x45, 0]) + struct.pack("!HHHBBH", 20 + len(udp), 1, 0x4000, 64, 17, 0)
-        out.append(header + bytes(map(int, src.split("."))) + bytes(map(int, dst.split("."))) + udp)
-    return out
-
-
 async def test_unwall_now_is_chromium_in_every_field_one_flow_shows() -> None:
     """The client (DTLS client, a=setup:active) and the headless volunteer: DTLS 1.3 with
     Chromium's ClientHello and ServerHello, Chromium's ICE checks and SRTP profiles, the
@@ -360,7 +345,7 @@ async def test_unwall_now_is_chromium_in_every_field_one_flow_shows() -> None:
     (ours,) = found["client-hello"]
     (theirs, *_) = call["client-hello"]
     assert sorted(ours.split(",")[2].split("-")) == sorted(theirs.split(",")[2].split("-"))
-    mark, reason, suspected = box_verdict(BROWSERS_ONLY, _flow_packets(flow))
+    mark, reason, suspected = box_verdict(BROWSERS_ONLY, udp_flow_packets(flow))
     assert (mark, suspected) == (MARK_ALLOW, []), reason
 
 
