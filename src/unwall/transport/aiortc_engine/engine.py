@@ -21,8 +21,8 @@ from aiortc import (
 )
 
 from unwall.transport import webrtc
-from unwall.transport.aiortc_engine import dtls, ice, sctp, sdp, turn
-from unwall.transport.aiortc_engine import sdp as sdp_module
+from unwall.transport.aiortc_engine import dtls, ice, sctp, turn
+from unwall.transport.aiortc_engine import sdp as sdp_module  # `sdp` names SDP text here
 from unwall.transport.aiortc_engine.sctp import remote_max_message_size
 from unwall.transport.webrtc import (
     DATA_CHANNEL_LABEL,
@@ -35,7 +35,7 @@ from unwall.transport.webrtc import (
 )
 
 #: every module with patches, in the order they are applied
-PATCHED = (ice, turn, sdp, sctp, dtls)
+PATCHED = (ice, turn, sdp_module, sctp, dtls)
 
 _patched = False
 
