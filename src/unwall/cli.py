@@ -349,6 +349,11 @@ CLIENT_OPTIONS = [
         url,
         repeat=True,
     ),
+    Option(
+        "--broker-key",
+        "the broker's key, x25519:... (from the bridge line): offers travel sealed to it, "
+        "which no front or box can read",
+    ),
     Option("--ca-file", "PEM file of extra CA certificates to trust for the broker or front"),
     Option("--socks", "SOCKS5 listen address", ("127.0.0.1", 1080), host_port),
     Option("--http", "HTTP proxy listen address", ("127.0.0.1", 8118), host_port),
@@ -831,10 +836,12 @@ def _keygen(args: argparse.Namespace) -> int:
         SECRET_FILE,
         IdentityError,
         generate_identity,
+        load_secret,
         make_secret,
         save_identity,
     )
     from unwall.wire.bridgeline import BridgeLine, BridgeLineError
+    from unwall.wire.sealed import public_key_text
 
     key_dir = getattr(args, "key_dir", None)
     if key_dir is None and args.config is not None:
@@ -861,9 +868,21 @@ def _keygen(args: argparse.Namespace) -> int:
             f"the secret brokers and egresses share written to {args.key_dir / SECRET_FILE}; "
             "give it to every broker (report_secret in its --config, or UNWALL_REPORT_SECRET)"
         )
+    try:
+        secret = resolve(args, EGRESS_OPTIONS, "egress")["report_secret"]
+        secret = secret or load_secret(args.key_dir)
+    except (IdentityError, ConfigError) as exc:
+        print(f"unwall egress keygen: {exc}", file=sys.stderr)
+        return 1
+    broker_key = public_key_text(secret) if secret else None
     print(f"pin: {identity.pin}")
+    if broker_key:
+        print(f"broker key (from the secret the brokers hold): {broker_key}")
     print("bridge line:")
-    print(BridgeLine(broker=args.broker, pin=identity.pin, fronts=tuple(args.front)).format())
+    line = BridgeLine(
+        broker=args.broker, pin=identity.pin, fronts=tuple(args.front), broker_key=broker_key
+    )
+    print(line.format())
     return 0
 
 
@@ -933,9 +952,22 @@ async def _client(options: dict[str, Any]) -> None:
             raise UsageError(str(exc)) from None
         broker, pin = broker or line.broker, pin or line.pin
         options["front"] = options["front"] or list(line.fronts)
+        options["broker_key"] = options["broker_key"] or line.broker_key
     if not broker or not pin:
         raise UsageError(
             "unwall client needs a bridge line (--bridge 'unwall1 ...') or --broker and --pin"
+        )
+    if options["broker_key"]:
+        from unwall.wire.sealed import normalize_public_key
+
+        try:
+            options["broker_key"] = normalize_public_key(options["broker_key"])
+        except ValueError as exc:
+            raise UsageError(f"--broker-key: {exc}") from None
+    else:
+        log.warning(
+            "no broker key (the bridge line's brokerkey=): offers go to the broker unsealed, "
+            "and any front between reads them"
         )
     _apply_host_addresses(options)
     from unwall.transport.quic import check_aioquic
@@ -956,6 +988,7 @@ async def _client(options: dict[str, Any]) -> None:
                 grace=options["grace"],
                 dtls_role=options["dtls_role"],
                 fronts=tuple(options["front"]),
+                broker_key=options["broker_key"],
                 ca_file=options["ca_file"],
                 turn_user=options["turn_user"],
                 turn_password=options["turn_password"],

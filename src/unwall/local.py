@@ -28,6 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from unwall.egress.identity import generate_identity, save_identity
+from unwall.wire import sealed
 
 log = logging.getLogger("unwall.local")
 
@@ -246,6 +247,9 @@ class LocalBridge:
             broker or self.broker_url,
             "--pin",
             pin or self.pin,
+            # its offers sealed to the key of the brokers holding our secret
+            "--broker-key",
+            sealed.public_key_text(self.secret),
             "--socks",
             f"{LOOPBACK}:{socks_port or self.socks_port}",
             "--http",

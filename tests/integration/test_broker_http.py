@@ -166,7 +166,7 @@ async def serving(config: BrokerConfig, *, handler_cancellation: bool) -> AsyncI
 
 def _awaiting(task: asyncio.Task[Any]) -> str:
     """What a suspended task waits on: its chain of awaited coroutines, innermost last."""
-    lines = []
+    lines: list[str] = []
     coro: Any = task.get_coro()
     while coro is not None and len(lines) < 20:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)

@@ -20,6 +20,7 @@ from unwall.config import Option
 from unwall.egress.identity import KEY_FILE, SECRET_FILE, load_identity
 from unwall.local import free_port
 from unwall.wire.bridgeline import BridgeLine
+from unwall.wire.sealed import public_key_text
 
 PIN = "sha256:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
 
@@ -128,6 +129,9 @@ def test_keygen(tmp_path: Path) -> None:
     assert stat.S_IMODE((key_dir / SECRET_FILE).stat().st_mode) == 0o600
     shared = (key_dir / SECRET_FILE).read_text()
     assert len(shared.strip()) >= 40
+    # the brokers' key, derived from that secret: clients seal their offers to it
+    assert line.broker_key == public_key_text(shared.strip())
+    assert f"broker key (from the secret the brokers hold): {line.broker_key}" in result.stdout
     key_before = (key_dir / KEY_FILE).read_bytes()
 
     again = unwall("egress", "keygen", "--key-dir", str(key_dir), "--broker", broker)
@@ -144,6 +148,7 @@ def test_keygen(tmp_path: Path) -> None:
     new_pin, new_line = parse_keygen(forced.stdout)
     assert new_pin != pin
     assert new_line.pin == new_pin
+    assert new_line.broker_key == line.broker_key
     assert load_identity(key_dir).pin == new_pin
     assert (key_dir / SECRET_FILE).read_text() == shared  # kept: brokers hold a copy
 

@@ -442,6 +442,7 @@ def test_error_status_table() -> None:
         "no_volunteer": 503,
         "no_compatible_volunteer": 503,
         "rate_limited": 429,
+        "bad_seal": 400,
     }
     assert BrokerError("no_volunteer", "").status == 503
     assert BrokerError("from_the_future", "").status == 500

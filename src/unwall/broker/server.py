@@ -54,9 +54,10 @@ from unwall.broker.matchmaker import (
 )
 from unwall.broker.pool import MAX_PROVEN_NETWORKS, Pool, PoolUnavailable, SharedOffer
 from unwall.broker.turn import TurnIssuer
-from unwall.wire import report, ticket
+from unwall.wire import report, sealed, ticket
 from unwall.wire.broker import (
     BAD_REQUEST,
+    BAD_SEAL,
     MAX_BODY,
     NO_COMPATIBLE_VOLUNTEER,
     NO_VOLUNTEER,
@@ -96,6 +97,9 @@ ANSWERED_MEMORY: Final = 300.0
 MAX_REMEMBERED: Final = 200_000
 #: Offer ids one report may carry.
 MAX_REPORT: Final = 1000
+#: where clients POST sealed requests, and how large one may be
+SEALED_PATH: Final = "/v1/sealed"
+MAX_SEALED: Final = sealed.max_sealed_size(MAX_BODY)
 
 
 @dataclass
@@ -342,6 +346,15 @@ class Broker:
         self._timer_at: float | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._closing = False
+        #: the key clients seal their requests to (derived from the report secret), and
+        #: what each sealed path serves
+        self._sealing = (
+            sealed.derive_private_key(config.report_secret) if config.report_secret else None
+        )
+        self._replays = sealed.ReplayGuard()
+        self._sealed_paths: dict[str, Callable[[web.Request, bytes], Awaitable[Message]]] = {
+            "/v1/client/offer": self._client_offer,
+        }
 
     # -- handlers -------------------------------------------------------------------------
 
@@ -529,10 +542,42 @@ class Broker:
         return web.json_response({"version": PROTOCOL_VERSION, "credited": credited})
 
     async def client_offer(self, request: web.Request) -> web.StreamResponse:
-        offer = decode_client_offer(await _read_body(request))
+        return _reply(await self._client_offer(request, await _read_body(request)))
+
+    async def client_sealed(self, request: web.Request) -> web.StreamResponse:
+        """A client's request sealed to this broker's key (protocol.md §1.6): opened, served
+        as its path would be, and answered sealed, errors too. Only a body that does not
+        open gets a plain error (it tells whoever sent it nothing they did not know)."""
+        raw = await _read_body(request, MAX_SEALED)
+        if self._sealing is None:
+            raise MessageError(BAD_SEAL, "this broker takes no sealed requests")
+        try:
+            opened = sealed.open_request(self._sealing, raw)
+        except sealed.SealError as exc:
+            raise MessageError(BAD_SEAL, str(exc)) from None
+        reply: Message
+        try:
+            self._replays.check(opened, time.time())
+            serve = self._sealed_paths.get(opened.path)
+            if serve is None:
+                raise MessageError(BAD_REQUEST, f"no sealed request goes to {opened.path!r}")
+            reply = await serve(request, opened.body)
+        except sealed.SealError as exc:
+            reply = BrokerError(BAD_SEAL, str(exc))
+        except MessageError as exc:
+            log.info("sealed %s: %s: %s", opened.path, exc.code, exc.message)
+            reply = exc.to_broker_error()
+        status = reply.status if isinstance(reply, BrokerError) else 200
+        return web.Response(
+            body=sealed.seal_response(opened.pending, status, encode(reply)),
+            content_type=sealed.CONTENT_TYPE,
+        )
+
+    async def _client_offer(self, request: web.Request, body: bytes) -> ClientAnswer | BrokerError:
+        offer = decode_client_offer(body)
         relay_url = self.config.relay_url(offer.egress)
         if self._closing:
-            return _reply(_SHUTTING_DOWN)
+            return _SHUTTING_DOWN
         loop = asyncio.get_running_loop()
         address = self.config.source(request)
         self._limit(self._offer_limits, limit_key(address), loop.time(), "offers")
@@ -557,7 +602,7 @@ class Broker:
         if isinstance(reply, _Gone):
             log.debug("client hung up while waiting for offer %s", offer_id)
             self._drop_offer(offer_id)
-            return _reply(BrokerError(BAD_REQUEST, "the client closed its connection"))
+            return BrokerError(BAD_REQUEST, "the client closed its connection")
         if isinstance(reply, ClientAnswer) and offer.commitment is not None and self._tickets:
             # The client shows this to the egress, with the secret behind its commitment.
             reply = ClientAnswer(
@@ -568,7 +613,7 @@ class Broker:
                 self.metrics.offers_incompatible.inc()
             else:
                 self.metrics.no_volunteer.inc()
-        return _reply(reply)
+        return reply
 
     async def counts(self) -> dict[str, int]:
         """Exact counts: volunteers seen (across the pool, if shared) and offers waiting
@@ -952,18 +997,18 @@ class Broker:
             await self.pool.close()
 
 
-async def _read_body(request: web.BaseRequest) -> bytes:
-    """The request body, refused with too_large as soon as it passes MAX_BODY."""
+async def _read_body(request: web.BaseRequest, limit: int = MAX_BODY) -> bytes:
+    """The request body, refused with too_large as soon as it passes `limit`."""
     length = request.content_length
-    if length is not None and length > MAX_BODY:
-        raise MessageError(TOO_LARGE, f"the body is {length} bytes; the limit is {MAX_BODY}")
+    if length is not None and length > limit:
+        raise MessageError(TOO_LARGE, f"the body is {length} bytes; the limit is {limit}")
     body = bytearray()
     try:
         async with asyncio.timeout(serving.BODY_TIMEOUT):
             while chunk := await request.content.readany():
                 body += chunk
-                if len(body) > MAX_BODY:
-                    raise MessageError(TOO_LARGE, f"the body exceeds the limit of {MAX_BODY} bytes")
+                if len(body) > limit:
+                    raise MessageError(TOO_LARGE, f"the body exceeds the limit of {limit} bytes")
     except TimeoutError:
         raise MessageError(
             BAD_REQUEST, f"the request body did not arrive within {serving.BODY_TIMEOUT:.0f} s"
@@ -1132,6 +1177,7 @@ def create_app(config: BrokerConfig) -> web.Application:
     app.router.add_post("/v1/volunteer/poll", broker.volunteer_poll)
     app.router.add_post("/v1/volunteer/answer", broker.volunteer_answer)
     app.router.add_post("/v1/client/offer", broker.client_offer)
+    app.router.add_post(SEALED_PATH, broker.client_sealed)
     app.router.add_post("/v1/egress/carried", broker.egress_carried)
     app.router.add_get("/v1/health", broker.health)
     app.router.add_get("/metrics", broker.metrics_text)

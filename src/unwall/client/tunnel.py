@@ -97,6 +97,9 @@ class TunnelConfig:
     dtls_role: str = "auto"
     #: domain fronting: reach the broker through these https:// fronts (see BrokerClient)
     fronts: tuple[str, ...] = ()
+    #: the broker's key (the bridge line's brokerkey=): offers go sealed to it; None: in
+    #: the clear to the broker (and to any front)
+    broker_key: str | None = None
     #: extra CA certificates (PEM file) to trust for the broker or front's TLS
     ca_file: str | None = None
     #: credentials for the `turn:` URLs among ice_servers
@@ -235,7 +238,11 @@ class Tunnel:
             log.info("TURN relay configured: volunteers behind any NAT can be reached")
         async with aiohttp.ClientSession() as http:
             broker = BrokerClient(
-                http, self.config.broker_url, fronts=self.config.fronts, ca_file=self.config.ca_file
+                http,
+                self.config.broker_url,
+                fronts=self.config.fronts,
+                ca_file=self.config.ca_file,
+                broker_key=self.config.broker_key,
             )
             filler = asyncio.create_task(self._fill_pool(broker))
             try:

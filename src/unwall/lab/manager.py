@@ -27,6 +27,8 @@ from unwall.lab.delayline import emulator_rules, read_link_state, write_link_sta
 from unwall.lab.link import LinkSpec, preset
 from unwall.lab.profile import CensorProfile
 from unwall.lab.topology import BOX, INTERNET, LabAddresses, LabError
+from unwall.wire import sealed
+from unwall.wire.bridgeline import BridgeLine
 
 BROKER_PORT = 8080
 EGRESS_PORT = 7000
@@ -156,6 +158,7 @@ def up(
     # The secret broker and egress share (tickets, reports): in their environment, never
     # on a command line.
     secret = {"UNWALL_REPORT_SECRET": _secret(state / "report-secret")}
+    broker_key = sealed.public_key_text(secret["UNWALL_REPORT_SECRET"])
     _start("egress", INTERNET, _unwall(
         "egress", "--listen", f"{addresses.egress}:{EGRESS_PORT}", "--key-dir", str(keys),
         "--allow", topology.INTERNET_NET,
@@ -174,8 +177,10 @@ def up(
     info = {
         "state": str(state),
         "profile": profile.source,
-        "bridge_line": f"unwall1 broker={broker_url} pin={pin}",
-        "bridge_line_fronted": f"unwall1 broker={broker_url} pin={pin} front=https://cdn.test/",
+        "bridge_line": BridgeLine(broker_url, pin, broker_key=broker_key).format(),
+        "bridge_line_fronted": BridgeLine(
+            broker_url, pin, ("https://cdn.test/",), broker_key
+        ).format(),
         "censored_host": topology.CENSORED_IP,
         "lab_ca": str(state / "pki" / "lab-ca.pem"),
         "stun": stun_url,

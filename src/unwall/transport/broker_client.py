@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -13,12 +14,19 @@ import aiohttp
 from yarl import URL
 
 from unwall.wire import broker as messages
+from unwall.wire import sealed
 from unwall.wire.nat import NatKind
 
 log = logging.getLogger("unwall.broker_client")
 T = TypeVar("T")
 #: Seconds to open a connection to the broker or a front before trying the next route.
 CONNECT_TIMEOUT = 10.0
+#: where sealed requests go (protocol.md §1.6)
+SEALED_PATH = "/v1/sealed"
+
+
+#: the most of an answer read: a sealed one is padded to a whole bucket
+MAX_ANSWER = sealed.max_sealed_size(messages.MAX_RESPONSE_BODY)
 
 
 class BrokerUnavailable(Exception):
@@ -60,6 +68,10 @@ class BrokerClient:
     last worked first: a front that cannot be reached, or that answers with something not
     the broker's (an error page), is passed over for the next. When none reaches the
     broker, the error says, in one line, how each failed.
+
+    With `broker_key` (the bridge line's ``brokerkey=``), a client's offers travel sealed
+    to that key (unwall.wire.sealed): a front, or anyone else between, sees same-sized
+    opaque bodies, and an answer not sealed by the broker is refused like an error page.
     """
 
     def __init__(
@@ -68,8 +80,10 @@ class BrokerClient:
         base_url: str,
         fronts: Sequence[str] = (),
         ca_file: str | None = None,
+        broker_key: str | None = None,
     ) -> None:
         self._http = http
+        self._broker_key = None if broker_key is None else sealed.parse_public_key(broker_key)
         self.base_url = base_url.rstrip("/")
         self._ssl: ssl.SSLContext | bool = True
         if ca_file is not None:
@@ -85,11 +99,18 @@ class BrokerClient:
         ] or [Route(f"the broker at {self.base_url}", self.base_url)]
         random.shuffle(self.routes)
 
-    async def _post(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+    async def _post(
+        self, path: str, body: bytes, timeout: float, seal: bool = False
+    ) -> tuple[int, bytes]:
+        """POST `body` to `path` by the first route that works (sealed if `seal` and we
+        have the broker's key); the broker's status and JSON body."""
         failed: list[str] = []
         for route in list(self.routes):
             try:
-                answer = await self._post_via(route, path, body, timeout)
+                if seal and self._broker_key is not None:
+                    answer = await self._post_sealed(route, path, body, timeout)
+                else:
+                    answer = await self._post_via(route, path, body, timeout)
             except RouteFailed as exc:
                 failed.append(f"{route.name}: {exc}")
                 continue
@@ -105,10 +126,42 @@ class BrokerClient:
             f"cannot reach the broker by any of {len(failed)} routes: " + "; ".join(failed)
         )
 
+    async def _post_sealed(
+        self, route: Route, path: str, body: bytes, timeout: float
+    ) -> tuple[int, bytes]:
+        assert self._broker_key is not None
+        data, pending = sealed.seal_request(self._broker_key, path, body, time.time())
+        status, kind, answer = await self._send(
+            route, SEALED_PATH, data, timeout, sealed.CONTENT_TYPE
+        )
+        if kind == sealed.CONTENT_TYPE:
+            try:
+                return sealed.open_response(pending, answer)
+            except sealed.SealError as exc:
+                raise RouteFailed(f"{exc}: not the broker of the bridge line") from None
+        if kind == "application/json":
+            try:
+                error = messages.decode_error(answer)
+            except messages.MessageError:
+                pass
+            else:
+                raise RouteFailed(f"the broker refused our sealed request: {error.message}")
+        raise RouteFailed(f"answered HTTP {status} ({kind or 'no type'}), not the broker")
+
     async def _post_via(
         self, route: Route, path: str, body: bytes, timeout: float
     ) -> tuple[int, bytes]:
-        headers = {"Content-Type": "application/json"}
+        status, kind, data = await self._send(route, path, body, timeout, "application/json")
+        if status >= 400 and kind != "application/json":
+            # an error page: the front's (or a box's), not the broker's
+            raise RouteFailed(f"answered HTTP {status} ({kind or 'no type'}), not the broker")
+        return status, data
+
+    async def _send(
+        self, route: Route, path: str, body: bytes, timeout: float, content_type: str
+    ) -> tuple[int, str, bytes]:
+        """One POST by one route: status, content type and body (RouteFailed if none)."""
+        headers = {"Content-Type": content_type}
         if route.host is not None:
             headers["Host"] = route.host
         try:
@@ -119,18 +172,12 @@ class BrokerClient:
                 ssl=self._ssl,
                 timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=CONNECT_TIMEOUT),
             ) as response:
-                data = await response.content.read(messages.MAX_RESPONSE_BODY + 1)
-                kind = response.content_type
+                data = await response.content.read(MAX_ANSWER)
+                return response.status, response.content_type, data
         except TimeoutError as exc:
             raise RouteFailed("no answer in time") from exc
         except aiohttp.ClientError as exc:
             raise RouteFailed(str(exc) or type(exc).__name__) from exc
-        if response.status >= 400 and kind != "application/json":
-            # an error page: the front's (or a box's), not the broker's
-            raise RouteFailed(
-                f"answered HTTP {response.status} ({kind or 'no type'}), not the broker"
-            )
-        return response.status, data
 
     def _error(self, status: int, body: bytes) -> BrokerUnavailable:
         try:
@@ -151,7 +198,9 @@ class BrokerClient:
         """Post a client's offer (for the egress of pin `egress`, with the `commitment` to
         its secret for this offer); return the volunteer's answer and the broker's ticket."""
         offer = messages.ClientOffer(sdp, nat, relay, egress, commitment)
-        status, body = await self._post("/v1/client/offer", messages.encode(offer), timeout)
+        status, body = await self._post(
+            "/v1/client/offer", messages.encode(offer), timeout, seal=True
+        )
         if status == 200:
             return self._decode(messages.decode_client_answer, body)
         if status == 503:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from unwall.wire.pin import normalize_pin
+from unwall.wire.sealed import normalize_public_key
 
 PREFIX = "unwall1"
 
@@ -25,9 +26,13 @@ class BridgeLine:
     #: domain fronting: https:// fronts that forward to the broker by Host header; the
     #: client tries them in a random order (`front=` once per front)
     fronts: tuple[str, ...] = ()
+    #: the key the client seals its offers to (unwall.wire.sealed); None: sent unsealed
+    broker_key: str | None = None
 
     def format(self) -> str:
         line = f"{PREFIX} broker={quote(self.broker, safe=':/?&=@[]')} pin={self.pin}"
+        if self.broker_key is not None:
+            line += f" brokerkey={self.broker_key}"
         for front in self.fronts:
             line += f" front={quote(front, safe=':/?&=@[]')}"
         return line
@@ -64,4 +69,10 @@ class BridgeLine:
             raise BridgeLineError(f"a bridge line names at most {MAX_FRONTS} fronts")
         if len(set(fronts)) != len(fronts):
             raise BridgeLineError("a bridge line names one front twice")
-        return cls(broker=broker, pin=pin, fronts=tuple(fronts))
+        broker_key = fields.get("brokerkey")
+        if broker_key is not None:
+            try:
+                broker_key = normalize_public_key(broker_key)
+            except ValueError as exc:
+                raise BridgeLineError(f"bridge line brokerkey: {exc}") from None
+        return cls(broker=broker, pin=pin, fronts=tuple(fronts), broker_key=broker_key)

@@ -46,6 +46,8 @@ NO_VOLUNTEER: Final = "no_volunteer"
 NO_COMPATIBLE_VOLUNTEER: Final = "no_compatible_volunteer"
 UNKNOWN_EGRESS: Final = "unknown_egress"
 RATE_LIMITED: Final = "rate_limited"
+#: a sealed request (protocol.md §1.6) that does not open, or is stale or replayed
+BAD_SEAL: Final = "bad_seal"
 
 ERROR_STATUS: Final[dict[str, int]] = {
     BAD_REQUEST: 400,
@@ -56,6 +58,7 @@ ERROR_STATUS: Final[dict[str, int]] = {
     NO_VOLUNTEER: 503,
     NO_COMPATIBLE_VOLUNTEER: 503,
     RATE_LIMITED: 429,
+    BAD_SEAL: 400,
 }
 
 _VOLUNTEER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
