@@ -82,6 +82,14 @@ def webrtc_engine(text: str) -> str:
     return text
 
 
+def broker_http_engine(text: str) -> str:
+    from unwall.transport.brokerhttp import ENGINES
+
+    if text not in ENGINES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(ENGINES)}, not {text!r}")
+    return text
+
+
 def _relay_host(text: str) -> Any:
     """A --relay-host pattern (unwall.volunteer.relays.RelayHost)."""
     from unwall.volunteer.relays import relay_host
@@ -354,7 +362,17 @@ CLIENT_OPTIONS = [
         "the broker's key, x25519:... (from the bridge line): offers travel sealed to it, "
         "which no front or box can read",
     ),
-    Option("--ca-file", "PEM file of extra CA certificates to trust for the broker or front"),
+    Option(
+        "--ca-file",
+        "PEM file of CA certificates to trust for the broker or front, instead of the system's",
+    ),
+    Option(
+        "--broker-http",
+        "what speaks HTTPS to the broker or front: chrome (curl_cffi: a current Chrome's TLS "
+        "and HTTP/2, as a box sees it) or python (Python's ssl, which a box can single out)",
+        "chrome",
+        broker_http_engine,
+    ),
     Option("--socks", "SOCKS5 listen address", ("127.0.0.1", 1080), host_port),
     Option("--http", "HTTP proxy listen address", ("127.0.0.1", 8118), host_port),
     Option(
@@ -990,6 +1008,7 @@ async def _client(options: dict[str, Any]) -> None:
                 fronts=tuple(options["front"]),
                 broker_key=options["broker_key"],
                 ca_file=options["ca_file"],
+                broker_http=options["broker_http"],
                 turn_user=options["turn_user"],
                 turn_password=options["turn_password"],
                 nat=options["nat"],

@@ -12,12 +12,12 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
 import pytest
 from aiohttp import web
 from tests.integration.test_broker_http import ANSWER_SDP, CONFIG, serving
 
 from unwall.transport.broker_client import BrokerClient, BrokerUnavailable, OfferGone
+from unwall.transport.brokerhttp import ENGINES, BrokerHttp, open_http
 
 LOCAL = "127.0.0.1"
 
@@ -85,6 +85,16 @@ async def fronts() -> AsyncIterator[Fronts]:
                 await runner.cleanup()
 
 
+@pytest.fixture(params=ENGINES)
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[BrokerHttp]:
+    """Each of the broker channel's HTTP engines: curl_cffi's Chrome and Python's aiohttp."""
+    engine = open_http(request.param)
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
+
+
 async def _reach(client: BrokerClient) -> None:
     """One request that only the broker itself answers (with its own JSON: no such offer)."""
     with pytest.raises(OfferGone):
@@ -92,41 +102,40 @@ async def _reach(client: BrokerClient) -> None:
 
 
 async def test_the_client_passes_over_fronts_that_fail(
-    fronts: Fronts, caplog: pytest.LogCaptureFixture
+    http: BrokerHttp, fronts: Fronts, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with aiohttp.ClientSession() as http:
-        client = BrokerClient(
-            http, fronts.broker, fronts=[fronts.dead, fronts.error_page, fronts.forwarding]
-        )
-        order = [fronts.dead, fronts.error_page, fronts.forwarding]
-        client.routes.sort(key=lambda route: order.index(route.name.removeprefix("front ")))
-        with caplog.at_level(logging.INFO, "unwall.broker_client"):
-            await _reach(client)
-        assert fronts.hits == {"error_page": 1, "forwarding": 1}
-        (line,) = [r.getMessage() for r in caplog.records if "reached the broker" in r.message]
-        assert f"through front {fronts.forwarding}" in line
-        assert f"front {fronts.dead}: " in line  # how each failed, in one line
-        assert f"front {fronts.error_page}: answered HTTP 502 (text/html), not the broker" in line
-        # the front that worked is tried first from now on
+    client = BrokerClient(
+        http, fronts.broker, fronts=[fronts.dead, fronts.error_page, fronts.forwarding]
+    )
+    order = [fronts.dead, fronts.error_page, fronts.forwarding]
+    client.routes.sort(key=lambda route: order.index(route.name.removeprefix("front ")))
+    with caplog.at_level(logging.INFO, "unwall.broker_client"):
         await _reach(client)
-        assert fronts.hits == {"error_page": 1, "forwarding": 2}
-        assert client.routes[0].name == f"front {fronts.forwarding}"
+    assert fronts.hits == {"error_page": 1, "forwarding": 1}
+    (line,) = [r.getMessage() for r in caplog.records if "reached the broker" in r.message]
+    assert f"through front {fronts.forwarding}" in line
+    assert f"front {fronts.dead}: " in line  # how each failed, in one line
+    assert f"front {fronts.error_page}: answered HTTP 502 (text/html), not the broker" in line
+    # the front that worked is tried first from now on
+    await _reach(client)
+    assert fronts.hits == {"error_page": 1, "forwarding": 2}
+    assert client.routes[0].name == f"front {fronts.forwarding}"
 
 
-async def test_when_no_front_reaches_the_broker_one_line_says_why(fronts: Fronts) -> None:
-    async with aiohttp.ClientSession() as http:
-        client = BrokerClient(http, fronts.broker, fronts=[fronts.dead, fronts.error_page])
-        with pytest.raises(BrokerUnavailable) as failed:
-            await _reach(client)
+async def test_when_no_front_reaches_the_broker_one_line_says_why(
+    http: BrokerHttp, fronts: Fronts
+) -> None:
+    client = BrokerClient(http, fronts.broker, fronts=[fronts.dead, fronts.error_page])
+    with pytest.raises(BrokerUnavailable) as failed:
+        await _reach(client)
     message = str(failed.value)
     assert message.startswith("cannot reach the broker by any of 2 routes: ")
     assert f"front {fronts.dead}: " in message and f"front {fronts.error_page}: " in message
     assert "\n" not in message
 
 
-async def test_without_fronts_the_broker_itself(fronts: Fronts) -> None:
-    async with aiohttp.ClientSession() as http:
-        await _reach(BrokerClient(http, fronts.broker))
-        with pytest.raises(BrokerUnavailable, match=r"^cannot reach the broker at http://"):
-            await _reach(BrokerClient(http, fronts.dead))
+async def test_without_fronts_the_broker_itself(http: BrokerHttp, fronts: Fronts) -> None:
+    await _reach(BrokerClient(http, fronts.broker))
+    with pytest.raises(BrokerUnavailable, match=r"^cannot reach the broker at http://"):
+        await _reach(BrokerClient(http, fronts.dead))
     assert fronts.hits == {"error_page": 0, "forwarding": 0}

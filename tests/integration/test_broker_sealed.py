@@ -8,6 +8,7 @@ request and a broker that takes no sealed requests each end in a clear error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,7 @@ from tests.integration.test_broker_http import ANSWER_SDP, CONFIG, OFFER_SDP, Br
 
 from unwall.broker.server import SEALED_PATH
 from unwall.transport.broker_client import BrokerClient, BrokerUnavailable, NoVolunteer
+from unwall.transport.brokerhttp import from_session, open_http
 from unwall.wire import sealed
 from unwall.wire.broker import PollOffer, decode_error
 
@@ -71,10 +73,8 @@ async def _volunteer_answers(broker: Broker) -> PollOffer:
     return offer
 
 
-async def test_a_front_sees_no_offer_no_answer_no_address(
-    broker: Broker, front: Recording
-) -> None:
-    async with aiohttp.ClientSession() as http:
+async def test_a_front_sees_no_offer_no_answer_no_address(broker: Broker, front: Recording) -> None:
+    async with contextlib.aclosing(open_http("chrome")) as http:  # as the client does
         client = BrokerClient(http, broker.url, fronts=[front.url], broker_key=KEY)
         volunteer = asyncio.create_task(_volunteer_answers(broker))
         answer = await client.offer(OFFER_SDP, nat="port-restricted", timeout=5.0)
@@ -95,7 +95,7 @@ async def test_an_unsealed_client_still_gets_an_answer(broker: Broker, front: Re
     """Old clients (a bridge line without brokerkey=) use the plain form, which the front
     can read; the broker takes both."""
     async with aiohttp.ClientSession() as http:
-        client = BrokerClient(http, broker.url, fronts=[front.url])
+        client = BrokerClient(from_session(http), broker.url, fronts=[front.url])
         volunteer = asyncio.create_task(_volunteer_answers(broker))
         assert (await client.offer(OFFER_SDP, timeout=5.0)).sdp == ANSWER_SDP
         await volunteer
@@ -104,7 +104,7 @@ async def test_an_unsealed_client_still_gets_an_answer(broker: Broker, front: Re
 
 async def test_errors_come_sealed_too(broker: Broker) -> None:
     async with aiohttp.ClientSession() as http:
-        client = BrokerClient(http, broker.url, broker_key=KEY)
+        client = BrokerClient(from_session(http), broker.url, broker_key=KEY)
         with pytest.raises(NoVolunteer):  # nobody polls: 503 no_volunteer, inside the seal
             await client.offer(OFFER_SDP, timeout=5.0)
 
@@ -112,7 +112,7 @@ async def test_errors_come_sealed_too(broker: Broker) -> None:
 async def test_a_broker_with_another_key_is_a_clear_error(front: Recording) -> None:
     async with aiohttp.ClientSession() as http:
         other = sealed.public_key_text("not this operator's secret")
-        client = BrokerClient(http, front.url, broker_key=other)
+        client = BrokerClient(from_session(http), front.url, broker_key=other)
         with pytest.raises(BrokerUnavailable) as failed:
             await client.offer(OFFER_SDP, timeout=5.0)
     assert "the broker refused our sealed request: the request is not sealed to this " in str(
@@ -132,10 +132,12 @@ async def test_a_front_that_answers_garbage_is_passed_over(
     runner, liar = await _site(app)
     try:
         async with aiohttp.ClientSession() as http:
-            client = BrokerClient(http, broker.url, fronts=[liar], broker_key=KEY)
+            client = BrokerClient(from_session(http), broker.url, fronts=[liar], broker_key=KEY)
             with pytest.raises(BrokerUnavailable, match="not the broker of the bridge line"):
                 await client.offer(OFFER_SDP, timeout=5.0)
-            client = BrokerClient(http, broker.url, fronts=[liar, front.url], broker_key=KEY)
+            client = BrokerClient(
+                from_session(http), broker.url, fronts=[liar, front.url], broker_key=KEY
+            )
             client.routes.sort(key=lambda route: route.target != liar.rstrip("/"))
             volunteer = asyncio.create_task(_volunteer_answers(broker))
             assert (await client.offer(OFFER_SDP, timeout=5.0)).sdp == ANSWER_SDP

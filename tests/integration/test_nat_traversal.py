@@ -26,6 +26,7 @@ from unwall.client.tunnel import Tunnel, TunnelConfig, TunnelUnavailable
 from unwall.transport import webrtc
 from unwall.transport.aiortc_engine import engine
 from unwall.transport.broker_client import BrokerClient
+from unwall.transport.brokerhttp import from_session
 from unwall.volunteer.headless import Volunteer, VolunteerConfig
 from unwall.wire.broker import (
     PollOffer,
@@ -235,7 +236,7 @@ async def test_ice_failure_is_reported_at_once_and_says_whether_turn_was_there()
         started = time.monotonic()
         async with aiohttp.ClientSession() as http:
             with pytest.raises(TunnelUnavailable) as info:
-                await tunnel._open_path(BrokerClient(http, url))
+                await tunnel._open_path(BrokerClient(from_session(http), url))
     elapsed = time.monotonic() - started
     assert elapsed < 5, f"took {elapsed:.1f} s (the set-up timeout is 20 s): {info.value}"
     message = str(info.value)
@@ -261,7 +262,7 @@ async def test_volunteer_uses_the_brokers_turn_credentials(tmp_path: Path) -> No
                 )
                 tunnel = Tunnel(TunnelConfig(broker_url=url, pin=PIN, nat="symmetric"))
                 async with aiohttp.ClientSession() as http:
-                    path = await tunnel._open_path(BrokerClient(http, url))
+                    path = await tunnel._open_path(BrokerClient(from_session(http), url))
                     try:
                         answer = path.peer.remote_sdp
                     finally:
@@ -294,7 +295,7 @@ async def test_client_with_its_own_turn_server_gets_any_volunteer(tmp_path: Path
                 tunnel = Tunnel(config)
                 assert tunnel.relay
                 async with aiohttp.ClientSession() as http:
-                    path = await tunnel._open_path(BrokerClient(http, url))
+                    path = await tunnel._open_path(BrokerClient(from_session(http), url))
                     try:
                         offer = path.peer.local_sdp
                     finally:

@@ -17,6 +17,8 @@ SEAMS = {
     "aiortc": {"transport/aiortc_engine/"},
     # the aiortc engine's ICE, and natcheck's STUN messages (aioice.stun, no patches)
     "aioice": {"transport/aiortc_engine/", "transport/natcheck.py"},
+    # the broker channel's HTTP client (a Chrome's TLS)
+    "curl_cffi": {"transport/brokerhttp.py"},
 }
 
 

@@ -21,9 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
-from unwall.transport import quic, reordering, webrtc
+from unwall.transport import brokerhttp, quic, reordering, webrtc
 from unwall.transport.broker_client import (
     BrokerClient,
     BrokerUnavailable,
@@ -100,8 +98,12 @@ class TunnelConfig:
     #: the broker's key (the bridge line's brokerkey=): offers go sealed to it; None: in
     #: the clear to the broker (and to any front)
     broker_key: str | None = None
-    #: extra CA certificates (PEM file) to trust for the broker or front's TLS
+    #: CA certificates (PEM file) to trust for the broker or front's TLS instead of the
+    #: system's
     ca_file: str | None = None
+    #: what speaks HTTPS to the broker (unwall.transport.brokerhttp.ENGINES): "chrome" has
+    #: a current Chrome's TLS and HTTP/2, "python" Python's own (which a box can single out)
+    broker_http: str = brokerhttp.ENGINES[0]
     #: credentials for the `turn:` URLs among ice_servers
     turn_user: str | None = None
     turn_password: str | None = None
@@ -236,12 +238,12 @@ class Tunnel:
         )
         if self.relay:
             log.info("TURN relay configured: volunteers behind any NAT can be reached")
-        async with aiohttp.ClientSession() as http:
+        http = brokerhttp.open_http(self.config.broker_http, self.config.ca_file)
+        async with contextlib.aclosing(http):
             broker = BrokerClient(
                 http,
                 self.config.broker_url,
                 fronts=self.config.fronts,
-                ca_file=self.config.ca_file,
                 broker_key=self.config.broker_key,
             )
             filler = asyncio.create_task(self._fill_pool(broker))

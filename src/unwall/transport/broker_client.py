@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import aiohttp
 from yarl import URL
 
+from unwall.transport.brokerhttp import BrokerHttp, HttpFailed
 from unwall.wire import broker as messages
 from unwall.wire import sealed
 from unwall.wire.nat import NatKind
@@ -76,18 +75,14 @@ class BrokerClient:
 
     def __init__(
         self,
-        http: aiohttp.ClientSession,
+        http: BrokerHttp,
         base_url: str,
         fronts: Sequence[str] = (),
-        ca_file: str | None = None,
         broker_key: str | None = None,
     ) -> None:
         self._http = http
         self._broker_key = None if broker_key is None else sealed.parse_public_key(broker_key)
         self.base_url = base_url.rstrip("/")
-        self._ssl: ssl.SSLContext | bool = True
-        if ca_file is not None:
-            self._ssl = ssl.create_default_context(cafile=ca_file)
         broker = URL(self.base_url)
         self.routes = [
             Route(
@@ -165,19 +160,12 @@ class BrokerClient:
         if route.host is not None:
             headers["Host"] = route.host
         try:
-            async with self._http.post(
-                route.target + path,
-                data=body,
-                headers=headers,
-                ssl=self._ssl,
-                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=CONNECT_TIMEOUT),
-            ) as response:
-                data = await response.content.read(MAX_ANSWER)
-                return response.status, response.content_type, data
-        except TimeoutError as exc:
-            raise RouteFailed("no answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise RouteFailed(str(exc) or type(exc).__name__) from exc
+            answer = await self._http.post(
+                route.target + path, body, headers, timeout, CONNECT_TIMEOUT, MAX_ANSWER
+            )
+        except HttpFailed as exc:
+            raise RouteFailed(str(exc)) from exc
+        return answer.status, answer.content_type, answer.body
 
     def _error(self, status: int, body: bytes) -> BrokerUnavailable:
         try:

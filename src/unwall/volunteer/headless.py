@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from yarl import URL
 
 from unwall import metrics
-from unwall.transport import webrtc
+from unwall.transport import brokerhttp, webrtc
 from unwall.transport.broker_client import BrokerClient, BrokerUnavailable, OfferGone
 from unwall.transport.droptail import DropTailQueue
 from unwall.transport.natcheck import learn_nat_kind
@@ -207,7 +207,7 @@ class Volunteer:
     async def _poll_loop(
         self, http: aiohttp.ClientSession, relay_http: aiohttp.ClientSession
     ) -> None:
-        broker = BrokerClient(http, self.config.broker_url)
+        broker = BrokerClient(brokerhttp.from_session(http), self.config.broker_url)
         backoff = 1.0
         while True:
             if self.stats.clients_now >= self.config.capacity:
