@@ -374,6 +374,44 @@ def test_a_box_that_knows_stun_flags_the_clients_nat_check(lab_state: Path) -> N
     assert any(e.startswith("stun change-request (ip+port)") for e in evidence), evidence
 
 
+def test_a_box_that_knows_browsers_tls_sees_a_browser_reach_the_broker(lab_state: Path) -> None:
+    """`[tls] allow = "browsers"` on every TLS flow, with the broker blocked by name and
+    address and the line's first front blocked by SNI: the client reaches the broker
+    through the second front with a ClientHello the box takes for Chromium's (curl_cffi),
+    sealed, and the report has no TLS evidence on the host. The same client with Python's
+    TLS (`--broker-http python`, what it used before: no ALPN, 18 suites) is named by that
+    rule: the rule does something."""
+    blocked = ["broker.test", "news.test"]
+    profile = {
+        "dns": {"poison": blocked},
+        "ip": {"block": ["203.0.113.20/32", NEWS_IP + "/32"]},
+        "sni": {"block": blocked},
+        "host": {"block": blocked},
+        "tls": {"allow": "browsers", "names": ["*"], "action": "flag"},
+    }
+    lab = _up(lab_state, profile)
+    fronts = ("--front", "https://news.test/", "--front", "https://cdn.test/")
+    tls_evidence = []
+    for engine in ("chrome", "python"):
+        try:
+            lab.start_client(
+                "--ca-file", lab.info["lab_ca"], *fronts, "--broker-http", engine,
+                bridge="bridge_line_fronted",
+            )  # fmt: skip
+            result = lab.curl(*lab.socks(), "http://open.test/")
+            assert result.returncode == 0, result.stderr
+        finally:
+            lab.stop()
+        report = json.loads(manager.report(as_json=True))
+        evidence = _suspicions(report["hosts"][topology.CENSORED_IP])
+        tls_evidence.append([e for e in evidence if e.startswith("tls ")])
+    assert tls_evidence[0] == [], tls_evidence
+    assert any(
+        e.startswith("tls ja4 t13d181100_") and e.endswith(" to cdn.test: not a browser's")
+        for e in tls_evidence[1]
+    ), tls_evidence
+
+
 RANDOM_FIRST_PAYLOAD = """
 import socket, sys
 s = socket.create_connection(("203.0.113.81", 80), timeout=5)  # open.test

@@ -211,14 +211,24 @@ class Inspector:
         """The box's own findings on these: fingerprints its WebRTC rules object to (once
         the flow shows it is WebRTC: an ICE check or DTLS-SRTP, not any DTLS, such as a
         VPN's), a WebRTC flow that carried a data channel and no media when its
-        `[datachannel]` rule is on, fully encrypted first payloads when its FET rule is, and
-        STUN's CHANGE-REQUEST when its `[stun]` rule is."""
+        `[datachannel]` rule is on, fully encrypted first payloads when its FET rule is,
+        STUN's CHANGE-REQUEST when its `[stun]` rule is, and a ClientHello that is not a
+        browser's to a name its `[tls]` rule watches."""
         objections = []
         if self.profile.stun_change_request:
             for finding in found:
                 if finding.analyzer == "stun" and finding.key == "change-request":
                     reason = f"stun change-request ({finding.value}): no browser sends one"
                     objections.append(Finding("box", SUSPECTED, reason))
+        if self.profile.tls.active:
+            for finding in found:
+                if finding.analyzer == "tls" and finding.key == "ja4":
+                    name = next(
+                        (f.value for f in found if (f.analyzer, f.key) == ("tls", "sni")), None
+                    )
+                    objection = self.profile.tls.objection(finding.value, name)
+                    if objection is not None:
+                        objections.append(Finding("box", SUSPECTED, objection))
         if self.profile.fet_block:
             for finding in found:
                 if finding.analyzer == "fet" and finding.key == "fully-encrypted":
@@ -345,6 +355,8 @@ def _action(profile: CensorProfile, suspicion: str) -> str:
         return profile.hosts.action
     if rule == "stun":
         return profile.stun_action
+    if rule == "tls":
+        return profile.tls.action
     return profile.webrtc.action
 
 

@@ -45,6 +45,14 @@ change_request = false          # true: a binding request with RFC 5780's CHANGE
 action = "flag"                 # NAT-behaviour check) is suspected; "drop" (that flow), or
                                 # "flag" (report only)
 
+[tls]                           # TLS over TCP no browser sends (unwall.lab.analyzers.tls)
+allow = "browsers"              # JA4 allow-list: "browsers" (references/browser-tls.toml,
+                                # captured from the lab's Chromium), or a list of patterns;
+                                # absent: the rule is off
+names = ["*"]                   # the server names (SNI, shell-style) it watches; "*": every
+                                # TLS flow, with a name or without
+action = "flag"                 # "drop" (that flow), or "flag" (report only)
+
 [datachannel]                   # "calls" that carry no call (see unwall.lab.analyzers.carrier)
 block = false                   # true: a WebRTC flow that, after its DTLS handshake, carried
 after_bytes = 65536             # more than this many bytes of DTLS application data (a data
@@ -113,6 +121,7 @@ _KEYS = {
     "datachannel": {"block", "after_bytes", "action"},
     "hosts": {"repeat_ja3", "after", "action"},
     "stun": {"change_request", "action"},
+    "tls": {"allow", "names", "action"},
 }
 
 Patterns = tuple[tuple[str, tuple[str, ...]], ...]
@@ -126,6 +135,48 @@ def browser_reference() -> dict[str, tuple[str, ...]]:
         for key, values in browser.items():
             merged[key] = tuple(dict.fromkeys(merged.get(key, ()) + tuple(values)))
     return merged
+
+
+def browser_tls_reference() -> tuple[str, ...]:
+    """The JA4s of browsers' TLS captured here, every browser's together."""
+    text = resources.files("unwall.lab").joinpath("references/browser-tls.toml").read_text()
+    return tuple(ja4 for browser in tomllib.loads(text).values() for ja4 in browser["ja4"])
+
+
+@dataclass(frozen=True)
+class TlsRule:
+    """`[tls]`: TLS whose JA4 is not on the allow-list, to the names watched, is suspected."""
+
+    allow: tuple[str, ...] = ()  # JA4 patterns; empty: the rule is off
+    names: tuple[str, ...] = ("*",)
+    action: str = "flag"
+
+    @property
+    def active(self) -> bool:
+        return bool(self.allow)
+
+    def objection(self, ja4: str, server_name: str | None) -> str | None:
+        """Why a ClientHello with this JA4 to this name (None: no SNI) is suspected."""
+        name = server_name or ""
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.names):
+            return None
+        if any(fnmatch.fnmatchcase(ja4, pattern) for pattern in self.allow):
+            return None
+        return f"tls ja4 {ja4} to {server_name or 'no name'}: not a browser's"
+
+
+def _tls_rule(table: dict[str, Any]) -> TlsRule:
+    allow = table.get("allow", ())
+    if allow == "browsers":
+        allow = browser_tls_reference()
+    names, action = table.get("names", ["*"]), table.get("action", "flag")
+    for key, value in (("allow", allow), ("names", names)):
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            other = ' or "browsers"' if key == "allow" else ""
+            raise ProfileError(f"[tls] {key} must be a list of patterns{other}")
+    if action not in WEBRTC_ACTIONS:
+        raise ProfileError(f"[tls] action must be one of {WEBRTC_ACTIONS}, not {action!r}")
+    return TlsRule(tuple(allow), tuple(names), action)
 
 
 def _patterns(value: Any, where: str) -> Patterns:
@@ -303,6 +354,7 @@ class CensorProfile:
     #: `[stun]`: suspect a binding request with CHANGE-REQUEST (no browser sends one)
     stun_change_request: bool = False
     stun_action: str = "flag"
+    tls: TlsRule = field(default_factory=TlsRule)
     link: LinkSpec = field(default_factory=LinkSpec)
     source: str = field(default="built-in", compare=False)
 
@@ -409,6 +461,7 @@ class CensorProfile:
             hosts=hosts,
             stun_change_request=change_request,
             stun_action=stun_action,
+            tls=_tls_rule(tables["tls"]),
             link=link,
             source=source,
         )

@@ -285,6 +285,31 @@ def udp_flow_packets(
     return out
 
 
+def tcp_flow_packets(
+    payload: bytes,
+    client: tuple[str, int] = ("198.51.100.10", 40000),
+    server: tuple[str, int] = ("203.0.113.60", 443),
+) -> list[bytes]:
+    """A TCP flow as IPv4 packets: the handshake, then `payload` from the client."""
+    import struct
+
+    def packet(
+        src: tuple[str, int], dst: tuple[str, int], flags: int, seq: int, data: bytes
+    ) -> bytes:
+        tcp = struct.pack("!HHIIBBHHH", src[1], dst[1], seq, 0, 5 << 4, flags, 65535, 0, 0) + data
+        header = bytes([0x45, 0]) + struct.pack("!HHHBBH", 20 + len(tcp), 1, 0x4000, 64, 6, 0)
+        return (
+            header + bytes(map(int, src[0].split("."))) + bytes(map(int, dst[0].split("."))) + tcp
+        )
+
+    return [
+        packet(client, server, 0x02, 100, b""),
+        packet(server, client, 0x12, 500, b""),
+        packet(client, server, 0x10, 101, b""),
+        packet(client, server, 0x18, 101, payload),
+    ]
+
+
 def box_verdict(profile: Any, packets: Sequence[bytes]) -> tuple[int | None, str, list[str]]:
     """Feed one flow's IPv4 packets to a box inspector with this profile, until it decides:
     the mark (None: undecided), the reason, and the box's `suspected` findings on the way."""

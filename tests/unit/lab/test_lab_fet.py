@@ -3,10 +3,14 @@ exemptions on the first client payload, and the box's `[fet]` rule on whole flow
 
 from __future__ import annotations
 
-import struct
-
 import pytest
-from lab_samples import box_verdict, http_client_request, noise, python_client_hello
+from lab_samples import (
+    box_verdict,
+    http_client_request,
+    noise,
+    python_client_hello,
+    tcp_flow_packets,
+)
 
 from unwall.lab.analyzers import FullyEncryptedAnalyzer
 from unwall.lab.analyzers.fet import exemption
@@ -66,25 +70,8 @@ def test_the_analyzer_judges_the_clients_first_payload_only() -> None:
     assert analyzer.feed(b"GET / HTTP/1.1\r\n", from_client=True) == []
 
 
-def _tcp_flow(payload: bytes) -> list[bytes]:
-    def packet(
-        src: str, dst: str, sport: int, dport: int, flags: int, seq: int, data: bytes
-    ) -> bytes:
-        tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0) + data
-        header = bytes([0x45, 0]) + struct.pack("!HHHBBH", 20 + len(tcp), 1, 0x4000, 64, 6, 0)
-        return header + bytes(map(int, src.split("."))) + bytes(map(int, dst.split("."))) + tcp
-
-    client, server = ("198.51.100.10", 40000), ("203.0.113.60", 443)
-    return [
-        packet(*client[:1], *server[:1], client[1], server[1], 0x02, 100, b""),
-        packet(*server[:1], *client[:1], server[1], client[1], 0x12, 500, b""),
-        packet(*client[:1], *server[:1], client[1], server[1], 0x10, 101, b""),
-        packet(*client[:1], *server[:1], client[1], server[1], 0x18, 101, payload),
-    ]
-
-
 def _verdict(profile: CensorProfile, payload: bytes) -> tuple[int | None, str, list[str]]:
-    return box_verdict(profile, _tcp_flow(payload))
+    return box_verdict(profile, tcp_flow_packets(payload))
 
 
 def test_the_box_drops_a_fully_encrypted_flow_and_lets_tls_through() -> None:

@@ -112,7 +112,7 @@ def test_from_dict_fields(document: dict[str, Any], attribute: str, expected: ob
 # (id, document, a fragment of the error message)
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-table", {"dnss": {"poison": ["news.test"]}}, "unknown table"),
-    ("unknown-tables", {"tls": {}, "sni": {}, "quic": {}}, "['quic', 'tls']"),
+    ("unknown-tables", {"ssl": {}, "sni": {}, "quic": {}}, "['quic', 'ssl']"),
     ("sni-action", {"sni": {"action": "reset"}}, "[sni] action"),
     ("host-action", {"host": {"action": "block"}}, "[host] action"),
     ("action-case", {"sni": {"action": "RST"}}, "[sni] action"),
@@ -166,7 +166,7 @@ BAD_FILES = [
     ("not-toml", "[sni\nblock = ", "not valid TOML"),
     ("duplicate-key", "[sni]\naction = 'rst'\naction = 'drop'\n", "not valid TOML"),
     ("bad-action", "[sni]\naction = 'reset'\n", "[sni] action"),
-    ("unknown-table", "[tls]\nblock = []\n", "unknown table"),
+    ("unknown-table", "[ssl]\nblock = []\n", "unknown table"),
 ]
 
 

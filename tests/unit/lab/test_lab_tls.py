@@ -179,3 +179,113 @@ def test_empty_payload_is_ignored() -> None:
     analyzer = TlsAnalyzer()
     assert analyzer.feed(b"", from_client=True) == []
     assert not analyzer.done
+
+
+# -- JA4 and the box's [tls] rule -----------------------------------------------------------
+
+CHROMIUM_156 = "t13d1517h2_8daaf6152771_cb7bf5808d99"
+PYTHON_JA4 = "t13d1812h1_85036bcba153_d41ae481755e"  # Python 3.11's ssl (OpenSSL 3), h2 and 1.1
+
+
+def _ja4(stream: bytes) -> str:
+    return keys(TlsAnalyzer().feed(stream, from_client=True))["ja4"]
+
+
+def test_ja4_of_browsers_and_of_unwalls_broker_channel() -> None:
+    """JA4 sorts what Chromium shuffles: two of its hellos, two JA3s, one JA4, the one in the
+    box's reference; curl_cffi's Chrome (the client's broker channel) gives the same JA4;
+    Python's ssl (what the client used before) another."""
+    from unwall.lab.profile import browser_tls_reference
+
+    chromium = fixture_stream("chromium156-tls")
+    assert _ja4(chromium) == CHROMIUM_156
+    assert _ja4(fixture_stream("chromium-tls")) == "t13d1516h2_8daaf6152771_806a8c22fdea"
+    assert _ja4(fixture_stream("curl-cffi-tls")) == CHROMIUM_156
+    assert CHROMIUM_156 in browser_tls_reference()
+    python = _ja4(python_client_hello())
+    assert python.startswith("t13d") and python not in browser_tls_reference()
+
+
+async def test_the_broker_channels_hello_is_chromiums_today() -> None:
+    """Live: what unwall.transport.brokerhttp's chrome engine sends now (not a fixture), to
+    a listener on loopback, has Chromium 156's JA4; the python engine's does not."""
+    import asyncio
+
+    from unwall.transport.brokerhttp import HttpFailed, open_http
+
+    async def hello_of(engine: str) -> bytes:
+        got = bytearray()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while len(got) < 4096 and (data := await asyncio.wait_for(reader.read(4096), 2)):
+                    got.extend(data)
+            except TimeoutError:
+                pass
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        http = open_http(engine)
+        try:
+            with pytest.raises(HttpFailed):  # the listener answers nothing
+                await http.post(f"https://localhost:{port}/v1/sealed", b"x", {}, 5.0, 5.0, 100)
+        finally:
+            await http.aclose()
+            server.close()
+            await server.wait_closed()
+        return bytes(got)
+
+    assert _ja4(await hello_of("chrome")) == CHROMIUM_156
+    assert _ja4(await hello_of("python")) != CHROMIUM_156
+
+
+def _tls_verdict(rule: dict[str, object], hello: bytes) -> tuple[int | None, str, list[str]]:
+    from lab_samples import box_verdict, tcp_flow_packets
+
+    from unwall.lab.profile import CensorProfile
+
+    return box_verdict(CensorProfile.from_dict({"tls": rule}), tcp_flow_packets(hello))
+
+
+@pytest.mark.parametrize("action", ["flag", "drop"])
+def test_the_tls_rule_suspects_a_hello_no_browser_sends(action: str) -> None:
+    from unwall.lab.inspector import MARK_ALLOW, MARK_DROP
+
+    mark, _, suspected = _tls_verdict(
+        {"allow": "browsers", "action": action}, python_client_hello()
+    )
+    assert suspected == [f"tls ja4 {_ja4(python_client_hello())} to news.example: not a browser's"]
+    assert mark == (MARK_DROP if action == "drop" else MARK_ALLOW)
+    for browser in ("chromium156-tls", "curl-cffi-tls"):
+        mark, _, suspected = _tls_verdict(
+            {"allow": "browsers", "action": action}, fixture_stream(browser)
+        )
+        assert (mark, suspected) == (MARK_ALLOW, [])
+
+
+def test_the_tls_rule_watches_only_its_names() -> None:
+    hello = python_client_hello()
+    assert _tls_verdict({"allow": "browsers", "names": ["broker.*"]}, hello)[2] == []
+    assert _tls_verdict({"allow": "browsers", "names": ["*.example"]}, hello)[2] != []
+    no_name = python_client_hello(server_name=None)
+    (objection,) = _tls_verdict({"allow": "browsers"}, no_name)[2]
+    assert objection.endswith(" to no name: not a browser's")
+    assert _tls_verdict({}, hello)[2] == []  # no allow-list: the rule is off
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"allow": "firefox"}, '[tls] allow must be a list of patterns or "browsers"'),
+        ({"allow": ["t13*"], "names": "*"}, "[tls] names must be a list of patterns"),
+        ({"allow": ["t13*"], "action": "rst"}, "[tls] action must be one of"),
+        ({"alow": ["t13*"]}, "unknown key(s) ['alow'] in [tls]"),
+    ],
+)
+def test_bad_tls_rules_are_named(table: dict[str, object], message: str) -> None:
+    from unwall.lab.profile import CensorProfile, ProfileError
+
+    with pytest.raises(ProfileError) as error:
+        CensorProfile.from_dict({"tls": table})
+    assert message in str(error.value)

@@ -1,4 +1,4 @@
-"""TLS over TCP: the server name, ALPN and JA3 fingerprint of the client's ClientHello."""
+"""TLS over TCP: the server name, ALPN and JA3 and JA4 fingerprints of the ClientHello."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ class TlsAnalyzer(FlowAnalyzer):
     The ClientHello may arrive split across TCP segments and across several handshake
     records (record fragmentation is a known trick against censors; this box is not fooled
     by it). Findings: `sni` (or `no-sni`), `alpn` ("h2,http/1.1"), `ech` if the client
-    offers Encrypted ClientHello, `client-hello` (the JA3 string) and `ja3` (its md5).
+    offers Encrypted ClientHello, `client-hello` (the JA3 string), `ja3` (its md5) and `ja4`
+    (FoxIO's: sorted, so that a browser that shuffles its extensions keeps one).
     """
 
     name = "tls"
@@ -50,6 +51,7 @@ class TlsAnalyzer(FlowAnalyzer):
             *hello.describe(),
             ("client-hello", hello.ja3()),
             ("ja3", hello.ja3_md5()),
+            ("ja4", hello.ja4("tcp")),
         ]
 
 
