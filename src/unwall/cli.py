@@ -82,6 +82,12 @@ def webrtc_engine(text: str) -> str:
     return text
 
 
+def nat_check_mode(text: str) -> str:
+    if text not in ("browser", "rfc5780"):
+        raise argparse.ArgumentTypeError(f"must be browser or rfc5780, not {text!r}")
+    return text
+
+
 def broker_http_engine(text: str) -> str:
     from unwall.transport.brokerhttp import ENGINES
 
@@ -373,6 +379,15 @@ CLIENT_OPTIONS = [
         "chrome",
         broker_http_engine,
     ),
+    Option(
+        "--nat-check",
+        "how the NAT kind is measured: browser (plain binding requests to the STUN server's "
+        "two addresses, as a browser with two STUN servers sends; the filtering is taken as "
+        "the strictest) or rfc5780 (its CHANGE-REQUEST tests too, which tell a full-cone or "
+        "restricted NAT apart, but which no browser sends: a box can single them out)",
+        "browser",
+        nat_check_mode,
+    ),
     Option("--socks", "SOCKS5 listen address", ("127.0.0.1", 1080), host_port),
     Option("--http", "HTTP proxy listen address", ("127.0.0.1", 8118), host_port),
     Option(
@@ -421,6 +436,13 @@ CLIENT_OPTIONS = [
 
 NATCHECK_OPTIONS = [
     *ICE_OPTIONS,
+    Option(
+        "--mode",
+        "rfc5780 (all of RFC 5780's tests: mapping and filtering) or browser (what the "
+        "client does by default: plain binding requests only, the filtering not measured)",
+        "rfc5780",
+        nat_check_mode,
+    ),
     Option("--json", "print the verdict as JSON", is_switch=True),
 ]
 
@@ -1009,6 +1031,7 @@ async def _client(options: dict[str, Any]) -> None:
                 broker_key=options["broker_key"],
                 ca_file=options["ca_file"],
                 broker_http=options["broker_http"],
+                nat_check=options["nat_check"],
                 turn_user=options["turn_user"],
                 turn_password=options["turn_password"],
                 nat=options["nat"],
@@ -1071,13 +1094,14 @@ async def _close_engines() -> None:
 
 
 async def _natcheck(options: dict[str, Any]) -> int:
-    from unwall.transport.natcheck import discover_nat, stun_server_of
+    from unwall.transport.natcheck import NatCheckConfig, discover_nat, stun_server_of
 
     server = stun_server_of(options["ice_server"])
     if server is None:
         raise UsageError("unwall natcheck needs a STUN server: --ice-server stun:HOST:PORT")
     local = options["host_address"][0] if options["host_address"] else None
-    verdict = await discover_nat(server, local)
+    config = NatCheckConfig(change_request=options["mode"] == "rfc5780")
+    verdict = await discover_nat(server, local, config)
     if options["json"]:
         print(
             json.dumps(

@@ -359,19 +359,25 @@ def test_a_browsers_only_box_lets_the_unwall_client_through(lab_state: Path) -> 
 
 
 def test_a_box_that_knows_stun_flags_the_clients_nat_check(lab_state: Path) -> None:
-    """`[stun] change_request`: the client's NAT check (RFC 5780 CHANGE-REQUEST to the
-    operator's STUN server, before its first offer) names the host, whatever its WebRTC
-    looks like; the tunnel still works (flag mode)."""
+    """`[stun] change_request`: the client's NAT check as it was (`--nat-check rfc5780`:
+    CHANGE-REQUEST to the operator's STUN server, before its first offer) names the host,
+    whatever its WebRTC looks like; the tunnel still works (flag mode). Its default check
+    (plain bindings to the server's two addresses, as a browser with two STUN servers
+    sends) is not named."""
     lab = _up(lab_state, {"stun": {"change_request": True, "action": "flag"}})
-    try:
-        lab.start_client()
-        result = lab.curl(*lab.socks(), "http://open.test/")
-        assert result.returncode == 0, result.stderr
-    finally:
-        lab.stop()
-    report = json.loads(manager.report(as_json=True))
-    evidence = _suspicions(report["hosts"][topology.CENSORED_IP])
-    assert any(e.startswith("stun change-request (ip+port)") for e in evidence), evidence
+    stun_evidence = []
+    for mode in ("browser", "rfc5780"):
+        try:
+            lab.start_client("--nat-check", mode)
+            result = lab.curl(*lab.socks(), "http://open.test/")
+            assert result.returncode == 0, result.stderr
+        finally:
+            lab.stop()
+        report = json.loads(manager.report(as_json=True))
+        evidence = _suspicions(report["hosts"].get(topology.CENSORED_IP, {}))
+        stun_evidence.append([e for e in evidence if e.startswith("stun ")])
+    assert stun_evidence[0] == [], stun_evidence
+    assert any(e.startswith("stun change-request (ip+port)") for e in stun_evidence[1])
 
 
 def test_a_box_that_knows_browsers_tls_sees_a_browser_reach_the_broker(lab_state: Path) -> None:

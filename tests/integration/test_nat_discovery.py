@@ -165,9 +165,20 @@ def natted(masquerade: list[str]) -> Iterator[tuple[str, str]]:
         cleanup()
 
 
-def natcheck_in(namespace: str, stun_url: str) -> dict[str, str]:
+def natcheck_in(namespace: str, stun_url: str, *extra: str) -> dict[str, str]:
     result = subprocess.run(
-        ["ip", "netns", "exec", namespace, *UNWALL, "natcheck", "--ice-server", stun_url, "--json"],
+        [
+            "ip",
+            "netns",
+            "exec",
+            namespace,
+            *UNWALL,
+            "natcheck",
+            "--ice-server",
+            stun_url,
+            "--json",
+            *extra,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -195,6 +206,32 @@ def test_behind_linux_nat(tmp_path: Path, masquerade: list[str], kind: str, mapp
     assert verdict["nat"] == kind, verdict
     assert verdict["mapping"] == mapping
     assert verdict["filtering"] == "address-and-port-dependent"
+
+
+@pytest.mark.parametrize(
+    ("masquerade", "kind", "mapping"),
+    [
+        ([], "port-restricted", "endpoint-independent"),
+        (["--random-fully"], "symmetric", "address-and-port-dependent"),
+    ],
+    ids=["masquerade", "masquerade-random-fully"],
+)
+def test_behind_linux_nat_as_a_browser_would_ask(
+    tmp_path: Path, masquerade: list[str], kind: str, mapping: str
+) -> None:
+    """The client's default check: plain bindings to the server's two addresses, no
+    CHANGE-REQUEST. The mapping is measured as with RFC 5780; the filtering is not, and is
+    taken as the strictest (port-restricted is the kind these NATs are anyway)."""
+    require_coturn()
+    with (
+        natted(masquerade) as (inside, outside),
+        coturn(tmp_path, ("203.0.113.2", "203.0.113.3"), netns=outside) as server,
+    ):
+        verdict = natcheck_in(inside, server.stun_url, "--mode", "browser")
+    assert verdict["nat"] == kind, verdict
+    assert verdict["mapping"] == mapping
+    assert verdict["filtering"] is None
+    assert "filtering not measured" in verdict["reason"]
 
 
 def test_behind_nat_a_plain_stun_server_gives_unknown(tmp_path: Path) -> None:

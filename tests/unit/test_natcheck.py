@@ -199,13 +199,23 @@ class SimServer:
         return bytes(response), (ip, port)
 
 
-def run(nat: SimNat | None, server: SimServer, loss: int = 0) -> tuple[Verdict, float]:
-    """Drive the engine to its verdict; ``loss`` drops the first N requests sent."""
+def run(
+    nat: SimNat | None,
+    server: SimServer,
+    loss: int = 0,
+    change_request: bool = True,
+    sent: list[bytes] | None = None,
+) -> tuple[Verdict, float]:
+    """Drive the engine to its verdict; ``loss`` drops the first N requests sent, and
+    ``sent`` collects every request."""
     now = 0.0
-    engine = NatDiscovery(LOCAL, SERVER, now, NatCheckConfig(rto=0.25, attempts=3, timeout=1.5))
+    config = NatCheckConfig(rto=0.25, attempts=3, timeout=1.5, change_request=change_request)
+    engine = NatDiscovery(LOCAL, SERVER, now, config)
     dropped = 0
     while engine.verdict is None:
         for data, to in engine.datagrams_to_send(now):
+            if sent is not None:
+                sent.append(data)
             if dropped < loss:
                 dropped += 1
                 continue
@@ -305,3 +315,19 @@ def test_engine_ignores_strangers() -> None:
 )
 def test_stun_server_of(urls: list[str], server: tuple[str, int] | None) -> None:
     assert stun_server_of(urls) == server
+
+
+@pytest.mark.parametrize(("mapping", "filtering"), list(EXPECTED))
+def test_the_browser_check_sends_no_change_request(
+    mapping: Behaviour, filtering: Behaviour
+) -> None:
+    """Without CHANGE-REQUEST (the client's default): plain bindings only, to the server's
+    two addresses; the mapping is measured, the filtering taken as the strictest, so no
+    kind is reported more open than it is, and no test waits for an answer that cannot
+    come."""
+    sent: list[bytes] = []
+    verdict, elapsed = run(SimNat(mapping, filtering), SimServer(), change_request=False, sent=sent)
+    assert all("CHANGE-REQUEST" not in stun.parse_message(d).attributes for d in sent)
+    assert verdict.mapping == mapping and verdict.filtering is None
+    assert verdict.kind == ("port-restricted" if mapping == "endpoint-independent" else "symmetric")
+    assert elapsed == 0.0

@@ -28,7 +28,7 @@ from unwall.transport.broker_client import (
     NoCompatibleVolunteer,
     NoVolunteer,
 )
-from unwall.transport.natcheck import learn_nat, stun_server_of
+from unwall.transport.natcheck import NatCheckConfig, learn_nat, stun_server_of
 from unwall.transport.quic import (
     FlowControlledConnection,
     PinMismatch,
@@ -109,6 +109,10 @@ class TunnelConfig:
     turn_password: str | None = None
     #: our NAT kind as told by --nat; None: measure it with the first stun: server
     nat: NatKind | None = None
+    #: how: "browser" (plain bindings to the server's two addresses, as a browser with
+    #: two STUN servers sends; the filtering taken as the strictest) or "rfc5780" (its
+    #: CHANGE-REQUEST tests too, which no browser sends: a box can single them out)
+    nat_check: str = "browser"
     #: the WebRTC engine (unwall.transport.webrtc.ENGINES)
     webrtc: str = "aiortc"
     #: the carrier this end prefers (unwall.transport.webrtc.CARRIERS; None: the engine's)
@@ -227,7 +231,10 @@ class Tunnel:
 
     async def run(self) -> None:
         verdict = await learn_nat(
-            self.config.ice_servers, webrtc.pinned_host_addresses(), self.config.nat
+            self.config.ice_servers,
+            webrtc.pinned_host_addresses(),
+            self.config.nat,
+            NatCheckConfig(change_request=self.config.nat_check == "rfc5780"),
         )
         self.nat = verdict.kind
         # A STUN server that never answered: UDP is probably blocked on this network.

@@ -108,11 +108,21 @@ class Verdict:
         return f"{self.kind} ({', '.join(parts)})"
 
 
-def next_step(local: Address, server: Address, outcomes: Mapping[Probe, Outcome]) -> Send | Verdict:
+def next_step(
+    local: Address,
+    server: Address,
+    outcomes: Mapping[Probe, Outcome],
+    change_request: bool = True,
+) -> Send | Verdict:
     """The next test to run given the ``outcomes`` so far, or the verdict.
 
     ``local`` is the address our socket is bound to (a concrete address, not 0.0.0.0),
-    ``server`` the STUN server's primary address.
+    ``server`` the STUN server's primary address. Without ``change_request`` only plain
+    binding requests go out, to the server's two addresses, as a browser with two STUN
+    servers sends them: the mapping is measured, the filtering is not (it needs RFC 5780's
+    CHANGE-REQUEST, which no browser sends, so a box can single it out) and is taken as
+    the strictest, address-and-port-dependent: an endpoint-independent mapping is then
+    reported `port-restricted`, which the broker never pairs with a peer it cannot reach.
     """
     if Probe.BINDING not in outcomes:
         return Send(Probe.BINDING, server)
@@ -133,6 +143,15 @@ def next_step(local: Address, server: Address, outcomes: Mapping[Probe, Outcome]
         why = "the STUN server's OTHER-ADDRESS does not differ from it in IP and port"
         return Verdict("unknown", why, mapped=mapped)
 
+    if not change_request:
+        mapping = _mapping(server, other, mapped, outcomes)
+        if isinstance(mapping, Send):
+            return mapping
+        if isinstance(mapping, Verdict):
+            return Verdict(mapping.kind, mapping.reason, mapped=mapped)
+        assumed: NatKind = "port-restricted" if mapping == "endpoint-independent" else "symmetric"
+        why = "plain bindings to two addresses; filtering not measured, taken as the strictest"
+        return Verdict(assumed, why, mapping=mapping, mapped=mapped)
     filtering = _filtering(server, other, outcomes)
     if isinstance(filtering, Send | Verdict):
         if isinstance(filtering, Verdict):
@@ -224,6 +243,9 @@ class NatCheckConfig:
     rto: float = 0.25
     attempts: int = 3
     timeout: float = 1.5
+    #: RFC 5780's filtering tests (CHANGE-REQUEST: no browser sends one); False: plain
+    #: bindings only, the filtering taken as the strictest (see next_step)
+    change_request: bool = True
 
 
 @dataclass
@@ -314,7 +336,7 @@ class NatDiscovery:
         self._advance(now)
 
     def _advance(self, now: float) -> None:
-        step = next_step(self.local, self.server, self.outcomes)
+        step = next_step(self.local, self.server, self.outcomes, self.config.change_request)
         if isinstance(step, Verdict):
             self.verdict = step
             return
@@ -399,6 +421,7 @@ async def learn_nat(
     ice_servers: Sequence[str],
     host_addresses: Sequence[str] | None = None,
     override: NatKind | None = None,
+    config: NatCheckConfig | None = None,
 ) -> Verdict:
     """The verdict to report to the broker, logged in one line.
 
@@ -418,7 +441,7 @@ async def learn_nat(
         return Verdict("unknown", "no stun: server configured")
     want_v6 = ":" in server[0]
     local = next((a for a in host_addresses or () if (":" in a) == want_v6), None)
-    verdict = await discover_nat(server, local)
+    verdict = await discover_nat(server, local, config)
     log.info("NAT check with stun:%s: %s", _show(server), verdict.describe())
     return verdict
 
