@@ -287,9 +287,11 @@ EGRESS_OPTIONS = [
     ),
     Option(
         "--report-to",
-        "a broker to tell which volunteers carried sessions (so that they earn clients; "
-        "the broker needs the same report_secret, from its config file or "
-        "UNWALL_REPORT_SECRET); repeatable",
+        "a broker of this operator (it needs the same report_secret, from its config file "
+        "or UNWALL_REPORT_SECRET): the egress tells it which volunteers carried sessions "
+        "(so that they earn clients), and passes it the sealed requests clients send inside "
+        "their tunnels (so that a connected client never contacts a broker itself); "
+        "repeatable, tried in order",
         default=[],
         repeat=True,
     ),
@@ -488,6 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="an https:// front (CDN) that forwards to the broker by Host header, for the "
         "bridge line; repeatable (clients try them in a random order)",
+    )
+    keygen.add_argument(
+        "--ice-server",
+        type=str,
+        action="append",
+        default=[],
+        help="a stun: or turn:/turns: URL for the bridge line (no credentials: clients get "
+        "TURN credentials from the broker, sealed); repeatable",
     )
     keygen.add_argument("--force", action="store_true", help="replace an existing key")
 
@@ -890,7 +900,10 @@ def _keygen(args: argparse.Namespace) -> int:
     try:  # the line is checked before anything is written
         BridgeLine.parse(
             BridgeLine(
-                broker=args.broker, pin="sha256:" + "A" * 43, fronts=tuple(args.front)
+                broker=args.broker,
+                pin="sha256:" + "A" * 43,
+                fronts=tuple(args.front),
+                ice=tuple(args.ice_server),
             ).format()
         )
     except BridgeLineError as exc:
@@ -920,7 +933,11 @@ def _keygen(args: argparse.Namespace) -> int:
         print(f"broker key (from the secret the brokers hold): {broker_key}")
     print("bridge line:")
     line = BridgeLine(
-        broker=args.broker, pin=identity.pin, fronts=tuple(args.front), broker_key=broker_key
+        broker=args.broker,
+        pin=identity.pin,
+        fronts=tuple(args.front),
+        broker_key=broker_key,
+        ice=tuple(args.ice_server),
     )
     print(line.format())
     return 0
@@ -993,6 +1010,7 @@ async def _client(options: dict[str, Any]) -> None:
         broker, pin = broker or line.broker, pin or line.pin
         options["front"] = options["front"] or list(line.fronts)
         options["broker_key"] = options["broker_key"] or line.broker_key
+        options["ice_server"] = options["ice_server"] or list(line.ice)
     if not broker or not pin:
         raise UsageError(
             "unwall client needs a bridge line (--bridge 'unwall1 ...') or --broker and --pin"

@@ -180,6 +180,8 @@ class LocalBridge:
         # The sites here listen on any port: the harness widens the default 80,443.
         args = ["egress", "--listen", f"{self.host}:{self.egress_port}", "--ports", "all"]
         args += extra
+        if "--report-to" not in extra:  # our broker: reports, and clients' inner requests
+            args += ["--report-to", self.broker_url]
         args += ["--key-dir", str(self.key_dir)]
         for network in allow:
             args += ["--allow", network]

@@ -170,3 +170,29 @@ async def test_a_broker_without_a_secret_says_so_in_the_clear() -> None:
         status, body = await plain.post(SEALED_PATH, request, {"Content-Type": "x"})
     assert (status, decode_error(body).code) == (400, "bad_seal")
     assert decode_error(body).message == "this broker takes no sealed requests"
+
+
+async def test_turn_credentials_come_sealed_to_a_client_with_the_line(broker: Broker) -> None:
+    """A bridge line carries TURN URLs, never credentials: the client asks the broker,
+    sealed, and gets credentials its TURN server takes (coturn's REST scheme)."""
+    from unwall.broker.turn import TurnIssuer, turn_password
+    from unwall.transport.broker_client import NoTurn
+
+    async with aiohttp.ClientSession() as http:
+        # this broker has no TURN server: the client is told so, in words
+        with pytest.raises(NoTurn, match="no TURN server for clients"):
+            await BrokerClient(from_session(http), broker.url, broker_key=KEY).turn()
+        # without the broker's key nothing is asked (credentials never go in the clear)
+        with pytest.raises(NoTurn, match="only sealed"):
+            await BrokerClient(from_session(http), broker.url).turn()
+    issuer = TurnIssuer("coturn's secret", ("turn:turn.example:3478",), 600.0)
+    async with serving(replace(SEALING, turn=issuer), handler_cancellation=False) as with_turn:
+        client = BrokerClient(from_session(with_turn.http), with_turn.url, broker_key=KEY)
+        (server,) = await client.turn()
+        assert server.urls == ("turn:turn.example:3478",)
+        assert server.credential == turn_password("coturn's secret", server.username)
+        assert time.time() < int(server.username.split(":")[0]) <= time.time() + 601
+        # there is no unsealed way to them
+        status, _ = await with_turn.post("/v1/client/turn", b'{"version":1}')
+        assert status in (404, 405)
+        assert "unwall_broker_client_turn_total 1.0" in await with_turn.metrics()

@@ -65,7 +65,7 @@ def flags(options: list[Option]) -> list[str]:
 ROLE_FLAGS = [
     (["broker"], flags(BROKER_OPTIONS)),
     (["egress"], [*flags(EGRESS_OPTIONS), "keygen"]),
-    (["egress", "keygen"], ["--key-dir", "--broker", "--front", "--force"]),
+    (["egress", "keygen"], ["--key-dir", "--broker", "--front", "--ice-server", "--force"]),
     (["volunteer"], flags(VOLUNTEER_OPTIONS)),
     (["client"], flags(CLIENT_OPTIONS)),
     (["demo"], ["--socks", "--http", "--check"]),
@@ -161,6 +161,21 @@ def test_keygen_puts_the_fronts_in_the_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, describe(result)
     assert parse_keygen(result.stdout)[1].fronts == tuple(fronts)
+    with_ice = unwall(
+        "egress", "keygen", "--key-dir", str(tmp_path / "ice"), "--ice-server",
+        "stun:stun.example:3478", "--ice-server", "turns:turn.example:443?transport=tcp",
+    )  # fmt: skip
+    assert with_ice.returncode == 0, describe(with_ice)
+    assert parse_keygen(with_ice.stdout)[1].ice == (
+        "stun:stun.example:3478",
+        "turns:turn.example:443?transport=tcp",
+    )
+    secret_in_line = unwall(
+        "egress", "keygen", "--key-dir", str(tmp_path / "bad"), "--ice-server",
+        "turn:user:password@turn.example",
+    )  # fmt: skip
+    assert secret_in_line.returncode == 2 and "without credentials" in secret_in_line.stderr
+    assert not (tmp_path / "bad").exists()
     bad = unwall(
         "egress", "keygen", "--key-dir", str(tmp_path / "other"), "--front", "http://cdn.example/"
     )

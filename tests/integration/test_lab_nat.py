@@ -205,13 +205,15 @@ async def test_nat_matrix(
 
 
 def test_udp_blocked_needs_turn_over_tls(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Only TCP leaves the censored network: TURN over TLS on 443 carries the session."""
+    """Only TCP leaves the censored network: TURN over TLS on 443 carries the session. The
+    client is given the TURN URL alone, as a bridge line gives it, and gets credentials
+    from the broker in the sealed channel."""
     state = tmp_path_factory.mktemp("udplab") / "state"
     os.environ["UNWALL_LAB_STATE"] = str(state)
     profile = state.parent / "profile.toml"
     profile.write_text("[udp]\nblock = true\n")
     try:
-        info = manager.up(profile, volunteer_turn=False)
+        info = manager.up(profile)  # the broker hands out TURN credentials
         asyncio.run(_udp_blocked(info, state))
     finally:
         manager.down(quiet=True)
@@ -224,12 +226,11 @@ async def _udp_blocked(info: dict[str, Any], state: Path) -> None:
         await client.wait_for("blocks UDP", 60)  # it says that nothing gets through over UDP
     finally:
         client.stop()
-    user, password = manager.client_turn_credentials()
     client = Client(
-        info, state / "client-turn.log", "--ice-server", "turns:turn.test:443?transport=tcp",
-        "--turn-user", user, env={"UNWALL_TURN_PASSWORD": password},
-    )  # fmt: skip
+        info, state / "client-turn.log", "--ice-server", "turns:turn.test:443?transport=tcp"
+    )
     try:
+        await client.wait_for("TURN relay configured", 30)
         await client.wait_for("tunnel ready", 60)
         assert await _download() == hashlib.sha256(blob(SIZE)).hexdigest()
     finally:

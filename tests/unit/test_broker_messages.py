@@ -443,6 +443,7 @@ def test_error_status_table() -> None:
         "no_compatible_volunteer": 503,
         "rate_limited": 429,
         "bad_seal": 400,
+        "no_turn": 503,
     }
     assert BrokerError("no_volunteer", "").status == 503
     assert BrokerError("from_the_future", "").status == 500
@@ -513,3 +514,21 @@ def test_a_bad_ticket_or_commitment_is_a_bad_request(
     with pytest.raises(MessageError, match=words) as caught:
         getattr(messages, decode)(body)
     assert caught.value.code == "bad_request"
+
+
+def test_turn_request_and_grant_round_trip() -> None:
+    from unwall.wire.broker import (
+        TurnGrant,
+        TurnRequest,
+        TurnServer,
+        decode_turn_grant,
+        decode_turn_request,
+    )
+
+    assert decode_turn_request(encode(TurnRequest())) == TurnRequest()
+    grant = TurnGrant((TurnServer(("turn:t.example:3478",), "1700000000:unwall", "c2VjcmV0"),))
+    assert decode_turn_grant(encode(grant)) == grant
+    with pytest.raises(MessageError, match="at least one TURN server"):
+        decode_turn_grant(b'{"version":1,"status":"turn"}')
+    with pytest.raises(MessageError, match="'status' must be 'turn'"):
+        decode_turn_grant(b'{"version":1,"status":"answer"}')

@@ -70,7 +70,7 @@ def test_constants() -> None:
     assert VERSION == 1
     assert MAX_HEADER_SIZE == 290  # a voucher with the longest ticket
     assert MAX_REPLY_SIZE == 258
-    assert [int(t) for t in AddressType] == [1, 3, 4, 0x7F]
+    assert [int(t) for t in AddressType] == [1, 3, 4, 0x7F, 0x7E]
     assert [int(s) for s in StreamStatus] == list(range(9))
 
 
@@ -113,6 +113,19 @@ def test_a_malformed_voucher_is_a_header_error(raw: bytes, why: str) -> None:
     decoder.receive_data(raw)
     with pytest.raises(HeaderError, match=why):
         decoder.next_event()
+
+
+def test_a_broker_request_header_is_two_bytes_and_the_sealed_request_follows() -> None:
+    from unwall.wire.streamheader import BrokerRequest, encode_broker_request
+
+    raw = encode_broker_request() + b"sealed bytes"
+    assert raw[:2] == b"\x01\x7e"
+    decoder = StreamTargetDecoder()
+    decoder.receive_data(raw[:1])
+    assert decoder.next_event() is None
+    decoder.receive_data(raw[1:])
+    assert decoder.next_event() == BrokerRequest()
+    assert decoder.trailing_data == b"sealed bytes"
 
 
 def test_a_voucher_needs_a_ticket_and_a_32_byte_secret() -> None:

@@ -60,6 +60,7 @@ from unwall.wire.broker import (
     BAD_SEAL,
     MAX_BODY,
     NO_COMPATIBLE_VOLUNTEER,
+    NO_TURN,
     NO_VOLUNTEER,
     PROTOCOL_VERSION,
     RATE_LIMITED,
@@ -74,9 +75,11 @@ from unwall.wire.broker import (
     MessageError,
     PollIdle,
     PollOffer,
+    TurnGrant,
     VolunteerAnswer,
     VolunteerPoll,
     decode_client_offer,
+    decode_turn_request,
     decode_volunteer_answer,
     decode_volunteer_poll,
     encode,
@@ -99,6 +102,8 @@ MAX_REMEMBERED: Final = 200_000
 MAX_REPORT: Final = 1000
 #: where clients POST sealed requests, and how large one may be
 SEALED_PATH: Final = "/v1/sealed"
+#: marks a sealed request one of our egresses passed on (its signature verified)
+RELAYED: Final = web.RequestKey("unwall_relayed", bool)
 MAX_SEALED: Final = sealed.max_sealed_size(MAX_BODY)
 
 
@@ -233,6 +238,16 @@ class _Metrics:
         self.answers = Counter(
             prefix + "answers", "Volunteer answers passed on to clients.", registry=self.registry
         )
+        self.offers_relayed = Counter(
+            prefix + "offers_relayed",
+            "Client offers an egress passed on from inside a client's tunnel.",
+            registry=self.registry,
+        )
+        self.client_turn = Counter(
+            prefix + "client_turn",
+            "TURN credentials handed to clients (sealed requests).",
+            registry=self.registry,
+        )
         self.no_volunteer = Counter(
             prefix + "no_volunteer",
             "Client offers answered 503 no_volunteer.",
@@ -354,6 +369,7 @@ class Broker:
         self._replays = sealed.ReplayGuard()
         self._sealed_paths: dict[str, Callable[[web.Request, bytes], Awaitable[Message]]] = {
             "/v1/client/offer": self._client_offer,
+            "/v1/client/turn": self._client_turn,
         }
 
     # -- handlers -------------------------------------------------------------------------
@@ -555,6 +571,12 @@ class Broker:
             opened = sealed.open_request(self._sealing, raw)
         except sealed.SealError as exc:
             raise MessageError(BAD_SEAL, str(exc)) from None
+        signature = request.headers.get("Authorization", "")
+        if signature and self.config.report_secret is not None:
+            # One of our egresses, passing on a request a client sent inside its tunnel
+            # (protocol.md §5): it limits each session itself, and the address is its own.
+            key = report.report_key(self.config.report_secret)
+            request[RELAYED] = report.verify(key, signature, raw, time.time())
         reply: Message
         try:
             self._replays.check(opened, time.time())
@@ -579,9 +601,13 @@ class Broker:
         if self._closing:
             return _SHUTTING_DOWN
         loop = asyncio.get_running_loop()
+        relayed = request.get(RELAYED, False)
         address = self.config.source(request)
-        self._limit(self._offer_limits, limit_key(address), loop.time(), "offers")
-        network = network_of(address)
+        if not relayed:
+            self._limit(self._offer_limits, limit_key(address), loop.time(), "offers")
+        else:
+            self.metrics.offers_relayed.inc()
+        network = "" if relayed else network_of(address)  # the egress's is no client's
         future: asyncio.Future[ClientAnswer | BrokerError | _Gone] = loop.create_future()
         offer_id = self.matchmaker.receive_offer(
             offer,
@@ -614,6 +640,19 @@ class Broker:
             else:
                 self.metrics.no_volunteer.inc()
         return reply
+
+    async def _client_turn(self, request: web.Request, body: bytes) -> TurnGrant | BrokerError:
+        """TURN credentials for a client: only sealed (a stranger who has no bridge line
+        gets none), counted against the address's offers."""
+        decode_turn_request(body)
+        if self.config.turn is None:
+            return BrokerError(NO_TURN, "this broker has no TURN server for clients")
+        loop = asyncio.get_running_loop()
+        if not request.get(RELAYED, False):
+            address = limit_key(self.config.source(request))
+            self._limit(self._offer_limits, address, loop.time(), "offers")
+        self.metrics.client_turn.inc()
+        return TurnGrant((self.config.turn.issue(time.time()),))
 
     async def counts(self) -> dict[str, int]:
         """Exact counts: volunteers seen (across the pool, if shared) and offers waiting

@@ -23,10 +23,13 @@ from typing import Any
 
 from unwall.transport import brokerhttp, quic, reordering, webrtc
 from unwall.transport.broker_client import (
+    MAX_ANSWER,
     BrokerClient,
     BrokerUnavailable,
     NoCompatibleVolunteer,
+    NoTurn,
     NoVolunteer,
+    RouteFailed,
 )
 from unwall.transport.natcheck import NatCheckConfig, learn_nat, stun_server_of
 from unwall.transport.quic import (
@@ -35,11 +38,19 @@ from unwall.transport.quic import (
     QuicSession,
     QuicStream,
     read_header,
+    read_to_end,
 )
 from unwall.wire import ticket
+from unwall.wire.broker import TurnServer
 from unwall.wire.nat import NatKind
 from unwall.wire.pin import normalize_pin
-from unwall.wire.streamheader import HeaderError, StreamReplyDecoder, StreamStatus, encode_voucher
+from unwall.wire.streamheader import (
+    HeaderError,
+    StreamReplyDecoder,
+    StreamStatus,
+    encode_broker_request,
+    encode_voucher,
+)
 from unwall.wire.ticket import Voucher
 
 log = logging.getLogger("unwall.client")
@@ -61,6 +72,9 @@ SILENCE_RTTS = 6
 SILENCE_PTOS = 3
 WATCH_INTERVAL = 0.05
 MAX_BACKOFF = 30.0
+#: seconds a broker request through the tunnel may take beyond the broker's own timeout
+#: (the egress's HTTP request to the broker, and the tunnel's round trips)
+INNER_SLACK = 10.0
 TURN_HINT = "--ice-server turn:HOST:PORT with --turn-user and UNWALL_TURN_PASSWORD"
 
 
@@ -164,6 +178,11 @@ class Tunnel:
         self.ice_servers = webrtc.ice_servers_with_credentials(
             config.ice_servers, config.turn_user, config.turn_password
         )
+        #: `turn:` URLs without credentials: the broker gives them, sealed (run())
+        self._turn_urls = tuple(
+            url for url in self.ice_servers if isinstance(url, str) and webrtc.is_turn_url(url)
+        )
+        self.ice_servers = [s for s in self.ice_servers if s not in self._turn_urls]
         self.relay = webrtc.has_turn(self.ice_servers)
         if config.webrtc not in webrtc.ENGINES:
             raise ValueError(
@@ -190,6 +209,42 @@ class Tunnel:
         #: bytes of QUIC datagrams sent and received through volunteers
         self.bytes_up = 0
         self.bytes_down = 0
+
+    async def _through_tunnel(self, request: bytes, timeout: float) -> bytes:
+        """A sealed broker request through our own session to the egress, which passes it
+        on (protocol.md §5): once the tunnel is up, the box sees no broker traffic from
+        us at all. RouteFailed while the tunnel is down."""
+        session = self.session
+        if session is None or session.is_closed or not self._ready.is_set():
+            raise RouteFailed("the tunnel is not up")
+        try:
+            async with asyncio.timeout(timeout + INNER_SLACK):
+                stream = session.open_stream()
+                await stream.write(encode_broker_request() + request)
+                stream.write_eof()
+                reply = await read_header(stream, StreamReplyDecoder(), "the egress's reply")
+                if reply.status != StreamStatus.OK:
+                    raise RouteFailed(f"the egress did not pass it on: {reply.reason}")
+                return await read_to_end(stream, MAX_ANSWER)
+        except TimeoutError:
+            raise RouteFailed("no answer through the tunnel in time") from None
+        except (quic.StreamReset, quic.SessionClosed, EOFError, HeaderError, ValueError) as exc:
+            raise RouteFailed(f"the tunnel did not carry it ({exc})") from None
+
+    async def _fetch_turn(self, broker: BrokerClient) -> None:
+        """Credentials for our `turn:` URLs, from the broker inside the sealed channel (a
+        bridge line carries the URLs, never credentials). Without them we go on without
+        TURN, and say why."""
+        try:
+            grant = await broker.turn()
+        except (BrokerUnavailable, NoTurn) as exc:
+            log.warning("no TURN relay: %s", exc)
+            return
+        # The line's URLs (they are what this network can reach) with the broker's
+        # credentials, which its TURN servers take for any of their URLs.
+        server = grant[0]
+        self.ice_servers.append(TurnServer(self._turn_urls, server.username, server.credential))
+        self.relay = True
 
     # -- what the proxies call --------------------------------------------------------------
 
@@ -243,8 +298,6 @@ class Tunnel:
             and stun_server_of(self.config.ice_servers) is not None
             and verdict.mapped is None
         )
-        if self.relay:
-            log.info("TURN relay configured: volunteers behind any NAT can be reached")
         http = brokerhttp.open_http(self.config.broker_http, self.config.ca_file)
         async with contextlib.aclosing(http):
             broker = BrokerClient(
@@ -253,6 +306,11 @@ class Tunnel:
                 fronts=self.config.fronts,
                 broker_key=self.config.broker_key,
             )
+            broker.inner = self._through_tunnel
+            if self._turn_urls:
+                await self._fetch_turn(broker)
+            if self.relay:
+                log.info("TURN relay configured: volunteers behind any NAT can be reached")
             filler = asyncio.create_task(self._fill_pool(broker))
             try:
                 await self._drive()

@@ -43,10 +43,13 @@ from unwall.transport.quic import (
     QuicSession,
     QuicStream,
     read_header,
+    read_to_end,
 )
 from unwall.transport.ratelimit import TokenBucket
-from unwall.wire import report, ticket
+from unwall.wire import report, sealed, ticket
+from unwall.wire.broker import MAX_BODY, MAX_RESPONSE_BODY
 from unwall.wire.streamheader import (
+    BrokerRequest,
     HeaderError,
     StreamReply,
     StreamStatus,
@@ -72,6 +75,14 @@ UNTICKETED_RELAY_SECONDS: Final = 10.0
 #: A relay's queue toward its volunteer; above this, datagrams are dropped (QUIC recovers).
 PATH_QUEUE_BYTES = 1 << 20
 HEADER_TIMEOUT = 10.0
+#: A client's sealed broker request through its session: how large, how long the broker
+#: may take (it holds an offer up to its answer timeout), and how often (per session: one
+#: every BROKER_REQUEST_INTERVAL seconds, in bursts of BROKER_REQUEST_BURST)
+MAX_BROKER_REQUEST: Final = sealed.max_sealed_size(MAX_BODY)
+MAX_BROKER_ANSWER: Final = sealed.max_sealed_size(MAX_RESPONSE_BODY)
+BROKER_RELAY_TIMEOUT: Final = 40.0
+BROKER_REQUEST_INTERVAL: Final = 2.0
+BROKER_REQUEST_BURST: Final = 10.0
 
 
 @dataclass
@@ -179,6 +190,15 @@ class EgressMetrics:
         )
         for outcome in ("ok", "refused"):
             self.vouchers.labels(outcome)
+        self.broker_requests = Counter(
+            prefix + "broker_requests",
+            "Clients' sealed broker requests passed to a broker through their session, by "
+            "outcome (ok: a broker answered; failed: none did).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("ok", "failed"):
+            self.broker_requests.labels(outcome)
         self.relays_refused = Counter(
             prefix + "relays_refused",
             "Relays closed for sending datagrams without a valid ticket from a broker.",
@@ -277,6 +297,8 @@ class Egress:
         self._memory = MemoryReturn()
         self._session_connections: Tally[QuicSession] = Tally()
         self._opens: dict[QuicSession, tuple[float, float]] = {}  # tokens, when
+        self._broker_asks: dict[QuicSession, tuple[float, float]] = {}  # tokens, when
+        self._broker_http: aiohttp.ClientSession | None = None
         self._buckets: dict[QuicSession, TokenBucket] = {}  # --session-rate
         self.busy_refusals = 0
         self._busy_log = logs.Throttle(10.0)
@@ -396,6 +418,7 @@ class Egress:
 
     def _forget_session(self, session: QuicSession) -> None:
         self._opens.pop(session, None)
+        self._broker_asks.pop(session, None)
         self._buckets.pop(session, None)
         for offer in [o for o, s in self._offer_session.items() if s is session]:
             del self._offer_session[offer]
@@ -478,6 +501,10 @@ class Egress:
                 )
                 session.stream_finished(stream)
                 return
+        if isinstance(target, BrokerRequest):
+            await self._relay_to_broker(session, stream)
+            session.stream_finished(stream)
+            return
         busy = self._admit(session)
         if busy is not None:
             self._note_busy(session, busy)
@@ -493,6 +520,68 @@ class Egress:
             self._session_connections[session] -= 1
             if self._session_connections[session] <= 0:
                 del self._session_connections[session]
+
+    async def _relay_to_broker(self, session: QuicSession, stream: QuicStream) -> None:
+        """Pass a vouched client's sealed request to our brokers and its sealed answer
+        back (protocol.md §5): once its tunnel is up, a client sends nothing to a broker
+        itself. We cannot read either (sealed to the broker's key and the client's); the
+        broker knows us by a signature made with the secret we share."""
+        if not self.config.report_to:
+            await self._refuse(
+                stream, StreamStatus.NOT_ALLOWED, "this egress passes nothing to a broker"
+            )
+            return
+        now = asyncio.get_running_loop().time()
+        tokens, since = self._broker_asks.get(session, (BROKER_REQUEST_BURST, now))
+        tokens = min(BROKER_REQUEST_BURST, tokens + (now - since) / BROKER_REQUEST_INTERVAL)
+        if tokens < 1:
+            self._broker_asks[session] = (tokens, now)
+            await self._refuse(stream, StreamStatus.BUSY, "this session asks the broker too often")
+            return
+        self._broker_asks[session] = (tokens - 1, now)
+        try:
+            body = await asyncio.wait_for(read_to_end(stream, MAX_BROKER_REQUEST), HEADER_TIMEOUT)
+        except (ValueError, TimeoutError) as exc:
+            await self._refuse(stream, StreamStatus.BAD_HEADER, str(exc) or "no request in time")
+            return
+        except (quic.StreamReset, quic.SessionClosed):
+            return
+        key = report.report_key(self.config.report_secret or "")
+        headers = {
+            "Content-Type": sealed.CONTENT_TYPE,
+            "Authorization": report.sign(key, body, time.time()),
+        }
+        if self._broker_http is None:
+            self._broker_http = aiohttp.ClientSession()
+        failed = []
+        for url in self.config.report_to:
+            try:
+                async with self._broker_http.post(
+                    url.rstrip("/") + "/v1/sealed",
+                    data=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=BROKER_RELAY_TIMEOUT, sock_connect=10),
+                ) as response:
+                    answer = await response.content.read(MAX_BROKER_ANSWER)
+                    status, kind = response.status, response.content_type
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failed.append(str(exc) or type(exc).__name__)
+                continue
+            if kind != sealed.CONTENT_TYPE:
+                # the broker's own refusal (not sealed: it could not open the request, or
+                # does not know our signature), or something not a broker's
+                failed.append(f"HTTP {status} ({kind or 'no type'})")
+                continue
+            self.metrics.broker_requests.labels("ok").inc()
+            with contextlib.suppress(quic.StreamReset, quic.SessionClosed):
+                await stream.write(StreamReply(StreamStatus.OK).encode() + answer)
+                stream.write_eof()
+            return
+        self.metrics.broker_requests.labels("failed").inc()
+        log.warning("%s: no broker took its request: %s", session.name, "; ".join(failed))
+        await self._refuse(
+            stream, StreamStatus.HOST_UNREACHABLE, "no broker answered: " + "; ".join(failed)
+        )
 
     def _admit(self, session: QuicSession) -> str | None:
         """Why a new outbound connection for this session must wait (None: it may go)."""
@@ -560,7 +649,7 @@ class Egress:
             await stream.write(reply.encode())
             stream.write_eof()
 
-    async def _read_target(self, stream: QuicStream) -> StreamTarget | Voucher:
+    async def _read_target(self, stream: QuicStream) -> StreamTarget | Voucher | BrokerRequest:
         try:
             return await read_header(stream, StreamTargetDecoder(), "its header")
         except EOFError as exc:
@@ -724,6 +813,8 @@ class Egress:
         for task in list(self._stream_tasks):
             task.cancel()
         await asyncio.gather(*self._stream_tasks, return_exceptions=True)
+        if self._broker_http is not None:
+            await self._broker_http.close()
 
 
 class MemoryReturn:

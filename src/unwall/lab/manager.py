@@ -162,6 +162,9 @@ def up(
     _start("egress", INTERNET, _unwall(
         "egress", "--listen", f"{addresses.egress}:{EGRESS_PORT}", "--key-dir", str(keys),
         "--allow", topology.INTERNET_NET,
+        # the broker: reports, and the requests clients send inside their tunnels (plain
+        # HTTP inside the lab's internet, which carries a signature, never the secret)
+        "--report-to", f"http://{addresses.broker}:{BROKER_PORT}/", "--report-over-http",
     ), state, secret)  # fmt: skip
     _start("broker", INTERNET, _unwall(
         "broker", "--listen", f"{addresses.broker}:{BROKER_PORT}", "--egress-url", egress_url,
@@ -177,9 +180,9 @@ def up(
     info = {
         "state": str(state),
         "profile": profile.source,
-        "bridge_line": BridgeLine(broker_url, pin, broker_key=broker_key).format(),
+        "bridge_line": BridgeLine(broker_url, pin, broker_key=broker_key, ice=(stun_url,)).format(),
         "bridge_line_fronted": BridgeLine(
-            broker_url, pin, ("https://cdn.test/",), broker_key
+            broker_url, pin, ("https://cdn.test/",), broker_key, (stun_url,)
         ).format(),
         "censored_host": topology.CENSORED_IP,
         "lab_ca": str(state / "pki" / "lab-ca.pem"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -22,6 +22,8 @@ T = TypeVar("T")
 CONNECT_TIMEOUT = 10.0
 #: where sealed requests go (protocol.md §1.6)
 SEALED_PATH = "/v1/sealed"
+#: the path, inside a sealed request, that asks for TURN credentials
+CLIENT_TURN_PATH = "/v1/client/turn"
 
 
 #: the most of an answer read: a sealed one is padded to a whole bucket
@@ -40,6 +42,10 @@ class NoCompatibleVolunteer(NoVolunteer):
     """Volunteers were free, but none our NAT can connect to (and we have no TURN relay)."""
 
 
+class NoTurn(Exception):
+    """The broker has no TURN server for clients, or we cannot ask it sealed."""
+
+
 class OfferGone(Exception):
     """The client behind an offer gave up before our answer arrived."""
 
@@ -55,6 +61,10 @@ class Route:
 
 class RouteFailed(Exception):
     """This route did not reach the broker (the next one may)."""
+
+
+#: a sealed request in, the broker's sealed response out (timeout in seconds)
+InnerRoute = Callable[[bytes, float], Awaitable[bytes]]
 
 
 class BrokerClient:
@@ -82,6 +92,11 @@ class BrokerClient:
     ) -> None:
         self._http = http
         self._broker_key = None if broker_key is None else sealed.parse_public_key(broker_key)
+        #: the way through our own tunnel to the egress, which passes sealed requests on
+        #: to the broker (the client sets it): tried first, so that a connected client
+        #: sends nothing to the broker directly; RouteFailed when the tunnel is down
+        self.inner: InnerRoute | None = None
+        self._inner_working = False
         self.base_url = base_url.rstrip("/")
         broker = URL(self.base_url)
         self.routes = [
@@ -100,6 +115,18 @@ class BrokerClient:
         """POST `body` to `path` by the first route that works (sealed if `seal` and we
         have the broker's key); the broker's status and JSON body."""
         failed: list[str] = []
+        if seal and self._broker_key is not None and self.inner is not None:
+            try:
+                answer = await self._post_inner(path, body, timeout)
+            except RouteFailed as exc:
+                if self._inner_working:
+                    log.info("broker requests go directly again (%s)", exc)
+                self._inner_working = False
+            else:
+                if not self._inner_working:
+                    log.info("broker requests travel inside the tunnel, through the egress")
+                self._inner_working = True
+                return answer
         for route in list(self.routes):
             try:
                 if seal and self._broker_key is not None:
@@ -120,6 +147,15 @@ class BrokerClient:
         raise BrokerUnavailable(
             f"cannot reach the broker by any of {len(failed)} routes: " + "; ".join(failed)
         )
+
+    async def _post_inner(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+        assert self._broker_key is not None and self.inner is not None
+        data, pending = sealed.seal_request(self._broker_key, path, body, time.time())
+        answer = await self.inner(data, timeout)
+        try:
+            return sealed.open_response(pending, answer)
+        except sealed.SealError as exc:
+            raise RouteFailed(f"the egress passed back {exc}") from None
 
     async def _post_sealed(
         self, route: Route, path: str, body: bytes, timeout: float
@@ -201,6 +237,26 @@ class BrokerClient:
                     f"no volunteer free at {self.base_url} can accept a {nat} NAT"
                 )
             raise NoVolunteer(f"no volunteer available at {self.base_url}")
+        raise self._error(status, body)
+
+    async def turn(self, timeout: float = 30.0) -> tuple[messages.TurnServer, ...]:
+        """TURN servers with credentials for this client, asked for sealed (never in the
+        clear: credentials to a relay are worth stealing)."""
+        if self._broker_key is None:
+            raise NoTurn(
+                "TURN credentials come from the broker only sealed, and the bridge line has "
+                "no brokerkey"
+            )
+        request = messages.encode(messages.TurnRequest())
+        status, body = await self._post(CLIENT_TURN_PATH, request, timeout, seal=True)
+        if status == 200:
+            return self._decode(messages.decode_turn_grant, body).turn
+        try:
+            error = messages.decode_error(body)
+        except messages.MessageError:
+            raise self._error(status, body) from None
+        if error.code == messages.NO_TURN:
+            raise NoTurn(f"the broker says: {error.message}")
         raise self._error(status, body)
 
     async def poll(

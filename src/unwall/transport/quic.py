@@ -570,6 +570,16 @@ async def read_header(stream: QuicStream, decoder: HeaderDecoder[HeaderT], what:
             return message
 
 
+async def read_to_end(stream: QuicStream, limit: int) -> bytes:
+    """Everything the peer writes on `stream` up to its end; ValueError past `limit`."""
+    data = bytearray()
+    while chunk := await stream.read():
+        data += chunk
+        if len(data) > limit:
+            raise ValueError(f"more than {limit} bytes on one stream")
+    return bytes(data)
+
+
 class QuicSession:
     """Drive one aioquic connection: feed datagrams in, send datagrams out, run timers."""
 

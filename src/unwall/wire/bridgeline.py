@@ -17,6 +17,11 @@ class BridgeLineError(ValueError):
 
 #: How many fronts one line may name (a client tries each in turn).
 MAX_FRONTS = 16
+#: How many ICE servers one line may name.
+MAX_ICE = 8
+#: The fields a line may have; `front=` and `ice=` may repeat.
+FIELDS = ("broker", "pin", "front", "brokerkey", "ice")
+_REPEATED = ("front", "ice")
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,9 @@ class BridgeLine:
     fronts: tuple[str, ...] = ()
     #: the key the client seals its offers to (unwall.wire.sealed); None: sent unsealed
     broker_key: str | None = None
+    #: ICE servers: stun: and turn:/turns: URLs, never credentials (a client with a turn:
+    #: URL asks the broker for credentials, sealed)
+    ice: tuple[str, ...] = ()
 
     def format(self) -> str:
         line = f"{PREFIX} broker={quote(self.broker, safe=':/?&=@[]')} pin={self.pin}"
@@ -35,6 +43,8 @@ class BridgeLine:
             line += f" brokerkey={self.broker_key}"
         for front in self.fronts:
             line += f" front={quote(front, safe=':/?&=@[]')}"
+        for url in self.ice:
+            line += f" ice={quote(url, safe=':/?&=@[]')}"
         return line
 
     @classmethod
@@ -43,15 +53,23 @@ class BridgeLine:
         if not words or words[0] != PREFIX:
             raise BridgeLineError(f"a bridge line starts with {PREFIX!r}; got {line[:40]!r}")
         fields: dict[str, str] = {}
-        fronts: list[str] = []
+        repeated: dict[str, list[str]] = {key: [] for key in _REPEATED}
         for word in words[1:]:
             key, sep, value = word.partition("=")
             if not sep:
                 raise BridgeLineError(f"bridge line field {word!r} is not key=value")
-            if key == "front":  # the one key that may repeat
-                fronts.append(unquote(value))
+            if key not in FIELDS:
+                raise BridgeLineError(
+                    f"bridge line field {key[:32]!r} is not one this unwall knows "
+                    f"({', '.join(FIELDS)}): a typo, or a line for a newer unwall"
+                )
+            if key in repeated:
+                repeated[key].append(unquote(value))
+            elif key in fields:
+                raise BridgeLineError(f"bridge line field {key!r} is given twice")
             else:
-                fields[key] = unquote(value)  # unknown keys are ignored (later versions add some)
+                fields[key] = unquote(value)
+        fronts, ice = repeated["front"], repeated["ice"]
         missing = [key for key in ("broker", "pin") if key not in fields]
         if missing:
             raise BridgeLineError(f"bridge line lacks {', '.join(missing)}")
@@ -75,4 +93,14 @@ class BridgeLine:
                 broker_key = normalize_public_key(broker_key)
             except ValueError as exc:
                 raise BridgeLineError(f"bridge line brokerkey: {exc}") from None
-        return cls(broker=broker, pin=pin, fronts=tuple(fronts), broker_key=broker_key)
+        for url in ice:
+            if not url.startswith(("stun:", "turn:", "turns:")) or "@" in url or " " in url:
+                raise BridgeLineError(
+                    f"bridge line ice {url[:64]!r} must be a stun:, turn: or turns: URL "
+                    "without credentials"
+                )
+        if len(ice) > MAX_ICE:
+            raise BridgeLineError(f"a bridge line names at most {MAX_ICE} ICE servers")
+        return cls(
+            broker=broker, pin=pin, fronts=tuple(fronts), broker_key=broker_key, ice=tuple(ice)
+        )

@@ -48,6 +48,8 @@ UNKNOWN_EGRESS: Final = "unknown_egress"
 RATE_LIMITED: Final = "rate_limited"
 #: a sealed request (protocol.md §1.6) that does not open, or is stale or replayed
 BAD_SEAL: Final = "bad_seal"
+#: a client asked for TURN credentials from a broker that has no TURN server for clients
+NO_TURN: Final = "no_turn"
 
 ERROR_STATUS: Final[dict[str, int]] = {
     BAD_REQUEST: 400,
@@ -59,6 +61,7 @@ ERROR_STATUS: Final[dict[str, int]] = {
     NO_COMPATIBLE_VOLUNTEER: 503,
     RATE_LIMITED: 429,
     BAD_SEAL: 400,
+    NO_TURN: 503,
 }
 
 _VOLUNTEER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -174,6 +177,19 @@ class ClientAnswer:
 
 
 @dataclass(frozen=True)
+class TurnRequest:
+    """Client -> broker, sealed only (POST /v1/sealed, path /v1/client/turn): TURN
+    credentials for the `turn:` URLs of its bridge line."""
+
+
+@dataclass(frozen=True)
+class TurnGrant:
+    """Broker -> client: TURN servers with credentials (valid for the broker's ttl)."""
+
+    turn: tuple[TurnServer, ...]
+
+
+@dataclass(frozen=True)
 class BrokerError:
     """Broker -> anyone: an error response; ``supported`` is set for unsupported_version."""
 
@@ -195,6 +211,8 @@ Message = (
     | AnswerAccepted
     | ClientOffer
     | ClientAnswer
+    | TurnRequest
+    | TurnGrant
     | BrokerError
 )
 
@@ -239,6 +257,11 @@ def encode(msg: Message) -> bytes:
             obj.update(status="answer", sdp=msg.sdp)
             if msg.ticket is not None:
                 obj["ticket"] = msg.ticket
+        case TurnRequest():
+            pass
+        case TurnGrant():
+            obj.update(status="turn")
+            _put_turn(obj, msg.turn)
         case BrokerError():
             obj.update(error=msg.code, message=msg.message)
             if msg.supported:
@@ -333,6 +356,22 @@ def decode_poll_response(body: bytes) -> PollOffer | PollIdle:
         relay_url=relay_url,
         ticket=_ticket(obj),
     )
+
+
+def decode_turn_request(body: bytes) -> TurnRequest:
+    """Decode a client's request for TURN credentials (it has no fields but the version)."""
+    _load(body, MAX_BODY)
+    return TurnRequest()
+
+
+def decode_turn_grant(body: bytes) -> TurnGrant:
+    """Decode a 200 response to a TurnRequest: at least one TURN server."""
+    obj = _load(body, MAX_RESPONSE_BODY)
+    _status(obj, ("turn",))
+    turn = _turn(obj)
+    if not turn:
+        raise _bad("field 'turn' must name at least one TURN server")
+    return TurnGrant(turn)
 
 
 def decode_answer_accepted(body: bytes) -> AnswerAccepted:

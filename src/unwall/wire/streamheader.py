@@ -49,6 +49,10 @@ class AddressType(enum.IntEnum):
     #: not a destination: the client's voucher for a volunteer path (ticket and secret,
     #: unwall.wire.ticket); the egress answers it with a reply and ends the stream
     VOUCHER = 0x7F
+    #: not a destination: a sealed broker request (unwall.wire.sealed) follows, to the end
+    #: of the stream; the egress passes it to its broker and answers with a reply and the
+    #: broker's sealed response (protocol.md §5)
+    BROKER = 0x7E
 
 
 class StreamStatus(enum.IntEnum):
@@ -93,6 +97,16 @@ def encode_voucher(voucher: Voucher) -> bytes:
     if not 1 <= len(raw) <= 255 or len(voucher.secret) != SECRET_SIZE:
         raise ValueError("a voucher is a ticket of 1-255 characters and a 32-byte secret")
     return bytes((VERSION, AddressType.VOUCHER, len(raw))) + raw + voucher.secret
+
+
+@dataclass(frozen=True)
+class BrokerRequest:
+    """The stream-open header of a stream that carries a sealed request to the broker."""
+
+
+def encode_broker_request() -> bytes:
+    """The stream-open header of a broker stream (the sealed request follows it)."""
+    return bytes((VERSION, AddressType.BROKER))
 
 
 @dataclass(frozen=True)
@@ -159,10 +173,13 @@ class _IncrementalDecoder(ABC, Generic[_EventT]):
         """Return the event and its size in bytes, None if incomplete; raise HeaderError."""
 
 
-class StreamTargetDecoder(_IncrementalDecoder[StreamTarget | Voucher]):
-    """Decodes the stream-open header at the egress: a destination, or a voucher."""
+class StreamTargetDecoder(_IncrementalDecoder[StreamTarget | Voucher | BrokerRequest]):
+    """Decodes the stream-open header at the egress: a destination, a voucher, or a
+    broker request."""
 
-    def _parse(self, buffer: bytearray) -> tuple[StreamTarget | Voucher, int] | None:
+    def _parse(
+        self, buffer: bytearray
+    ) -> tuple[StreamTarget | Voucher | BrokerRequest, int] | None:
         if len(buffer) < 1:
             return None
         _check_version(buffer[0], "stream-open header")
@@ -177,6 +194,8 @@ class StreamTargetDecoder(_IncrementalDecoder[StreamTarget | Voucher]):
             ) from None
         if address_type is AddressType.VOUCHER:
             return _parse_voucher(buffer)
+        if address_type is AddressType.BROKER:
+            return BrokerRequest(), 2
         if address_type is AddressType.DOMAIN:
             if len(buffer) < 3:
                 return None
