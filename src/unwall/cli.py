@@ -615,6 +615,20 @@ def build_parser() -> argparse.ArgumentParser:
         "Chromium). Default: all four",
     )
     bench.add_argument(
+        "--path-front",
+        action="store_true",
+        help="with --path: clients reach the broker through the lab's CDN front, over TLS "
+        "(as a censored user would), not straight to it over plain HTTP",
+    )
+    bench.add_argument(
+        "--path-client-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="with --path: one more argument for the client's command line (repeatable; "
+        "e.g. --path-client-arg=--nat-check --path-client-arg=rfc5780)",
+    )
+    bench.add_argument(
         "--browser",
         action="store_true",
         help="also measure a Chromium widget volunteer against a headless one (root, chromium)",
@@ -659,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.path_time,
                         kinds=args.path_kind or VOLUNTEER_KINDS,
                         runs=args.path_runs,
+                        front=args.path_front,
+                        client_args=args.path_client_arg,
                     )
                 )
             return _run(bench(args.size_mb, args.json, args.profile, args.browser, args.runs))

@@ -7,6 +7,7 @@ profile, then runs curl in the censored namespace, directly and through `unwall 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ import pytest
 from unwall.lab import manager, topology
 from unwall.lab.capture import frames
 from unwall.lab.flowlog import FlowLog
+from unwall.lab.internet import blob
+from unwall.lab.profile import SHIPPED_PROFILES
 
 _reason = topology.lab_possible()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
@@ -380,42 +384,41 @@ def test_a_box_that_knows_stun_flags_the_clients_nat_check(lab_state: Path) -> N
     assert any(e.startswith("stun change-request (ip+port)") for e in stun_evidence[1])
 
 
-def test_a_box_that_knows_browsers_tls_sees_a_browser_reach_the_broker(lab_state: Path) -> None:
-    """`[tls] allow = "browsers"` on every TLS flow, with the broker blocked by name and
-    address and the line's first front blocked by SNI: the client reaches the broker
-    through the second front with a ClientHello the box takes for Chromium's (curl_cffi),
-    sealed, and the report has no TLS evidence on the host. The same client with Python's
-    TLS (`--broker-http python`, what it used before: no ALPN, 18 suites) is named by that
-    rule: the rule does something."""
-    blocked = ["broker.test", "news.test"]
-    profile = {
-        "dns": {"poison": blocked},
-        "ip": {"block": ["203.0.113.20/32", NEWS_IP + "/32"]},
-        "sni": {"block": blocked},
-        "host": {"block": blocked},
-        "tls": {"allow": "browsers", "names": ["*"], "action": "flag"},
-    }
-    lab = _up(lab_state, profile)
+def test_the_rendezvous_a_box_can_neither_read_single_out_nor_cut(lab_state: Path) -> None:
+    """The shipped rendezvous-blocked profile: the broker blocked by name and address, the
+    line's first front (news.test) by name and SNI, `[tls]`, `[stun]` and browsers-only
+    WebRTC. The client, with a two-front line, reaches the broker through the second front
+    with a ClientHello the box takes for Chromium's (curl_cffi), its offers sealed, its NAT
+    check a browser's; the download is byte-exact and the report has nothing on the host.
+    The same client with what it used before (Python's TLS: no ALPN, 18 suites; RFC 5780's
+    CHANGE-REQUEST) is named by both rules: the rules do something."""
+    lab = _up(lab_state, tomllib.loads((SHIPPED_PROFILES / "rendezvous-blocked.toml").read_text()))
     fronts = ("--front", "https://news.test/", "--front", "https://cdn.test/")
-    tls_evidence = []
-    for engine in ("chrome", "python"):
+    want = hashlib.sha256(blob(1_000_000)).hexdigest()
+    evidence = []
+    for before in (False, True):
+        old_ways = ("--broker-http", "python", "--nat-check", "rfc5780") if before else ()
         try:
             lab.start_client(
-                "--ca-file", lab.info["lab_ca"], *fronts, "--broker-http", engine,
-                bridge="bridge_line_fronted",
+                "--ca-file", lab.info["lab_ca"], *fronts, *old_ways, bridge="bridge_line_fronted"
+            )
+            got = subprocess.run(
+                ["ip", "netns", "exec", topology.CENSORED, "curl", "--silent", "--show-error",
+                 "--max-time", "60", *lab.socks(), "http://open.test/blob/1000000"],
+                capture_output=True, timeout=70,
             )  # fmt: skip
-            result = lab.curl(*lab.socks(), "http://open.test/")
-            assert result.returncode == 0, result.stderr
+            assert got.returncode == 0, got.stderr
+            assert hashlib.sha256(got.stdout).hexdigest() == want
         finally:
             lab.stop()
         report = json.loads(manager.report(as_json=True))
-        evidence = _suspicions(report["hosts"][topology.CENSORED_IP])
-        tls_evidence.append([e for e in evidence if e.startswith("tls ")])
-    assert tls_evidence[0] == [], tls_evidence
+        evidence.append(_suspicions(report["hosts"].get(topology.CENSORED_IP, {})))
+    assert evidence[0] == [], evidence
     assert any(
         e.startswith("tls ja4 t13d181100_") and e.endswith(" to cdn.test: not a browser's")
-        for e in tls_evidence[1]
-    ), tls_evidence
+        for e in evidence[1]
+    ), evidence
+    assert any(e.startswith("stun change-request") for e in evidence[1]), evidence
 
 
 RANDOM_FIRST_PAYLOAD = """

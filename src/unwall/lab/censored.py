@@ -20,7 +20,8 @@ HTTP = "127.0.0.1:8118"
 class CensoredClient:
     """One client process in the censored namespace, its log in a file of its own.
 
-    `info` is what `lab up` returned; `stun` adds the lab's STUN server; `extra` goes on
+    `info` is what `lab up` returned; `bridge` names its bridge line ("bridge_line_fronted":
+    through the lab's CDN, with TLS); `stun` adds the lab's STUN server; `extra` goes on
     the command line as it is, `env` (secrets such as UNWALL_TURN_PASSWORD) in its
     environment. The lab CA is trusted for TLS (it signs turn.test)."""
 
@@ -32,9 +33,10 @@ class CensoredClient:
         stun: bool = True,
         paths: int = 1,
         env: dict[str, str] | None = None,
+        bridge: str = "bridge_line",
     ) -> None:
         argv = [
-            sys.executable, "-m", "unwall", "client", "--bridge", info["bridge_line"],
+            sys.executable, "-m", "unwall", "client", "--bridge", info[bridge],
             "--host-address", topology.CENSORED_IP, "--socks", SOCKS, "--http", HTTP,
             "--paths", str(paths), *(["--ice-server", info["stun"]] if stun else []), *extra,
         ]  # fmt: skip

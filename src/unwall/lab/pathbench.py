@@ -151,12 +151,14 @@ def _chromium_cpu() -> dict[str, float]:
 
 async def _through_unwall(
     kind: str, home: topology.Home, info: dict[str, Any], size: int, max_time: float,
-    workdir: Path,
+    workdir: Path, front: bool = False, client_args: Sequence[str] = (),
 ) -> dict[str, Any]:  # fmt: skip
     async with _volunteer(kind, home, info, workdir):
+        rendezvous = ("--ca-file", info["lab_ca"]) if front else ()
         client = CensoredClient(
-            info, workdir / f"client-{kind}.log", *ENGINE_ARGS.get(kind, ()), paths=2
-        )
+            info, workdir / f"client-{kind}.log", *ENGINE_ARGS.get(kind, ()), *rendezvous,
+            *client_args, paths=2, bridge="bridge_line_fronted" if front else "bridge_line",
+        )  # fmt: skip
         try:
             setup = await client.until("tunnel ready", max(60.0, max_time))
             if setup is None:
@@ -183,6 +185,8 @@ async def path_bench(
     max_time: float = 60.0,
     kinds: Sequence[str] = VOLUNTEER_KINDS,
     runs: int = 1,
+    front: bool = False,
+    client_args: Sequence[str] = (),
 ) -> int:
     reason = topology.lab_possible()
     if reason is not None:
@@ -204,6 +208,8 @@ async def path_bench(
     results: dict[str, Any] = {
         "size_MB": size_mb, "max_time_s": max_time, "machine_cpus": os.cpu_count(),
         "volunteer_nat": "port-restricted", "client_nat": "port-restricted", "presets": {},
+        "rendezvous": "front (TLS to cdn.test)" if front else "broker (plain HTTP)",
+        "client_args": list(client_args),
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="unwall-pathbench-") as tmp:
         workdir = Path(tmp)
@@ -219,7 +225,9 @@ async def path_bench(
                     entry: dict[str, Any] = {"link": spec.describe()}
                     entry["direct"] = await _measure("http://open.test", size, max_time)
                     for kind in kinds:
-                        figures = await _through_unwall(kind, home, info, size, max_time, workdir)
+                        figures = await _through_unwall(
+                            kind, home, info, size, max_time, workdir, front, client_args
+                        )
                         if "MBps" in figures and entry["direct"]["MBps"]:
                             ratio = figures["MBps"] / entry["direct"]["MBps"]
                             figures["ratio"] = round(ratio, 4)

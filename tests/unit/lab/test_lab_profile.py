@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from unwall.lab.profile import CensorProfile, ProfileError, name_matches
+from unwall.lab.profile import SHIPPED_PROFILES, CensorProfile, ProfileError, name_matches
 
 FULL_TOML = """
 [dns]
@@ -295,3 +295,10 @@ BLOCKED_NAMES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
 )
 def test_blocked_names(document: dict[str, Any], expected: tuple[str, ...]) -> None:
     assert CensorProfile.from_dict(document).blocked_names == expected
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED_PROFILES.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_profile_loads_and_watches_the_rendezvous(path: Path) -> None:
+    """What ships is valid, and each watches the client's TLS and its NAT check."""
+    profile = CensorProfile.load(path)
+    assert profile.tls.active and profile.stun_change_request
