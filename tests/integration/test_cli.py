@@ -237,6 +237,8 @@ def test_client_with_half_of_it(argv: list[str]) -> None:
         ("unwall1 broker=http://127.0.0.1:9/", ["lacks", "pin"]),
         ("unwall1 broker=http://127.0.0.1:9/ pin=sha256:AAAA", ["pin", "32-byte"]),
         (f"unwall1 broker=ftp://x/ pin={PIN}", ["broker", "http"]),
+        (f"unwall1 broker=http://127.0.0.1:9/ pin={PIN} brokerkey=x25519:AAAA", ["brokerkey"]),
+        (f"unwall1 broker=http://127.0.0.1:9/ pin={PIN} fronts=https://x/", ["'fronts'"]),
     ],
 )
 def test_client_bad_bridge(bridge: str, words: list[str]) -> None:
@@ -244,6 +246,15 @@ def test_client_bad_bridge(bridge: str, words: list[str]) -> None:
     assert result.returncode == 2, describe(result)
     for word in words:
         assert word in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_client_bad_broker_key() -> None:
+    result = unwall(
+        "client", "--broker", "http://127.0.0.1:9/", "--pin", PIN, "--broker-key", "x25519:!!"
+    )
+    assert result.returncode == 2, describe(result)
+    assert "--broker-key: a broker key is base64url" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -27,8 +27,8 @@ Pure functions and one small state machine; the clock is an argument.
 from __future__ import annotations
 
 import base64
-import binascii
 import os
+import re
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -62,6 +62,7 @@ MAX_REMEMBERED: Final = 200_000
 MAX_PATH: Final = 64
 
 _REQUEST_HEAD = struct.Struct("!BI32s")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _RESPONSE_HEAD = struct.Struct("!HI")
 
 
@@ -102,10 +103,9 @@ def parse_public_key(text: str) -> x25519.X25519PublicKey:
     if not text.startswith(KEY_PREFIX):
         raise ValueError(f"a broker key starts with {KEY_PREFIX!r}")
     body = text[len(KEY_PREFIX) :]
-    try:
-        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError("a broker key is base64url after 'x25519:'") from None
+    if not _BASE64URL.fullmatch(body):
+        raise ValueError("a broker key is base64url after 'x25519:' (A-Z a-z 0-9 - _)")
+    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
     if len(raw) != KEY_SIZE or len(body) != 43:
         raise ValueError(f"a broker key is {KEY_SIZE} bytes (43 base64url characters)")
     return x25519.X25519PublicKey.from_public_bytes(raw)
