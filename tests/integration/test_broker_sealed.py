@@ -196,3 +196,32 @@ async def test_turn_credentials_come_sealed_to_a_client_with_the_line(broker: Br
         status, _ = await with_turn.post("/v1/client/turn", b'{"version":1}')
         assert status in (404, 405)
         assert "unwall_broker_client_turn_total 1.0" in await with_turn.metrics()
+
+
+async def test_the_tunnel_takes_turn_credentials_from_the_broker_and_renews_them() -> None:
+    """A client given turn: URLs alone gathers no relay until the broker's credentials
+    come; asked again (before they expire, unwall.client.tunnel), they replace the old."""
+    from unwall.broker.turn import TurnIssuer
+    from unwall.client.tunnel import Tunnel, TunnelConfig
+    from unwall.wire.broker import TurnServer
+
+    turn_url = "turns:turn.example:443?transport=tcp"
+    tunnel = Tunnel(
+        TunnelConfig(
+            broker_url="http://127.0.0.1:9/",
+            pin="sha256:" + "A" * 43,
+            ice_servers=["stun:stun.example:3478", turn_url],
+            broker_key=KEY,
+        )
+    )
+    assert not tunnel.relay and tunnel.ice_servers == ["stun:stun.example:3478"]
+    issuer = TurnIssuer("coturn's secret", ("turn:turn.example:3478",), 600.0)
+    async with serving(replace(SEALING, turn=issuer), handler_cancellation=False) as broker:
+        client = BrokerClient(from_session(broker.http), broker.url, broker_key=KEY)
+        await tunnel._fetch_turn(client)
+        (first,) = [s for s in tunnel.ice_servers if isinstance(s, TurnServer)]
+        assert tunnel.relay and first.urls == (turn_url,)  # the line's URL, the broker's key
+        assert tunnel._turn_expires == pytest.approx(time.time() + 600, abs=5)
+        await tunnel._fetch_turn(client)
+        (second,) = [s for s in tunnel.ice_servers if isinstance(s, TurnServer)]
+        assert second.username != first.username

@@ -18,6 +18,7 @@ import contextlib
 import enum
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,8 @@ SILENCE_RTTS = 6
 SILENCE_PTOS = 3
 WATCH_INTERVAL = 0.05
 MAX_BACKOFF = 30.0
+#: seconds before the broker's TURN credentials expire that the client asks for new ones
+TURN_REFRESH_MARGIN = 120.0
 #: seconds a broker request through the tunnel may take beyond the broker's own timeout
 #: (the egress's HTTP request to the broker, and the tunnel's round trips)
 INNER_SLACK = 10.0
@@ -178,6 +181,8 @@ class Tunnel:
         self.ice_servers = webrtc.ice_servers_with_credentials(
             config.ice_servers, config.turn_user, config.turn_password
         )
+        #: when the broker's TURN credentials expire (Unix time; None: none from it)
+        self._turn_expires: float | None = None
         #: `turn:` URLs without credentials: the broker gives them, sealed (run())
         self._turn_urls = tuple(
             url for url in self.ice_servers if isinstance(url, str) and webrtc.is_turn_url(url)
@@ -243,8 +248,12 @@ class Tunnel:
         # The line's URLs (they are what this network can reach) with the broker's
         # credentials, which its TURN servers take for any of their URLs.
         server = grant[0]
+        self.ice_servers = [s for s in self.ice_servers if not isinstance(s, TurnServer)]
         self.ice_servers.append(TurnServer(self._turn_urls, server.username, server.credential))
         self.relay = True
+        # coturn's REST credentials are "<expiry>:<id>": ask again before they expire
+        expiry, _, _ = server.username.partition(":")
+        self._turn_expires = float(expiry) if expiry.isdigit() else time.time() + 300.0
 
     # -- what the proxies call --------------------------------------------------------------
 
@@ -580,6 +589,9 @@ class Tunnel:
             self._discard(path)
 
     async def _open_path(self, broker: BrokerClient) -> VolunteerPath:
+        expires = self._turn_expires
+        if expires is not None and time.time() > expires - TURN_REFRESH_MARGIN:
+            await self._fetch_turn(broker)  # through the tunnel, when it is up
         peer = webrtc.engine(self.config.webrtc).new_peer(
             self.ice_servers, max_buffered=CHANNEL_BUFFER_BYTES, carrier=self.wanted_carrier
         )
