@@ -181,7 +181,9 @@ class LocalBridge:
         args = ["egress", "--listen", f"{self.host}:{self.egress_port}", "--ports", "all"]
         args += extra
         if "--report-to" not in extra:  # our broker: reports, and clients' inner requests
-            args += ["--report-to", self.broker_url]
+            # (plain HTTP on this machine, perhaps to a namespace's address: it carries a
+            # signature, never the secret)
+            args += ["--report-to", self.broker_url, "--report-over-http"]
         args += ["--key-dir", str(self.key_dir)]
         for network in allow:
             args += ["--allow", network]
