@@ -14,7 +14,7 @@ import socket
 import aiohttp
 from aiohttp import web
 
-from unwall.local import DemoSite, LocalBridge, download_via_socks
+from unwall.local import DemoSite, Download, LocalBridge, download_via_socks
 
 
 async def _front(broker_url: str) -> tuple[web.AppRunner, str, dict[str, int]]:
@@ -70,13 +70,23 @@ async def test_a_connected_client_asks_the_broker_only_inside_its_tunnel(
         await bridge.wait_log(client, "connected to a volunteer (path-2", timeout=60)
         assert state["forwarded"] >= 1  # the first offers went through the front
         state["walled"] = 1
+        # a download under way makes the carrying volunteer the busiest (a standby's death
+        # is noticed only when its ICE consent runs out, tens of seconds later)
+        size = 20_000_000
+        _, digest = site.blob(size)
+        watch = Download()
+        url = f"{site.url}/blob/{size}"
+        download = asyncio.create_task(download_via_socks(bridge.socks_port, url, watch))
+        async with asyncio.timeout(60):
+            while watch.size < 2_000_000:
+                await asyncio.sleep(0.02)
         carrier = await bridge.busiest_volunteer()
         await carrier.stop(signal.SIGKILL)
         # the standby carries on; a new volunteer joins through the tunnel
         await bridge.wait_log(client, "connected to a volunteer (path-3", timeout=60)
         await bridge.wait_log(client, "broker requests travel inside the tunnel", timeout=5)
-        result = await asyncio.wait_for(download_via_socks(bridge.socks_port, site.url + "/"), 60)
-        assert result.status == 200
+        result = await asyncio.wait_for(download, 120)
+        assert (result.status, result.size, result.sha256) == (200, size, digest)
         assert state["after_wall"] == 0, "the connected client went to the front"
         assert await _metric(bridge.broker_url, "unwall_broker_offers_relayed_total") >= 1
         egress = f"http://{bridge.host}:{bridge.egress_port}"

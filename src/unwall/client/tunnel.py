@@ -78,6 +78,8 @@ TURN_REFRESH_MARGIN = 120.0
 #: seconds a broker request through the tunnel may take beyond the broker's own timeout
 #: (the egress's HTTP request to the broker, and the tunnel's round trips)
 INNER_SLACK = 10.0
+#: how often a broker request through the tunnel checks that the tunnel is still up
+INNER_CHECK = 0.25
 TURN_HINT = "--ice-server turn:HOST:PORT with --turn-user and UNWALL_TURN_PASSWORD"
 
 
@@ -222,19 +224,35 @@ class Tunnel:
         session = self.session
         if session is None or session.is_closed or not self._ready.is_set():
             raise RouteFailed("the tunnel is not up")
+
+        async def exchange() -> bytes:
+            stream = session.open_stream()
+            await stream.write(encode_broker_request() + request)
+            stream.write_eof()
+            reply = await read_header(stream, StreamReplyDecoder(), "the egress's reply")
+            if reply.status != StreamStatus.OK:
+                raise RouteFailed(f"the egress did not pass it on: {reply.reason}")
+            return await read_to_end(stream, MAX_ANSWER)
+
+        task = asyncio.ensure_future(exchange())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout + INNER_SLACK
         try:
-            async with asyncio.timeout(timeout + INNER_SLACK):
-                stream = session.open_stream()
-                await stream.write(encode_broker_request() + request)
-                stream.write_eof()
-                reply = await read_header(stream, StreamReplyDecoder(), "the egress's reply")
-                if reply.status != StreamStatus.OK:
-                    raise RouteFailed(f"the egress did not pass it on: {reply.reason}")
-                return await read_to_end(stream, MAX_ANSWER)
-        except TimeoutError:
-            raise RouteFailed("no answer through the tunnel in time") from None
+            while not task.done():
+                await asyncio.wait({task}, timeout=INNER_CHECK)
+                if task.done():
+                    break
+                # A tunnel that lost its last volunteer carries nothing until another
+                # comes, which may need this very request: ask directly instead.
+                if session.is_closed or not self._ready.is_set():
+                    raise RouteFailed("the tunnel went down while it carried the request")
+                if loop.time() > deadline:
+                    raise RouteFailed("no answer through the tunnel in time")
+            return task.result()
         except (quic.StreamReset, quic.SessionClosed, EOFError, HeaderError, ValueError) as exc:
             raise RouteFailed(f"the tunnel did not carry it ({exc})") from None
+        finally:
+            task.cancel()
 
     async def _fetch_turn(self, broker: BrokerClient) -> None:
         """Credentials for our `turn:` URLs, from the broker inside the sealed channel (a
