@@ -199,6 +199,11 @@ class Tunnel:
         self.wanted_carrier = webrtc.check_carrier(config.webrtc, config.carrier)
         self.nat: NatKind = config.nat or "unknown"
         self.udp_silent = False
+        #: set once the NAT check has its verdict (an offer carries it); at once when
+        #: there is nothing to measure (--nat given, or no stun: server)
+        self._nat_known = asyncio.Event()
+        if config.nat is not None or stun_server_of(config.ice_servers) is None:
+            self._nat_known.set()
         self.session: QuicSession | None = None
         self.active: VolunteerPath | None = None
         self._pool: list[VolunteerPath] = []
@@ -311,20 +316,28 @@ class Tunnel:
 
     # -- the main loop --------------------------------------------------------------------
 
+    async def _learn_nat(self) -> None:
+        """Measure our NAT (beside the first offer's ICE gathering: the offer waits for
+        the verdict only once its candidates are gathered)."""
+        try:
+            verdict = await learn_nat(
+                self.config.ice_servers,
+                webrtc.pinned_host_addresses(),
+                self.config.nat,
+                NatCheckConfig(change_request=self.config.nat_check == "rfc5780"),
+            )
+            self.nat = verdict.kind
+            # A STUN server that never answered: UDP is probably blocked on this network.
+            self.udp_silent = (
+                self.config.nat is None
+                and stun_server_of(self.config.ice_servers) is not None
+                and verdict.mapped is None
+            )
+        finally:
+            self._nat_known.set()
+
     async def run(self) -> None:
-        verdict = await learn_nat(
-            self.config.ice_servers,
-            webrtc.pinned_host_addresses(),
-            self.config.nat,
-            NatCheckConfig(change_request=self.config.nat_check == "rfc5780"),
-        )
-        self.nat = verdict.kind
-        # A STUN server that never answered: UDP is probably blocked on this network.
-        self.udp_silent = (
-            self.config.nat is None
-            and stun_server_of(self.config.ice_servers) is not None
-            and verdict.mapped is None
-        )
+        self._spawn(self._learn_nat())
         http = brokerhttp.open_http(self.config.broker_http, self.config.ca_file)
         async with contextlib.aclosing(http):
             broker = BrokerClient(
@@ -620,6 +633,7 @@ class Tunnel:
         secret = os.urandom(ticket.SECRET_SIZE)
         try:
             offer = await peer.offer()
+            await self._nat_known.wait()
             answer = await broker.offer(
                 webrtc.with_dtls_role(offer, self.config.dtls_role),
                 nat=self.nat,
