@@ -85,6 +85,7 @@ from unwall.wire.broker import (
     encode,
 )
 from unwall.wire.nat import NAT_KINDS, NatKind
+from unwall.wire.sealed import CLIENT_OFFER_PATH, CLIENT_TURN_PATH, SEALED_PATH
 
 log = logging.getLogger("unwall.broker")
 
@@ -100,8 +101,7 @@ ANSWERED_MEMORY: Final = 300.0
 MAX_REMEMBERED: Final = 200_000
 #: Offer ids one report may carry.
 MAX_REPORT: Final = 1000
-#: where clients POST sealed requests, and how large one may be
-SEALED_PATH: Final = "/v1/sealed"
+#: how large a sealed request may be
 #: marks a sealed request one of our egresses passed on (its signature verified)
 RELAYED: Final = web.RequestKey("unwall_relayed", bool)
 MAX_SEALED: Final = sealed.max_sealed_size(MAX_BODY)
@@ -366,10 +366,12 @@ class Broker:
         self._sealing = (
             sealed.derive_private_key(config.report_secret) if config.report_secret else None
         )
+        #: the key the egresses sign with (reports, and clients' requests they pass on)
+        self._report_key = report.report_key(config.report_secret) if config.report_secret else b""
         self._replays = sealed.ReplayGuard()
         self._sealed_paths: dict[str, Callable[[web.Request, bytes], Awaitable[Message]]] = {
-            "/v1/client/offer": self._client_offer,
-            "/v1/client/turn": self._client_turn,
+            CLIENT_OFFER_PATH: self._client_offer,
+            CLIENT_TURN_PATH: self._client_turn,
         }
 
     # -- handlers -------------------------------------------------------------------------
@@ -396,6 +398,16 @@ class Broker:
             self._open_polls[source] -= 1
             if self._open_polls[source] <= 0:
                 del self._open_polls[source]
+
+    def _limit_client(self, request: web.Request) -> bool:
+        """Count a client's request against its address's offers (raise _TooMany past
+        the limit); True, and nothing counted, for one an egress passed on (the egress
+        limits each session itself, and the address is its own)."""
+        if request.get(RELAYED, False):
+            return True
+        source = limit_key(self.config.source(request))
+        self._limit(self._offer_limits, source, asyncio.get_running_loop().time(), "offers")
+        return False
 
     def _limit(self, limits: RateLimits | None, source: str, now: float, what: str) -> None:
         if limits is None:
@@ -525,7 +537,7 @@ class Broker:
         secret = self.config.report_secret
         raw = await _read_body(request)
         given = request.headers.get("Authorization", "")
-        if secret is None or not report.verify(report.report_key(secret), given, raw, time.time()):
+        if secret is None or not report.verify(self._report_key, given, raw, time.time()):
             return web.json_response(
                 {"version": PROTOCOL_VERSION, "error": "unauthorized", "message": "no"},
                 status=401,
@@ -572,11 +584,10 @@ class Broker:
         except sealed.SealError as exc:
             raise MessageError(BAD_SEAL, str(exc)) from None
         signature = request.headers.get("Authorization", "")
-        if signature and self.config.report_secret is not None:
+        if signature and self._report_key:
             # One of our egresses, passing on a request a client sent inside its tunnel
-            # (protocol.md §5): it limits each session itself, and the address is its own.
-            key = report.report_key(self.config.report_secret)
-            request[RELAYED] = report.verify(key, signature, raw, time.time())
+            # (protocol.md §5).
+            request[RELAYED] = report.verify(self._report_key, signature, raw, time.time())
         reply: Message
         try:
             self._replays.check(opened, time.time())
@@ -601,13 +612,11 @@ class Broker:
         if self._closing:
             return _SHUTTING_DOWN
         loop = asyncio.get_running_loop()
-        relayed = request.get(RELAYED, False)
-        address = self.config.source(request)
-        if not relayed:
-            self._limit(self._offer_limits, limit_key(address), loop.time(), "offers")
-        else:
+        relayed = self._limit_client(request)
+        if relayed:
             self.metrics.offers_relayed.inc()
-        network = "" if relayed else network_of(address)  # the egress's is no client's
+        # the egress's address is no client's
+        network = "" if relayed else network_of(self.config.source(request))
         future: asyncio.Future[ClientAnswer | BrokerError | _Gone] = loop.create_future()
         offer_id = self.matchmaker.receive_offer(
             offer,
@@ -647,10 +656,7 @@ class Broker:
         decode_turn_request(body)
         if self.config.turn is None:
             return BrokerError(NO_TURN, "this broker has no TURN server for clients")
-        loop = asyncio.get_running_loop()
-        if not request.get(RELAYED, False):
-            address = limit_key(self.config.source(request))
-            self._limit(self._offer_limits, address, loop.time(), "offers")
+        self._limit_client(request)
         self.metrics.client_turn.inc()
         return TurnGrant((self.config.turn.issue(time.time()),))
 
@@ -1215,7 +1221,7 @@ def create_app(config: BrokerConfig) -> web.Application:
     app[BROKER_KEY] = broker
     app.router.add_post("/v1/volunteer/poll", broker.volunteer_poll)
     app.router.add_post("/v1/volunteer/answer", broker.volunteer_answer)
-    app.router.add_post("/v1/client/offer", broker.client_offer)
+    app.router.add_post(CLIENT_OFFER_PATH, broker.client_offer)
     app.router.add_post(SEALED_PATH, broker.client_sealed)
     app.router.add_post("/v1/egress/carried", broker.egress_carried)
     app.router.add_get("/v1/health", broker.health)

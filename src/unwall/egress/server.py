@@ -299,6 +299,8 @@ class Egress:
         self._opens: dict[QuicSession, tuple[float, float]] = {}  # tokens, when
         self._broker_asks: dict[QuicSession, tuple[float, float]] = {}  # tokens, when
         self._broker_http: aiohttp.ClientSession | None = None
+        #: what reports and passed-on requests are signed with (from the shared secret)
+        self._report_key = report.report_key(config.report_secret or "")
         self._buckets: dict[QuicSession, TokenBucket] = {}  # --session-rate
         self.busy_refusals = 0
         self._busy_log = logs.Throttle(10.0)
@@ -386,7 +388,6 @@ class Egress:
 
     async def _report(self) -> None:
         """Tell the brokers, every few seconds, which offers' relays carried a session."""
-        key = report.report_key(self.config.report_secret or "")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             while True:
                 await asyncio.sleep(REPORT_INTERVAL)
@@ -396,7 +397,7 @@ class Egress:
                 body = json.dumps({"version": 1, "offers": offers}).encode()
                 headers = {
                     # Signed, not the secret itself: a front that reads it learns nothing.
-                    "Authorization": report.sign(key, body, time.time()),
+                    "Authorization": report.sign(self._report_key, body, time.time()),
                     "Content-Type": "application/json",
                 }
                 for url in self.config.report_to:
@@ -546,10 +547,9 @@ class Egress:
             return
         except (quic.StreamReset, quic.SessionClosed):
             return
-        key = report.report_key(self.config.report_secret or "")
         headers = {
             "Content-Type": sealed.CONTENT_TYPE,
-            "Authorization": report.sign(key, body, time.time()),
+            "Authorization": report.sign(self._report_key, body, time.time()),
         }
         if self._broker_http is None:
             self._broker_http = aiohttp.ClientSession()
@@ -557,7 +557,7 @@ class Egress:
         for url in self.config.report_to:
             try:
                 async with self._broker_http.post(
-                    url.rstrip("/") + "/v1/sealed",
+                    url.rstrip("/") + sealed.SEALED_PATH,
                     data=body,
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=BROKER_RELAY_TIMEOUT, sock_connect=10),

@@ -15,15 +15,12 @@ from unwall.transport.brokerhttp import BrokerHttp, HttpFailed
 from unwall.wire import broker as messages
 from unwall.wire import sealed
 from unwall.wire.nat import NatKind
+from unwall.wire.sealed import CLIENT_OFFER_PATH, CLIENT_TURN_PATH, SEALED_PATH
 
 log = logging.getLogger("unwall.broker_client")
 T = TypeVar("T")
 #: Seconds to open a connection to the broker or a front before trying the next route.
 CONNECT_TIMEOUT = 10.0
-#: where sealed requests go (protocol.md §1.6)
-SEALED_PATH = "/v1/sealed"
-#: the path, inside a sealed request, that asks for TURN credentials
-CLIENT_TURN_PATH = "/v1/client/turn"
 
 
 #: the most of an answer read: a sealed one is padded to a whole bucket
@@ -223,7 +220,7 @@ class BrokerClient:
         its secret for this offer); return the volunteer's answer and the broker's ticket."""
         offer = messages.ClientOffer(sdp, nat, relay, egress, commitment)
         status, body = await self._post(
-            "/v1/client/offer", messages.encode(offer), timeout, seal=True
+            CLIENT_OFFER_PATH, messages.encode(offer), timeout, seal=True
         )
         if status == 200:
             return self._decode(messages.decode_client_answer, body)

@@ -48,6 +48,10 @@ REQUEST_INFO: Final = b"unwall sealed request v1"
 RESPONSE_AAD: Final = b"unwall sealed response v1"
 #: the media type of a sealed body, both ways
 CONTENT_TYPE: Final = "application/octet-stream"
+#: where sealed requests are POSTed, and the paths a sealed request may name
+SEALED_PATH: Final = "/v1/sealed"
+CLIENT_OFFER_PATH: Final = "/v1/client/offer"
+CLIENT_TURN_PATH: Final = "/v1/client/turn"
 #: every sealed body is a multiple of this many bytes
 BUCKET: Final = 4096
 ENC_SIZE: Final = 32
